@@ -1,0 +1,205 @@
+//! `/binders`, `/pools` and the `/user/{token}/` proxy entry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{binding_name, json, read_json, ApiError, App, Result};
+use crate::auth::{owns_binder, AuthError, Caller};
+use crate::binder::{is_secret_shaped, Binder, State};
+use crate::pool::{Handout, Pool};
+use crate::proxy::{split_user_path, Body};
+
+/// The pool of a binding this caller may use, or 404.
+pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<Pool>> {
+    let name = binding_name(raw)?;
+    app.pools
+        .get(&name)
+        .filter(|p| p.record().access().visible_to(caller))
+        .ok_or_else(|| ApiError::NotFound(format!("binding '{name}' not found")))
+}
+
+pub(super) fn render(binder: &Binder) -> Value {
+    let state = binder.state();
+    let mut doc = json!({
+        "id": binder.id,
+        "binding": binder.binding,
+        "state": state.public_name(),
+        "created_at": binder.created_at,
+    });
+    if matches!(state, State::Assigned) {
+        doc["location"] = json!(binder.location());
+        doc["assigned_at"] = json!(binder.assigned_at());
+        doc["last_activity"] = json!(binder.last_activity());
+    }
+    if let Some(reason) = binder.failure() {
+        doc["reason"] = json!(reason);
+    }
+    doc
+}
+
+/// `POST /binders/{binding}`: 201 with a warm binder, 202 when one must
+/// start, 503 at `maxPool`.
+pub(super) async fn create(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
+    let pool = visible_pool(app, caller, raw)?;
+    match app.pools.handout(&pool, caller.owner()).await? {
+        Handout::Ready(binder) => json(StatusCode::CREATED, &render(&binder)),
+        Handout::Starting(binder) => json(StatusCode::ACCEPTED, &render(&binder)),
+    }
+}
+
+/// `GET /binders/{binding}`: the binders this key may see.
+pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
+    if caller.key_name().is_none() {
+        return Err(AuthError::Required.into());
+    }
+    let pool = visible_pool(app, caller, raw)?;
+    let docs: Vec<Value> = app
+        .pools
+        .binders_of(&pool)
+        .iter()
+        .filter(|b| b.owner().is_some() && b.state().is_live())
+        .filter(|b| owns_binder(caller, b))
+        .map(|b| {
+            let mut doc = render(b);
+            doc["uri"] = json!(format!("/binders/{}/{}", pool.name, b.id));
+            doc
+        })
+        .collect();
+    json(StatusCode::OK, &docs)
+}
+
+/// A binder handed out (or claimed) under `binding`, by id; pool binders
+/// that nobody holds are not shown.
+fn find(app: &App, raw: &str, id: &str) -> Result<Arc<Binder>> {
+    let name = binding_name(raw)?;
+    let not_found = || ApiError::NotFound(format!("binder '{}' not found", crate::binding::printable(id)));
+    if !is_secret_shaped(id) {
+        return Err(not_found());
+    }
+    app.pools
+        .binder(id)
+        .filter(|e| e.pool.name == name && e.binder.owner().is_some())
+        .map(|e| e.binder)
+        .ok_or_else(not_found)
+}
+
+pub(super) fn get(app: &App, raw: &str, id: &str) -> Result<Response<Body>> {
+    let binder = find(app, raw, id)?;
+    json(StatusCode::OK, &render(&binder))
+}
+
+pub(super) fn delete(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<Response<Body>> {
+    if caller.key_name().is_none() {
+        return Err(AuthError::Required.into());
+    }
+    let binder = find(app, raw, id)?;
+    if !owns_binder(caller, &binder) {
+        return Err(ApiError::Forbidden(
+            "only the binder's owner or an admin may stop it".into(),
+        ));
+    }
+    if let Some(entry) = app.pools.binder(id) {
+        app.pools.stop(&entry.pool, &binder);
+    }
+    json(
+        StatusCode::ACCEPTED,
+        &json!({"id": binder.id, "state": binder.state().public_name()}),
+    )
+}
+
+fn render_counts(pool: &Pool, with_name: bool) -> Value {
+    let c = pool.counts();
+    let mut doc = json!({
+        "running": c.running,
+        "available": c.available,
+        "starting": c.starting,
+        "minPool": c.min,
+        "maxPool": c.max,
+    });
+    if with_name {
+        doc["name"] = json!(pool.name);
+    }
+    doc
+}
+
+pub(super) fn pools(app: &App, caller: &Caller) -> Result<Response<Body>> {
+    let docs: Vec<Value> = app
+        .pools
+        .list()
+        .iter()
+        .filter(|p| p.record().access().visible_to(caller))
+        .map(|p| render_counts(p, true))
+        .collect();
+    json(StatusCode::OK, &docs)
+}
+
+pub(super) fn pool(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
+    let pool = visible_pool(app, caller, raw)?;
+    json(StatusCode::OK, &render_counts(&pool, false))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    #[serde(rename = "minPool")]
+    min: Option<u32>,
+    #[serde(rename = "maxPool")]
+    max: Option<u32>,
+}
+
+/// `POST|PUT /pools/{binding}` `{"minPool": n, "maxPool": m}`.
+pub(super) async fn resize(
+    app: &App,
+    caller: &Caller,
+    raw: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    if caller.key_name().is_none() {
+        return Err(AuthError::Required.into());
+    }
+    let pool = visible_pool(app, caller, raw)?;
+    if !pool.record().access().administers(caller) {
+        return Err(ApiError::Forbidden(format!(
+            "only an admin or an administrator of '{}' may resize its pool",
+            pool.name
+        )));
+    }
+    let body: Resize = read_json(app, req).await?;
+    if body.min.is_none() && body.max.is_none() {
+        return Err(ApiError::BadRequest(
+            "give 'minPool' and/or 'maxPool'".into(),
+        ));
+    }
+    app.pools.resize(&pool, body.min, body.max).await?;
+    json(StatusCode::OK, &render_counts(&pool, false))
+}
+
+/// `/user/{token}/...`: find the binder in O(1) and forward.
+pub(super) async fn proxy(
+    app: &App,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>> {
+    let path = req.uri().path().to_owned();
+    let unknown = || ApiError::NotFound("no binder at this address (it may have been stopped)".into());
+    let (token, rest) = split_user_path(&path).ok_or_else(unknown)?;
+    if !is_secret_shaped(token) {
+        return Err(unknown());
+    }
+    let entry = app.pools.by_token(token).ok_or_else(unknown)?;
+    if entry.binder.state() != State::Assigned {
+        return Err(unknown());
+    }
+    // binderd's own key is not the container's business.
+    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
+        if app.keys.authenticate(Some(auth.as_bytes())).is_ok_and(|c| c.key_name().is_some()) {
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+    }
+    Ok(app.upstream.forward(req, &entry, &rest, peer).await?)
+}

@@ -1,0 +1,223 @@
+//! The one place errors become HTTP answers.
+//!
+//! Every error binderd answers with is an [`ApiError`]; `From` impls map the
+//! other modules' errors onto it, and [`ApiError::into_response`] renders
+//! `{"error": {"code": N, "message": "..."}}` with the fitting status and
+//! headers. Internal errors log their cause and answer a generic 500.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::binding::InvalidBinding;
+use crate::pool::PoolError;
+use crate::proxy::{Body, ProxyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed {
+        method: Method,
+        allow: &'static str,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// `tmpnb` marks tmpnb's `{"status": "full"}` answer.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: u64,
+        tmpnb: bool,
+    },
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// The cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Renders the error; `html` gives browsers a short page instead of JSON.
+    pub fn into_response(self, html: bool) -> Response<Body> {
+        let status = self.status();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let message = self.to_string();
+        let (content_type, body) = if html {
+            let text = escape_html(&message);
+            (
+                "text/html; charset=utf-8",
+                format!(
+                    "<!doctype html><title>{code} {reason}</title><h1>{code} {reason}</h1><p>{text}</p>\n",
+                    code = status.as_u16(),
+                    reason = status.canonical_reason().unwrap_or(""),
+                ),
+            )
+        } else {
+            let mut doc = json!({"error": {"code": status.as_u16(), "message": message}});
+            if matches!(self, ApiError::TooManyRequests { tmpnb: true, .. }) {
+                doc["status"] = json!("full");
+            }
+            ("application/json", doc.to_string())
+        };
+        let mut resp = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(full(body))
+            .unwrap_or_else(|_| Response::new(full(String::new())));
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TooManyRequests { retry_after, .. }
+            | ApiError::Unavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidKey | AuthError::Required => ApiError::Unauthorized(e.to_string()),
+            AuthError::Forbidden(m) => ApiError::Forbidden(m),
+        }
+    }
+}
+
+impl From<InvalidBinding> for ApiError {
+    fn from(e: InvalidBinding) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            PoolError::Exists(_) | PoolError::InUse { .. } => ApiError::Conflict(e.to_string()),
+            PoolError::Full { .. } => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: 5,
+            },
+            PoolError::Invalid(e) => e.into(),
+            PoolError::Store(e) => ApiError::Internal(e.to_string()),
+            PoolError::Backend(e) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: 5,
+            },
+        }
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::Unreachable(_) => ApiError::BadGateway(e.to_string()),
+            ProxyError::Timeout => ApiError::GatewayTimeout(e.to_string()),
+            ProxyError::BadRequest(m) => ApiError::BadRequest(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(resp: Response<Body>) -> String {
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_render_as_spec_json_with_headers() {
+        let resp = ApiError::NotFound("binding 'x' not found".into()).into_response(false);
+        assert_eq!(resp.status(), 404);
+        let v: serde_json::Value = serde_json::from_str(&body_of(resp).await).unwrap();
+        assert_eq!(v, json!({"error": {"code": 404, "message": "binding 'x' not found"}}));
+
+        let resp = ApiError::TooManyRequests {
+            message: "full".into(),
+            retry_after: 3,
+            tmpnb: true,
+        }
+        .into_response(false);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        let v: serde_json::Value = serde_json::from_str(&body_of(resp).await).unwrap();
+        assert_eq!(v["status"], "full");
+
+        let resp = ApiError::MethodNotAllowed {
+            method: Method::PATCH,
+            allow: "GET, POST",
+        }
+        .into_response(false);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, POST");
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause() {
+        let resp = ApiError::Internal("disk full at /secret/path".into()).into_response(false);
+        assert_eq!(resp.status(), 500);
+        assert!(!body_of(resp).await.contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn html_is_escaped() {
+        let resp = ApiError::NotFound("<script>".into()).into_response(true);
+        let body = body_of(resp).await;
+        assert!(body.contains("&lt;script&gt;") && !body.contains("<script>"));
+    }
+}

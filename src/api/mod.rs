@@ -1,0 +1,316 @@
+//! HTTP: the listener, routing, and every handler. The only module that knows
+//! HTTP and JSON; it turns requests into calls on [`Pools`] and answers into
+//! JSON, and maps every error in [`error`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::auth::{Caller, Keys};
+use crate::binding::BindingName;
+use crate::config::Config;
+use crate::pool::Pools;
+use crate::proxy::{Body, Upstream};
+
+mod binders;
+mod bindings;
+pub mod error;
+mod tmpnb;
+
+pub use error::ApiError;
+use error::full;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What every handler can reach.
+pub struct App {
+    pub config: Config,
+    pub keys: Keys,
+    pub pools: Pools,
+    pub upstream: Arc<Upstream>,
+    pub local_addr: SocketAddr,
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and
+/// waits up to the configured grace for in-flight requests.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let grace = app.config.shutdown_grace;
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!("shutdown grace of {}s passed with connections still open", grace.as_secs());
+        }
+    }
+}
+
+/// Whether the client would rather read HTML (a browser).
+fn wants_html(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if req.uri().path().starts_with("/user/") {
+        let html = wants_html(&req);
+        return match binders::proxy(app, req, peer).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(html),
+        };
+    }
+    let html = false;
+    let mut resp = match route(app, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(html),
+    };
+    cors(app, resp.headers_mut());
+    resp
+}
+
+fn cors(app: &App, headers: &mut http::HeaderMap) {
+    if let Some(origin) = app
+        .config
+        .allow_origin
+        .as_deref()
+        .and_then(|o| HeaderValue::from_str(o).ok())
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Location, Retry-After"),
+        );
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+}
+
+/// Routes an API request. Trailing slashes are optional.
+async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return Ok(Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header(header::ALLOW, "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+            .body(crate::proxy::empty())
+            .unwrap_or_default());
+    }
+    let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/spawn") {
+        if rest.is_empty() || rest.starts_with('/') {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            let caller = authenticate(app, &req)?;
+            let rest = rest.trim_start_matches('/').to_owned();
+            let query = req.uri().query().map(str::to_owned);
+            return tmpnb::spawn_redirect(app, &caller, &rest, query.as_deref()).await;
+        }
+    }
+    let trimmed = path.trim_end_matches('/');
+    let segments: Vec<&str> = if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed[1..].split('/').collect()
+    };
+    let caller = authenticate(app, &req)?;
+    match segments.as_slice() {
+        [] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            json(StatusCode::OK, &serde_json::json!({
+                "name": "binderd",
+                "version": VERSION,
+                "routes": ["/bindings", "/binders/{binding}", "/pools", "/api/spawn/", "/api/stats", "/spawn/{path}", "/user/{token}/", "/healthcheck", "/configuration"],
+            }))
+        }
+        ["healthcheck"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "available",
+                    "version": VERSION,
+                    "backend": app.pools.backend_kind().as_str(),
+                }),
+            )
+        }
+        ["configuration"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            json(StatusCode::OK, &configuration(app))
+        }
+        ["bindings"] => match method {
+            Method::GET | Method::HEAD => bindings::list(app, &caller),
+            Method::POST => bindings::create(app, &caller, None, req).await,
+            _ => Err(not_allowed(method, "GET, HEAD, POST")),
+        },
+        ["bindings", name] => bindings::one(app, &caller, name, req).await,
+        ["bindings", a, b] => {
+            let name = format!("{a}-{b}");
+            bindings::one(app, &caller, &name, req).await
+        }
+        ["binders", binding] => match method {
+            Method::POST => binders::create(app, &caller, binding).await,
+            Method::GET | Method::HEAD => binders::list(app, &caller, binding),
+            _ => Err(not_allowed(method, "GET, HEAD, POST")),
+        },
+        ["binders", binding, id] => match method {
+            Method::GET | Method::HEAD => binders::get(app, binding, id),
+            Method::DELETE => binders::delete(app, &caller, binding, id),
+            _ => Err(not_allowed(method, "GET, HEAD, DELETE")),
+        },
+        ["pools"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            binders::pools(app, &caller)
+        }
+        ["pools", binding] => match method {
+            Method::GET | Method::HEAD => binders::pool(app, &caller, binding),
+            Method::POST | Method::PUT => binders::resize(app, &caller, binding, req).await,
+            _ => Err(not_allowed(method, "GET, HEAD, POST, PUT")),
+        },
+        ["api", "spawn"] => {
+            allow(&method, &[Method::POST], "POST")?;
+            tmpnb::spawn(app, &caller, req).await
+        }
+        ["api", "stats"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            tmpnb::stats(app, &caller)
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no route for {}",
+            crate::binding::printable(&path)
+        ))),
+    }
+}
+
+fn configuration(app: &App) -> serde_json::Value {
+    let c = &app.config;
+    serde_json::json!({
+        "version": VERSION,
+        "backend": c.backend.as_str(),
+        "listen": app.local_addr.to_string(),
+        "public_url": c.public_url,
+        "allow_origin": c.allow_origin,
+        "default_binding": c.default_binding,
+        "spawn_wait_seconds": c.spawn_wait.as_secs(),
+        "max_body_bytes": c.max_body_bytes,
+        "max_pool_limit": c.max_pool_limit,
+        "start_concurrency": c.start_concurrency,
+        "api_keys": c.api_keys.len(),
+        "bindings": app.pools.list().len(),
+    })
+}
+
+fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Caller> {
+    Ok(app
+        .keys
+        .authenticate(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))?)
+}
+
+fn allow(method: &Method, allowed: &[Method], allow: &'static str) -> Result<()> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(not_allowed(method.clone(), allow))
+    }
+}
+
+fn not_allowed(method: Method, allow: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed { method, allow }
+}
+
+/// Parses a binding name from the path (400 when malformed).
+fn binding_name(raw: &str) -> Result<BindingName> {
+    Ok(BindingName::parse(raw)?)
+}
+
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Reads a JSON body: 415 unless it says JSON (or says nothing), 413 over
+/// the limit, 400 when it does not parse into `T`.
+async fn read_json<T: serde::de::DeserializeOwned>(app: &App, req: Request<Incoming>) -> Result<T> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !(mime == "application/json" || mime.ends_with("+json")) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "expected Content-Type: application/json, got '{}'",
+                crate::binding::printable(mime)
+            )));
+        }
+    }
+    let bytes = read_body(app, req).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// Reads a body of any type, up to the limit.
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
+    let limit = app.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(e) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+    }
+}

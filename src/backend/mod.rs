@@ -1,0 +1,173 @@
+//! Backends start, list and stop containers. They know nothing about HTTP,
+//! pools or handouts: the pool drives them, the proxy only reads the
+//! [`Instance::addr`] they report.
+//!
+//! Every container a backend starts carries labels (`binderd.*` on Docker and
+//! Kubernetes, `BINDERD_*` environment variables for processes) naming the
+//! binderd data dir that owns it, its binding and its binder id, so that
+//! [`Backend::list`] finds exactly this binderd's containers after a restart.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::binding::Binding;
+
+pub mod process;
+
+/// Label keys (Docker/Kubernetes spelling; the process backend uses the
+/// upper-case `BINDERD_*` environment variable of the same meaning).
+pub const LABEL_OWNER: &str = "binderd.owner";
+pub const LABEL_BINDING: &str = "binderd.binding";
+pub const LABEL_BINDER: &str = "binderd.binder";
+
+/// What the backend needs to start one binder.
+pub struct StartSpec<'a> {
+    pub binder_id: &'a str,
+    pub token: &'a str,
+    pub binding: &'a Binding,
+    /// `/user/{token}/`, the path the container serves under.
+    pub base_url: &'a str,
+}
+
+/// A started container, as the backend knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The backend's own handle: a pid, a container id, a pod name.
+    pub handle: String,
+    /// Where the proxy and the readiness check reach the server.
+    pub addr: SocketAddr,
+}
+
+/// A labelled container found by [`Backend::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    pub binder_id: String,
+    pub binding: String,
+    pub instance: Instance,
+}
+
+/// Sends the id of a binder whose container went away on its own (exited,
+/// was killed behind binderd's back). The pool takes it out of service.
+pub type ExitSink = mpsc::UnboundedSender<String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The container could not be started from this binding (bad command,
+    /// missing image, ...). Counts as a failed start.
+    #[error("cannot start: {0}")]
+    Start(String),
+    /// The backend itself cannot be reached (daemon down, API server gone).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("backend I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Process,
+    Docker,
+    Kubernetes,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Process => "process",
+            BackendKind::Docker => "docker",
+            BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+
+    /// Only the process backend runs `command` on the host as binderd's user.
+    pub fn runs_on_host(self) -> bool {
+        self == BackendKind::Process
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(BackendKind::Process),
+            "docker" => Ok(BackendKind::Docker),
+            "kubernetes" => Ok(BackendKind::Kubernetes),
+            other => Err(format!(
+                "unknown backend '{other}' (expected process, docker or kubernetes)"
+            )),
+        }
+    }
+}
+
+/// The one interface every backend implements.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+
+    /// Creates and starts a labelled container. Returns once it is started,
+    /// not once it answers: readiness is the pool's HTTP check.
+    async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError>;
+
+    /// Whether the container still exists and runs.
+    async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError>;
+
+    /// Stops and removes the container and everything started with it.
+    /// Stopping one that is already gone is not an error.
+    async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError>;
+
+    /// Every container labelled as this binderd's, for adoption at start.
+    async fn list(&self) -> Result<Vec<Discovered>, BackendError>;
+
+    /// Takes over a container found by [`Backend::list`]: from now on its
+    /// exit is reported on the [`ExitSink`] like that of one started here.
+    async fn adopt(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError>;
+}
+
+/// A short, stable key naming one binderd deployment: derived from its data
+/// dir, so that two binderds on one host never adopt each other's containers.
+pub fn owner_key(data_dir: &Path) -> String {
+    let canonical = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Fills `{port}`, `{base_url}` and `{token}` into one command argument.
+pub fn fill_template(arg: &str, port: u16, base_url: &str, token: &str) -> String {
+    arg.replace("{port}", &port.to_string())
+        .replace("{base_url}", base_url)
+        .replace("{token}", token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_every_placeholder() {
+        assert_eq!(
+            fill_template("--port={port} --base={base_url} t={token}", 9, "/user/t/", "t"),
+            "--port=9 --base=/user/t/ t=t"
+        );
+    }
+
+    #[test]
+    fn owner_key_differs_by_dir() {
+        let a = owner_key(Path::new("/tmp/a-dir-that-is-not-there"));
+        let b = owner_key(Path::new("/tmp/b-dir-that-is-not-there"));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, owner_key(Path::new("/tmp/a-dir-that-is-not-there")));
+    }
+}

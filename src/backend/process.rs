@@ -1,0 +1,355 @@
+//! The `process` backend: each binder is a local process group.
+//!
+//! The binding's `command` runs with `{port}` (a free loopback port chosen
+//! here), `{base_url}` and `{token}` filled in, in its own process group (so a
+//! SIGKILL of binderd leaves it running, to be adopted), in a working
+//! directory of its own under the data dir, with stdout and stderr kept in a
+//! log file. Its "labels" are `BINDERD_*` environment variables, which
+//! `/proc/{pid}/environ` shows; that is how [`Backend::list`] finds this
+//! binderd's processes after a restart and how `stop` makes sure a pid still
+//! belongs to the binder before signalling it (pids are reused). Linux only.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::Command;
+
+use super::{
+    fill_template, Backend, BackendError, BackendKind, Discovered, ExitSink, Instance, StartSpec,
+};
+
+const ENV_OWNER: &str = "BINDERD_OWNER";
+const ENV_BINDING: &str = "BINDERD_BINDING";
+const ENV_BINDER: &str = "BINDERD_BINDER_ID";
+const ENV_PORT: &str = "BINDERD_PORT";
+/// How long a process group gets after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often adopted processes (not our children) are checked for life.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+
+pub struct ProcessBackend {
+    owner: String,
+    work_root: PathBuf,
+    log_root: PathBuf,
+    exits: ExitSink,
+}
+
+impl ProcessBackend {
+    pub fn new(data_dir: &std::path::Path, exits: ExitSink) -> Result<Self, BackendError> {
+        let work_root = data_dir.join("binders");
+        let log_root = data_dir.join("logs");
+        fs::create_dir_all(&work_root)?;
+        fs::create_dir_all(&log_root)?;
+        Ok(ProcessBackend {
+            owner: super::owner_key(data_dir),
+            work_root,
+            log_root,
+            exits,
+        })
+    }
+
+    /// Path of a binder's output, for the logs endpoint.
+    pub fn log_path(&self, binder_id: &str) -> PathBuf {
+        self.log_root.join(format!("{binder_id}.log"))
+    }
+}
+
+fn free_port() -> Result<u16, BackendError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn parse_pid(instance: &Instance) -> Option<Pid> {
+    instance
+        .handle
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)
+        .map(Pid::from_raw)
+}
+
+/// The `BINDERD_*` variables of a process, or `None` when it is gone or not
+/// readable.
+fn binderd_env(pid: i32) -> Option<HashMap<String, String>> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut vars = HashMap::new();
+    for entry in raw.split(|b| *b == 0) {
+        if !entry.starts_with(b"BINDERD_") {
+            continue;
+        }
+        let entry = String::from_utf8_lossy(entry);
+        if let Some((k, v)) = entry.split_once('=') {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    Some(vars)
+}
+
+/// Process state letter and process group of a pid, from `/proc/{pid}/stat`.
+fn stat(pid: i32) -> Option<(char, i32)> {
+    let raw = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: parse after it.
+    let rest = &raw[raw.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+fn alive(pid: i32) -> bool {
+    matches!(stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
+}
+
+impl ProcessBackend {
+    /// Every live pid labelled with this owner and `binder_id` (or any binder
+    /// when `binder_id` is `None`), with its variables.
+    fn scan(&self, binder_id: Option<&str>) -> Vec<(i32, HashMap<String, String>)> {
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Some(vars) = binderd_env(pid) else {
+                continue;
+            };
+            if vars.get(ENV_OWNER) != Some(&self.owner) {
+                continue;
+            }
+            if let Some(id) = binder_id {
+                if vars.get(ENV_BINDER).map(String::as_str) != Some(id) {
+                    continue;
+                }
+            }
+            if alive(pid) {
+                found.push((pid, vars));
+            }
+        }
+        found
+    }
+
+    fn is_ours(&self, pid: Pid, binder_id: Option<&str>) -> bool {
+        binderd_env(pid.as_raw()).is_some_and(|vars| {
+            vars.get(ENV_OWNER) == Some(&self.owner)
+                && binder_id.is_none_or(|id| vars.get(ENV_BINDER).map(String::as_str) == Some(id))
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Process
+    }
+
+    async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {
+        let port = free_port()?;
+        let args: Vec<String> = spec
+            .binding
+            .command
+            .iter()
+            .map(|a| fill_template(a, port, spec.base_url, spec.token))
+            .collect();
+        let Some((program, rest)) = args.split_first() else {
+            return Err(BackendError::Start("the binding has no command".into()));
+        };
+        let workdir = self.work_root.join(spec.binder_id);
+        fs::create_dir_all(&workdir)?;
+        let log = fs::File::create(self.log_path(spec.binder_id))?;
+        let mut command = Command::new(program);
+        command
+            .args(rest)
+            .current_dir(&workdir)
+            .envs(&spec.binding.env)
+            .env(ENV_OWNER, &self.owner)
+            .env(ENV_BINDING, &spec.binding.name)
+            .env(ENV_BINDER, spec.binder_id)
+            .env(ENV_PORT, port.to_string())
+            .env("BINDERD_BASE_URL", spec.base_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command
+            .spawn()
+            .map_err(|e| BackendError::Start(format!("cannot run '{program}': {e}")))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BackendError::Start(format!("'{program}' exited at once")))?;
+        // Reap our child and report its exit; the pool ignores exits of
+        // binders it is stopping itself.
+        let exits = self.exits.clone();
+        let binder_id = spec.binder_id.to_owned();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = exits.send(binder_id);
+        });
+        Ok(Instance {
+            handle: pid.to_string(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        })
+    }
+
+    async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
+        Ok(parse_pid(instance).is_some_and(|pid| alive(pid.as_raw()) && self.is_ours(pid, None)))
+    }
+
+    async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        if let Some(pid) = parse_pid(instance) {
+            // Only signal a group whose leader is still this binder's process.
+            if self.is_ours(pid, Some(binder_id)) {
+                let _ = killpg(pid, Signal::SIGTERM);
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                while alive(pid.as_raw()) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+        }
+        // Anything still carrying this binder's label (children that left
+        // the group, or a group whose leader died first) goes too.
+        for (pid, _) in self.scan(Some(binder_id)) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let workdir = self.work_root.join(binder_id);
+        if workdir.exists() {
+            let _ = tokio::fs::remove_dir_all(&workdir).await;
+        }
+        let _ = tokio::fs::remove_file(self.log_path(binder_id)).await;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Discovered>, BackendError> {
+        let mut by_binder: HashMap<String, Discovered> = HashMap::new();
+        for (pid, vars) in self.scan(None) {
+            let (Some(binder_id), Some(binding)) = (vars.get(ENV_BINDER), vars.get(ENV_BINDING))
+            else {
+                continue;
+            };
+            let port: u16 = vars.get(ENV_PORT).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let pgrp = stat(pid).map(|(_, g)| g).unwrap_or(pid);
+            // The group leader is the binder's handle; a member whose leader
+            // is gone names the (dead) leader, so it is found not running.
+            let leader = pgrp == pid;
+            let entry = by_binder.entry(binder_id.clone()).or_insert_with(|| Discovered {
+                binder_id: binder_id.clone(),
+                binding: binding.clone(),
+                instance: Instance {
+                    handle: pgrp.to_string(),
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                },
+            });
+            if leader {
+                entry.instance.handle = pid.to_string();
+            }
+        }
+        Ok(by_binder.into_values().collect())
+    }
+
+    async fn adopt(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        // Not our child: nobody will tell us when it exits, so look.
+        let Some(pid) = parse_pid(instance) else {
+            return Err(BackendError::Start("no pid recorded".into()));
+        };
+        let exits = self.exits.clone();
+        let binder_id = binder_id.to_owned();
+        tokio::spawn(async move {
+            while alive(pid.as_raw()) && !exits.is_closed() {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            let _ = exits.send(binder_id);
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::Binding;
+
+    fn binding(command: &[&str]) -> Binding {
+        let mut b: Binding = serde_json::from_value(serde_json::json!({
+            "name": "t",
+            "command": command,
+        }))
+        .unwrap();
+        b.validate(true, 100).unwrap();
+        b
+    }
+
+    #[tokio::test]
+    async fn start_list_stop_a_real_process_group() {
+        let dir = std::env::temp_dir().join(format!("binderd-proc-{}", std::process::id()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let backend = ProcessBackend::new(&dir, tx).unwrap();
+        // A shell with a child of its own: stop must take both.
+        let b = binding(&["sh", "-c", "sleep 300 & echo port={port}; wait"]);
+        let inst = backend
+            .start(StartSpec {
+                binder_id: "b1",
+                token: "tok",
+                binding: &b,
+                base_url: "/user/tok/",
+            })
+            .await
+            .unwrap();
+        assert!(backend.is_running(&inst).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let found = backend.list().await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].binder_id, "b1");
+        assert_eq!(found[0].instance, inst);
+        let log = fs::read_to_string(backend.log_path("b1")).unwrap();
+        assert_eq!(log.trim(), format!("port={}", inst.addr.port()));
+        assert_eq!(backend.scan(Some("b1")).len(), 2, "shell and sleep");
+
+        backend.stop("b1", &inst).await.unwrap();
+        assert_eq!(rx.recv().await.as_deref(), Some("b1"));
+        assert!(backend.scan(Some("b1")).is_empty());
+        assert!(!backend.is_running(&inst).await.unwrap());
+        assert!(backend.list().await.unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_start_error() {
+        let dir = std::env::temp_dir().join(format!("binderd-proc2-{}", std::process::id()));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let backend = ProcessBackend::new(&dir, tx).unwrap();
+        let b = binding(&["/nonexistent/binary"]);
+        let err = backend
+            .start(StartSpec {
+                binder_id: "b2",
+                token: "tok",
+                binding: &b,
+                base_url: "/",
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Start(ref m) if m.contains("/nonexistent/binary")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stop_refuses_a_pid_that_is_not_ours() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let dir = std::env::temp_dir().join(format!("binderd-proc3-{}", std::process::id()));
+        let backend = ProcessBackend::new(&dir, tx).unwrap();
+        // Our own test process has no BINDERD_OWNER: never "ours".
+        let me = Pid::from_raw(std::process::id() as i32);
+        assert!(!backend.is_ours(me, None));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

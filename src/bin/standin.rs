@@ -1,0 +1,164 @@
+//! `binderd-standin`: a tiny HTTP server that plays the notebook in tests and
+//! benches. It starts in milliseconds and serves under its base URL:
+//!
+//! - `GET {base_url}api/status` → `{"status":"ok","binder":...,"pid":...}`
+//! - `POST {base_url}echo` → the request body, streamed back
+//! - anything else under `{base_url}` → `{"path","method","query","binder"}`
+//! - outside `{base_url}` → 404
+//!
+//! `binderd-standin --port N [--base-url /user/t/] [--delay-ms N] [--exit-after-ms N]`
+//! (`BINDERD_PORT` and `BINDERD_BASE_URL` are the fallbacks).
+
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+struct Opts {
+    port: u16,
+    base_url: String,
+    delay: Duration,
+    exit_after: Option<Duration>,
+    bind: [u8; 4],
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        port: std::env::var("BINDERD_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
+        base_url: std::env::var("BINDERD_BASE_URL").unwrap_or_else(|_| "/".into()),
+        delay: Duration::ZERO,
+        exit_after: None,
+        bind: [127, 0, 0, 1],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--port" => o.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--base-url" => o.base_url = value()?,
+            "--delay-ms" => {
+                o.delay = Duration::from_millis(value()?.parse().map_err(|e| format!("{e}"))?)
+            }
+            "--exit-after-ms" => {
+                o.exit_after = Some(Duration::from_millis(
+                    value()?.parse().map_err(|e| format!("{e}"))?,
+                ))
+            }
+            "--all-interfaces" => o.bind = [0, 0, 0, 0],
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if !o.base_url.ends_with('/') {
+        o.base_url.push('/');
+    }
+    Ok(o)
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|n| match n {}).boxed()
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    resp
+}
+
+async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let binder = std::env::var("BINDERD_BINDER_ID").unwrap_or_default();
+    let Some(rest) = path.strip_prefix(base).or((path.as_str() == base.trim_end_matches('/')).then_some("")) else {
+        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "outside base_url", "path": path}));
+    };
+    match (req.method(), rest) {
+        (&Method::GET, "api/status") => json(
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "binder": binder, "pid": std::process::id()}),
+        ),
+        (&Method::POST, "echo") => {
+            let (parts, body) = req.into_parts();
+            let mut resp = Response::new(body.boxed());
+            if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+                resp.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            resp
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "path": path,
+                    "method": req.method().as_str(),
+                    "query": req.uri().query(),
+                    "binder": binder,
+                    "headers": headers,
+                }),
+            )
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("binderd-standin: {e}");
+            std::process::exit(64);
+        }
+    };
+    tokio::time::sleep(o.delay).await;
+    if let Some(after) = o.exit_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("binderd-standin: exiting as asked");
+            std::process::exit(3);
+        });
+    }
+    let listener = match tokio::net::TcpListener::bind(SocketAddr::from((o.bind, o.port))).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("binderd-standin: cannot listen on port {}: {e}", o.port);
+            std::process::exit(69);
+        }
+    };
+    println!(
+        "binderd-standin serving {} on {}",
+        o.base_url,
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
+    let base: &'static str = Box::leak(o.base_url.into_boxed_str());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| async move { Ok::<_, Infallible>(handle(base, req).await) });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

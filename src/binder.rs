@@ -1,0 +1,277 @@
+//! Binders: the containers binderd starts, pools and hands out.
+//!
+//! A [`Binder`] is shared (`Arc`) between the pool's ready queue, the id and
+//! token indexes and the task that started it. Its lifecycle is one atomic
+//! state word, so that "hand this out" is a single compare-and-swap: whoever
+//! wins the swap owns the handout, everybody else moves on.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Instance;
+use crate::binding::BindingName;
+
+/// Random id of a binder (128 bits, lower-case hex). Knowing it reveals the
+/// location, so it is as unguessable as the token.
+pub type BinderId = Arc<str>;
+/// Random path secret in `/user/{token}/` (128 bits, lower-case hex).
+pub type Token = Arc<str>;
+
+/// 128 random bits from the thread's CSPRNG, as 32 hex digits.
+pub fn random_secret() -> Arc<str> {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let mut out = String::with_capacity(32);
+    for b in bytes {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    out.into()
+}
+
+/// True for strings shaped like [`random_secret`]'s output.
+pub fn is_secret_shaped(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where a binder is in its life. `Idle` and `Assigned` are both "ready" to
+/// the outside world: idle ones wait in the pool, assigned ones were handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum State {
+    /// Starting for the pool.
+    Starting = 0,
+    /// Starting for a caller who already holds its id (the 202 answer).
+    StartingClaimed = 1,
+    /// Answering, in the pool, not handed out.
+    Idle = 2,
+    /// Handed out.
+    Assigned = 3,
+    Stopping = 4,
+    Stopped = 5,
+    Failed = 6,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Starting,
+            1 => State::StartingClaimed,
+            2 => State::Idle,
+            3 => State::Assigned,
+            4 => State::Stopping,
+            5 => State::Stopped,
+            _ => State::Failed,
+        }
+    }
+
+    /// The state named in the API (`starting`, `ready`, `stopping`, ...).
+    pub fn public_name(self) -> &'static str {
+        match self {
+            State::Starting | State::StartingClaimed => "starting",
+            State::Idle | State::Assigned => "ready",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Holds a slot under `maxPool`.
+    pub fn is_live(self) -> bool {
+        !matches!(self, State::Stopped | State::Failed)
+    }
+}
+
+/// Who a binder was handed to: an API key's name, or nobody in particular.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Owner {
+    Anonymous,
+    Key(String),
+}
+
+pub struct Binder {
+    pub id: BinderId,
+    pub token: Token,
+    pub binding: BindingName,
+    pub created_at: u64,
+    state: AtomicU8,
+    instance: OnceLock<Instance>,
+    owner: OnceLock<Owner>,
+    failure: OnceLock<String>,
+    assigned_at: AtomicU64,
+    /// Unix seconds of the last proxied request (for culling).
+    last_activity: AtomicU64,
+    /// Woken on every state change, for callers waiting on a start.
+    pub changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Binder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in logs.
+        f.debug_struct("Binder")
+            .field("id", &self.id)
+            .field("binding", &self.binding)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Binder {
+    pub fn new(binding: BindingName, state: State) -> Binder {
+        Binder::restore(
+            random_secret(),
+            random_secret(),
+            binding,
+            state,
+            now_unix(),
+        )
+    }
+
+    /// Rebuilds a binder recorded before a restart.
+    pub fn restore(
+        id: BinderId,
+        token: Token,
+        binding: BindingName,
+        state: State,
+        created_at: u64,
+    ) -> Binder {
+        Binder {
+            id,
+            token,
+            binding,
+            created_at,
+            state: AtomicU8::new(state as u8),
+            instance: OnceLock::new(),
+            owner: OnceLock::new(),
+            failure: OnceLock::new(),
+            assigned_at: AtomicU64::new(0),
+            last_activity: AtomicU64::new(now_unix()),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Moves `from` → `to` if and only if the binder is in `from`. Exactly one
+    /// of any number of racing callers wins.
+    pub fn transition(&self, from: State, to: State) -> bool {
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Moves to `to` from whatever state it was in; returns the old state.
+    pub fn force(&self, to: State) -> State {
+        State::from_u8(self.state.swap(to as u8, Ordering::AcqRel))
+    }
+
+    /// Waits until the binder is no longer starting, or `timeout` passes.
+    /// Returns the state it saw last.
+    pub async fn wait_started(&self, timeout: std::time::Duration) -> State {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.state();
+            if !matches!(state, State::Starting | State::StartingClaimed) {
+                return state;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.state();
+            }
+        }
+    }
+
+    pub fn instance(&self) -> Option<&Instance> {
+        self.instance.get()
+    }
+
+    pub fn set_instance(&self, instance: Instance) {
+        let _ = self.instance.set(instance);
+    }
+
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.get()
+    }
+
+    pub fn set_owner(&self, owner: Owner) {
+        let _ = self.owner.set(owner);
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    pub fn set_failure(&self, reason: String) {
+        let _ = self.failure.set(reason);
+    }
+
+    pub fn assigned_at(&self) -> u64 {
+        self.assigned_at.load(Ordering::Relaxed)
+    }
+
+    pub fn set_assigned_at(&self, at: u64) {
+        self.assigned_at.store(at, Ordering::Relaxed);
+    }
+
+    pub fn touch(&self) {
+        self.last_activity.store(now_unix(), Ordering::Relaxed);
+    }
+
+    pub fn last_activity(&self) -> u64 {
+        self.last_activity.load(Ordering::Relaxed)
+    }
+
+    /// `/user/{token}/`
+    pub fn location(&self) -> String {
+        format!("/user/{}/", self.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_128_bit_hex_and_distinct() {
+        let a = random_secret();
+        let b = random_secret();
+        assert!(is_secret_shaped(&a), "{a}");
+        assert_ne!(a, b);
+        assert!(!is_secret_shaped("ABC"));
+        assert!(!is_secret_shaped(&"g".repeat(32)));
+    }
+
+    #[test]
+    fn only_one_racer_wins_a_transition() {
+        let binder = Arc::new(Binder::new(BindingName::parse("x").unwrap(), State::Idle));
+        let wins: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let b = binder.clone();
+                    s.spawn(move || usize::from(b.transition(State::Idle, State::Assigned)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
+        assert_eq!(binder.state(), State::Assigned);
+        assert_eq!(binder.state().public_name(), "ready");
+    }
+}

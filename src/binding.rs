@@ -1,0 +1,393 @@
+//! Bindings: the templates binders are made from.
+//!
+//! A [`Binding`] is what users send and read back as JSON (and what operators
+//! write as TOML in `config/bindings/`). Validation lives here so that every
+//! entry point (API, config files, the store on restart) applies the same rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest `maxPool` accepted unless the config raises it.
+pub const DEFAULT_MAX_POOL_LIMIT: u32 = 10_000;
+
+/// A binding name, normalised to lower case (names are case-insensitive).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct BindingName(String);
+
+impl BindingName {
+    /// Checks `^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$` and folds to lower case.
+    pub fn parse(raw: &str) -> Result<Self, InvalidBinding> {
+        let bytes = raw.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(BindingName(raw.to_ascii_lowercase()))
+        } else {
+            Err(InvalidBinding(format!(
+                "invalid binding name '{}': names match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,62}}$",
+                printable(raw)
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BindingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Shortens and escapes user input before it goes into an error message.
+pub fn printable(raw: &str) -> String {
+    let mut out: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+    if raw.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Why a binding was refused. Becomes a 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct InvalidBinding(pub String);
+
+fn default_port() -> u16 {
+    8888
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The binding template, as sent and stored.
+///
+/// Unknown fields are refused. The answer-only fields (`owner`, `created_at`,
+/// `status`) are accepted and ignored on input so that a document read with
+/// GET can be sent back with PUT.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirements: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebooks: Option<String>,
+    #[serde(default)]
+    pub pool: PoolSize,
+    #[serde(default)]
+    pub cull: Cull,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub administrators: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_prefix: bool,
+    /// How long a container may take to answer on its port before the start
+    /// counts as failed.
+    #[serde(default = "Binding::default_start_timeout")]
+    pub start_timeout_seconds: u64,
+    // Answer-only fields, ignored on input.
+    #[serde(default, skip_serializing)]
+    pub owner: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    pub created_at: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde::de::IgnoredAny>,
+}
+
+/// Memory and CPU limits, as Kubernetes writes them (`512Mi`, `0.5`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+/// A service container started beside each binder (e.g. Postgres).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSize {
+    #[serde(default = "PoolSize::default_min")]
+    pub min: u32,
+    #[serde(default = "PoolSize::default_max")]
+    pub max: u32,
+}
+
+impl PoolSize {
+    fn default_min() -> u32 {
+        1
+    }
+    fn default_max() -> u32 {
+        10
+    }
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        PoolSize {
+            min: Self::default_min(),
+            max: Self::default_max(),
+        }
+    }
+}
+
+/// Culling: tmpnb's defaults (idle one hour, at most four hours after handout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cull {
+    #[serde(default = "Cull::default_idle")]
+    pub idle_seconds: u64,
+    #[serde(default = "Cull::default_max_age")]
+    pub max_age_seconds: u64,
+}
+
+impl Cull {
+    fn default_idle() -> u64 {
+        3600
+    }
+    fn default_max_age() -> u64 {
+        14400
+    }
+}
+
+impl Default for Cull {
+    fn default() -> Self {
+        Cull {
+            idle_seconds: Self::default_idle(),
+            max_age_seconds: Self::default_max_age(),
+        }
+    }
+}
+
+impl Binding {
+    fn default_start_timeout() -> u64 {
+        60
+    }
+
+    /// Checks every field and returns the normalised name.
+    ///
+    /// `needs_command` is true on the `process` backend, which runs `command`
+    /// and has no image to fall back on.
+    pub fn validate(
+        &mut self,
+        needs_command: bool,
+        max_pool_limit: u32,
+    ) -> Result<BindingName, InvalidBinding> {
+        let name = BindingName::parse(&self.name)?;
+        self.name = name.as_str().to_owned();
+        let bad = |msg: String| Err(InvalidBinding(msg));
+        if self.image.is_none() && self.command.is_empty() {
+            return bad("a binding needs an 'image' or a 'command'".into());
+        }
+        if needs_command && self.command.is_empty() {
+            return bad("the process backend runs 'command': give one".into());
+        }
+        if let Some(image) = &self.image {
+            if image.is_empty() || image.len() > 512 || image.contains(char::is_whitespace) {
+                return bad(format!("invalid image '{}'", printable(image)));
+            }
+        }
+        if self.command.len() > 256 {
+            return bad("'command' has more than 256 arguments".into());
+        }
+        for arg in &self.command {
+            check_text("command", arg)?;
+        }
+        if self.port == 0 {
+            return bad("'port' must be between 1 and 65535".into());
+        }
+        check_env(&self.env)?;
+        if self.pool.max == 0 {
+            return bad("'pool.max' must be at least 1".into());
+        }
+        if self.pool.max > max_pool_limit {
+            return bad(format!(
+                "'pool.max' is {}; this server allows at most {max_pool_limit}",
+                self.pool.max
+            ));
+        }
+        if self.pool.min > self.pool.max {
+            return bad(format!(
+                "'pool.min' ({}) is larger than 'pool.max' ({})",
+                self.pool.min, self.pool.max
+            ));
+        }
+        if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 3600 {
+            return bad("'start_timeout_seconds' must be between 1 and 3600".into());
+        }
+        if self.cull.idle_seconds == 0 || self.cull.max_age_seconds == 0 {
+            return bad("'cull' times must be at least 1 second".into());
+        }
+        if self.services.len() > 16 {
+            return bad("at most 16 'services'".into());
+        }
+        for service in &self.services {
+            BindingName::parse(&service.name)
+                .map_err(|_| InvalidBinding(format!("invalid service name '{}'", printable(&service.name))))?;
+            check_env(&service.env)?;
+        }
+        for admin in &self.administrators {
+            check_text("administrators", admin)?;
+        }
+        for (field, value) in [
+            ("repo", &self.repo),
+            ("requirements", &self.requirements),
+            ("notebooks", &self.notebooks),
+            ("resources.memory", &self.resources.memory),
+            ("resources.cpu", &self.resources.cpu),
+        ] {
+            if let Some(v) = value {
+                check_text(field, v)?;
+            }
+        }
+        Ok(name)
+    }
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), InvalidBinding> {
+    if value.contains('\0') || value.len() > 4096 {
+        Err(InvalidBinding(format!(
+            "'{field}' holds a NUL byte or is longer than 4096 bytes"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidBinding> {
+    if env.len() > 256 {
+        return Err(InvalidBinding("'env' has more than 256 entries".into()));
+    }
+    for (key, value) in env {
+        let key_ok = !key.is_empty()
+            && key.len() <= 256
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !key_ok {
+            return Err(InvalidBinding(format!(
+                "invalid environment variable name '{}'",
+                printable(key)
+            )));
+        }
+        if key.starts_with("BINDERD_") {
+            return Err(InvalidBinding(format!(
+                "'{key}': names starting with BINDERD_ are reserved"
+            )));
+        }
+        check_text("env", value)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Binding, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn names_fold_case_and_reject_bad_shapes() {
+        assert_eq!(
+            BindingName::parse("CodeNeuro-notebooks").unwrap().as_str(),
+            "codeneuro-notebooks"
+        );
+        for bad in ["", "-x", ".x", "a/b", "..", "a\0b", "é", &"a".repeat(64)] {
+            assert!(BindingName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(BindingName::parse(&"a".repeat(63)).is_ok());
+        assert!(BindingName::parse("a..b").is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_and_answer_fields_ignored() {
+        assert!(parse(r#"{"name":"x","command":["a"],"colour":"red"}"#).is_err());
+        let b = parse(r#"{"name":"x","command":["a"],"owner":"bob","status":{"state":"ready"}}"#)
+            .unwrap();
+        assert!(b.owner.is_some());
+        let out = serde_json::to_value(&b).unwrap();
+        assert!(out.get("owner").is_none());
+    }
+
+    #[test]
+    fn validation_catches_each_rule() {
+        let ok = || parse(r#"{"name":"X","command":["a"]}"#).unwrap();
+        let mut b = ok();
+        assert_eq!(b.validate(true, 100).unwrap().as_str(), "x");
+        assert_eq!(b.name, "x");
+
+        let mut b = parse(r#"{"name":"x","image":"i"}"#).unwrap();
+        assert!(b.validate(true, 100).is_err());
+        assert!(b.validate(false, 100).is_ok());
+
+        let mut b = ok();
+        b.pool = PoolSize { min: 5, max: 2 };
+        assert!(b.validate(true, 100).unwrap_err().0.contains("pool.min"));
+
+        let mut b = ok();
+        b.pool = PoolSize { min: 1, max: 101 };
+        assert!(b.validate(true, 100).unwrap_err().0.contains("at most 100"));
+
+        let mut b = ok();
+        b.env.insert("BAD-KEY".into(), "v".into());
+        assert!(b.validate(true, 100).is_err());
+
+        let mut b = ok();
+        b.env.insert("BINDERD_TOKEN".into(), "v".into());
+        assert!(b.validate(true, 100).unwrap_err().0.contains("reserved"));
+
+        let mut b = ok();
+        b.command.push("a\0b".into());
+        assert!(b.validate(true, 100).is_err());
+    }
+
+    #[test]
+    fn huge_numbers_are_a_parse_error_not_a_wrap() {
+        assert!(parse(r#"{"name":"x","command":["a"],"pool":{"min":99999999999}}"#).is_err());
+        assert!(parse(r#"{"name":"x","command":["a"],"port":70000}"#).is_err());
+    }
+}

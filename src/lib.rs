@@ -1,0 +1,125 @@
+//! binderd keeps pools of pre-warmed notebook containers and hands one out
+//! the instant someone asks, then proxies to it.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, environment and TOML into a checked [`config::Config`].
+//! - [`api`]: the HTTP server, routing and handlers; the only module that knows
+//!   HTTP and JSON, and the one place errors become status codes.
+//! - [`pool`]: bindings' pools, the lock-free handout, the reconcilers that
+//!   keep pools full, and adoption after a restart.
+//! - [`backend`]: the [`backend::Backend`] trait and its implementations
+//!   (`process` today; `docker` and `kubernetes` plug in behind the same trait).
+//! - [`proxy`]: `/user/{token}/` forwarding and the readiness check.
+//! - [`store`]: SQLite persistence of bindings, pool sizes and binders.
+//! - [`auth`]: API keys, callers and the permission rules.
+//! - [`binding`], [`binder`]: the two nouns, templates and containers.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub mod api;
+pub mod auth;
+pub mod backend;
+pub mod binder;
+pub mod binding;
+pub mod config;
+pub mod pool;
+pub mod proxy;
+pub mod store;
+
+use backend::{Backend, BackendError, BackendKind};
+use config::Config;
+use pool::{PoolError, Pools};
+use store::{Store, StoreError};
+
+/// Why `run` could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("adopting containers: {0}")]
+    Adopt(#[from] PoolError),
+    #[error("the {0} backend is not available in this build yet")]
+    Unsupported(&'static str),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// sysexits: 69 (unavailable) when the backend cannot be reached, 70 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Backend(BackendError::Unavailable(_)) | Error::Unsupported(_) => 69,
+            Error::Adopt(PoolError::Backend(BackendError::Unavailable(_))) => 69,
+            _ => 70,
+        }
+    }
+}
+
+/// Runs binderd on `listener` until `shutdown` resolves.
+///
+/// Opens the store, builds the backend, adopts what a previous run left,
+/// starts the reconcilers and serves. On shutdown it stops accepting,
+/// finishes in-flight requests (bounded by `shutdown_grace`) and leaves
+/// containers running for the next start, unless `cleanup_on_exit`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let local_addr = listener.local_addr()?;
+    let (store, loaded) = Store::open(&config.data_dir)?;
+    let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backend: Arc<dyn Backend> = match config.backend {
+        BackendKind::Process => Arc::new(backend::process::ProcessBackend::new(
+            &config.data_dir,
+            exits_tx,
+        )?),
+        other => return Err(Error::Unsupported(other.as_str())),
+    };
+    let upstream = Arc::new(proxy::Upstream::new());
+    let pools = Pools::new(
+        backend,
+        store,
+        upstream.clone(),
+        config.start_concurrency,
+        config.max_pool_limit,
+    );
+    tokio::spawn(pools.clone().watch_exits(exits_rx));
+    let adopted = pools.restore(loaded, config.bindings.clone()).await?;
+    tracing::info!(
+        bindings = adopted.bindings,
+        assigned = adopted.assigned,
+        pooled = adopted.pooled,
+        removed = adopted.removed,
+        "state restored"
+    );
+    tracing::info!(
+        backend = config.backend.as_str(),
+        "binderd listening on http://{local_addr}"
+    );
+    let cleanup = config.cleanup_on_exit;
+    let app = Arc::new(api::App {
+        keys: auth::Keys::new(config.api_keys.clone()),
+        config,
+        pools: pools.clone(),
+        upstream,
+        local_addr,
+    });
+    api::serve(app, listener, shutdown).await;
+    pools.shutdown();
+    if cleanup {
+        tracing::info!("stopping every container (cleanup on exit)");
+        pools.stop_all().await;
+    }
+    tracing::info!("binderd stopped");
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Start-up: rebuild the pools from the config files and the store, and adopt
+//! the containers a previous run left behind.
+//!
+//! The store says what each binder was (its token, whether it was handed
+//! out); the backend's labelled containers say what still runs. Assigned
+//! binders that still run keep their token and location; pooled or starting
+//! ones are checked again and rejoin the pool; everything else (dead, of a
+//! deleted binding, unknown to the store) is removed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{BindingRecord, Pool, PoolError, Pools};
+use crate::binder::{Binder, State};
+use crate::binding::{Binding, BindingName};
+use crate::store::{Loaded, Source};
+
+/// What adoption did, for the start-up log line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub bindings: usize,
+    pub assigned: usize,
+    pub pooled: usize,
+    pub removed: usize,
+}
+
+impl Pools {
+    pub async fn restore(
+        &self,
+        loaded: Loaded,
+        file_bindings: Vec<Binding>,
+    ) -> Result<Adopted, PoolError> {
+        let mut report = Adopted::default();
+        let runs_on_host = self.backend_kind().runs_on_host();
+        for stored in loaded.bindings {
+            let parsed = serde_json::from_str::<Binding>(&stored.spec)
+                .map_err(|e| e.to_string())
+                .and_then(|mut b| {
+                    b.validate(runs_on_host, self.shared.max_pool_limit)
+                        .map(|name| (name, b))
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok((name, binding)) => self.insert_pool(BindingRecord {
+                    name,
+                    binding,
+                    owner: stored.owner,
+                    created_at: stored.created_at,
+                    source: stored.source,
+                }),
+                Err(e) => {
+                    tracing::error!(binding = %stored.name, error = %e, "stored binding is not valid here; skipped");
+                }
+            }
+        }
+        for binding in file_bindings {
+            let Ok(name) = BindingName::parse(&binding.name) else {
+                continue;
+            };
+            if self.get(&name).is_some_and(|p| p.record().source == Source::Api) {
+                tracing::warn!(binding = %name, "a file binding replaces the API binding of the same name");
+            }
+            self.insert_pool(BindingRecord {
+                name,
+                binding,
+                owner: "config".into(),
+                created_at: crate::binder::now_unix(),
+                source: Source::File,
+            });
+        }
+        for (name, min, max) in loaded.pool_sizes {
+            let Some(pool) = BindingName::parse(&name).ok().and_then(|n| self.get(&n)) else {
+                continue;
+            };
+            let max = max.clamp(1, self.shared.max_pool_limit);
+            pool.min.store(min.min(max), std::sync::atomic::Ordering::Release);
+            pool.max.store(max, std::sync::atomic::Ordering::Release);
+        }
+        report.bindings = self.shared.pools.len();
+
+        let mut running: HashMap<String, _> = self
+            .shared
+            .backend
+            .list()
+            .await?
+            .into_iter()
+            .map(|d| (d.binder_id.clone(), d))
+            .collect();
+        for stored in loaded.binders {
+            let found = running.remove(&stored.id);
+            let pool = BindingName::parse(&stored.binding)
+                .ok()
+                .and_then(|n| self.get(&n));
+            let live_state = match stored.state {
+                State::Assigned => Some(State::Assigned),
+                State::StartingClaimed => Some(State::StartingClaimed),
+                State::Idle | State::Starting => Some(State::Starting),
+                _ => None,
+            };
+            let adoptable = match (&pool, &found, live_state) {
+                (Some(_), Some(d), Some(_)) => self
+                    .shared
+                    .backend
+                    .is_running(&d.instance)
+                    .await
+                    .unwrap_or(false),
+                _ => false,
+            };
+            let (Some(pool), Some(found), Some(state), true) = (pool, found.clone(), live_state, adoptable)
+            else {
+                if let Some(d) = found {
+                    if let Err(e) = self.shared.backend.stop(&stored.id, &d.instance).await {
+                        tracing::warn!(binder = %stored.id, error = %e, "cannot remove container");
+                    }
+                }
+                if let Err(e) = self.shared.store.delete_binder(&stored.id).await {
+                    tracing::warn!(binder = %stored.id, error = %e, "cannot delete binder record");
+                }
+                report.removed += 1;
+                continue;
+            };
+            let binder = Arc::new(Binder::restore(
+                stored.id.as_str().into(),
+                stored.token.as_str().into(),
+                pool.name.clone(),
+                state,
+                stored.created_at,
+            ));
+            if let Some(owner) = stored.owner {
+                binder.set_owner(owner);
+            }
+            binder.set_assigned_at(stored.assigned_at);
+            binder.set_instance(found.instance.clone());
+            pool.counters.adopted();
+            pool.counters.entered(state);
+            self.register(&pool, &binder);
+            if let Err(e) = self.shared.backend.adopt(&binder.id, &found.instance).await {
+                tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
+            }
+            if state == State::Assigned {
+                report.assigned += 1;
+            } else {
+                report.pooled += 1;
+                let this = self.clone();
+                let timeout = Duration::from_secs(pool.record().binding.start_timeout_seconds);
+                tokio::spawn(async move {
+                    this.settle(&pool, &binder, &found.instance, timeout).await;
+                });
+            }
+        }
+        for (id, d) in running {
+            tracing::info!(binder = %id, binding = %d.binding, "removing a container binderd has no record of");
+            if let Err(e) = self.shared.backend.stop(&id, &d.instance).await {
+                tracing::warn!(binder = %id, error = %e, "cannot remove container");
+            }
+            report.removed += 1;
+        }
+        for pool in self.list() {
+            self.spawn_reconciler(pool);
+        }
+        Ok(report)
+    }
+
+    fn insert_pool(&self, record: BindingRecord) {
+        self.shared
+            .pools
+            .insert(record.name.clone(), Arc::new(Pool::new(record)));
+    }
+}

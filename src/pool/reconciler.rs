@@ -1,0 +1,215 @@
+//! Keeping pools full: one reconciler task per binding, and the start of one
+//! binder (backend start, then waiting until it answers HTTP).
+//!
+//! The reconciler sleeps until woken (a handout, a failure, a resize) or a
+//! slow tick, then starts what is missing to bring `available + starting` up
+//! to `minPool` without passing `maxPool`, all at once (bounded overall by the
+//! start semaphore), and stops idle binders above `minPool`. After failed
+//! starts it waits, doubling the wait each time, so a broken binding costs
+//! little.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{stored, Pool, Pools};
+use crate::backend::{Instance, StartSpec};
+use crate::binder::{now_unix, Binder, State};
+
+/// Even with nothing to wake it, a reconciler looks again this often.
+const TICK: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait before starting again after `failures` failed starts in a row.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (failures - 1).min(16);
+    FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+impl Pools {
+    pub(crate) fn spawn_reconciler(&self, pool: Arc<Pool>) {
+        let this = self.clone();
+        tokio::spawn(async move { this.reconcile(pool).await });
+    }
+
+    async fn reconcile(self, pool: Arc<Pool>) {
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            let failures = pool.failures.load(Ordering::Acquire);
+            if failures > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(failures)) => {}
+                    _ = pool.retired.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            if pool.retired.is_cancelled() || shutdown.is_cancelled() {
+                return;
+            }
+            self.fill(&pool);
+            let min = pool.min.load(Ordering::Acquire);
+            self.drain_idle(&pool, min);
+            tokio::select! {
+                _ = pool.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = pool.retired.cancelled() => return,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Starts binders until `available + starting` reaches `minPool`.
+    fn fill(&self, pool: &Arc<Pool>) {
+        let c = &pool.counters;
+        let min = pool.min.load(Ordering::Acquire);
+        let max = pool.max.load(Ordering::Acquire);
+        let have = c.get(&c.available) + c.get(&c.starting);
+        for _ in have..min {
+            if !c.try_reserve(max) {
+                break;
+            }
+            let binder = Arc::new(Binder::new(pool.name.clone(), State::Starting));
+            c.entered(State::Starting);
+            self.register(pool, &binder);
+            self.spawn_start(pool.clone(), binder);
+        }
+    }
+
+    pub(crate) fn spawn_start(&self, pool: Arc<Pool>, binder: Arc<Binder>) {
+        let this = self.clone();
+        tokio::spawn(async move { this.start(pool, binder).await });
+    }
+
+    /// Starts one binder's container and waits until it answers.
+    async fn start(self, pool: Arc<Pool>, binder: Arc<Binder>) {
+        let Ok(_permit) = self.shared.start_permits.clone().acquire_owned().await else {
+            return;
+        };
+        if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
+            return; // stopped while it waited for a permit
+        }
+        let record = pool.record();
+        if binder.state() == State::Starting {
+            if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
+                self.fail(&pool, &binder, format!("cannot record the binder: {e}"))
+                    .await;
+                return;
+            }
+        }
+        let base_url = binder.location();
+        let started = self
+            .shared
+            .backend
+            .start(StartSpec {
+                binder_id: &binder.id,
+                token: &binder.token,
+                binding: &record.binding,
+                base_url: &base_url,
+            })
+            .await;
+        let instance = match started {
+            Ok(instance) => instance,
+            Err(e) => {
+                self.fail(&pool, &binder, e.to_string()).await;
+                return;
+            }
+        };
+        binder.set_instance(instance.clone());
+        // Pairs with the fence in `finish_stop`: either the stopper sees the
+        // instance, or we see `Stopping` here; both stopping is harmless.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if binder.state() == State::Stopping {
+            self.finish_stop(&pool, &binder).await;
+            return;
+        }
+        if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
+            self.fail(&pool, &binder, format!("cannot record the binder: {e}"))
+                .await;
+            return;
+        }
+        let timeout = Duration::from_secs(record.binding.start_timeout_seconds);
+        self.settle(&pool, &binder, &instance, timeout).await;
+    }
+
+    /// Waits until a started (or adopted) binder answers, then moves it into
+    /// the pool or to the caller who claimed it.
+    pub(crate) async fn settle(
+        &self,
+        pool: &Arc<Pool>,
+        binder: &Arc<Binder>,
+        instance: &Instance,
+        timeout: Duration,
+    ) {
+        let record = pool.record();
+        let path = if record.binding.strip_prefix {
+            "/".to_owned()
+        } else {
+            binder.location()
+        };
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
+                return; // failed (exited) or stopped meanwhile
+            }
+            if self.shared.upstream.answers(instance.addr, &path).await {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let reason = format!(
+                    "the container did not answer HTTP on port {} within {}s",
+                    instance.addr.port(),
+                    timeout.as_secs()
+                );
+                self.fail(pool, binder, reason).await;
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        if pool.transition(binder, State::Starting, State::Idle) {
+            pool.start_succeeded();
+            pool.ready.push(binder.clone());
+            if let Err(e) = self
+                .shared
+                .store
+                .set_binder_state(&binder.id, State::Idle)
+                .await
+            {
+                tracing::warn!(binder = %binder.id, error = %e, "cannot record ready binder");
+            }
+        } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
+            pool.start_succeeded();
+            let now = now_unix();
+            binder.set_assigned_at(now);
+            binder.touch();
+            let owner = binder
+                .owner()
+                .cloned()
+                .unwrap_or(crate::binder::Owner::Anonymous);
+            if let Err(e) = self.shared.store.assign(&binder.id, owner, now).await {
+                tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

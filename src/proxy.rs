@@ -1,0 +1,283 @@
+//! The built-in proxy: `/user/{token}/...` to the binder's container, and
+//! the HTTP readiness check the pool uses before a container joins it.
+//!
+//! Bodies stream both ways (no buffering); hop-by-hop headers (RFC 9110
+//! §7.6.1) are removed, except the `Connection: upgrade` / `Upgrade` pair on
+//! upgrade requests, whose two sides are joined byte for byte after the
+//! container answers 101. Every request counts as activity for culling.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::pool::Entry;
+
+/// The body type of every answer binderd gives.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long one readiness check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the container may take to start answering a proxied request.
+const UPSTREAM_HEADERS_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the binder's container is not answering: {0}")]
+    Unreachable(String),
+    #[error("the binder's container took too long to answer")]
+    Timeout,
+    #[error("bad upstream request: {0}")]
+    BadRequest(String),
+}
+
+/// The HTTP client binderd uses towards containers.
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream::new()
+    }
+}
+
+impl Upstream {
+    pub fn new() -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Upstream { client }
+    }
+
+    /// True if something at `addr` answers `GET path` with any HTTP response.
+    pub async fn answers(&self, addr: SocketAddr, path: &str) -> bool {
+        let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
+            return false;
+        };
+        let Ok(req) = Request::get(uri)
+            .header(header::USER_AGENT, "binderd-readiness")
+            .body(empty())
+        else {
+            return false;
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                // Drain so the connection can be reused by the proxy.
+                let _ = tokio::time::timeout(PROBE_TIMEOUT, resp.into_body().collect()).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forwards `req` to the binder of `entry`. `rest` is the path after
+    /// `/user/{token}` (starting with `/`), already cleaned of doubled slashes.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        entry: &Entry,
+        rest: &str,
+        client_addr: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        let binder = &entry.binder;
+        binder.touch();
+        let Some(instance) = binder.instance() else {
+            return Err(ProxyError::Unreachable("no container".into()));
+        };
+        let record = entry.pool.record();
+        let path = if record.binding.strip_prefix {
+            rest.to_owned()
+        } else {
+            format!("/user/{}{rest}", binder.token)
+        };
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri: Uri = format!("http://{}{}", instance.addr, path_and_query)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+
+        let upgrade = upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(proto) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
+        append_forwarded_for(&mut parts.headers, client_addr);
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body.boxed());
+
+        let sent = tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.client.request(upstream_req));
+        let mut resp = match sent.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(ProxyError::Unreachable(error_chain(&e))),
+            Err(_) => return Err(ProxyError::Timeout),
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let binder = binder.clone();
+                tokio::spawn(async move {
+                    let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
+                    else {
+                        return;
+                    };
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    binder.touch();
+                });
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(parts, empty()));
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// The protocol of an upgrade request (`Connection: upgrade` + `Upgrade: x`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Removes RFC 9110 §7.6.1 connection-specific headers, including any that
+/// `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Splits `/user/{token}/rest` into the token and `/rest` with runs of
+/// slashes folded (thebe asks for `/user/x//api/kernels`).
+pub fn split_user_path(path: &str) -> Option<(&str, String)> {
+    let after = path.strip_prefix("/user/")?;
+    let (token, rest) = match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, ""),
+    };
+    let mut clean = String::with_capacity(rest.len() + 1);
+    for c in rest.chars() {
+        if c == '/' && clean.ends_with('/') {
+            continue;
+        }
+        clean.push(c);
+    }
+    if clean.is_empty() {
+        clean.push('/');
+    }
+    Some((token, clean))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_paths_split_and_fold_slashes() {
+        assert_eq!(
+            split_user_path("/user/abc//api/kernels"),
+            Some(("abc", "/api/kernels".to_string()))
+        );
+        assert_eq!(split_user_path("/user/abc"), Some(("abc", "/".to_string())));
+        assert_eq!(split_user_path("/user/abc/"), Some(("abc", "/".to_string())));
+        assert_eq!(
+            split_user_path("/user/abc/a///b/"),
+            Some(("abc", "/a/b/".to_string()))
+        );
+        assert_eq!(split_user_path("/users/abc"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(upgrade_protocol(&h).is_none());
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    }
+}

@@ -1,0 +1,455 @@
+//! What must survive a restart or a crash: API-created bindings, pool sizes
+//! set through the API, and every binder binderd started (its token,
+//! container handle and whether it was handed out).
+//!
+//! SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a SIGKILL
+//! of binderd without an fsync per commit. One writer thread owns the
+//! connection; it takes every write waiting at that moment and commits them
+//! in one transaction, then acknowledges each. So a burst of handouts costs
+//! one commit, and nothing on the async side ever holds a database lock.
+//!
+//! The store is read once, at start ([`Store::open`]); afterwards binderd's
+//! in-memory state is the truth for reads and the store only follows it.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::Instance;
+use crate::binder::{Owner, State};
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("the store's writer has stopped")]
+    Closed,
+    #[error("cannot create data dir: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where a binding came from: `config/bindings/*.toml` or the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Api,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredBinding {
+    pub name: String,
+    /// The binding's JSON as accepted.
+    pub spec: String,
+    pub owner: String,
+    pub created_at: u64,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredBinder {
+    pub id: String,
+    pub binding: String,
+    pub token: String,
+    pub state: State,
+    pub owner: Option<Owner>,
+    pub instance: Option<Instance>,
+    pub created_at: u64,
+    pub assigned_at: u64,
+}
+
+/// Everything read at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub bindings: Vec<StoredBinding>,
+    pub binders: Vec<StoredBinder>,
+    /// `(binding, min, max)` set through `/pools`.
+    pub pool_sizes: Vec<(String, u32, u32)>,
+}
+
+enum Op {
+    PutBinding(StoredBinding),
+    DeleteBinding(String),
+    PutBinder(StoredBinder),
+    Assign {
+        id: String,
+        owner: Owner,
+        assigned_at: u64,
+    },
+    SetBinderState(String, State),
+    DeleteBinder(String),
+    SetPoolSize(String, u32, u32),
+}
+
+struct Job {
+    op: Op,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bindings (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS binders (
+    id TEXT PRIMARY KEY,
+    binding TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    owner TEXT,
+    instance TEXT,
+    created_at INTEGER NOT NULL,
+    assigned_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS pool_sizes (
+    binding TEXT PRIMARY KEY,
+    min INTEGER NOT NULL,
+    max INTEGER NOT NULL
+);
+";
+
+fn state_name(state: State) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (or creates) `binderd.sqlite3` in `data_dir`, reads it, and
+    /// starts the writer thread.
+    pub fn open(data_dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let conn = Connection::open(data_dir.join("binderd.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let loaded = load(&conn)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("binderd-store".into())
+            .spawn(move || writer(conn, rx))?;
+        Ok((Store { tx }, loaded))
+    }
+
+    async fn submit(&self, op: Op) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Job { op, done }).map_err(|_| StoreError::Closed)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    pub async fn put_binding(&self, binding: StoredBinding) -> Result<(), StoreError> {
+        self.submit(Op::PutBinding(binding)).await
+    }
+
+    /// Removes the binding and its pool size override.
+    pub async fn delete_binding(&self, name: &str) -> Result<(), StoreError> {
+        self.submit(Op::DeleteBinding(name.to_owned())).await
+    }
+
+    pub async fn put_binder(&self, binder: StoredBinder) -> Result<(), StoreError> {
+        self.submit(Op::PutBinder(binder)).await
+    }
+
+    /// Records a handout. Returns once it is committed.
+    pub async fn assign(&self, id: &str, owner: Owner, assigned_at: u64) -> Result<(), StoreError> {
+        self.submit(Op::Assign {
+            id: id.to_owned(),
+            owner,
+            assigned_at,
+        })
+        .await
+    }
+
+    pub async fn set_binder_state(&self, id: &str, state: State) -> Result<(), StoreError> {
+        self.submit(Op::SetBinderState(id.to_owned(), state)).await
+    }
+
+    pub async fn delete_binder(&self, id: &str) -> Result<(), StoreError> {
+        self.submit(Op::DeleteBinder(id.to_owned())).await
+    }
+
+    pub async fn set_pool_size(&self, binding: &str, min: u32, max: u32) -> Result<(), StoreError> {
+        self.submit(Op::SetPoolSize(binding.to_owned(), min, max))
+            .await
+    }
+}
+
+fn load(conn: &Connection) -> Result<Loaded, StoreError> {
+    let mut loaded = Loaded::default();
+    let mut stmt = conn.prepare("SELECT name, spec, owner, created_at, source FROM bindings")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredBinding {
+            name: r.get(0)?,
+            spec: r.get(1)?,
+            owner: r.get(2)?,
+            created_at: r.get::<_, i64>(3)? as u64,
+            source: if r.get::<_, String>(4)? == "file" {
+                Source::File
+            } else {
+                Source::Api
+            },
+        })
+    })?;
+    for row in rows {
+        loaded.bindings.push(row?);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, binding, token, state, owner, instance, created_at, assigned_at FROM binders",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, i64>(7)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, binding, token, state, owner, instance, created_at, assigned_at) = row?;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("binder {id}: bad {what}"));
+        let state: State = serde_json::from_value(serde_json::Value::String(state))
+            .map_err(|_| corrupt("state"))?;
+        let owner = owner
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|_| corrupt("owner"))?;
+        let instance = instance
+            .map(|i| serde_json::from_str(&i))
+            .transpose()
+            .map_err(|_| corrupt("instance"))?;
+        loaded.binders.push(StoredBinder {
+            id,
+            binding,
+            token,
+            state,
+            owner,
+            instance,
+            created_at: created_at as u64,
+            assigned_at: assigned_at as u64,
+        });
+    }
+    let mut stmt = conn.prepare("SELECT binding, min, max FROM pool_sizes")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    for row in rows {
+        loaded.pool_sizes.push(row?);
+    }
+    Ok(loaded)
+}
+
+fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::PutBinding(b) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO bindings (name, spec, owner, created_at, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                b.name,
+                b.spec,
+                b.owner,
+                b.created_at as i64,
+                if b.source == Source::File { "file" } else { "api" }
+            ])?;
+        }
+        Op::DeleteBinding(name) => {
+            conn.prepare_cached("DELETE FROM bindings WHERE name = ?1")?
+                .execute([name])?;
+            conn.prepare_cached("DELETE FROM pool_sizes WHERE binding = ?1")?
+                .execute([name])?;
+        }
+        Op::PutBinder(b) => {
+            let owner = b.owner.as_ref().and_then(|o| serde_json::to_string(o).ok());
+            let instance = b
+                .instance
+                .as_ref()
+                .and_then(|i| serde_json::to_string(i).ok());
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO binders
+                 (id, binding, token, state, owner, instance, created_at, assigned_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                b.id,
+                b.binding,
+                b.token,
+                state_name(b.state),
+                owner,
+                instance,
+                b.created_at as i64,
+                b.assigned_at as i64
+            ])?;
+        }
+        Op::Assign {
+            id,
+            owner,
+            assigned_at,
+        } => {
+            let owner = serde_json::to_string(owner).ok();
+            conn.prepare_cached(
+                "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                state_name(State::Assigned),
+                owner,
+                *assigned_at as i64
+            ])?;
+        }
+        Op::SetBinderState(id, state) => {
+            conn.prepare_cached("UPDATE binders SET state = ?2 WHERE id = ?1")?
+                .execute(params![id, state_name(*state)])?;
+        }
+        Op::DeleteBinder(id) => {
+            conn.prepare_cached("DELETE FROM binders WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Op::SetPoolSize(binding, min, max) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO pool_sizes (binding, min, max) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![binding, min, max])?;
+        }
+    }
+    Ok(())
+}
+
+/// The writer thread: commit whatever is waiting, in one transaction.
+fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch: Vec<Job> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
+        let committed = conn.transaction().and_then(|tx| {
+            for job in &batch {
+                results.push(apply(&tx, &job.op).map_err(|e| e.to_string()));
+            }
+            tx.commit()
+        });
+        for (job, result) in batch.drain(..).zip(results.into_iter().chain(std::iter::repeat(Ok(())))) {
+            let result = match &committed {
+                Ok(()) => result,
+                Err(e) => Err(format!("commit failed: {e}")),
+            };
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// Reads one binder back (tests and diagnostics).
+pub fn read_binder_state(data_dir: &Path, id: &str) -> Result<Option<String>, StoreError> {
+    let conn = Connection::open(data_dir.join("binderd.sqlite3"))?;
+    Ok(conn
+        .query_row("SELECT state FROM binders WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn binder(id: &str) -> StoredBinder {
+        StoredBinder {
+            id: id.into(),
+            binding: "b".into(),
+            token: format!("tok-{id}"),
+            state: State::Idle,
+            owner: None,
+            instance: Some(Instance {
+                handle: "42".into(),
+                addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            }),
+            created_at: 7,
+            assigned_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen_and_batch_concurrently() {
+        let dir = std::env::temp_dir().join(format!("binderd-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let (store, loaded) = Store::open(&dir).unwrap();
+            assert!(loaded.bindings.is_empty());
+            store
+                .put_binding(StoredBinding {
+                    name: "b".into(),
+                    spec: "{}".into(),
+                    owner: "alice".into(),
+                    created_at: 1,
+                    source: Source::Api,
+                })
+                .await
+                .unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..100 {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("id{i}");
+                    store.put_binder(binder(&id)).await.unwrap();
+                    if i % 2 == 0 {
+                        store
+                            .assign(&id, Owner::Key("alice".into()), 99)
+                            .await
+                            .unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            store.delete_binder("id1").await.unwrap();
+            store.set_pool_size("b", 3, 9).await.unwrap();
+        }
+        let (_store, loaded) = Store::open(&dir).unwrap();
+        assert_eq!(loaded.bindings.len(), 1);
+        assert_eq!(loaded.bindings[0].owner, "alice");
+        assert_eq!(loaded.binders.len(), 99);
+        let assigned = loaded
+            .binders
+            .iter()
+            .filter(|b| b.state == State::Assigned)
+            .count();
+        assert_eq!(assigned, 50);
+        let b0 = loaded.binders.iter().find(|b| b.id == "id0").unwrap();
+        assert_eq!(b0.owner, Some(Owner::Key("alice".into())));
+        assert_eq!(b0.assigned_at, 99);
+        assert_eq!(b0.instance, binder("id0").instance);
+        assert_eq!(loaded.pool_sizes, vec![("b".to_string(), 3, 9)]);
+        assert_eq!(
+            read_binder_state(&dir, "id0").unwrap().as_deref(),
+            Some("assigned")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
