@@ -55,6 +55,36 @@ impl ProcessBackend {
         })
     }
 
+    /// SIGKILLs every process labelled with the owner key of `data_dir`, at
+    /// once and without waiting: for test teardown and emergency cleanup.
+    /// Returns how many were signalled.
+    pub fn kill_all(data_dir: &std::path::Path) -> usize {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let backend = ProcessBackend {
+            owner: super::owner_key(data_dir),
+            work_root: data_dir.join("binders"),
+            log_root: data_dir.join("logs"),
+            exits: tx,
+        };
+        let found = backend.scan(None);
+        for (pid, _) in &found {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        found.len()
+    }
+
+    /// Live processes labelled with the owner key of `data_dir`.
+    pub fn count_owned(data_dir: &std::path::Path) -> usize {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let backend = ProcessBackend {
+            owner: super::owner_key(data_dir),
+            work_root: data_dir.join("binders"),
+            log_root: data_dir.join("logs"),
+            exits: tx,
+        };
+        backend.scan(None).len()
+    }
+
     /// Path of a binder's output, for the logs endpoint.
     pub fn log_path(&self, binder_id: &str) -> PathBuf {
         self.log_root.join(format!("{binder_id}.log"))

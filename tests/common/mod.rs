@@ -1,0 +1,288 @@
+//! Test harness: start binderd on 127.0.0.1:0 (in-process through
+//! `binderd::run`, or as the real binary), speak HTTP to it, and make sure
+//! no process outlives the test.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use binderd::auth::{ApiKey, Role};
+use binderd::backend::process::ProcessBackend;
+use binderd::config::Config;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const ADMIN: &str = "admin-secret-key";
+pub const ALICE: &str = "alice-secret-key";
+pub const BOB: &str = "bob-secret-key";
+
+pub fn standin() -> &'static str {
+    env!("CARGO_BIN_EXE_binderd-standin")
+}
+
+pub fn binderd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_binderd")
+}
+
+/// A fresh data dir, removed (with every process labelled for it) on drop.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new(name: &str) -> DataDir {
+        let dir = std::env::temp_dir().join(format!(
+            "binderd-test-{name}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        DataDir(dir)
+    }
+
+    pub fn owned_processes(&self) -> usize {
+        ProcessBackend::count_owned(&self.0)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        ProcessBackend::kill_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn keys() -> Vec<ApiKey> {
+    vec![
+        ApiKey::new("admin", ADMIN, Role::Admin),
+        ApiKey::new("alice", ALICE, Role::User),
+        ApiKey::new("bob", BOB, Role::User),
+    ]
+}
+
+pub fn test_config(data: &DataDir) -> Config {
+    let mut config = Config::new(&data.0);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.api_keys = keys();
+    config.spawn_wait = Duration::from_secs(10);
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+/// The JSON of a binding running the stand-in server.
+pub fn standin_binding(name: &str, min: u32, max: u32) -> Value {
+    serde_json::json!({
+        "name": name,
+        "command": [standin(), "--port", "{port}", "--base-url", "{base_url}"],
+        "public": true,
+        "pool": {"min": min, "max": max},
+        "start_timeout_seconds": 10,
+    })
+}
+
+/// binderd running in this process.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), binderd::Error>>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(binderd::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful stop; returns what `run` returned.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("binderd did not stop in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// binderd as a child process (for SIGKILL and exit-code tests).
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    pub fn spawn(data: &DataDir, extra: &[&str], env: &[(&str, &str)]) -> Process {
+        let log = data.0.join(format!("binderd-{}.log", rand_suffix()));
+        let mut cmd = Command::new(binderd_bin());
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data.0)
+            .args(extra)
+            .current_dir(&data.0)
+            .env("BINDERD_API_KEYS", format!("admin:{ADMIN}:admin,alice:{ALICE}"))
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        let addr = wait_for_listen_line(&log);
+        Process { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_listen_line(log: &Path) -> SocketAddr {
+    for _ in 0..300 {
+        if let Ok(text) = std::fs::read_to_string(log) {
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                return addr.parse().unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "binderd did not log its address: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("request timed out")
+            .expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Answer {
+        self.send(Method::GET, url, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, url: &str, key: Option<&str>, body: &Value) -> Answer {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(k) = key {
+            headers.push(("authorization", k));
+        }
+        self.send(Method::POST, url, &headers, body.to_string()).await
+    }
+}
+
+/// Polls `GET /pools/{name}` until `check` holds (or fails after `secs`).
+pub async fn wait_pool(http: &Http, base: &str, name: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let a = http.get(&format!("{base}/pools/{name}")).await;
+        if a.status == 200 && check(&a.json()) {
+            return a.json();
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("pool {name} never reached the expected state: {} {}", a.status, a.body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts a SPEC error body with this code.
+pub fn assert_error(a: &Answer, code: u16) {
+    assert_eq!(a.status, code, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["error"]["code"], code, "{}", a.body);
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", a.body);
+}
