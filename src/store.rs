@@ -81,6 +81,10 @@ enum Op {
         owner: Owner,
         assigned_at: u64,
     },
+    Claim {
+        id: String,
+        owner: Owner,
+    },
     SetBinderState(String, State),
     DeleteBinder(String),
     SetPoolSize(String, u32, u32),
@@ -176,6 +180,16 @@ impl Store {
             id: id.to_owned(),
             owner,
             assigned_at,
+        })
+        .await
+    }
+
+    /// Records that a starting pool binder now belongs to `owner`. A row
+    /// not written yet is written whole, with the owner, by its start.
+    pub async fn claim(&self, id: &str, owner: Owner) -> Result<(), StoreError> {
+        self.submit(Op::Claim {
+            id: id.to_owned(),
+            owner,
         })
         .await
     }
@@ -318,6 +332,11 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
                 owner,
                 *assigned_at as i64
             ])?;
+        }
+        Op::Claim { id, owner } => {
+            let owner = serde_json::to_string(owner).ok();
+            conn.prepare_cached("UPDATE binders SET state = ?2, owner = ?3 WHERE id = ?1")?
+                .execute(params![id, state_name(State::StartingClaimed), owner])?;
         }
         Op::SetBinderState(id, state) => {
             conn.prepare_cached("UPDATE binders SET state = ?2 WHERE id = ?1")?

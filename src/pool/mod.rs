@@ -434,23 +434,51 @@ impl Pools {
             return Ok(Handout::Ready(binder));
         }
         let max = pool.max.load(Ordering::Acquire);
-        if !pool.counters.try_reserve(max) {
+        if pool.counters.try_reserve(max) {
+            let binder = Arc::new(Binder::new(pool.name.clone(), State::StartingClaimed));
+            binder.set_owner(owner);
+            pool.counters.entered(State::StartingClaimed);
+            self.register(pool, &binder);
+            if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
+                self.fail(pool, &binder, format!("cannot record the binder: {e}"))
+                    .await;
+                return Err(e.into());
+            }
+            self.spawn_start(pool.clone(), binder.clone());
+            return Ok(Handout::Starting(binder));
+        }
+        // At maxPool, but a pool binder may be on its way: it is the caller's.
+        let Some(binder) = self.claim_starting(pool) else {
             return Err(PoolError::Full {
                 name: pool.name.clone(),
                 max,
             });
-        }
-        let binder = Arc::new(Binder::new(pool.name.clone(), State::StartingClaimed));
-        binder.set_owner(owner);
-        pool.counters.entered(State::StartingClaimed);
-        self.register(pool, &binder);
-        if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
+        };
+        binder.set_owner(owner.clone());
+        if let Err(e) = self.shared.store.claim(&binder.id, owner).await {
             self.fail(pool, &binder, format!("cannot record the binder: {e}"))
                 .await;
             return Err(e.into());
         }
-        self.spawn_start(pool.clone(), binder.clone());
         Ok(Handout::Starting(binder))
+    }
+
+    /// Claims a binder that is starting for the pool. Scans the binders, so
+    /// it is only for the rare empty-and-at-maxPool case.
+    fn claim_starting(&self, pool: &Arc<Pool>) -> Option<Arc<Binder>> {
+        if pool.counters.get(&pool.counters.starting) == 0 {
+            return None;
+        }
+        let candidates: Vec<Arc<Binder>> = self
+            .shared
+            .binders
+            .iter()
+            .filter(|e| Arc::ptr_eq(&e.pool, pool) && e.binder.state() == State::Starting)
+            .map(|e| e.binder.clone())
+            .collect();
+        candidates
+            .into_iter()
+            .find(|b| pool.transition(b, State::Starting, State::StartingClaimed))
     }
 
     /// Stops a binder (in the background). Returns false if it was already

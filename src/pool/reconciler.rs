@@ -175,7 +175,8 @@ impl Pools {
         }
         if pool.transition(binder, State::Starting, State::Idle) {
             pool.start_succeeded();
-            pool.ready.push(binder.clone());
+            // Recorded as idle before it can be handed out: a handout's
+            // "assigned" must never be overwritten by this "idle".
             if let Err(e) = self
                 .shared
                 .store
@@ -184,6 +185,7 @@ impl Pools {
             {
                 tracing::warn!(binder = %binder.id, error = %e, "cannot record ready binder");
             }
+            pool.ready.push(binder.clone());
         } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
             pool.start_succeeded();
             let now = now_unix();
