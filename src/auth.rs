@@ -52,7 +52,13 @@ pub enum Caller {
 
 impl Caller {
     pub fn is_admin(&self) -> bool {
-        matches!(self, Caller::Key { role: Role::Admin, .. })
+        matches!(
+            self,
+            Caller::Key {
+                role: Role::Admin,
+                ..
+            }
+        )
     }
 
     pub fn key_name(&self) -> Option<&str> {
@@ -124,7 +130,10 @@ impl Keys {
 
 fn trim(raw: &[u8]) -> &[u8] {
     let start = raw.iter().position(|b| *b != b' ').unwrap_or(raw.len());
-    let end = raw.iter().rposition(|b| *b != b' ').map_or(start, |e| e + 1);
+    let end = raw
+        .iter()
+        .rposition(|b| *b != b' ')
+        .map_or(start, |e| e + 1);
     &raw[start..end.max(start)]
 }
 
@@ -211,7 +220,14 @@ mod tests {
     #[test]
     fn wrong_or_empty_keys_are_refused() {
         let k = keys();
-        for h in ["", "Bearer ", "alice-ke", "alice-key2", "Bearer wrong", "\0"] {
+        for h in [
+            "",
+            "Bearer ",
+            "alice-ke",
+            "alice-key2",
+            "Bearer wrong",
+            "\0",
+        ] {
             assert_eq!(
                 k.authenticate(Some(h.as_bytes())),
                 Err(AuthError::InvalidKey),

@@ -35,7 +35,9 @@ pub fn random_secret() -> Arc<str> {
 
 /// True for strings shaped like [`random_secret`]'s output.
 pub fn is_secret_shaped(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub fn now_unix() -> u64 {
@@ -131,13 +133,7 @@ impl std::fmt::Debug for Binder {
 
 impl Binder {
     pub fn new(binding: BindingName, state: State) -> Binder {
-        Binder::restore(
-            random_secret(),
-            random_secret(),
-            binding,
-            state,
-            now_unix(),
-        )
+        Binder::restore(random_secret(), random_secret(), binding, state, now_unix())
     }
 
     /// Rebuilds a binder recorded before a restart.

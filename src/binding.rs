@@ -50,7 +50,11 @@ impl fmt::Display for BindingName {
 
 /// Shortens and escapes user input before it goes into an error message.
 pub fn printable(raw: &str) -> String {
-    let mut out: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+    let mut out: String = raw
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
     if raw.chars().count() > 64 {
         out.push('…');
     }
@@ -265,8 +269,12 @@ impl Binding {
             return bad("at most 16 'services'".into());
         }
         for service in &self.services {
-            BindingName::parse(&service.name)
-                .map_err(|_| InvalidBinding(format!("invalid service name '{}'", printable(&service.name))))?;
+            BindingName::parse(&service.name).map_err(|_| {
+                InvalidBinding(format!(
+                    "invalid service name '{}'",
+                    printable(&service.name)
+                ))
+            })?;
             check_env(&service.env)?;
         }
         for admin in &self.administrators {

@@ -22,7 +22,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8585";
 pub const DEFAULT_DATA_DIR: &str = "binderd-data";
 
 #[derive(Debug, Parser)]
-#[command(name = "binderd", version, about = "Pools of pre-warmed notebook containers")]
+#[command(
+    name = "binderd",
+    version,
+    about = "Pools of pre-warmed notebook containers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -206,9 +210,15 @@ impl Config {
         cfg.default_binding = args
             .default_binding
             .or(file.default_binding)
-            .map(|n| BindingName::parse(&n).map_err(|e| ConfigError::Invalid(format!("default_binding: {e}"))))
+            .map(|n| {
+                BindingName::parse(&n)
+                    .map_err(|e| ConfigError::Invalid(format!("default_binding: {e}")))
+            })
             .transpose()?;
-        cfg.cleanup_on_exit = args.cleanup_on_exit.or(file.cleanup_on_exit).unwrap_or(false);
+        cfg.cleanup_on_exit = args
+            .cleanup_on_exit
+            .or(file.cleanup_on_exit)
+            .unwrap_or(false);
         if let Some(s) = file.spawn_wait_seconds {
             cfg.spawn_wait = Duration::from_secs(s.min(3600));
         }
@@ -220,7 +230,9 @@ impl Config {
         }
         if let Some(n) = file.start_concurrency {
             if n == 0 {
-                return Err(ConfigError::Invalid("start_concurrency must be at least 1".into()));
+                return Err(ConfigError::Invalid(
+                    "start_concurrency must be at least 1".into(),
+                ));
             }
             cfg.start_concurrency = n;
         }
@@ -239,7 +251,10 @@ impl Config {
         check_keys(&cfg.api_keys)?;
 
         let mut bindings = file.bindings;
-        let bindings_dir = args.bindings_dir.clone().or(file.bindings_dir.map(|d| base.join(d)));
+        let bindings_dir = args
+            .bindings_dir
+            .clone()
+            .or(file.bindings_dir.map(|d| base.join(d)));
         match bindings_dir {
             Some(dir) => bindings.extend(read_bindings_dir(&dir)?),
             None if Path::new(DEFAULT_BINDINGS_DIR).is_dir() => {
@@ -479,7 +494,10 @@ key_file = "alice.key"
         assert!(e.contains("unknown backend 'vm'"), "{e}");
 
         let e = err(ServeArgs::default(), Some("alice:k:root"));
-        assert!(e.contains("unknown role 'root'") && !e.contains(":k:"), "{e}");
+        assert!(
+            e.contains("unknown role 'root'") && !e.contains(":k:"),
+            "{e}"
+        );
 
         let e = err(
             ServeArgs {

@@ -123,7 +123,8 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body.boxed());
 
-        let sent = tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.client.request(upstream_req));
+        let sent =
+            tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.client.request(upstream_req));
         let mut resp = match sent.await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(ProxyError::Unreachable(error_chain(&e))),
@@ -155,7 +156,9 @@ impl Upstream {
 }
 
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The protocol of an upgrade request (`Connection: upgrade` + `Upgrade: x`).
@@ -166,7 +169,9 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// Removes RFC 9110 §7.6.1 connection-specific headers, including any that
@@ -251,7 +256,10 @@ mod tests {
             Some(("abc", "/api/kernels".to_string()))
         );
         assert_eq!(split_user_path("/user/abc"), Some(("abc", "/".to_string())));
-        assert_eq!(split_user_path("/user/abc/"), Some(("abc", "/".to_string())));
+        assert_eq!(
+            split_user_path("/user/abc/"),
+            Some(("abc", "/".to_string()))
+        );
         assert_eq!(
             split_user_path("/user/abc/a///b/"),
             Some(("abc", "/a/b/".to_string()))
@@ -262,10 +270,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_including_named_ones() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -277,7 +291,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(upgrade_protocol(&h).is_none());
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
     }
 }

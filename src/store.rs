@@ -153,7 +153,9 @@ impl Store {
 
     async fn submit(&self, op: Op) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Job { op, done }).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Job { op, done })
+            .map_err(|_| StoreError::Closed)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
@@ -286,7 +288,11 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
                 b.spec,
                 b.owner,
                 b.created_at as i64,
-                if b.source == Source::File { "file" } else { "api" }
+                if b.source == Source::File {
+                    "file"
+                } else {
+                    "api"
+                }
             ])?;
         }
         Op::DeleteBinding(name) => {
@@ -374,7 +380,10 @@ fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
             tx.commit()
         });
-        for (job, result) in batch.drain(..).zip(results.into_iter().chain(std::iter::repeat(Ok(())))) {
+        for (job, result) in batch
+            .drain(..)
+            .zip(results.into_iter().chain(std::iter::repeat(Ok(()))))
+        {
             let result = match &committed {
                 Ok(()) => result,
                 Err(e) => Err(format!("commit failed: {e}")),
@@ -388,7 +397,9 @@ fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
 pub fn read_binder_state(data_dir: &Path, id: &str) -> Result<Option<String>, StoreError> {
     let conn = Connection::open(data_dir.join("binderd.sqlite3"))?;
     Ok(conn
-        .query_row("SELECT state FROM binders WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT state FROM binders WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 

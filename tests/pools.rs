@@ -12,7 +12,9 @@ use http::Method;
 use serde_json::json;
 
 async fn create(http: &Http, server: &Server, body: serde_json::Value) {
-    let a = http.post_json(&server.url("/bindings"), Some(ADMIN), &body).await;
+    let a = http
+        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
 }
 
@@ -26,7 +28,14 @@ async fn pool_fills_hands_out_and_refills() {
     wait_pool(&http, &base, "fill", 20, |p| p["available"] == 3).await;
     assert_eq!(data.owned_processes(), 3);
 
-    let a = http.send(Method::POST, &server.url("/binders/Fill"), &[], Bytes::new()).await;
+    let a = http
+        .send(
+            Method::POST,
+            &server.url("/binders/Fill"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let binder = a.json();
     assert_eq!(binder["state"], "ready");
@@ -38,7 +47,9 @@ async fn pool_fills_hands_out_and_refills() {
     assert_eq!(id.len(), 32);
 
     // The location answers through binderd's proxy, path unchanged.
-    let status = http.get(&server.url(&format!("{location}api/status"))).await;
+    let status = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
     assert_eq!(status.status, 200, "{}", status.body);
     assert_eq!(status.json()["binder"], id.as_str());
     let echo = http.get(&server.url(&format!("{location}a/b?x=1"))).await;
@@ -49,12 +60,27 @@ async fn pool_fills_hands_out_and_refills() {
     assert_eq!(doubled.json()["path"], format!("{location}a/b"));
     // Request bodies stream through.
     let posted = http
-        .send(Method::POST, &server.url(&format!("{location}echo")), &[("content-type", "text/plain")], "hello through the proxy")
+        .send(
+            Method::POST,
+            &server.url(&format!("{location}echo")),
+            &[("content-type", "text/plain")],
+            "hello through the proxy",
+        )
         .await;
     assert_eq!(posted.body, "hello through the proxy");
     // binderd's own key does not reach the container; hop-by-hop headers do not either.
     let seen = http
-        .send(Method::GET, &server.url(&format!("{location}h")), &[("authorization", ADMIN), ("connection", "x-drop"), ("x-drop", "1"), ("x-keep", "2")], Bytes::new())
+        .send(
+            Method::GET,
+            &server.url(&format!("{location}h")),
+            &[
+                ("authorization", ADMIN),
+                ("connection", "x-drop"),
+                ("x-drop", "1"),
+                ("x-keep", "2"),
+            ],
+            Bytes::new(),
+        )
         .await
         .json();
     assert!(seen["headers"].get("authorization").is_none(), "{seen}");
@@ -68,32 +94,75 @@ async fn pool_fills_hands_out_and_refills() {
     assert_eq!(p["running"], 4);
 
     // Unknown tokens: 404, JSON for API clients, HTML for browsers.
-    let a = http.get(&server.url(&format!("/user/{}/", "0".repeat(32)))).await;
+    let a = http
+        .get(&server.url(&format!("/user/{}/", "0".repeat(32))))
+        .await;
     assert_error(&a, 404);
-    let a = http.send(Method::GET, &server.url("/user/nope/x"), &[("accept", "text/html")], Bytes::new()).await;
+    let a = http
+        .send(
+            Method::GET,
+            &server.url("/user/nope/x"),
+            &[("accept", "text/html")],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(a.status, 404);
     assert!(a.body.contains("<h1>404"), "{}", a.body);
 
     // Listing: needs a key; shows what this key may see.
     assert_error(&http.get(&server.url("/binders/fill")).await, 401);
-    let listed = http.send(Method::GET, &server.url("/binders/fill"), &[("authorization", ADMIN)], Bytes::new()).await;
+    let listed = http
+        .send(
+            Method::GET,
+            &server.url("/binders/fill"),
+            &[("authorization", ADMIN)],
+            Bytes::new(),
+        )
+        .await;
     let listed = listed.json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["uri"], format!("/binders/fill/{id}"));
-    let listed = http.send(Method::GET, &server.url("/binders/fill"), &[("authorization", ALICE)], Bytes::new()).await;
-    assert_eq!(listed.json().as_array().unwrap().len(), 0, "anonymous binder is not alice's");
+    let listed = http
+        .send(
+            Method::GET,
+            &server.url("/binders/fill"),
+            &[("authorization", ALICE)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        listed.json().as_array().unwrap().len(),
+        0,
+        "anonymous binder is not alice's"
+    );
 
     // Delete: owner or admin. Anonymous owner: only admin.
     let del = |key: &'static str| {
         let url = server.url(&format!("/binders/fill/{id}"));
         let http = &http;
-        async move { http.send(Method::DELETE, &url, &[("authorization", key)], Bytes::new()).await }
+        async move {
+            http.send(
+                Method::DELETE,
+                &url,
+                &[("authorization", key)],
+                Bytes::new(),
+            )
+            .await
+        }
     };
     assert_error(&del(ALICE).await, 403);
     assert_eq!(del(ADMIN).await.status, 202);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http.get(&server.url(&format!("{location}api/status"))).await.status != 404 {
-        assert!(tokio::time::Instant::now() < deadline, "stopped binder still answers");
+    while http
+        .get(&server.url(&format!("{location}api/status")))
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stopped binder still answers"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_pool(&http, &base, "fill", 20, |p| p["running"] == 3).await;
@@ -106,16 +175,29 @@ async fn pool_fills_hands_out_and_refills() {
     };
     assert_error(&resize(None, json!({"minPool": 1})).await, 401);
     assert_error(&resize(Some(ALICE), json!({"minPool": 1})).await, 403);
-    assert_error(&resize(Some(ADMIN), json!({"minPool": 9, "maxPool": 2})).await, 400);
-    assert_error(&resize(Some(ADMIN), json!({"minPool": 99999999999u64})).await, 400);
+    assert_error(
+        &resize(Some(ADMIN), json!({"minPool": 9, "maxPool": 2})).await,
+        400,
+    );
+    assert_error(
+        &resize(Some(ADMIN), json!({"minPool": 99999999999u64})).await,
+        400,
+    );
     assert_error(&resize(Some(ADMIN), json!({"size": 1})).await, 400);
     let a = resize(Some(ADMIN), json!({"minPool": 1})).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["minPool"], 1);
-    wait_pool(&http, &base, "fill", 20, |p| p["available"] == 1 && p["running"] == 1).await;
+    wait_pool(&http, &base, "fill", 20, |p| {
+        p["available"] == 1 && p["running"] == 1
+    })
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while data.owned_processes() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "shrinking left {} processes", data.owned_processes());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shrinking left {} processes",
+            data.owned_processes()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.stop().await;
@@ -135,7 +217,9 @@ async fn concurrent_handouts_never_hand_out_twice() {
     for _ in 0..64 {
         let url = server.url("/binders/race");
         tasks.push(tokio::spawn(async move {
-            Http::new().send(Method::POST, &url, &[], Bytes::new()).await
+            Http::new()
+                .send(Method::POST, &url, &[], Bytes::new())
+                .await
         }));
     }
     let mut ready = Vec::new();
@@ -157,16 +241,32 @@ async fn concurrent_handouts_never_hand_out_twice() {
             other => panic!("unexpected {other}: {}", a.body),
         }
     }
-    assert!(ready.len() >= 32, "all 32 warm binders go out: {}", ready.len());
+    assert!(
+        ready.len() >= 32,
+        "all 32 warm binders go out: {}",
+        ready.len()
+    );
     assert!(ready.len() + starting <= 40, "never past maxPool");
     assert_eq!(ready.len() + starting + full, 64);
-    let ids: HashSet<_> = ready.iter().map(|b| b["id"].as_str().unwrap().to_owned()).collect();
-    let locations: HashSet<_> = ready.iter().map(|b| b["location"].as_str().unwrap().to_owned()).collect();
+    let ids: HashSet<_> = ready
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    let locations: HashSet<_> = ready
+        .iter()
+        .map(|b| b["location"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), ready.len(), "an id was handed out twice");
-    assert_eq!(locations.len(), ready.len(), "a location was handed out twice");
+    assert_eq!(
+        locations.len(),
+        ready.len(),
+        "a location was handed out twice"
+    );
     // Each location reaches its own container.
     for b in ready.iter().take(8) {
-        let s = http.get(&server.url(&format!("{}api/status", b["location"].as_str().unwrap()))).await;
+        let s = http
+            .get(&server.url(&format!("{}api/status", b["location"].as_str().unwrap())))
+            .await;
         assert_eq!(s.json()["binder"], b["id"]);
     }
     server.stop().await;
@@ -178,20 +278,45 @@ async fn empty_pool_answers_202_then_ready_and_503_at_max() {
     let server = Server::start(test_config(&data)).await;
     let http = Http::new();
     let mut body = standin_binding("cold", 0, 1);
-    body["command"] = json!([standin(), "--port", "{port}", "--base-url", "{base_url}", "--delay-ms", "300"]);
+    body["command"] = json!([
+        standin(),
+        "--port",
+        "{port}",
+        "--base-url",
+        "{base_url}",
+        "--delay-ms",
+        "300"
+    ]);
     create(&http, &server, body).await;
 
-    let a = http.send(Method::POST, &server.url("/binders/cold"), &[], Bytes::new()).await;
+    let a = http
+        .send(
+            Method::POST,
+            &server.url("/binders/cold"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(a.status, 202, "{}", a.body);
     let id = a.json()["id"].as_str().unwrap().to_owned();
     // At maxPool (1): 503 with Retry-After.
-    let full = http.send(Method::POST, &server.url("/binders/cold"), &[], Bytes::new()).await;
+    let full = http
+        .send(
+            Method::POST,
+            &server.url("/binders/cold"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_error(&full, 503);
     assert!(full.headers.contains_key("retry-after"));
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let ready = loop {
-        let g = http.get(&server.url(&format!("/binders/cold/{id}"))).await.json();
+        let g = http
+            .get(&server.url(&format!("/binders/cold/{id}")))
+            .await
+            .json();
         if g["state"] == "ready" {
             break g;
         }
@@ -200,9 +325,16 @@ async fn empty_pool_answers_202_then_ready_and_503_at_max() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let location = ready["location"].as_str().unwrap();
-    let s = http.get(&server.url(&format!("{location}api/status"))).await;
+    let s = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
     assert_eq!(s.json()["binder"], id.as_str());
-    assert_error(&http.get(&server.url("/binders/cold/ffffffffffffffffffffffffffffffff")).await, 404);
+    assert_error(
+        &http
+            .get(&server.url("/binders/cold/ffffffffffffffffffffffffffffffff"))
+            .await,
+        404,
+    );
     assert_error(&http.get(&server.url("/binders/cold/not-an-id")).await, 404);
     server.stop().await;
 }
@@ -231,7 +363,15 @@ async fn tmpnb_routes_work_for_thebe_and_url_hits() {
 
     // thebe: text/plain body, no Authorization.
     let a = http
-        .send(Method::POST, &server.url("/api/spawn/"), &[("content-type", "text/plain;charset=UTF-8"), ("origin", "https://page.example")], r#"{"image_name":"jupyter/notebook"}"#)
+        .send(
+            Method::POST,
+            &server.url("/api/spawn/"),
+            &[
+                ("content-type", "text/plain;charset=UTF-8"),
+                ("origin", "https://page.example"),
+            ],
+            r#"{"image_name":"jupyter/notebook"}"#,
+        )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.headers["access-control-allow-origin"], "*");
@@ -240,17 +380,28 @@ async fn tmpnb_routes_work_for_thebe_and_url_hits() {
     // The page builds base + url + '/' + 'api/...'. http.server lists "/".
     let listing = http.get(&server.url(&format!("{url}/"))).await;
     assert_eq!(listing.status, 200);
-    assert!(listing.body.contains("Directory listing for /"), "{}", listing.body);
+    assert!(
+        listing.body.contains("Directory listing for /"),
+        "{}",
+        listing.body
+    );
 
     let stats = http.get(&server.url("/api/stats")).await.json();
     assert_eq!(stats["capacity"], 2);
-    assert!(stats["container_image"].as_str().unwrap().contains("http.server"));
+    assert!(stats["container_image"]
+        .as_str()
+        .unwrap()
+        .contains("http.server"));
     assert!(stats["version"].is_string());
 
     // Pool max 2: one handed out, one more may start; then full → 429 {"status":"full"}.
-    let second = http.send(Method::POST, &server.url("/api/spawn"), &[], Bytes::new()).await;
+    let second = http
+        .send(Method::POST, &server.url("/api/spawn"), &[], Bytes::new())
+        .await;
     assert_eq!(second.status, 200, "{}", second.body);
-    let third = http.send(Method::POST, &server.url("/api/spawn/"), &[], Bytes::new()).await;
+    let third = http
+        .send(Method::POST, &server.url("/api/spawn/"), &[], Bytes::new())
+        .await;
     assert_eq!(third.status, 429, "{}", third.body);
     assert_eq!(third.json()["status"], "full");
     assert!(third.headers.contains_key("retry-after"));
@@ -261,14 +412,21 @@ async fn tmpnb_routes_work_for_thebe_and_url_hits() {
     let a = http.get(&server.url("/spawn/tree/notebooks?x=1")).await;
     assert_eq!(a.status, 302, "{}", a.body);
     let loc = a.headers["location"].to_str().unwrap();
-    assert!(loc.starts_with("/user/") && loc.ends_with("/tree/notebooks?x=1"), "{loc}");
+    assert!(
+        loc.starts_with("/user/") && loc.ends_with("/tree/notebooks?x=1"),
+        "{loc}"
+    );
     server.stop().await;
 }
 
 async fn resize_max(http: &Http, server: &Server, name: &str, max: u32) -> u16 {
-    http.post_json(&server.url(&format!("/pools/{name}")), Some(ADMIN), &json!({"maxPool": max}))
-        .await
-        .status
+    http.post_json(
+        &server.url(&format!("/pools/{name}")),
+        Some(ADMIN),
+        &json!({"maxPool": max}),
+    )
+    .await
+    .status
 }
 
 #[tokio::test]
@@ -278,7 +436,9 @@ async fn deleting_a_binding_leaves_no_process_behind() {
     let http = Http::new();
     create(&http, &server, standin_binding("gone", 4, 8)).await;
     wait_pool(&http, &server.url(""), "gone", 20, |p| p["available"] == 4).await;
-    let a = http.post_json(&server.url("/binders/gone"), None, &json!({})).await;
+    let a = http
+        .post_json(&server.url("/binders/gone"), None, &json!({}))
+        .await;
     assert_eq!(a.status, 201);
     let location = a.json()["location"].as_str().unwrap().to_owned();
     assert_eq!(data.owned_processes(), 5);
@@ -286,17 +446,34 @@ async fn deleting_a_binding_leaves_no_process_behind() {
     let del = |q: &str| {
         let url = server.url(&format!("/bindings/gone{q}"));
         let http = &http;
-        async move { http.send(Method::DELETE, &url, &[("authorization", ADMIN)], Bytes::new()).await }
+        async move {
+            http.send(
+                Method::DELETE,
+                &url,
+                &[("authorization", ADMIN)],
+                Bytes::new(),
+            )
+            .await
+        }
     };
     // An assigned binder blocks deletion unless forced.
     assert_error(&del("").await, 409);
     assert_eq!(del("?force=true").await.status, 202);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while data.owned_processes() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "{} processes left", data.owned_processes());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} processes left",
+            data.owned_processes()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_error(&http.get(&server.url(&format!("{location}api/status"))).await, 404);
+    assert_error(
+        &http
+            .get(&server.url(&format!("{location}api/status")))
+            .await,
+        404,
+    );
     assert_error(&http.get(&server.url("/pools/gone")).await, 404);
     server.stop().await;
 }
@@ -318,19 +495,35 @@ async fn a_broken_command_sets_error_status_and_backs_off() {
         assert!(tokio::time::Instant::now() < deadline, "{d}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(doc["message"].as_str().unwrap().contains("/nonexistent/notebook-server"), "{doc}");
+    assert!(
+        doc["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/notebook-server"),
+        "{doc}"
+    );
     // Backing off: in 2 s a hot loop would fail thousands of starts; the
     // back-off (0.5 s, 1 s, 2 s, ...) allows only a few rounds of 2.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let p = http.get(&server.url("/pools/broken")).await.json();
     assert_eq!(p["available"], 0);
     // A spawn with nothing warm and a broken command: 202, then failed with a reason.
-    let a = http.send(Method::POST, &server.url("/binders/broken"), &[], Bytes::new()).await;
+    let a = http
+        .send(
+            Method::POST,
+            &server.url("/binders/broken"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     if a.status == 202 {
         let id = a.json()["id"].as_str().unwrap().to_owned();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let g = http.get(&server.url(&format!("/binders/broken/{id}"))).await.json();
+            let g = http
+                .get(&server.url(&format!("/binders/broken/{id}")))
+                .await
+                .json();
             if g["state"] == "failed" {
                 assert!(g["reason"].as_str().unwrap().contains("cannot run"), "{g}");
                 break;
@@ -351,15 +544,36 @@ async fn a_pooled_process_killed_behind_our_back_is_replaced_not_handed_out() {
     let server = Server::start(test_config(&data)).await;
     let http = Http::new();
     create(&http, &server, standin_binding("victim", 1, 2)).await;
-    let p = wait_pool(&http, &server.url(""), "victim", 20, |p| p["available"] == 1).await;
+    let p = wait_pool(&http, &server.url(""), "victim", 20, |p| {
+        p["available"] == 1
+    })
+    .await;
     assert_eq!(p["running"], 1);
-    assert_eq!(binderd::backend::process::ProcessBackend::kill_all(&data.0), 1);
+    assert_eq!(
+        binderd::backend::process::ProcessBackend::kill_all(&data.0),
+        1
+    );
     // Replaced: a new one comes up, and every handout answers.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    wait_pool(&http, &server.url(""), "victim", 20, |p| p["available"] == 1 && p["running"] == 1).await;
-    let a = http.send(Method::POST, &server.url("/binders/victim"), &[], Bytes::new()).await;
+    wait_pool(&http, &server.url(""), "victim", 20, |p| {
+        p["available"] == 1 && p["running"] == 1
+    })
+    .await;
+    let a = http
+        .send(
+            Method::POST,
+            &server.url("/binders/victim"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let location = a.json()["location"].as_str().unwrap().to_owned();
-    assert_eq!(http.get(&server.url(&format!("{location}api/status"))).await.status, 200);
+    assert_eq!(
+        http.get(&server.url(&format!("{location}api/status")))
+            .await
+            .status,
+        200
+    );
     server.stop().await;
 }

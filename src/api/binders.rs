@@ -77,7 +77,12 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
 /// that nobody holds are not shown.
 fn find(app: &App, raw: &str, id: &str) -> Result<Arc<Binder>> {
     let name = binding_name(raw)?;
-    let not_found = || ApiError::NotFound(format!("binder '{}' not found", crate::binding::printable(id)));
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "binder '{}' not found",
+            crate::binding::printable(id)
+        ))
+    };
     if !is_secret_shaped(id) {
         return Err(not_found());
     }
@@ -186,7 +191,8 @@ pub(super) async fn proxy(
     peer: SocketAddr,
 ) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
-    let unknown = || ApiError::NotFound("no binder at this address (it may have been stopped)".into());
+    let unknown =
+        || ApiError::NotFound("no binder at this address (it may have been stopped)".into());
     let (token, rest) = split_user_path(&path).ok_or_else(unknown)?;
     if !is_secret_shaped(token) {
         return Err(unknown());
@@ -197,7 +203,11 @@ pub(super) async fn proxy(
     }
     // binderd's own key is not the container's business.
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
-        if app.keys.authenticate(Some(auth.as_bytes())).is_ok_and(|c| c.key_name().is_some()) {
+        if app
+            .keys
+            .authenticate(Some(auth.as_bytes()))
+            .is_ok_and(|c| c.key_name().is_some())
+        {
             req.headers_mut().remove(header::AUTHORIZATION);
         }
     }

@@ -109,7 +109,9 @@ pub(super) async fn one(
             let owner = caller.key_name().unwrap_or_default();
             if visible.is_none() && app.pools.get(&name).is_some() {
                 // Exists but hidden from this caller: do not reveal or replace it.
-                return Err(ApiError::Conflict(format!("binding '{name}' already exists")));
+                return Err(ApiError::Conflict(format!(
+                    "binding '{name}' already exists"
+                )));
             }
             let (pool, created) = app.pools.put_binding(binding, owner, true).await?;
             let status = if created {

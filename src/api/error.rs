@@ -26,10 +26,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("method {method} is not allowed here")]
-    MethodNotAllowed {
-        method: Method,
-        allow: &'static str,
-    },
+    MethodNotAllowed { method: Method, allow: &'static str },
     #[error("{0}")]
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
@@ -179,7 +176,15 @@ mod tests {
     use super::*;
 
     async fn body_of(resp: Response<Body>) -> String {
-        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -187,7 +192,10 @@ mod tests {
         let resp = ApiError::NotFound("binding 'x' not found".into()).into_response(false);
         assert_eq!(resp.status(), 404);
         let v: serde_json::Value = serde_json::from_str(&body_of(resp).await).unwrap();
-        assert_eq!(v, json!({"error": {"code": 404, "message": "binding 'x' not found"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": 404, "message": "binding 'x' not found"}})
+        );
 
         let resp = ApiError::TooManyRequests {
             message: "full".into(),

@@ -29,8 +29,8 @@ mod bindings;
 pub mod error;
 mod tmpnb;
 
-pub use error::ApiError;
 use error::full;
+pub use error::ApiError;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -131,7 +131,10 @@ fn cors(app: &App, headers: &mut http::HeaderMap) {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("Location, Retry-After"),
         );
-        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
     }
 }
 
@@ -165,11 +168,14 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
     match segments.as_slice() {
         [] => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            json(StatusCode::OK, &serde_json::json!({
-                "name": "binderd",
-                "version": VERSION,
-                "routes": ["/bindings", "/binders/{binding}", "/pools", "/api/spawn/", "/api/stats", "/spawn/{path}", "/user/{token}/", "/healthcheck", "/configuration"],
-            }))
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "name": "binderd",
+                    "version": VERSION,
+                    "routes": ["/bindings", "/binders/{binding}", "/pools", "/api/spawn/", "/api/stats", "/spawn/{path}", "/user/{token}/", "/healthcheck", "/configuration"],
+                }),
+            )
         }
         ["healthcheck"] => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
@@ -249,9 +255,11 @@ fn configuration(app: &App) -> serde_json::Value {
 }
 
 fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Caller> {
-    Ok(app
-        .keys
-        .authenticate(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))?)
+    Ok(app.keys.authenticate(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    )?)
 }
 
 fn allow(method: &Method, allowed: &[Method], allow: &'static str) -> Result<()> {
@@ -310,7 +318,9 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
     }
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
         Err(e) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
     }
 }

@@ -81,14 +81,21 @@ async fn handout_and_wait(app: &App, caller: &Caller, pool: &Arc<Pool>) -> Resul
 
 /// `POST /api/spawn/`: any body or none; `{"binding": "name"}` picks one.
 /// thebe sends `{"image_name": ...}` as text/plain, which is ignored.
-pub(super) async fn spawn(app: &App, caller: &Caller, req: Request<Incoming>) -> Result<Response<Body>> {
+pub(super) async fn spawn(
+    app: &App,
+    caller: &Caller,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
     let body = read_body(app, req).await?;
     let named = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("binding").and_then(|b| b.as_str()).map(str::to_owned));
     let pool = default_pool(app, caller, named.as_deref())?;
     let binder = handout_and_wait(app, caller, &pool).await?;
-    json(StatusCode::OK, &json!({"url": binder.location(), "id": binder.id}))
+    json(
+        StatusCode::OK,
+        &json!({"url": binder.location(), "id": binder.id}),
+    )
 }
 
 /// `GET /spawn/{path}`: 302 to `/user/{token}/{path}`.

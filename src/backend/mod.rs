@@ -157,7 +157,12 @@ mod tests {
     #[test]
     fn templates_fill_every_placeholder() {
         assert_eq!(
-            fill_template("--port={port} --base={base_url} t={token}", 9, "/user/t/", "t"),
+            fill_template(
+                "--port={port} --base={base_url} t={token}",
+                9,
+                "/user/t/",
+                "t"
+            ),
             "--port=9 --base=/user/t/ t=t"
         );
     }

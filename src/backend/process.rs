@@ -147,7 +147,11 @@ impl ProcessBackend {
         };
         let mut found = Vec::new();
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
                 continue;
             };
             let Some(vars) = binderd_env(pid) else {
@@ -272,14 +276,16 @@ impl Backend for ProcessBackend {
             // The group leader is the binder's handle; a member whose leader
             // is gone names the (dead) leader, so it is found not running.
             let leader = pgrp == pid;
-            let entry = by_binder.entry(binder_id.clone()).or_insert_with(|| Discovered {
-                binder_id: binder_id.clone(),
-                binding: binding.clone(),
-                instance: Instance {
-                    handle: pgrp.to_string(),
-                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                },
-            });
+            let entry = by_binder
+                .entry(binder_id.clone())
+                .or_insert_with(|| Discovered {
+                    binder_id: binder_id.clone(),
+                    binding: binding.clone(),
+                    instance: Instance {
+                        handle: pgrp.to_string(),
+                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    },
+                });
             if leader {
                 entry.instance.handle = pid.to_string();
             }

@@ -75,16 +75,24 @@ fn full(body: impl Into<Bytes>) -> Body {
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(v.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
     resp
 }
 
 async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let binder = std::env::var("BINDERD_BINDER_ID").unwrap_or_default();
-    let Some(rest) = path.strip_prefix(base).or((path.as_str() == base.trim_end_matches('/')).then_some("")) else {
-        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "outside base_url", "path": path}));
+    let Some(rest) = path
+        .strip_prefix(base)
+        .or((path.as_str() == base.trim_end_matches('/')).then_some(""))
+    else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "outside base_url", "path": path}),
+        );
     };
     match (req.method(), rest) {
         (&Method::GET, "api/status") => json(
@@ -95,7 +103,8 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
             let (parts, body) = req.into_parts();
             let mut resp = Response::new(body.boxed());
             if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
-                resp.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, ct.clone());
             }
             resp
         }
@@ -146,7 +155,10 @@ async fn main() {
     println!(
         "binderd-standin serving {} on {}",
         o.base_url,
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
     );
     let base: &'static str = Box::leak(o.base_url.into_boxed_str());
     loop {
@@ -155,7 +167,8 @@ async fn main() {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = service_fn(move |req| async move { Ok::<_, Infallible>(handle(base, req).await) });
+            let service =
+                service_fn(move |req| async move { Ok::<_, Infallible>(handle(base, req).await) });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;

@@ -58,7 +58,10 @@ impl Pools {
             let Ok(name) = BindingName::parse(&binding.name) else {
                 continue;
             };
-            if self.get(&name).is_some_and(|p| p.record().source == Source::Api) {
+            if self
+                .get(&name)
+                .is_some_and(|p| p.record().source == Source::Api)
+            {
                 tracing::warn!(binding = %name, "a file binding replaces the API binding of the same name");
             }
             self.insert_pool(BindingRecord {
@@ -74,7 +77,8 @@ impl Pools {
                 continue;
             };
             let max = max.clamp(1, self.shared.max_pool_limit);
-            pool.min.store(min.min(max), std::sync::atomic::Ordering::Release);
+            pool.min
+                .store(min.min(max), std::sync::atomic::Ordering::Release);
             pool.max.store(max, std::sync::atomic::Ordering::Release);
         }
         report.bindings = self.shared.pools.len();
@@ -107,7 +111,8 @@ impl Pools {
                     .unwrap_or(false),
                 _ => false,
             };
-            let (Some(pool), Some(found), Some(state), true) = (pool, found.clone(), live_state, adoptable)
+            let (Some(pool), Some(found), Some(state), true) =
+                (pool, found.clone(), live_state, adoptable)
             else {
                 if let Some(d) = found {
                     if let Err(e) = self.shared.backend.stop(&stored.id, &d.instance).await {

@@ -174,7 +174,10 @@ mod tests {
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
         });
         assert_eq!(got.len(), 1000);
         assert_eq!(got.iter().collect::<HashSet<_>>().len(), 1000);

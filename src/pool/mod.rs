@@ -43,7 +43,9 @@ pub enum PoolError {
     Exists(BindingName),
     #[error("binding '{name}' is at its maxPool of {max}: try again later")]
     Full { name: BindingName, max: u32 },
-    #[error("binding '{name}' has {assigned} assigned binders: delete with ?force=true to stop them")]
+    #[error(
+        "binding '{name}' has {assigned} assigned binders: delete with ?force=true to stop them"
+    )]
     InUse { name: BindingName, assigned: u32 },
     #[error(transparent)]
     Invalid(#[from] InvalidBinding),
@@ -254,7 +256,12 @@ impl Pools {
 
     /// Every pool, by name.
     pub fn list(&self) -> Vec<Arc<Pool>> {
-        let mut pools: Vec<_> = self.shared.pools.iter().map(|p| p.value().clone()).collect();
+        let mut pools: Vec<_> = self
+            .shared
+            .pools
+            .iter()
+            .map(|p| p.value().clone())
+            .collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         pools
     }
@@ -354,7 +361,9 @@ impl Pools {
 
     /// Deletes a binding and stops its binders (in the background).
     pub async fn delete_binding(&self, name: &BindingName, force: bool) -> Result<(), PoolError> {
-        let pool = self.get(name).ok_or_else(|| PoolError::NotFound(name.clone()))?;
+        let pool = self
+            .get(name)
+            .ok_or_else(|| PoolError::NotFound(name.clone()))?;
         let assigned = self
             .binders_of(&pool)
             .iter()
@@ -395,10 +404,9 @@ impl Pools {
             .into());
         }
         if min > max {
-            return Err(InvalidBinding(format!(
-                "minPool ({min}) is larger than maxPool ({max})"
-            ))
-            .into());
+            return Err(
+                InvalidBinding(format!("minPool ({min}) is larger than maxPool ({max})")).into(),
+            );
         }
         self.shared
             .store
@@ -495,7 +503,12 @@ impl Pools {
 
     /// Stops every binder, for `--cleanup-on-exit`. Waits for them.
     pub async fn stop_all(&self) {
-        let entries: Vec<Entry> = self.shared.binders.iter().map(|e| e.value().clone()).collect();
+        let entries: Vec<Entry> = self
+            .shared
+            .binders
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
         let mut stops = tokio::task::JoinSet::new();
         for Entry { pool, binder } in entries {
             if pool.take_down(&binder, State::Stopping).is_some() {
@@ -587,7 +600,8 @@ impl Pools {
             let Some(Entry { pool, binder }) = self.binder(&id) else {
                 continue;
             };
-            self.fail(&pool, &binder, "the container exited".into()).await;
+            self.fail(&pool, &binder, "the container exited".into())
+                .await;
         }
     }
 }

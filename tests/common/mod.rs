@@ -148,7 +148,10 @@ impl Process {
             .arg(&data.0)
             .args(extra)
             .current_dir(&data.0)
-            .env("BINDERD_API_KEYS", format!("admin:{ADMIN}:admin,alice:{ALICE}"))
+            .env(
+                "BINDERD_API_KEYS",
+                format!("admin:{ADMIN}:admin,alice:{ALICE}"),
+            )
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -180,10 +183,7 @@ fn wait_for_listen_line(log: &Path) -> SocketAddr {
     for _ in 0..300 {
         if let Ok(text) = std::fs::read_to_string(log) {
             if let Some(rest) = text.split("listening on http://").nth(1) {
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
                 return addr.parse().unwrap();
             }
         }
@@ -260,12 +260,19 @@ impl Http {
         if let Some(k) = key {
             headers.push(("authorization", k));
         }
-        self.send(Method::POST, url, &headers, body.to_string()).await
+        self.send(Method::POST, url, &headers, body.to_string())
+            .await
     }
 }
 
 /// Polls `GET /pools/{name}` until `check` holds (or fails after `secs`).
-pub async fn wait_pool(http: &Http, base: &str, name: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_pool(
+    http: &Http,
+    base: &str,
+    name: &str,
+    secs: u64,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let a = http.get(&format!("{base}/pools/{name}")).await;
@@ -273,7 +280,10 @@ pub async fn wait_pool(http: &Http, base: &str, name: &str, secs: u64, check: im
             return a.json();
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("pool {name} never reached the expected state: {} {}", a.status, a.body);
+            panic!(
+                "pool {name} never reached the expected state: {} {}",
+                a.status, a.body
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -284,5 +294,11 @@ pub fn assert_error(a: &Answer, code: u16) {
     assert_eq!(a.status, code, "{}", a.body);
     let v = a.json();
     assert_eq!(v["error"]["code"], code, "{}", a.body);
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", a.body);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        a.body
+    );
 }

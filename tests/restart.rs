@@ -1,0 +1,268 @@
+//! The real binary: SIGKILL and restart, SIGTERM, and the command line.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+use serde_json::json;
+
+async fn handout(http: &Http, p: &Process, name: &str) -> serde_json::Value {
+    let a = http
+        .send(
+            Method::POST,
+            &p.url(&format!("/binders/{name}")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    a.json()
+}
+
+#[tokio::test]
+async fn sigkill_and_restart_lose_nothing_and_leak_nothing() {
+    let data = DataDir::new("sigkill");
+    let http = Http::new();
+    let mut p = Process::spawn(&data, &[], &[]);
+    let a = http
+        .post_json(
+            &p.url("/bindings"),
+            Some(ADMIN),
+            &standin_binding("survivor", 3, 10),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
+
+    // Hand two out, the second killed at once after its answer.
+    let first = handout(&http, &p, "survivor").await;
+    let second = handout(&http, &p, "survivor").await;
+    p.sigkill();
+    let assigned: Vec<_> = [&first, &second]
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    // Processes are in their own groups: they outlive binderd.
+    let before = data.owned_processes();
+    assert!(before >= 3, "only {before} processes survived");
+
+    let mut p = Process::spawn(&data, &[], &[]);
+    // The binding survived, the assigned binders keep their location and work.
+    assert_eq!(http.get(&p.url("/bindings/survivor")).await.status, 200);
+    for b in [&first, &second] {
+        let location = b["location"].as_str().unwrap();
+        let got = http
+            .get(&p.url(&format!("/binders/survivor/{}", b["id"].as_str().unwrap())))
+            .await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        assert_eq!(got.json()["state"], "ready");
+        assert_eq!(got.json()["location"], location);
+        let s = http.get(&p.url(&format!("{location}api/status"))).await;
+        assert_eq!(s.status, 200, "{}", s.body);
+        assert_eq!(s.json()["binder"], b["id"]);
+    }
+    // The pooled ones rejoined (no duplicates were started for them).
+    let pool = wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
+    assert_eq!(pool["running"], 5, "{pool}");
+    assert_eq!(data.owned_processes(), 5, "one process per running binder");
+
+    // New handouts never repeat an assigned binder.
+    let mut seen: HashSet<String> = assigned.iter().cloned().collect();
+    for _ in 0..3 {
+        let b = handout(&http, &p, "survivor").await;
+        assert!(
+            seen.insert(b["id"].as_str().unwrap().to_owned()),
+            "handed out twice: {b}"
+        );
+    }
+
+    // A pooled process that dies while binderd is down is removed and replaced.
+    wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
+    p.sigkill();
+    let idle_pids: Vec<u32> = {
+        // Any one idle binder's pid: ask a fresh handout-free view, the store.
+        let conn = rusqlite_state(&data);
+        conn.into_iter()
+            .filter(|(_, state)| state == "idle")
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    assert_eq!(idle_pids.len(), 3, "{idle_pids:?}");
+    nix_kill(idle_pids[0]);
+    let p = Process::spawn(&data, &[], &[]);
+    let pool = wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
+    assert_eq!(pool["running"], 8, "5 assigned + 3 available: {pool}");
+    for id in &seen {
+        let got = http.get(&p.url(&format!("/binders/survivor/{id}"))).await;
+        assert_eq!(got.json()["state"], "ready", "{}", got.body);
+    }
+    drop(p);
+}
+
+/// `(pid, state)` of every binder in the store.
+fn rusqlite_state(data: &DataDir) -> Vec<(u32, String)> {
+    let conn = rusqlite::Connection::open(data.0.join("binderd.sqlite3")).unwrap();
+    let mut stmt = conn.prepare("SELECT instance, state FROM binders").unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?))
+        })
+        .unwrap();
+    rows.filter_map(|r| {
+        let (instance, state) = r.unwrap();
+        // Binders still starting when binderd was killed have no instance yet.
+        let instance: serde_json::Value = serde_json::from_str(&instance?).unwrap();
+        Some((instance["handle"].as_str().unwrap().parse().unwrap(), state))
+    })
+    .collect()
+}
+
+fn nix_kill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_keeps_containers_for_the_next_start() {
+    let data = DataDir::new("sigterm");
+    let http = Http::new();
+    let mut p = Process::spawn(&data, &[], &[]);
+    let a = http
+        .post_json(
+            &p.url("/bindings"),
+            Some(ADMIN),
+            &standin_binding("kept", 2, 4),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    wait_pool(&http, &p.url(""), "kept", 20, |v| v["available"] == 2).await;
+    Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut p);
+    assert_eq!(status, Some(0));
+    assert_eq!(data.owned_processes(), 2);
+
+    // --cleanup-on-exit removes them instead.
+    let mut p = Process::spawn(&data, &["--cleanup-on-exit"], &[]);
+    let pool = wait_pool(&http, &p.url(""), "kept", 20, |v| v["available"] == 2).await;
+    assert_eq!(pool["running"], 2, "adopted, not started anew");
+    Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_exit(&mut p), Some(0));
+    assert_eq!(data.owned_processes(), 0);
+}
+
+fn wait_exit(p: &mut Process) -> Option<i32> {
+    for _ in 0..200 {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("binderd did not exit");
+}
+
+#[test]
+fn command_line_errors_are_one_line_and_exit_64() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(binderd_bin())
+            .args(args)
+            .env_remove("BINDERD_API_KEYS")
+            .envs(env.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let version = Command::new(binderd_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+
+    for (args, env, needle) in [
+        (
+            vec!["serve", "--backend", "vm"],
+            vec![],
+            "unknown backend 'vm'",
+        ),
+        (
+            vec!["serve", "--listen", "nowhere"],
+            vec![],
+            "invalid listen address",
+        ),
+        (vec!["serve", "--bogus"], vec![], "--bogus"),
+        (
+            vec!["serve", "--config", "/nonexistent/binderd.toml"],
+            vec![],
+            "/nonexistent/binderd.toml",
+        ),
+        (
+            vec!["serve"],
+            vec![("BINDERD_BACKEND", "podman")],
+            "unknown backend 'podman'",
+        ),
+        (
+            vec!["serve"],
+            vec![("BINDERD_API_KEYS", "alice:s3cr3t:king")],
+            "unknown role 'king'",
+        ),
+    ] {
+        let (code, stderr) = run(&args, &env);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cr3t"), "a key leaked: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn bindings_from_files_exist_at_start_and_resizes_persist() {
+    let data = DataDir::new("files");
+    let dir = data.0.join("bindings");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("FromFile.toml"),
+        format!(
+            "command = [{:?}, \"--port\", \"{{port}}\", \"--base-url\", \"{{base_url}}\"]\npublic = true\npool = {{ min = 1, max = 3 }}\n",
+            standin()
+        ),
+    )
+    .unwrap();
+    let http = Http::new();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let p = Process::spawn(&data, &["--bindings-dir", &dir_arg], &[]);
+    let got = http.get(&p.url("/bindings/fromfile")).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.json()["owner"], "config");
+    wait_pool(&http, &p.url(""), "fromfile", 20, |v| v["available"] == 1).await;
+    let a = http
+        .post_json(
+            &p.url("/pools/fromfile"),
+            Some(ADMIN),
+            &json!({"minPool": 2}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    drop(p);
+    let p = Process::spawn(&data, &["--bindings-dir", &dir_arg], &[]);
+    let pool = wait_pool(&http, &p.url(""), "fromfile", 20, |v| v["available"] == 2).await;
+    assert_eq!(pool["minPool"], 2);
+    assert_eq!(pool["maxPool"], 3);
+}
