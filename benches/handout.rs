@@ -1,0 +1,218 @@
+//! Warm handout latency and throughput vs `GET /healthcheck`, same server,
+//! same run, loopback only.
+//!
+//! binderd runs in-process on the process backend with a pool of N stand-in
+//! servers (`minPool = maxPool = N`, so nothing refills during the
+//! measurement and every handout pops a warm binder). Then:
+//!
+//! 1. sequential, one keep-alive connection: N/3 `POST /binders/bench`, and
+//!    as many `GET /healthcheck` (the baseline);
+//! 2. concurrent, 16 connections: the remaining handouts, and as many
+//!    healthchecks.
+//!
+//! `cargo bench --bench handout` (N from `BENCH_POOL`, default 600).
+
+use std::time::{Duration, Instant};
+
+use binderd::auth::{ApiKey, Role};
+use binderd::backend::process::ProcessBackend;
+use binderd::config::Config;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+const KEY: &str = "bench-admin-key";
+
+type Sender = http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: std::net::SocketAddr) -> Sender {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn one(sender: &mut Sender, method: &Method, path: &str, expect: u16) -> Duration {
+    let req = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header("host", "bench")
+        .body(Empty::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let t = Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(status, expect, "{method} {path}");
+    took
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: *v.last().unwrap(),
+    }
+}
+
+async fn sequential(addr: std::net::SocketAddr, method: Method, path: &str, expect: u16, n: usize) -> Vec<Duration> {
+    let mut sender = connect(addr).await;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(one(&mut sender, &method, path, expect).await);
+    }
+    out
+}
+
+/// `n` requests over `conns` connections; returns (latencies, wall time).
+async fn concurrent(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &'static str,
+    expect: u16,
+    n: usize,
+    conns: usize,
+) -> (Vec<Duration>, Duration) {
+    let mut senders = Vec::new();
+    for _ in 0..conns {
+        senders.push(connect(addr).await);
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut sender) in senders.into_iter().enumerate() {
+        let share = n / conns + usize::from(i < n % conns);
+        let method = method.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(share);
+            for _ in 0..share {
+                out.push(one(&mut sender, &method, path, expect).await);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    (all, t.elapsed())
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Kills the stand-ins even if the bench panics.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let killed = ProcessBackend::kill_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+        println!("\ncleaned up {killed} processes");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("BENCH_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let data_dir = std::env::temp_dir().join(format!("binderd-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let _cleanup = Cleanup(data_dir.clone());
+    let mut config = Config::new(&data_dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
+    config.start_concurrency = 32;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(binderd::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+
+    // The binding: N stand-ins, no refill room.
+    let body = serde_json::json!({
+        "name": "bench",
+        "command": [env!("CARGO_BIN_EXE_binderd-standin"), "--port", "{port}", "--base-url", "{base_url}"],
+        "public": true,
+        "pool": {"min": n, "max": n},
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut admin, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/bindings")
+        .header("host", "bench")
+        .header("authorization", KEY)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = admin.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 201);
+
+    let fill_start = Instant::now();
+    let mut probe = connect(addr).await;
+    loop {
+        let req = Request::get("/pools/bench").header("host", "bench").body(Empty::new()).unwrap();
+        let resp = probe.send_request(req).await.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        if v["available"].as_u64() == Some(n as u64) {
+            break;
+        }
+        assert!(fill_start.elapsed() < Duration::from_secs(300), "pool did not fill: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fill = fill_start.elapsed();
+    println!("pool of {n} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)", fill.as_secs_f64(), n as f64 / fill.as_secs_f64());
+    // Let the machine settle after the fill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let seq_n = n / 3;
+    let warm = sequential(addr, Method::GET, "/healthcheck", 200, 200).await;
+    drop(warm);
+    let health = stats(sequential(addr, Method::GET, "/healthcheck", 200, seq_n).await);
+    let handout = stats(sequential(addr, Method::POST, "/binders/bench", 201, seq_n).await);
+    println!();
+    println!("sequential, one connection, {seq_n} requests each");
+    println!("{:<22} {:>10} {:>10} {:>10}", "", "p50 µs", "p99 µs", "max µs");
+    println!("{:<22} {:>10.0} {:>10.0} {:>10.0}", "GET /healthcheck", us(health.p50), us(health.p99), us(health.max));
+    println!("{:<22} {:>10.0} {:>10.0} {:>10.0}", "POST /binders (warm)", us(handout.p50), us(handout.p99), us(handout.max));
+    println!(
+        "ratio handout/healthcheck: p50 {:.2}x, p99 {:.2}x   (target p50 ≤ 1.5x)",
+        us(handout.p50) / us(health.p50),
+        us(handout.p99) / us(health.p99)
+    );
+
+    let conc_n = n - seq_n;
+    let conns = 16;
+    let (h_lat, h_wall) = concurrent(addr, Method::GET, "/healthcheck", 200, conc_n, conns).await;
+    let (b_lat, b_wall) = concurrent(addr, Method::POST, "/binders/bench", 201, conc_n, conns).await;
+    let (h, b) = (stats(h_lat), stats(b_lat));
+    let (h_rps, b_rps) = (conc_n as f64 / h_wall.as_secs_f64(), conc_n as f64 / b_wall.as_secs_f64());
+    println!();
+    println!("concurrent, {conns} connections, {conc_n} requests each");
+    println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "", "req/s", "p50 µs", "p99 µs", "max µs");
+    println!("{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", "GET /healthcheck", h_rps, us(h.p50), us(h.p99), us(h.max));
+    println!("{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", "POST /binders (warm)", b_rps, us(b.p50), us(b.p99), us(b.max));
+    println!(
+        "ratio handout/healthcheck: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        b_rps / h_rps,
+        us(b.p50) / us(h.p50),
+        us(b.p99) / us(h.p99)
+    );
+
+    let _ = stop.send(());
+    let _ = server.await;
+}
