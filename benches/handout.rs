@@ -68,7 +68,13 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-async fn sequential(addr: std::net::SocketAddr, method: Method, path: &str, expect: u16, n: usize) -> Vec<Duration> {
+async fn sequential(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    expect: u16,
+    n: usize,
+) -> Vec<Duration> {
     let mut sender = connect(addr).await;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -127,7 +133,10 @@ impl Drop for Cleanup {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let n: usize = std::env::var("BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
     let data_dir = std::env::temp_dir().join(format!("binderd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let _cleanup = Cleanup(data_dir.clone());
@@ -150,7 +159,9 @@ async fn main() {
         "pool": {"min": n, "max": n},
     });
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut admin, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await.unwrap();
+    let (mut admin, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::post("/bindings")
         .header("host", "bench")
@@ -164,18 +175,28 @@ async fn main() {
     let fill_start = Instant::now();
     let mut probe = connect(addr).await;
     loop {
-        let req = Request::get("/pools/bench").header("host", "bench").body(Empty::new()).unwrap();
+        let req = Request::get("/pools/bench")
+            .header("host", "bench")
+            .body(Empty::new())
+            .unwrap();
         let resp = probe.send_request(req).await.unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         if v["available"].as_u64() == Some(n as u64) {
             break;
         }
-        assert!(fill_start.elapsed() < Duration::from_secs(300), "pool did not fill: {v}");
+        assert!(
+            fill_start.elapsed() < Duration::from_secs(300),
+            "pool did not fill: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fill = fill_start.elapsed();
-    println!("pool of {n} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)", fill.as_secs_f64(), n as f64 / fill.as_secs_f64());
+    println!(
+        "pool of {n} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)",
+        fill.as_secs_f64(),
+        n as f64 / fill.as_secs_f64()
+    );
     // Let the machine settle after the fill.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -186,9 +207,24 @@ async fn main() {
     let handout = stats(sequential(addr, Method::POST, "/binders/bench", 201, seq_n).await);
     println!();
     println!("sequential, one connection, {seq_n} requests each");
-    println!("{:<22} {:>10} {:>10} {:>10}", "", "p50 µs", "p99 µs", "max µs");
-    println!("{:<22} {:>10.0} {:>10.0} {:>10.0}", "GET /healthcheck", us(health.p50), us(health.p99), us(health.max));
-    println!("{:<22} {:>10.0} {:>10.0} {:>10.0}", "POST /binders (warm)", us(handout.p50), us(handout.p99), us(handout.max));
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "", "p50 µs", "p99 µs", "max µs"
+    );
+    println!(
+        "{:<22} {:>10.0} {:>10.0} {:>10.0}",
+        "GET /healthcheck",
+        us(health.p50),
+        us(health.p99),
+        us(health.max)
+    );
+    println!(
+        "{:<22} {:>10.0} {:>10.0} {:>10.0}",
+        "POST /binders (warm)",
+        us(handout.p50),
+        us(handout.p99),
+        us(handout.max)
+    );
     println!(
         "ratio handout/healthcheck: p50 {:.2}x, p99 {:.2}x   (target p50 ≤ 1.5x)",
         us(handout.p50) / us(health.p50),
@@ -198,14 +234,35 @@ async fn main() {
     let conc_n = n - seq_n;
     let conns = 16;
     let (h_lat, h_wall) = concurrent(addr, Method::GET, "/healthcheck", 200, conc_n, conns).await;
-    let (b_lat, b_wall) = concurrent(addr, Method::POST, "/binders/bench", 201, conc_n, conns).await;
+    let (b_lat, b_wall) =
+        concurrent(addr, Method::POST, "/binders/bench", 201, conc_n, conns).await;
     let (h, b) = (stats(h_lat), stats(b_lat));
-    let (h_rps, b_rps) = (conc_n as f64 / h_wall.as_secs_f64(), conc_n as f64 / b_wall.as_secs_f64());
+    let (h_rps, b_rps) = (
+        conc_n as f64 / h_wall.as_secs_f64(),
+        conc_n as f64 / b_wall.as_secs_f64(),
+    );
     println!();
     println!("concurrent, {conns} connections, {conc_n} requests each");
-    println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "", "req/s", "p50 µs", "p99 µs", "max µs");
-    println!("{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", "GET /healthcheck", h_rps, us(h.p50), us(h.p99), us(h.max));
-    println!("{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", "POST /binders (warm)", b_rps, us(b.p50), us(b.p99), us(b.max));
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
+        "", "req/s", "p50 µs", "p99 µs", "max µs"
+    );
+    println!(
+        "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+        "GET /healthcheck",
+        h_rps,
+        us(h.p50),
+        us(h.p99),
+        us(h.max)
+    );
+    println!(
+        "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+        "POST /binders (warm)",
+        b_rps,
+        us(b.p50),
+        us(b.p99),
+        us(b.max)
+    );
     println!(
         "ratio handout/healthcheck: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
         b_rps / h_rps,

@@ -577,3 +577,46 @@ async fn a_pooled_process_killed_behind_our_back_is_replaced_not_handed_out() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_container_that_stops_answering_gives_502() {
+    let data = DataDir::new("502");
+    let server = Server::start(test_config(&data)).await;
+    let http = Http::new();
+    // The group leader (sleep) lives on; the server in it exits after 1.5 s.
+    let script = format!(
+        "{} --port {{port}} --base-url {{base_url}} --exit-after-ms 1500 & exec sleep 600",
+        standin()
+    );
+    let mut body = standin_binding("flaky", 1, 1);
+    body["command"] = json!(["sh", "-c", script]);
+    create(&http, &server, body).await;
+    wait_pool(&http, &server.url(""), "flaky", 20, |p| p["available"] == 1).await;
+    let a = http
+        .send(
+            Method::POST,
+            &server.url("/binders/flaky"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let location = a.json()["location"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let a = http
+            .get(&server.url(&format!("{location}api/status")))
+            .await;
+        if a.status != 200 {
+            break a;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still answering");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_error(&answer, 502);
+    assert!(answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not answering"));
+    server.stop().await;
+}

@@ -126,7 +126,7 @@ fn binderd_env(pid: i32) -> Option<HashMap<String, String>> {
 fn stat(pid: i32) -> Option<(char, i32)> {
     let raw = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: parse after it.
-    let rest = &raw[raw.rfind(')')? + 2..];
+    let rest = raw.get(raw.rfind(')')? + 2..)?;
     let mut fields = rest.split(' ');
     let state = fields.next()?.chars().next()?;
     let _ppid = fields.next()?;
