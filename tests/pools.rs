@@ -26,7 +26,7 @@ async fn pool_fills_hands_out_and_refills() {
     create(&http, &server, standin_binding("fill", 3, 10)).await;
     let base = server.url("");
     wait_pool(&http, &base, "fill", 20, |p| p["available"] == 3).await;
-    assert_eq!(data.owned_processes(), 3);
+    wait_processes(&data, 3, 10).await;
 
     let a = http
         .send(
@@ -191,15 +191,7 @@ async fn pool_fills_hands_out_and_refills() {
         p["available"] == 1 && p["running"] == 1
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while data.owned_processes() != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shrinking left {} processes",
-            data.owned_processes()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_processes(&data, 1, 10).await;
     server.stop().await;
 }
 
@@ -441,7 +433,7 @@ async fn deleting_a_binding_leaves_no_process_behind() {
         .await;
     assert_eq!(a.status, 201);
     let location = a.json()["location"].as_str().unwrap().to_owned();
-    assert_eq!(data.owned_processes(), 5);
+    wait_processes(&data, 5, 10).await;
 
     let del = |q: &str| {
         let url = server.url(&format!("/bindings/gone{q}"));
@@ -459,15 +451,7 @@ async fn deleting_a_binding_leaves_no_process_behind() {
     // An assigned binder blocks deletion unless forced.
     assert_error(&del("").await, 409);
     assert_eq!(del("?force=true").await.status, 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while data.owned_processes() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} processes left",
-            data.owned_processes()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_processes(&data, 0, 10).await;
     assert_error(
         &http
             .get(&server.url(&format!("{location}api/status")))

@@ -69,7 +69,7 @@ async fn sigkill_and_restart_lose_nothing_and_leak_nothing() {
     // The pooled ones rejoined (no duplicates were started for them).
     let pool = wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
     assert_eq!(pool["running"], 5, "{pool}");
-    assert_eq!(data.owned_processes(), 5, "one process per running binder");
+    wait_processes(&data, 5, 10).await; // one process per running binder
 
     // New handouts never repeat an assigned binder.
     let mut seen: HashSet<String> = assigned.iter().cloned().collect();
@@ -150,7 +150,7 @@ async fn sigterm_keeps_containers_for_the_next_start() {
         .unwrap();
     let status = wait_exit(&mut p);
     assert_eq!(status, Some(0));
-    assert_eq!(data.owned_processes(), 2);
+    wait_processes(&data, 2, 10).await;
 
     // --cleanup-on-exit removes them instead.
     let mut p = Process::spawn(&data, &["--cleanup-on-exit"], &[]);
@@ -161,7 +161,7 @@ async fn sigterm_keeps_containers_for_the_next_start() {
         .status()
         .unwrap();
     assert_eq!(wait_exit(&mut p), Some(0));
-    assert_eq!(data.owned_processes(), 0);
+    wait_processes(&data, 0, 10).await;
 }
 
 fn wait_exit(p: &mut Process) -> Option<i32> {

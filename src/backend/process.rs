@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use dashmap::DashMap;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -39,6 +42,10 @@ pub struct ProcessBackend {
     work_root: PathBuf,
     log_root: PathBuf,
     exits: ExitSink,
+    /// Our own unreaped children, pid → binder id. Their pids cannot be
+    /// reused until we reap them, and right after the fork their
+    /// `/proc/{pid}/environ` may still be ours, not their labels.
+    children: Arc<DashMap<i32, String>>,
 }
 
 impl ProcessBackend {
@@ -52,6 +59,7 @@ impl ProcessBackend {
             work_root,
             log_root,
             exits,
+            children: Arc::default(),
         })
     }
 
@@ -65,6 +73,7 @@ impl ProcessBackend {
             work_root: data_dir.join("binders"),
             log_root: data_dir.join("logs"),
             exits: tx,
+            children: Arc::default(),
         };
         let found = backend.scan(None);
         for (pid, _) in &found {
@@ -81,6 +90,7 @@ impl ProcessBackend {
             work_root: data_dir.join("binders"),
             log_root: data_dir.join("logs"),
             exits: tx,
+            children: Arc::default(),
         };
         backend.scan(None).len()
     }
@@ -173,6 +183,9 @@ impl ProcessBackend {
     }
 
     fn is_ours(&self, pid: Pid, binder_id: Option<&str>) -> bool {
+        if let Some(child) = self.children.get(&pid.as_raw()) {
+            return binder_id.is_none_or(|id| id == child.value());
+        }
         binderd_env(pid.as_raw()).is_some_and(|vars| {
             vars.get(ENV_OWNER) == Some(&self.owner)
                 && binder_id.is_none_or(|id| vars.get(ENV_BINDER).map(String::as_str) == Some(id))
@@ -223,10 +236,14 @@ impl Backend for ProcessBackend {
             .ok_or_else(|| BackendError::Start(format!("'{program}' exited at once")))?;
         // Reap our child and report its exit; the pool ignores exits of
         // binders it is stopping itself.
+        let pid_key = pid as i32;
+        self.children.insert(pid_key, spec.binder_id.to_owned());
         let exits = self.exits.clone();
+        let children = self.children.clone();
         let binder_id = spec.binder_id.to_owned();
         tokio::spawn(async move {
             let _ = child.wait().await;
+            children.remove(&pid_key);
             let _ = exits.send(binder_id);
         });
         Ok(Instance {

@@ -302,3 +302,17 @@ pub fn assert_error(a: &Answer, code: u16) {
         a.body
     );
 }
+
+/// Waits until exactly `n` processes are labelled for `data` (a process is
+/// labelled once it has exec'd, a moment after binderd forks it).
+pub async fn wait_processes(data: &DataDir, n: usize, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while data.owned_processes() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} processes, found {}",
+            data.owned_processes()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
