@@ -46,16 +46,11 @@ async fn binding_crud_and_its_errors() {
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["command"][0], standin());
     let head = http
-        .send(
-            Method::HEAD,
-            &url("/bindings/codeneuro-notebooks"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::HEAD, &url("/bindings/codeneuro-notebooks"), None)
         .await;
     assert_eq!((head.status, head.body.as_str()), (200, ""));
     let head = http
-        .send(Method::HEAD, &url("/bindings/missing"), &[], Bytes::new())
+        .call(Method::HEAD, &url("/bindings/missing"), None)
         .await;
     assert_eq!(head.status, 404);
     assert_error(&http.get(&url("/bindings/missing")).await, 404);
@@ -142,7 +137,7 @@ async fn binding_crud_and_its_errors() {
     );
     // Wrong method: 405 with Allow.
     let a = http
-        .send(Method::PATCH, &url("/bindings/org-repo"), &[], Bytes::new())
+        .call(Method::PATCH, &url("/bindings/org-repo"), None)
         .await;
     assert_error(&a, 405);
     assert!(a.headers["allow"].to_str().unwrap().contains("PUT"));

@@ -29,12 +29,7 @@ async fn pool_fills_hands_out_and_refills() {
     wait_processes(&data, 3, 10).await;
 
     let a = http
-        .send(
-            Method::POST,
-            &server.url("/binders/Fill"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &server.url("/binders/Fill"), None)
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let binder = a.json();
@@ -112,23 +107,13 @@ async fn pool_fills_hands_out_and_refills() {
     // Listing: needs a key; shows what this key may see.
     assert_error(&http.get(&server.url("/binders/fill")).await, 401);
     let listed = http
-        .send(
-            Method::GET,
-            &server.url("/binders/fill"),
-            &[("authorization", ADMIN)],
-            Bytes::new(),
-        )
+        .call(Method::GET, &server.url("/binders/fill"), Some(ADMIN))
         .await;
     let listed = listed.json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["uri"], format!("/binders/fill/{id}"));
     let listed = http
-        .send(
-            Method::GET,
-            &server.url("/binders/fill"),
-            &[("authorization", ALICE)],
-            Bytes::new(),
-        )
+        .call(Method::GET, &server.url("/binders/fill"), Some(ALICE))
         .await;
     assert_eq!(
         listed.json().as_array().unwrap().len(),
@@ -140,15 +125,7 @@ async fn pool_fills_hands_out_and_refills() {
     let del = |key: &'static str| {
         let url = server.url(&format!("/binders/fill/{id}"));
         let http = &http;
-        async move {
-            http.send(
-                Method::DELETE,
-                &url,
-                &[("authorization", key)],
-                Bytes::new(),
-            )
-            .await
-        }
+        async move { http.call(Method::DELETE, &url, Some(key)).await }
     };
     assert_error(&del(ALICE).await, 403);
     assert_eq!(del(ADMIN).await.status, 202);
@@ -282,23 +259,13 @@ async fn empty_pool_answers_202_then_ready_and_503_at_max() {
     create(&http, &server, body).await;
 
     let a = http
-        .send(
-            Method::POST,
-            &server.url("/binders/cold"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &server.url("/binders/cold"), None)
         .await;
     assert_eq!(a.status, 202, "{}", a.body);
     let id = a.json()["id"].as_str().unwrap().to_owned();
     // At maxPool (1): 503 with Retry-After.
     let full = http
-        .send(
-            Method::POST,
-            &server.url("/binders/cold"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &server.url("/binders/cold"), None)
         .await;
     assert_error(&full, 503);
     assert!(full.headers.contains_key("retry-after"));
@@ -388,11 +355,11 @@ async fn tmpnb_routes_work_for_thebe_and_url_hits() {
 
     // Pool max 2: one handed out, one more may start; then full → 429 {"status":"full"}.
     let second = http
-        .send(Method::POST, &server.url("/api/spawn"), &[], Bytes::new())
+        .call(Method::POST, &server.url("/api/spawn"), None)
         .await;
     assert_eq!(second.status, 200, "{}", second.body);
     let third = http
-        .send(Method::POST, &server.url("/api/spawn/"), &[], Bytes::new())
+        .call(Method::POST, &server.url("/api/spawn/"), None)
         .await;
     assert_eq!(third.status, 429, "{}", third.body);
     assert_eq!(third.json()["status"], "full");
@@ -438,15 +405,7 @@ async fn deleting_a_binding_leaves_no_process_behind() {
     let del = |q: &str| {
         let url = server.url(&format!("/bindings/gone{q}"));
         let http = &http;
-        async move {
-            http.send(
-                Method::DELETE,
-                &url,
-                &[("authorization", ADMIN)],
-                Bytes::new(),
-            )
-            .await
-        }
+        async move { http.call(Method::DELETE, &url, Some(ADMIN)).await }
     };
     // An assigned binder blocks deletion unless forced.
     assert_error(&del("").await, 409);
@@ -493,12 +452,7 @@ async fn a_broken_command_sets_error_status_and_backs_off() {
     assert_eq!(p["available"], 0);
     // A spawn with nothing warm and a broken command: 202, then failed with a reason.
     let a = http
-        .send(
-            Method::POST,
-            &server.url("/binders/broken"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &server.url("/binders/broken"), None)
         .await;
     if a.status == 202 {
         let id = a.json()["id"].as_str().unwrap().to_owned();
@@ -544,12 +498,7 @@ async fn a_pooled_process_killed_behind_our_back_is_replaced_not_handed_out() {
     })
     .await;
     let a = http
-        .send(
-            Method::POST,
-            &server.url("/binders/victim"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &server.url("/binders/victim"), None)
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let location = a.json()["location"].as_str().unwrap().to_owned();
@@ -577,12 +526,7 @@ async fn a_container_that_stops_answering_gives_502() {
     create(&http, &server, body).await;
     wait_pool(&http, &server.url(""), "flaky", 20, |p| p["available"] == 1).await;
     let a = http
-        .send(
-            Method::POST,
-            &server.url("/binders/flaky"),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &server.url("/binders/flaky"), None)
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let location = a.json()["location"].as_str().unwrap().to_owned();

@@ -6,19 +6,13 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::Method;
 use serde_json::json;
 
 async fn handout(http: &Http, p: &Process, name: &str) -> serde_json::Value {
     let a = http
-        .send(
-            Method::POST,
-            &p.url(&format!("/binders/{name}")),
-            &[],
-            Bytes::new(),
-        )
+        .call(Method::POST, &p.url(&format!("/binders/{name}")), None)
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
     a.json()

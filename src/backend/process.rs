@@ -67,15 +67,7 @@ impl ProcessBackend {
     /// once and without waiting: for test teardown and emergency cleanup.
     /// Returns how many were signalled.
     pub fn kill_all(data_dir: &std::path::Path) -> usize {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let backend = ProcessBackend {
-            owner: super::owner_key(data_dir),
-            work_root: data_dir.join("binders"),
-            log_root: data_dir.join("logs"),
-            exits: tx,
-            children: Arc::default(),
-        };
-        let found = backend.scan(None);
+        let found = Self::labelled_for(data_dir);
         for (pid, _) in &found {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
@@ -84,6 +76,10 @@ impl ProcessBackend {
 
     /// Live processes labelled with the owner key of `data_dir`.
     pub fn count_owned(data_dir: &std::path::Path) -> usize {
+        Self::labelled_for(data_dir).len()
+    }
+
+    fn labelled_for(data_dir: &std::path::Path) -> Vec<(i32, HashMap<String, String>)> {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let backend = ProcessBackend {
             owner: super::owner_key(data_dir),
@@ -92,7 +88,7 @@ impl ProcessBackend {
             exits: tx,
             children: Arc::default(),
         };
-        backend.scan(None).len()
+        backend.scan(None)
     }
 
     /// Path of a binder's output, for the logs endpoint.

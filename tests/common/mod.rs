@@ -251,6 +251,13 @@ impl Http {
         }
     }
 
+    /// A request without a body, with an API key or none.
+    pub async fn call(&self, method: Method, url: &str, key: Option<&str>) -> Answer {
+        let headers: Vec<(&str, &str)> =
+            key.map(|k| vec![("authorization", k)]).unwrap_or_default();
+        self.send(method, url, &headers, Bytes::new()).await
+    }
+
     pub async fn get(&self, url: &str) -> Answer {
         self.send(Method::GET, url, &[], Bytes::new()).await
     }
