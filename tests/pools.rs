@@ -548,3 +548,34 @@ async fn a_container_that_stops_answering_gives_502() {
         .contains("not answering"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let data = DataDir::new("ws");
+    let server = Server::start(test_config(&data)).await;
+    let http = Http::new();
+    create(&http, &server, standin_binding("ws", 1, 2)).await;
+    wait_pool(&http, &server.url(""), "ws", 20, |p| p["available"] == 1).await;
+    let a = http
+        .call(Method::POST, &server.url("/binders/ws"), None)
+        .await;
+    let location = a.json()["location"].as_str().unwrap().to_owned();
+    let url = format!("ws://{}{location}ws", server.addr);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        let text = format!("message {i} {}", "x".repeat(i * 1000));
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+    server.stop().await;
+}

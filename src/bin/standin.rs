@@ -3,6 +3,11 @@
 //!
 //! - `GET {base_url}api/status` → `{"status":"ok","binder":...,"pid":...}`
 //! - `POST {base_url}echo` → the request body, streamed back
+//! - `GET {base_url}ws` → a WebSocket that echoes every message
+//! - `GET {base_url}fetch?url=http://host:port/path` → status and body of that
+//!   URL, fetched from inside the container (attached services by name)
+//! - `GET {base_url}file?name=x` / `PUT {base_url}file?name=x` → read/write a
+//!   file in the working directory
 //! - anything else under `{base_url}` → `{"path","method","query","binder"}`
 //! - outside `{base_url}` → 404
 //!
@@ -95,6 +100,9 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
         );
     };
     match (req.method(), rest) {
+        (&Method::GET, "ws") => websocket(req),
+        (&Method::GET, "fetch") => fetch(req.uri().query().unwrap_or("")).await,
+        (&Method::GET, "file") | (&Method::PUT, "file") => file(req).await,
         (&Method::GET, "api/status") => json(
             StatusCode::OK,
             serde_json::json!({"status": "ok", "binder": binder, "pid": std::process::id()}),
@@ -125,6 +133,131 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
                 }),
             )
         }
+    }
+}
+
+/// Echoes WebSocket messages until the client closes.
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "not a websocket request"}),
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+    h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
+    resp
+}
+
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// GETs `url` (plain http) and reports what came back.
+async fn fetch(query: &str) -> Response<Body> {
+    let Some(url) = query_value(query, "url") else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "give ?url="}),
+        );
+    };
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad url"}),
+        );
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"status": status, "body": String::from_utf8_lossy(&body)}),
+            )
+        }
+        Ok(Err(e)) => json(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+        Err(_) => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            serde_json::json!({"error": "timeout"}),
+        ),
+    }
+}
+
+/// Reads or writes a file in the working directory (names without slashes).
+async fn file(req: Request<Incoming>) -> Response<Body> {
+    let name = req
+        .uri()
+        .query()
+        .and_then(|q| query_value(q, "name"))
+        .unwrap_or("")
+        .to_owned();
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad name"}),
+        );
+    }
+    if req.method() == Method::PUT {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return match tokio::fs::write(&name, &body).await {
+            Ok(()) => json(StatusCode::OK, serde_json::json!({"written": body.len()})),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": e.to_string()}),
+            ),
+        };
+    }
+    match tokio::fs::read(&name).await {
+        Ok(bytes) => Response::new(full(bytes)),
+        Err(e) => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": e.to_string()}),
+        ),
     }
 }
 
