@@ -134,6 +134,56 @@ pub struct Resources {
     pub cpu: Option<String>,
 }
 
+impl Resources {
+    /// `memory` in bytes: `512Mi`, `1Gi`, `256M`, `1G`, `100k`, `512m` (Docker's
+    /// spelling of megabytes) or plain bytes.
+    pub fn memory_bytes(&self) -> Result<Option<i64>, InvalidBinding> {
+        let Some(raw) = self.memory.as_deref() else {
+            return Ok(None);
+        };
+        let bad = || InvalidBinding(format!("invalid resources.memory '{}'", printable(raw)));
+        let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+        let (number, unit) = raw.split_at(split);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let factor: f64 = match unit {
+            "" => 1.0,
+            "k" | "K" => 1e3,
+            "Ki" | "kb" | "KB" => 1024.0,
+            "M" | "m" => 1e6,
+            "Mi" | "mb" | "MB" => 1024.0 * 1024.0,
+            "G" | "g" => 1e9,
+            "Gi" | "gb" | "GB" => 1024.0 * 1024.0 * 1024.0,
+            "T" => 1e12,
+            "Ti" => 1024f64.powi(4),
+            _ => return Err(bad()),
+        };
+        let bytes = number * factor;
+        if !(4.0 * 1024.0 * 1024.0..=1024f64.powi(5)).contains(&bytes) {
+            return Err(InvalidBinding(format!(
+                "resources.memory '{}' must be between 4Mi and 1Pi",
+                printable(raw)
+            )));
+        }
+        Ok(Some(bytes as i64))
+    }
+
+    /// `cpu` in billionths of a CPU: `0.5`, `2`, `500m`.
+    pub fn cpu_nanos(&self) -> Result<Option<i64>, InvalidBinding> {
+        let Some(raw) = self.cpu.as_deref() else {
+            return Ok(None);
+        };
+        let bad = || InvalidBinding(format!("invalid resources.cpu '{}'", printable(raw)));
+        let cpus: f64 = match raw.strip_suffix('m') {
+            Some(milli) => milli.parse::<f64>().map_err(|_| bad())? / 1000.0,
+            None => raw.parse().map_err(|_| bad())?,
+        };
+        if !(0.001..=1024.0).contains(&cpus) {
+            return Err(bad());
+        }
+        Ok(Some((cpus * 1e9) as i64))
+    }
+}
+
 /// A service container started beside each binder (e.g. Postgres).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +327,8 @@ impl Binding {
             })?;
             check_env(&service.env)?;
         }
+        self.resources.memory_bytes()?;
+        self.resources.cpu_nanos()?;
         for admin in &self.administrators {
             check_text("administrators", admin)?;
         }
@@ -391,6 +443,25 @@ mod tests {
         let mut b = ok();
         b.command.push("a\0b".into());
         assert!(b.validate(true, 100).is_err());
+    }
+
+    #[test]
+    fn resources_parse_kubernetes_and_docker_spellings() {
+        let r = |m: &str, c: &str| Resources {
+            memory: Some(m.into()),
+            cpu: Some(c.into()),
+        };
+        assert_eq!(r("512Mi", "0.5").memory_bytes().unwrap(), Some(512 << 20));
+        assert_eq!(r("1G", "1").memory_bytes().unwrap(), Some(1_000_000_000));
+        assert_eq!(r("64m", "1").memory_bytes().unwrap(), Some(64_000_000));
+        assert_eq!(r("1Gi", "500m").cpu_nanos().unwrap(), Some(500_000_000));
+        assert_eq!(r("1Gi", "2").cpu_nanos().unwrap(), Some(2_000_000_000));
+        for bad in ["lots", "1Q", "-5Mi", "1", "99999Ti"] {
+            assert!(r(bad, "1").memory_bytes().is_err(), "{bad}");
+        }
+        for bad in ["fast", "0", "-1", "5000"] {
+            assert!(r("1Gi", bad).cpu_nanos().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// The binding tmpnb routes use when the request names none.
     #[arg(long, env = "BINDERD_DEFAULT_BINDING")]
     pub default_binding: Option<String>,
+    /// Docker backend: join this network and reach containers by their IP
+    /// instead of publishing ports on 127.0.0.1.
+    #[arg(long, env = "BINDERD_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
     /// Stop every container on shutdown instead of keeping them for adoption.
     #[arg(long, env = "BINDERD_CLEANUP_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
     pub cleanup_on_exit: Option<bool>,
@@ -103,6 +107,7 @@ struct FileConfig {
     allow_origin: Option<String>,
     default_binding: Option<String>,
     cleanup_on_exit: Option<bool>,
+    docker_network: Option<String>,
     spawn_wait_seconds: Option<u64>,
     max_body_bytes: Option<usize>,
     max_pool_limit: Option<u32>,
@@ -132,6 +137,8 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     pub cleanup_on_exit: bool,
+    /// Docker backend: a network to join (containers reached by IP).
+    pub docker_network: Option<String>,
     pub api_keys: Vec<ApiKey>,
     /// Bindings declared in files; they exist at every start.
     pub bindings: Vec<Binding>,
@@ -153,6 +160,7 @@ impl Config {
             start_concurrency: 8,
             shutdown_grace: Duration::from_secs(10),
             cleanup_on_exit: false,
+            docker_network: None,
             api_keys: Vec::new(),
             bindings: Vec::new(),
         }
@@ -219,6 +227,7 @@ impl Config {
             .cleanup_on_exit
             .or(file.cleanup_on_exit)
             .unwrap_or(false);
+        cfg.docker_network = args.docker_network.or(file.docker_network);
         if let Some(s) = file.spawn_wait_seconds {
             cfg.spawn_wait = Duration::from_secs(s.min(3600));
         }

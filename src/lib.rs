@@ -83,6 +83,14 @@ pub async fn run(
             &config.data_dir,
             exits_tx,
         )?),
+        BackendKind::Docker => Arc::new(
+            backend::docker::DockerBackend::connect(
+                &config.data_dir,
+                config.docker_network.clone(),
+                exits_tx,
+            )
+            .await?,
+        ),
         other => return Err(Error::Unsupported(other.as_str())),
     };
     let upstream = Arc::new(proxy::Upstream::new());

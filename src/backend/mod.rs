@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::binding::Binding;
 
+pub mod docker;
 pub mod process;
 
 /// Label keys (Docker/Kubernetes spelling; the process backend uses the
@@ -108,6 +109,12 @@ impl std::str::FromStr for BackendKind {
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
+
+    /// `Some(reason)` while the backend itself cannot be reached (the Docker
+    /// engine or the API server is gone). Cheap: no I/O.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 
     /// Creates and starts a labelled container. Returns once it is started,
     /// not once it answers: readiness is the pool's HTTP check.

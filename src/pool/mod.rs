@@ -441,6 +441,9 @@ impl Pools {
             }
             return Ok(Handout::Ready(binder));
         }
+        if let Some(reason) = self.shared.backend.unavailable() {
+            return Err(BackendError::Unavailable(reason).into());
+        }
         let max = pool.max.load(Ordering::Acquire);
         if pool.counters.try_reserve(max) {
             let binder = Arc::new(Binder::new(pool.name.clone(), State::StartingClaimed));

@@ -52,7 +52,10 @@ impl Pools {
             if pool.retired.is_cancelled() || shutdown.is_cancelled() {
                 return;
             }
-            self.fill(&pool);
+            // While the backend is unreachable, starting would only fail.
+            if self.shared.backend.unavailable().is_none() {
+                self.fill(&pool);
+            }
             let min = pool.min.load(Ordering::Acquire);
             self.drain_idle(&pool, min);
             tokio::select! {

@@ -1,0 +1,543 @@
+//! The `docker` backend: each binder is a container on the local engine
+//! (bollard), with its attached services beside it on a network of its own.
+//!
+//! - The notebook container publishes the binding's port on 127.0.0.1 with an
+//!   engine-chosen host port, or, with `docker_network` configured, joins that
+//!   network and is reached at its container IP.
+//! - Labels `binderd.owner` (the data dir's key), `binderd.binding`,
+//!   `binderd.binder`, `binderd.role` (`notebook` | `service`) and
+//!   `binderd.port` say whose it is; they are what adoption lists by.
+//!   Docker labels cannot change, so handed-out state lives in binderd's store.
+//! - A binding with `services` gets a network `binderd-net-{binder}`; each
+//!   service container joins it under its service name, so the notebook
+//!   reaches `postgres:5432` by name. Stopping the binder removes all of it.
+//! - One task follows the engine's event stream (filtered by label) and
+//!   reports containers that die; while it cannot reach the engine the
+//!   backend reports itself unavailable.
+//! - Images are never pulled: a missing image is a failed start whose message
+//!   names the image.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use super::{
+    fill_template, Backend, BackendError, BackendKind, Discovered, ExitSink, Instance, StartSpec,
+    LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
+};
+use crate::binding::Binding;
+
+const LABEL_ROLE: &str = "binderd.role";
+const LABEL_PORT: &str = "binderd.port";
+const ROLE_NOTEBOOK: &str = "notebook";
+const ROLE_SERVICE: &str = "service";
+/// How long one engine call may take before it counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct DockerBackend {
+    docker: Docker,
+    owner: String,
+    network: Option<String>,
+    /// Why the engine cannot be reached, while it cannot.
+    down: Arc<Mutex<Option<String>>>,
+    connected: Arc<AtomicBool>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("the Docker engine is not answering: {e}"))
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// Engine errors: answers about the request are start errors, the rest mean
+/// the engine is not there.
+fn classify(e: DockerError, what: &str) -> BackendError {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } if status_code < 500 => BackendError::Start(format!("{what}: {message}")),
+        DockerError::DockerResponseServerError { message, .. } => {
+            BackendError::Unavailable(format!("{what}: the Docker engine failed: {message}"))
+        }
+        other => unavailable(format!("{what}: {other}")),
+    }
+}
+
+async fn timed<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, DockerError>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|e| classify(e, what)),
+        Err(_) => Err(unavailable(format!("{what}: no answer in {}s", CALL_TIMEOUT.as_secs()))),
+    }
+}
+
+impl DockerBackend {
+    /// Connects (DOCKER_HOST or the local socket) and checks the engine
+    /// answers; an engine that does not is `BackendError::Unavailable`.
+    pub async fn connect(
+        data_dir: &std::path::Path,
+        network: Option<String>,
+        exits: ExitSink,
+    ) -> Result<DockerBackend, BackendError> {
+        let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+        let docker = match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(unavailable("no answer in 10s")),
+        };
+        timed("ping", docker.ping()).await?;
+        let backend = DockerBackend {
+            docker,
+            owner: super::owner_key(data_dir),
+            network,
+            down: Arc::new(Mutex::new(None)),
+            connected: Arc::new(AtomicBool::new(true)),
+        };
+        backend.follow_events(exits);
+        Ok(backend)
+    }
+
+    fn labels(&self, binding: &Binding, binder_id: &str, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+            (LABEL_BINDING.to_owned(), binding.name.clone()),
+            (LABEL_BINDER.to_owned(), binder_id.to_owned()),
+            (LABEL_ROLE.to_owned(), role.to_owned()),
+            (LABEL_PORT.to_owned(), binding.port.to_string()),
+        ])
+    }
+
+    fn label_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![format!("{LABEL_OWNER}={}", self.owner)];
+        labels.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        HashMap::from([("label".to_owned(), labels)])
+    }
+
+    /// Follows `die` events of our notebook containers, reconnecting after
+    /// errors; the backend is unavailable while the stream is down.
+    fn follow_events(&self, exits: ExitSink) {
+        let docker = self.docker.clone();
+        let mut filters = self.label_filter(&[(LABEL_ROLE, ROLE_NOTEBOOK)]);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert("event".into(), vec!["die".into(), "destroy".into()]);
+        let down = self.down.clone();
+        let connected = self.connected.clone();
+        tokio::spawn(async move {
+            let mut since: Option<i64> = None;
+            while !exits.is_closed() {
+                let options = EventsOptions {
+                    since: since.map(|s| s.to_string()),
+                    until: None,
+                    filters: Some(filters.clone()),
+                };
+                let mut stream = docker.events(Some(options));
+                let mut reason = String::from("the event stream ended");
+                // The first item or error tells whether the engine is there;
+                // ping to learn it without waiting for an event.
+                match docker.ping().await {
+                    Ok(_) => {
+                        connected.store(true, Ordering::Release);
+                        if let Ok(mut d) = down.lock() {
+                            *d = None;
+                        }
+                    }
+                    Err(e) => reason = e.to_string(),
+                }
+                if connected.load(Ordering::Acquire) {
+                    while let Some(event) = stream.next().await {
+                        match event {
+                            Ok(event) => {
+                                since = event.time.or(since);
+                                let binder = event
+                                    .actor
+                                    .and_then(|a| a.attributes)
+                                    .and_then(|mut attrs| attrs.remove(LABEL_BINDER));
+                                if let Some(binder) = binder {
+                                    let _ = exits.send(binder);
+                                }
+                            }
+                            Err(e) => {
+                                reason = e.to_string();
+                                break;
+                            }
+                        }
+                    }
+                }
+                connected.store(false, Ordering::Release);
+                if let Ok(mut d) = down.lock() {
+                    *d = Some(format!("the Docker engine is not answering: {reason}"));
+                }
+                tracing::warn!(%reason, "lost the Docker engine's event stream; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Starts the binding's services on the binder's network.
+    async fn start_services(&self, spec: &StartSpec<'_>, network: &str) -> Result<(), BackendError> {
+        for service in &spec.binding.services {
+            let Some(image) = &service.image else {
+                return Err(BackendError::Start(format!(
+                    "service '{}' has no image",
+                    service.name
+                )));
+            };
+            let env: Vec<String> = service.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let body = ContainerCreateBody {
+                image: Some(image.clone()),
+                cmd: (!service.command.is_empty()).then(|| service.command.clone()),
+                env: Some(env),
+                labels: Some(self.labels(spec.binding, spec.binder_id, ROLE_SERVICE)),
+                host_config: Some(HostConfig {
+                    network_mode: Some(network.to_owned()),
+                    privileged: Some(false),
+                    security_opt: Some(vec!["no-new-privileges".into()]),
+                    ..Default::default()
+                }),
+                networking_config: Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        network.to_owned(),
+                        EndpointSettings {
+                            aliases: Some(vec![service.name.clone()]),
+                            ..Default::default()
+                        },
+                    )])),
+                }),
+                ..Default::default()
+            };
+            let name = format!("binderd-{}-{}", short(spec.binder_id), service.name);
+            let created = timed(
+                &format!("creating service '{}' from image '{image}'", service.name),
+                self.docker.create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(name),
+                        platform: String::new(),
+                    }),
+                    body,
+                ),
+            )
+            .await?;
+            timed(
+                &format!("starting service '{}'", service.name),
+                self.docker.start_container(
+                    &created.id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn start_inner(&self, spec: &StartSpec<'_>) -> Result<Instance, BackendError> {
+        let binding = spec.binding;
+        let Some(image) = &binding.image else {
+            return Err(BackendError::Start("the docker backend needs an 'image'".into()));
+        };
+        let binder_net = (!binding.services.is_empty()).then(|| network_name(spec.binder_id));
+        if let Some(net) = &binder_net {
+            let mut labels = self.labels(binding, spec.binder_id, ROLE_SERVICE);
+            labels.remove(LABEL_PORT);
+            timed(
+                "creating the binder's network",
+                self.docker.create_network(NetworkCreateRequest {
+                    name: net.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+            self.start_services(spec, net).await?;
+        }
+        let port_key = format!("{}/tcp", binding.port);
+        let command: Vec<String> = binding
+            .command
+            .iter()
+            .map(|a| fill_template(a, binding.port, spec.base_url, spec.token))
+            .collect();
+        let mut env: Vec<String> = binding.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("BINDERD_BINDER_ID={}", spec.binder_id));
+        env.push(format!("BINDERD_BINDING={}", binding.name));
+        env.push(format!("BINDERD_PORT={}", binding.port));
+        env.push(format!("BINDERD_BASE_URL={}", spec.base_url));
+        let publish = self.network.is_none();
+        let network_mode = binder_net.clone().or_else(|| self.network.clone());
+        let host_config = HostConfig {
+            memory: binding.resources.memory_bytes().map_err(|e| BackendError::Start(e.0))?,
+            nano_cpus: binding.resources.cpu_nanos().map_err(|e| BackendError::Start(e.0))?,
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            network_mode: network_mode.clone(),
+            port_bindings: publish.then(|| {
+                HashMap::from([(
+                    port_key.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: (!command.is_empty()).then_some(command),
+            env: Some(env),
+            labels: Some(self.labels(binding, spec.binder_id, ROLE_NOTEBOOK)),
+            exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let name = format!("binderd-{}-{}", binding.name, short(spec.binder_id));
+        let created = match tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.docker.create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    platform: String::new(),
+                }),
+                body,
+            ),
+        )
+        .await
+        {
+            Ok(Ok(created)) => created,
+            Ok(Err(e)) if is_not_found(&e) => {
+                return Err(BackendError::Start(format!(
+                    "image '{image}' is not on this Docker engine (binderd does not pull images)"
+                )))
+            }
+            Ok(Err(e)) => return Err(classify(e, &format!("creating a container from '{image}'"))),
+            Err(_) => return Err(unavailable("creating a container: no answer")),
+        };
+        if let (Some(net), Some(binder_net)) = (&self.network, &binder_net) {
+            // Reachable on the configured network, services on its own.
+            if net != binder_net {
+                timed(
+                    "joining the configured network",
+                    self.docker.connect_network(
+                        net,
+                        bollard::models::NetworkConnectRequest {
+                            container: Some(created.id.clone()),
+                            endpoint_config: None,
+                        },
+                    ),
+                )
+                .await?;
+            }
+        }
+        timed(
+            "starting the container",
+            self.docker.start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            ),
+        )
+        .await?;
+        let inspected = timed(
+            "inspecting the container",
+            self.docker.inspect_container(
+                &created.id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            ),
+        )
+        .await?;
+        let settings = inspected.network_settings.unwrap_or_default();
+        let addr = match &self.network {
+            Some(net) => {
+                let ip = settings
+                    .networks
+                    .as_ref()
+                    .and_then(|n| n.get(net))
+                    .and_then(|e| e.ip_address.as_deref())
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .ok_or_else(|| BackendError::Start(format!("the container has no address on network '{net}'")))?;
+                SocketAddr::new(ip, binding.port)
+            }
+            None => {
+                let host_port = settings
+                    .ports
+                    .as_ref()
+                    .and_then(|p| p.get(&port_key))
+                    .and_then(|b| b.as_ref())
+                    .and_then(|b| b.iter().find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()))
+                    .ok_or_else(|| BackendError::Start("the container exited before its port was published".into()))?;
+                SocketAddr::from((Ipv4Addr::LOCALHOST, host_port))
+            }
+        };
+        Ok(Instance {
+            handle: created.id,
+            addr,
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, self.docker.remove_container(id, Some(options))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_not_found(&e) => Ok(()),
+            // Removal already in progress.
+            Ok(Err(DockerError::DockerResponseServerError { status_code: 409, .. })) => Ok(()),
+            Ok(Err(e)) => Err(classify(e, "removing a container")),
+            Err(_) => Err(unavailable("removing a container: no answer")),
+        }
+    }
+
+    async fn list_labelled(&self, extra: &[(&str, &str)]) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+        timed(
+            "listing containers",
+            self.docker.list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.label_filter(extra)),
+                ..Default::default()
+            })),
+        )
+        .await
+    }
+}
+
+fn short(binder_id: &str) -> &str {
+    &binder_id[..binder_id.len().min(12)]
+}
+
+fn network_name(binder_id: &str) -> String {
+    format!("binderd-net-{binder_id}")
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        if self.connected.load(Ordering::Acquire) {
+            return None;
+        }
+        self.down.lock().ok().and_then(|d| d.clone())
+    }
+
+    async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {
+        let binder_id = spec.binder_id.to_owned();
+        let started = self.start_inner(&spec).await;
+        if started.is_err() {
+            // Leave nothing half-made behind (services, network).
+            let _ = self
+                .stop(&binder_id, &Instance {
+                    handle: String::new(),
+                    addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                })
+                .await;
+        }
+        started
+    }
+
+    async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
+        if instance.handle.is_empty() {
+            return Ok(false);
+        }
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.docker.inspect_container(
+                &instance.handle,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            ),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
+            Ok(Err(e)) if is_not_found(&e) => Ok(false),
+            Ok(Err(e)) => Err(classify(e, "inspecting a container")),
+            Err(_) => Err(unavailable("inspecting a container: no answer")),
+        }
+    }
+
+    async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        if !instance.handle.is_empty() {
+            self.remove(&instance.handle).await?;
+        }
+        for c in self.list_labelled(&[(LABEL_BINDER, binder_id)]).await? {
+            if let Some(id) = c.id {
+                self.remove(&id).await?;
+            }
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, self.docker.remove_network(&network_name(binder_id))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_not_found(&e) => Ok(()),
+            Ok(Err(e)) => Err(classify(e, "removing the binder's network")),
+            Err(_) => Err(unavailable("removing a network: no answer")),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Discovered>, BackendError> {
+        let mut by_binder: HashMap<String, Discovered> = HashMap::new();
+        for c in self.list_labelled(&[]).await? {
+            let labels = c.labels.clone().unwrap_or_default();
+            let (Some(binder), Some(binding)) = (labels.get(LABEL_BINDER), labels.get(LABEL_BINDING)) else {
+                continue;
+            };
+            let entry = by_binder.entry(binder.clone()).or_insert_with(|| Discovered {
+                binder_id: binder.clone(),
+                binding: binding.clone(),
+                instance: Instance {
+                    handle: String::new(),
+                    addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                },
+            });
+            if labels.get(LABEL_ROLE).map(String::as_str) != Some(ROLE_NOTEBOOK) {
+                continue;
+            }
+            let port: u16 = labels.get(LABEL_PORT).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let addr = match &self.network {
+                Some(net) => c
+                    .network_settings
+                    .as_ref()
+                    .and_then(|s| s.networks.as_ref())
+                    .and_then(|n| n.get(net))
+                    .and_then(|e| e.ip_address.as_deref())
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .map(|ip| SocketAddr::new(ip, port)),
+                None => c
+                    .ports
+                    .as_ref()
+                    .and_then(|ports| ports.iter().find(|p| p.private_port == port && p.public_port.is_some()))
+                    .and_then(|p| p.public_port)
+                    .map(|public| SocketAddr::from((Ipv4Addr::LOCALHOST, public))),
+            };
+            entry.instance = Instance {
+                handle: c.id.clone().unwrap_or_default(),
+                addr: addr.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+            };
+        }
+        Ok(by_binder.into_values().collect())
+    }
+
+    async fn adopt(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
+        // The event stream already follows every container with our labels.
+        Ok(())
+    }
+}
