@@ -142,7 +142,9 @@ impl Resources {
             return Ok(None);
         };
         let bad = || InvalidBinding(format!("invalid resources.memory '{}'", printable(raw)));
-        let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+        let split = raw
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(raw.len());
         let (number, unit) = raw.split_at(split);
         let number: f64 = number.parse().map_err(|_| bad())?;
         let factor: f64 = match unit {

@@ -62,7 +62,13 @@ fn unavailable(e: impl std::fmt::Display) -> BackendError {
 }
 
 fn is_not_found(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 /// Engine errors: answers about the request are start errors, the rest mean
@@ -86,7 +92,10 @@ async fn timed<T>(
 ) -> Result<T, BackendError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => result.map_err(|e| classify(e, what)),
-        Err(_) => Err(unavailable(format!("{what}: no answer in {}s", CALL_TIMEOUT.as_secs()))),
+        Err(_) => Err(unavailable(format!(
+            "{what}: no answer in {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -99,11 +108,12 @@ impl DockerBackend {
         exits: ExitSink,
     ) -> Result<DockerBackend, BackendError> {
         let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
-        let docker = match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(unavailable("no answer in 10s")),
-        };
+        let docker =
+            match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => return Err(unavailable("no answer in 10s")),
+            };
         timed("ping", docker.ping()).await?;
         let backend = DockerBackend {
             docker,
@@ -193,7 +203,11 @@ impl DockerBackend {
     }
 
     /// Starts the binding's services on the binder's network.
-    async fn start_services(&self, spec: &StartSpec<'_>, network: &str) -> Result<(), BackendError> {
+    async fn start_services(
+        &self,
+        spec: &StartSpec<'_>,
+        network: &str,
+    ) -> Result<(), BackendError> {
         for service in &spec.binding.services {
             let Some(image) = &service.image else {
                 return Err(BackendError::Start(format!(
@@ -201,7 +215,11 @@ impl DockerBackend {
                     service.name
                 )));
             };
-            let env: Vec<String> = service.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let env: Vec<String> = service
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             let body = ContainerCreateBody {
                 image: Some(image.clone()),
                 cmd: (!service.command.is_empty()).then(|| service.command.clone()),
@@ -251,7 +269,9 @@ impl DockerBackend {
     async fn start_inner(&self, spec: &StartSpec<'_>) -> Result<Instance, BackendError> {
         let binding = spec.binding;
         let Some(image) = &binding.image else {
-            return Err(BackendError::Start("the docker backend needs an 'image'".into()));
+            return Err(BackendError::Start(
+                "the docker backend needs an 'image'".into(),
+            ));
         };
         let binder_net = (!binding.services.is_empty()).then(|| network_name(spec.binder_id));
         if let Some(net) = &binder_net {
@@ -275,7 +295,11 @@ impl DockerBackend {
             .iter()
             .map(|a| fill_template(a, binding.port, spec.base_url, spec.token))
             .collect();
-        let mut env: Vec<String> = binding.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = binding
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         env.push(format!("BINDERD_BINDER_ID={}", spec.binder_id));
         env.push(format!("BINDERD_BINDING={}", binding.name));
         env.push(format!("BINDERD_PORT={}", binding.port));
@@ -283,8 +307,14 @@ impl DockerBackend {
         let publish = self.network.is_none();
         let network_mode = binder_net.clone().or_else(|| self.network.clone());
         let host_config = HostConfig {
-            memory: binding.resources.memory_bytes().map_err(|e| BackendError::Start(e.0))?,
-            nano_cpus: binding.resources.cpu_nanos().map_err(|e| BackendError::Start(e.0))?,
+            memory: binding
+                .resources
+                .memory_bytes()
+                .map_err(|e| BackendError::Start(e.0))?,
+            nano_cpus: binding
+                .resources
+                .cpu_nanos()
+                .map_err(|e| BackendError::Start(e.0))?,
             privileged: Some(false),
             security_opt: Some(vec!["no-new-privileges".into()]),
             network_mode: network_mode.clone(),
@@ -371,7 +401,11 @@ impl DockerBackend {
                     .and_then(|n| n.get(net))
                     .and_then(|e| e.ip_address.as_deref())
                     .and_then(|ip| ip.parse::<IpAddr>().ok())
-                    .ok_or_else(|| BackendError::Start(format!("the container has no address on network '{net}'")))?;
+                    .ok_or_else(|| {
+                        BackendError::Start(format!(
+                            "the container has no address on network '{net}'"
+                        ))
+                    })?;
                 SocketAddr::new(ip, binding.port)
             }
             None => {
@@ -380,8 +414,15 @@ impl DockerBackend {
                     .as_ref()
                     .and_then(|p| p.get(&port_key))
                     .and_then(|b| b.as_ref())
-                    .and_then(|b| b.iter().find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()))
-                    .ok_or_else(|| BackendError::Start("the container exited before its port was published".into()))?;
+                    .and_then(|b| {
+                        b.iter()
+                            .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
+                    })
+                    .ok_or_else(|| {
+                        BackendError::Start(
+                            "the container exited before its port was published".into(),
+                        )
+                    })?;
                 SocketAddr::from((Ipv4Addr::LOCALHOST, host_port))
             }
         };
@@ -397,17 +438,27 @@ impl DockerBackend {
             v: true,
             link: false,
         };
-        match tokio::time::timeout(CALL_TIMEOUT, self.docker.remove_container(id, Some(options))).await {
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.docker.remove_container(id, Some(options)),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if is_not_found(&e) => Ok(()),
             // Removal already in progress.
-            Ok(Err(DockerError::DockerResponseServerError { status_code: 409, .. })) => Ok(()),
+            Ok(Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            })) => Ok(()),
             Ok(Err(e)) => Err(classify(e, "removing a container")),
             Err(_) => Err(unavailable("removing a container: no answer")),
         }
     }
 
-    async fn list_labelled(&self, extra: &[(&str, &str)]) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+    async fn list_labelled(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
         timed(
             "listing containers",
             self.docker.list_containers(Some(ListContainersOptions {
@@ -447,10 +498,13 @@ impl Backend for DockerBackend {
         if started.is_err() {
             // Leave nothing half-made behind (services, network).
             let _ = self
-                .stop(&binder_id, &Instance {
-                    handle: String::new(),
-                    addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                })
+                .stop(
+                    &binder_id,
+                    &Instance {
+                        handle: String::new(),
+                        addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                    },
+                )
                 .await;
         }
         started
@@ -485,7 +539,12 @@ impl Backend for DockerBackend {
                 self.remove(&id).await?;
             }
         }
-        match tokio::time::timeout(CALL_TIMEOUT, self.docker.remove_network(&network_name(binder_id))).await {
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.docker.remove_network(&network_name(binder_id)),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if is_not_found(&e) => Ok(()),
             Ok(Err(e)) => Err(classify(e, "removing the binder's network")),
@@ -497,21 +556,28 @@ impl Backend for DockerBackend {
         let mut by_binder: HashMap<String, Discovered> = HashMap::new();
         for c in self.list_labelled(&[]).await? {
             let labels = c.labels.clone().unwrap_or_default();
-            let (Some(binder), Some(binding)) = (labels.get(LABEL_BINDER), labels.get(LABEL_BINDING)) else {
+            let (Some(binder), Some(binding)) =
+                (labels.get(LABEL_BINDER), labels.get(LABEL_BINDING))
+            else {
                 continue;
             };
-            let entry = by_binder.entry(binder.clone()).or_insert_with(|| Discovered {
-                binder_id: binder.clone(),
-                binding: binding.clone(),
-                instance: Instance {
-                    handle: String::new(),
-                    addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                },
-            });
+            let entry = by_binder
+                .entry(binder.clone())
+                .or_insert_with(|| Discovered {
+                    binder_id: binder.clone(),
+                    binding: binding.clone(),
+                    instance: Instance {
+                        handle: String::new(),
+                        addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                    },
+                });
             if labels.get(LABEL_ROLE).map(String::as_str) != Some(ROLE_NOTEBOOK) {
                 continue;
             }
-            let port: u16 = labels.get(LABEL_PORT).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let port: u16 = labels
+                .get(LABEL_PORT)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
             let addr = match &self.network {
                 Some(net) => c
                     .network_settings
@@ -524,7 +590,11 @@ impl Backend for DockerBackend {
                 None => c
                     .ports
                     .as_ref()
-                    .and_then(|ports| ports.iter().find(|p| p.private_port == port && p.public_port.is_some()))
+                    .and_then(|ports| {
+                        ports
+                            .iter()
+                            .find(|p| p.private_port == port && p.public_port.is_some())
+                    })
                     .and_then(|p| p.public_port)
                     .map(|public| SocketAddr::from((Ipv4Addr::LOCALHOST, public))),
             };

@@ -379,6 +379,8 @@ impl Pools {
         self.shared
             .pools
             .remove_if(name, |_, p| Arc::ptr_eq(p, &pool));
+        // Cancel before listing: a binder registered after the list sees the
+        // cancellation when its start begins.
         pool.retired.cancel();
         for binder in self.binders_of(&pool) {
             self.stop(&pool, &binder);

@@ -94,6 +94,10 @@ impl Pools {
         let Ok(_permit) = self.shared.start_permits.clone().acquire_owned().await else {
             return;
         };
+        if pool.retired.is_cancelled() {
+            // The binding was deleted after this binder was registered.
+            self.stop(&pool, &binder);
+        }
         if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
             return; // stopped while it waited for a permit
         }
@@ -125,10 +129,16 @@ impl Pools {
         };
         binder.set_instance(instance.clone());
         // Pairs with the fence in `finish_stop`: either the stopper sees the
-        // instance, or we see `Stopping` here; both stopping is harmless.
+        // instance, or we see here that it was stopped (or failed) while the
+        // backend was starting it; stopping twice is harmless.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if binder.state() == State::Stopping {
-            self.finish_stop(&pool, &binder).await;
+        if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
+            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
+                tracing::warn!(binder = %binder.id, error = %e, "stop failed");
+            }
+            if binder.state() == State::Stopping {
+                self.finish_stop(&pool, &binder).await;
+            }
             return;
         }
         if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {

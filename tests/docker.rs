@@ -1,0 +1,323 @@
+//! The docker backend against the real engine: the stand-in image built by
+//! scripts/build-test-image, labelled containers, attached services,
+//! adoption after SIGKILL, faults. Each test cleans up only what carries its
+//! own data dir's label.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+fn docker_config(data: &DataDir) -> binderd::config::Config {
+    let mut config = test_config(data);
+    config.backend = binderd::backend::BackendKind::Docker;
+    config
+}
+
+#[tokio::test]
+async fn containers_are_labelled_limited_proxied_and_have_their_services() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-main");
+    let _cleanup = DockerCleanup(&data);
+    let server = Server::start(docker_config(&data)).await;
+    let http = Http::new();
+    let mut body = docker_binding("dock", 2, 4);
+    body["resources"] = json!({"memory": "64Mi", "cpu": "0.5"});
+    body["env"] = json!({"GREETING": "hello"});
+    body["services"] = json!([{
+        "name": "db",
+        "image": TEST_IMAGE,
+        "command": ["--port", "5432", "--all-interfaces", "--base-url", "/db/"],
+    }]);
+    let a = http
+        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_pool(&http, &server.url(""), "dock", 60, |p| p["available"] == 2).await;
+
+    let a = http
+        .call(Method::POST, &server.url("/binders/dock"), None)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    let location = a.json()["location"].as_str().unwrap().to_owned();
+    // Through binderd's proxy to the container.
+    let s = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["binder"], id.as_str());
+    // The service is reachable from the notebook by its name.
+    let f = http
+        .get(&server.url(&format!("{location}fetch?url=http://db:5432/db/api/status")))
+        .await;
+    assert_eq!(f.status, 200, "{}", f.body);
+    assert_eq!(f.json()["status"], 200, "{}", f.body);
+
+    // What the engine says about the notebook container.
+    let names = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=binderd.binder={id}"),
+        "--filter",
+        "label=binderd.role=notebook",
+    ]);
+    assert_eq!(names.len(), 1);
+    let inspect = docker(&["inspect", &names[0]]).join("\n");
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let c = &v[0];
+    assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(c["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(c["HostConfig"]["Privileged"], false);
+    assert!(c["HostConfig"]["Binds"].is_null(), "no host paths");
+    assert_eq!(
+        c["HostConfig"]["PortBindings"]["8888/tcp"][0]["HostIp"],
+        "127.0.0.1"
+    );
+    assert_eq!(c["Config"]["Labels"]["binderd.binding"], "dock");
+    assert_eq!(
+        c["Config"]["Labels"]["binderd.owner"],
+        binderd::backend::owner_key(&data.0)
+    );
+    assert!(c["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "GREETING=hello"));
+
+    // Stopping the binder removes its container, services and network.
+    let d = http
+        .call(
+            Method::DELETE,
+            &server.url(&format!("/binders/dock/{id}")),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(d.status, 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=binderd.binder={id}"),
+    ])
+    .is_empty()
+        || !docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=binderd-net-{id}"),
+        ])
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "binder {id} left things behind"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deleting the binding leaves nothing of it on the engine.
+    let d = http
+        .call(Method::DELETE, &server.url("/bindings/dock"), Some(ADMIN))
+        .await;
+    assert_eq!(d.status, 202, "{}", d.body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (containers, networks) = docker_leftovers(&data);
+        if containers.is_empty() && networks.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left: {containers:?} {networks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_pooled_container_is_replaced_and_never_handed_out() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-kill");
+    let _cleanup = DockerCleanup(&data);
+    let server = Server::start(docker_config(&data)).await;
+    let http = Http::new();
+    let a = http
+        .post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &docker_binding("victims", 2, 4),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    wait_pool(&http, &server.url(""), "victims", 60, |p| {
+        p["available"] == 2
+    })
+    .await;
+    let (containers, _) = docker_leftovers(&data);
+    assert_eq!(containers.len(), 2);
+    docker(&["kill", &containers[0]]);
+    // Replaced; both handouts answer (the dead one is never handed out).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!(
+                "label=binderd.owner={}",
+                binderd::backend::owner_key(&data.0)
+            ),
+        ]);
+        if running.len() == 2
+            && !running
+                .iter()
+                .any(|c| containers[0].starts_with(c.as_str()))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not replaced: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_pool(&http, &server.url(""), "victims", 60, |p| {
+        p["available"] == 2 && p["running"] == 2
+    })
+    .await;
+    for _ in 0..2 {
+        let a = http
+            .call(Method::POST, &server.url("/binders/victims"), None)
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let location = a.json()["location"].as_str().unwrap().to_owned();
+        let s = http
+            .get(&server.url(&format!("{location}api/status")))
+            .await;
+        assert_eq!(s.status, 200, "{}", s.body);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_image_is_an_error_status_naming_the_image() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-missing");
+    let _cleanup = DockerCleanup(&data);
+    let server = Server::start(docker_config(&data)).await;
+    let http = Http::new();
+    let mut body = docker_binding("ghost", 1, 2);
+    body["image"] = json!("binderd/no-such-image:404");
+    let a = http
+        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
+        .await;
+    assert_eq!(a.status, 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let doc = loop {
+        let d = http.get(&server.url("/bindings/ghost")).await.json();
+        if d["status"] == "error" {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        doc["message"]
+            .as_str()
+            .unwrap()
+            .contains("binderd/no-such-image:404"),
+        "{doc}"
+    );
+    // It retries slowly, and nothing is left on the engine.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (containers, networks) = docker_leftovers(&data);
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "{containers:?} {networks:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sigkill_then_restart_adopts_containers() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-adopt");
+    let _cleanup = DockerCleanup(&data);
+    let http = Http::new();
+    let mut p = Process::spawn(&data, &["--backend", "docker"], &[]);
+    let a = http
+        .post_json(
+            &p.url("/bindings"),
+            Some(ADMIN),
+            &docker_binding("adopt", 2, 6),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_pool(&http, &p.url(""), "adopt", 60, |v| v["available"] == 2).await;
+    let a = http
+        .call(Method::POST, &p.url("/binders/adopt"), None)
+        .await;
+    assert_eq!(a.status, 201);
+    let handed = a.json();
+    wait_pool(&http, &p.url(""), "adopt", 60, |v| {
+        v["available"] == 2 && v["running"] == 3
+    })
+    .await;
+    p.sigkill();
+    let (before, _) = docker_leftovers(&data);
+    assert_eq!(before.len(), 3);
+
+    let p = Process::spawn(&data, &["--backend", "docker"], &[]);
+    let location = handed["location"].as_str().unwrap();
+    let s = http.get(&p.url(&format!("{location}api/status"))).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["binder"], handed["id"]);
+    let pool = wait_pool(&http, &p.url(""), "adopt", 60, |v| v["available"] == 2).await;
+    assert_eq!(pool["running"], 3, "{pool}");
+    let (after, _) = docker_leftovers(&data);
+    assert_eq!(after.len(), 3, "nothing started twice, nothing leaked");
+    let a = http
+        .call(Method::POST, &p.url("/binders/adopt"), None)
+        .await;
+    assert_eq!(a.status, 201);
+    assert_ne!(a.json()["id"], handed["id"]);
+}
+
+#[test]
+fn an_unreachable_engine_at_start_exits_69() {
+    let out = std::process::Command::new(binderd_bin())
+        .args([
+            "serve",
+            "--backend",
+            "docker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(std::env::temp_dir().join("binderd-test-noengine"))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env_remove("BINDERD_API_KEYS")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("Docker engine is not answering"), "{stderr}");
+}
