@@ -321,3 +321,85 @@ fn an_unreachable_engine_at_start_exits_69() {
     let last = stderr.trim().lines().last().unwrap_or_default();
     assert!(last.contains("Docker engine is not answering"), "{stderr}");
 }
+
+/// A unix-socket relay to the real engine that the test can cut and restore:
+/// binderd's DOCKER_HOST points at it, so "the engine goes away" is real to
+/// binderd without touching the machine's engine.
+struct Relay {
+    path: std::path::PathBuf,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    fn start(path: &std::path::Path) -> Relay {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let inner = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+                inner.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Relay { path: path.to_path_buf(), tasks }
+    }
+
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_going_away_gives_503s_and_binderd_recovers() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-outage");
+    let _cleanup = DockerCleanup(&data);
+    let socket = data.0.join("engine.sock");
+    let relay = Relay::start(&socket);
+    let host = format!("unix://{}", socket.display());
+    let http = Http::new();
+    let p = Process::spawn(&data, &["--backend", "docker"], &[("DOCKER_HOST", &host)]);
+    let a = http.post_json(&p.url("/bindings"), Some(ADMIN), &docker_binding("outage", 1, 4)).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_pool(&http, &p.url(""), "outage", 60, |v| v["available"] == 1).await;
+
+    relay.cut();
+    // The warm binder still goes out: the handout never asks the engine.
+    let a = http.call(Method::POST, &p.url("/binders/outage"), None).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    // With nothing warm and no engine: 503 with a clear message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let a = http.call(Method::POST, &p.url("/binders/outage"), None).await;
+        if a.status == 503 {
+            break a;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} {}", a.status, a.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_error(&refused, 503);
+    assert!(refused.body.contains("Docker engine"), "{}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(http.get(&p.url("/healthcheck")).await.status, 200);
+
+    // The engine comes back: the pool refills and handouts work again.
+    let relay = Relay::start(&socket);
+    wait_pool(&http, &p.url(""), "outage", 90, |v| v["available"] == 1).await;
+    let a = http.call(Method::POST, &p.url("/binders/outage"), None).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let location = a.json()["location"].as_str().unwrap().to_owned();
+    assert_eq!(http.get(&p.url(&format!("{location}api/status"))).await.status, 200);
+    drop(p);
+    relay.cut();
+}
