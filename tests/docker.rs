@@ -339,7 +339,9 @@ impl Relay {
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut engine) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                    if let Ok(mut engine) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
                     }
                 });
@@ -347,7 +349,10 @@ impl Relay {
             }
         });
         tasks.lock().unwrap().push(accept.abort_handle());
-        Relay { path: path.to_path_buf(), tasks }
+        Relay {
+            path: path.to_path_buf(),
+            tasks,
+        }
     }
 
     fn cut(&self) {
@@ -370,22 +375,37 @@ async fn the_engine_going_away_gives_503s_and_binderd_recovers() {
     let host = format!("unix://{}", socket.display());
     let http = Http::new();
     let p = Process::spawn(&data, &["--backend", "docker"], &[("DOCKER_HOST", &host)]);
-    let a = http.post_json(&p.url("/bindings"), Some(ADMIN), &docker_binding("outage", 1, 4)).await;
+    let a = http
+        .post_json(
+            &p.url("/bindings"),
+            Some(ADMIN),
+            &docker_binding("outage", 1, 4),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     wait_pool(&http, &p.url(""), "outage", 60, |v| v["available"] == 1).await;
 
     relay.cut();
     // The warm binder still goes out: the handout never asks the engine.
-    let a = http.call(Method::POST, &p.url("/binders/outage"), None).await;
+    let a = http
+        .call(Method::POST, &p.url("/binders/outage"), None)
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     // With nothing warm and no engine: 503 with a clear message.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let refused = loop {
-        let a = http.call(Method::POST, &p.url("/binders/outage"), None).await;
+        let a = http
+            .call(Method::POST, &p.url("/binders/outage"), None)
+            .await;
         if a.status == 503 {
             break a;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} {}", a.status, a.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} {}",
+            a.status,
+            a.body
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_error(&refused, 503);
@@ -396,10 +416,17 @@ async fn the_engine_going_away_gives_503s_and_binderd_recovers() {
     // The engine comes back: the pool refills and handouts work again.
     let relay = Relay::start(&socket);
     wait_pool(&http, &p.url(""), "outage", 90, |v| v["available"] == 1).await;
-    let a = http.call(Method::POST, &p.url("/binders/outage"), None).await;
+    let a = http
+        .call(Method::POST, &p.url("/binders/outage"), None)
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let location = a.json()["location"].as_str().unwrap().to_owned();
-    assert_eq!(http.get(&p.url(&format!("{location}api/status"))).await.status, 200);
+    assert_eq!(
+        http.get(&p.url(&format!("{location}api/status")))
+            .await
+            .status,
+        200
+    );
     drop(p);
     relay.cut();
 }
