@@ -115,6 +115,7 @@ pub async fn run(
         "binderd listening on http://{local_addr}"
     );
     let cleanup = config.cleanup_on_exit;
+    let grace = config.shutdown_grace;
     let app = Arc::new(api::App {
         keys: auth::Keys::new(config.api_keys.clone()),
         config,
@@ -123,7 +124,7 @@ pub async fn run(
         local_addr,
     });
     api::serve(app, listener, shutdown).await;
-    pools.shutdown();
+    pools.shutdown(grace).await;
     if cleanup {
         tracing::info!("stopping every container (cleanup on exit)");
         pools.stop_all().await;

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
 use crate::backend::{Backend, BackendError};
@@ -211,6 +212,9 @@ pub(crate) struct Shared {
     start_permits: Arc<Semaphore>,
     max_pool_limit: u32,
     shutdown: CancellationToken,
+    /// Starts in flight; shutdown lets them finish (bounded) so that no
+    /// container is left half-made and unrecorded.
+    starts: TaskTracker,
 }
 
 /// Every pool and binder. Cheap to clone.
@@ -238,6 +242,7 @@ impl Pools {
                 start_permits: Arc::new(Semaphore::new(start_concurrency.max(1))),
                 max_pool_limit,
                 shutdown: CancellationToken::new(),
+                starts: TaskTracker::new(),
             }),
         }
     }
@@ -524,9 +529,17 @@ impl Pools {
         while stops.join_next().await.is_some() {}
     }
 
-    /// Stops the reconcilers; running containers are left for adoption.
-    pub fn shutdown(&self) {
+    /// Stops the reconcilers and waits (up to `grace`) for starts in flight;
+    /// running containers are left for adoption.
+    pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.cancel();
+        self.shared.starts.close();
+        if tokio::time::timeout(grace, self.shared.starts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("container starts still running at shutdown");
+        }
     }
 
     fn register(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) {

@@ -86,7 +86,9 @@ impl Pools {
 
     pub(crate) fn spawn_start(&self, pool: Arc<Pool>, binder: Arc<Binder>) {
         let this = self.clone();
-        tokio::spawn(async move { this.start(pool, binder).await });
+        self.shared
+            .starts
+            .spawn(async move { this.start(pool, binder).await });
     }
 
     /// Starts one binder's container and waits until it answers.

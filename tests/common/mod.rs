@@ -394,14 +394,28 @@ pub struct DockerCleanup<'a>(pub &'a DataDir);
 
 impl Drop for DockerCleanup<'_> {
     fn drop(&mut self) {
-        let (containers, networks) = docker_leftovers(self.0);
-        if !containers.is_empty() {
-            let mut args = vec!["rm", "-f", "-v"];
-            args.extend(containers.iter().map(String::as_str));
-            docker(&args);
-        }
-        for n in networks {
-            docker(&["network", "rm", &n]);
+        // A create the engine was still working on may land after a first
+        // sweep: sweep until two looks in a row find nothing.
+        let mut clean_looks = 0;
+        for _ in 0..20 {
+            let (containers, networks) = docker_leftovers(self.0);
+            if containers.is_empty() && networks.is_empty() {
+                clean_looks += 1;
+                if clean_looks == 2 {
+                    return;
+                }
+            } else {
+                clean_looks = 0;
+            }
+            if !containers.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(containers.iter().map(String::as_str));
+                docker(&args);
+            }
+            for n in networks {
+                docker(&["network", "rm", &n]);
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }
