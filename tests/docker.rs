@@ -430,3 +430,60 @@ async fn the_engine_going_away_gives_503s_and_binderd_recovers() {
     drop(p);
     relay.cut();
 }
+
+#[tokio::test]
+async fn a_configured_network_is_joined_and_used_by_container_ip() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-net");
+    let _cleanup = DockerCleanup(&data);
+    let net = format!("binderd-test-net-{}", std::process::id());
+    docker(&["network", "create", "--label", "binderd.test=1", &net]);
+    let mut config = docker_config(&data);
+    config.docker_network = Some(net.clone());
+    let server = Server::start(config).await;
+    let http = Http::new();
+    let a = http
+        .post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &docker_binding("onnet", 1, 2),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    wait_pool(&http, &server.url(""), "onnet", 60, |p| p["available"] == 1).await;
+    let a = http
+        .call(Method::POST, &server.url("/binders/onnet"), None)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    let location = a.json()["location"].as_str().unwrap().to_owned();
+    let s = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
+    assert_eq!(s.json()["binder"], id.as_str(), "{}", s.body);
+    let c = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=binderd.binder={id}"),
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker(&["inspect", &c[0]]).join("\n")).unwrap();
+    assert!(
+        inspect[0]["NetworkSettings"]["Networks"]
+            .get(&net)
+            .is_some(),
+        "not on {net}"
+    );
+    assert!(
+        inspect[0]["HostConfig"]["PortBindings"]
+            .as_object()
+            .is_none_or(|p| p.is_empty()),
+        "no published ports"
+    );
+    server.stop().await;
+    drop(_cleanup);
+    docker(&["network", "rm", &net]);
+}
