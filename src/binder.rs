@@ -64,6 +64,8 @@ pub enum State {
     Stopping = 4,
     Stopped = 5,
     Failed = 6,
+    /// Handed out, container stopped; files kept, same location on resume.
+    Paused = 7,
 }
 
 impl State {
@@ -75,6 +77,7 @@ impl State {
             3 => State::Assigned,
             4 => State::Stopping,
             5 => State::Stopped,
+            7 => State::Paused,
             _ => State::Failed,
         }
     }
@@ -87,6 +90,7 @@ impl State {
             State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Failed => "failed",
+            State::Paused => "paused",
         }
     }
 
@@ -110,7 +114,8 @@ pub struct Binder {
     pub binding: BindingName,
     pub created_at: u64,
     state: AtomicU8,
-    instance: OnceLock<Instance>,
+    /// Replaced when a paused binder resumes (it may get a new address).
+    instance: arc_swap::ArcSwapOption<Instance>,
     owner: OnceLock<Owner>,
     failure: OnceLock<String>,
     assigned_at: AtomicU64,
@@ -150,7 +155,7 @@ impl Binder {
             binding,
             created_at,
             state: AtomicU8::new(state as u8),
-            instance: OnceLock::new(),
+            instance: arc_swap::ArcSwapOption::empty(),
             owner: OnceLock::new(),
             failure: OnceLock::new(),
             assigned_at: AtomicU64::new(0),
@@ -194,12 +199,12 @@ impl Binder {
         }
     }
 
-    pub fn instance(&self) -> Option<&Instance> {
-        self.instance.get()
+    pub fn instance(&self) -> Option<Arc<Instance>> {
+        self.instance.load_full()
     }
 
     pub fn set_instance(&self, instance: Instance) {
-        let _ = self.instance.set(instance);
+        self.instance.store(Some(Arc::new(instance)));
     }
 
     pub fn owner(&self) -> Option<&Owner> {

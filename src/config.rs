@@ -113,6 +113,7 @@ struct FileConfig {
     max_pool_limit: Option<u32>,
     start_concurrency: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    cull_interval_ms: Option<u64>,
     #[serde(default)]
     api_keys: Vec<FileKey>,
     #[serde(default)]
@@ -136,6 +137,8 @@ pub struct Config {
     pub start_concurrency: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// How often the culler looks for idle and old binders.
+    pub cull_interval: Duration,
     pub cleanup_on_exit: bool,
     /// Docker backend: a network to join (containers reached by IP).
     pub docker_network: Option<String>,
@@ -159,6 +162,7 @@ impl Config {
             max_pool_limit: DEFAULT_MAX_POOL_LIMIT,
             start_concurrency: 8,
             shutdown_grace: Duration::from_secs(10),
+            cull_interval: Duration::from_secs(5),
             cleanup_on_exit: false,
             docker_network: None,
             api_keys: Vec::new(),
@@ -244,6 +248,9 @@ impl Config {
                 ));
             }
             cfg.start_concurrency = n;
+        }
+        if let Some(ms) = file.cull_interval_ms {
+            cfg.cull_interval = Duration::from_millis(ms.clamp(10, 3_600_000));
         }
         if let Some(s) = file.shutdown_grace_seconds {
             cfg.shutdown_grace = Duration::from_secs(s);

@@ -100,6 +100,7 @@ pub async fn run(
         upstream.clone(),
         config.start_concurrency,
         config.max_pool_limit,
+        config.cull_interval,
     );
     tokio::spawn(pools.clone().watch_exits(exits_rx));
     let adopted = pools.restore(loaded, config.bindings.clone()).await?;

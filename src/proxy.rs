@@ -37,9 +37,14 @@ pub enum ProxyError {
     BadRequest(String),
 }
 
+/// When one direction of a tunnel ends, how long the other may still run.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// The HTTP client binderd uses towards containers.
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
+    /// Open upgraded connections (WebSockets), for a bounded wait at shutdown.
+    tunnels: tokio_util::task::TaskTracker,
 }
 
 impl Default for Upstream {
@@ -56,7 +61,22 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Upstream { client }
+        Upstream {
+            client,
+            tunnels: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// Waits up to `grace` for open tunnels to close by themselves.
+    pub async fn close_tunnels(&self, grace: Duration) {
+        self.tunnels.close();
+        if !self.tunnels.is_empty() {
+            tracing::info!(
+                open = self.tunnels.len(),
+                "waiting for open WebSocket tunnels"
+            );
+        }
+        let _ = tokio::time::timeout(grace, self.tunnels.wait()).await;
     }
 
     /// True if something at `addr` answers `GET path` with any HTTP response.
@@ -135,15 +155,12 @@ impl Upstream {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let binder = binder.clone();
-                tokio::spawn(async move {
+                self.tunnels.spawn(async move {
                     let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
                     else {
                         return;
                     };
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    binder.touch();
+                    tunnel(TokioIo::new(client), TokioIo::new(upstream), &binder).await;
                 });
                 let (parts, _) = resp.into_parts();
                 return Ok(Response::from_parts(parts, empty()));
@@ -152,6 +169,50 @@ impl Upstream {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// Joins two upgraded connections byte for byte (no message buffering),
+/// counting every read as activity. When one side closes, the other is shut
+/// down and given a moment to finish, then both are dropped.
+async fn tunnel<A, B>(a: A, b: B, binder: &crate::binder::Binder)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let up = pump(&mut a_read, &mut b_write, binder);
+    let down = pump(&mut b_read, &mut a_write, binder);
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut up => { let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, down).await; }
+        _ = &mut down => { let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, up).await; }
+    }
+}
+
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    binder: &crate::binder::Binder,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => n,
+        };
+        binder.touch();
+        writer.write_all(&buf[..n]).await?;
+        writer.flush().await?;
     }
 }
 

@@ -577,5 +577,6 @@ async fn websocket_upgrades_pass_through_the_proxy() {
         assert_eq!(back.into_text().unwrap().as_str(), text);
     }
     ws.close(None).await.unwrap();
+    drop(ws);
     server.stop().await;
 }

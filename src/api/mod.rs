@@ -78,12 +78,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     }
     drop(listener);
     let grace = app.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
+        _ = tokio::time::sleep_until(deadline) => {
             tracing::warn!("shutdown grace of {}s passed with connections still open", grace.as_secs());
         }
     }
+    // Upgraded connections are not hyper's any more: wait for them too, within
+    // the same grace.
+    app.upstream
+        .close_tunnels(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
 }
 
 /// Whether the client would rather read HTML (a browser).

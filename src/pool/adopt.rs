@@ -145,6 +145,7 @@ impl Pools {
             }
             if state == State::Assigned {
                 report.assigned += 1;
+                self.watch_for_culling(&binder);
             } else {
                 report.pooled += 1;
                 let this = self.clone();

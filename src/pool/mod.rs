@@ -29,6 +29,7 @@ use crate::store::{Source, Store, StoreError, StoredBinder, StoredBinding};
 
 pub mod adopt;
 pub mod allocator;
+mod cull;
 mod reconciler;
 
 use allocator::{Counters, ReadyQueue};
@@ -215,6 +216,8 @@ pub(crate) struct Shared {
     /// Starts in flight; shutdown lets them finish (bounded) so that no
     /// container is left half-made and unrecorded.
     starts: TaskTracker,
+    /// Handed-out binders for the culler to watch.
+    cull_tx: tokio::sync::mpsc::UnboundedSender<BinderId>,
 }
 
 /// Every pool and binder. Cheap to clone.
@@ -224,14 +227,18 @@ pub struct Pools {
 }
 
 impl Pools {
+    /// Builds the pools and starts the culler (checking every `cull_every`).
+    /// Must be called inside a tokio runtime.
     pub fn new(
         backend: Arc<dyn Backend>,
         store: Store,
         upstream: Arc<Upstream>,
         start_concurrency: usize,
         max_pool_limit: u32,
+        cull_every: Duration,
     ) -> Pools {
-        Pools {
+        let (cull_tx, cull_rx) = tokio::sync::mpsc::unbounded_channel();
+        let pools = Pools {
             shared: Arc::new(Shared {
                 backend,
                 store,
@@ -243,8 +250,11 @@ impl Pools {
                 max_pool_limit,
                 shutdown: CancellationToken::new(),
                 starts: TaskTracker::new(),
+                cull_tx,
             }),
-        }
+        };
+        pools.spawn_culler(cull_rx, cull_every);
+        pools
     }
 
     pub fn backend_kind(&self) -> crate::backend::BackendKind {
@@ -446,6 +456,7 @@ impl Pools {
                 }
                 return Err(e.into());
             }
+            self.watch_for_culling(&binder);
             return Ok(Handout::Ready(binder));
         }
         if let Some(reason) = self.shared.backend.unavailable() {
@@ -569,7 +580,7 @@ impl Pools {
     async fn finish_stop(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) {
         std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(instance) = binder.instance() {
-            if let Err(e) = self.shared.backend.stop(&binder.id, instance).await {
+            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
                 tracing::warn!(binder = %binder.id, error = %e, "stop failed");
             }
         }
@@ -592,7 +603,7 @@ impl Pools {
             tracing::warn!(binding = %pool.name, binder = %binder.id, %reason, "binder lost");
         }
         if let Some(instance) = binder.instance() {
-            if let Err(e) = self.shared.backend.stop(&binder.id, instance).await {
+            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
                 tracing::warn!(binder = %binder.id, error = %e, "cleanup failed");
             }
         }
@@ -632,7 +643,7 @@ fn stored(binder: &Binder) -> StoredBinder {
         token: binder.token.to_string(),
         state: binder.state(),
         owner: binder.owner().cloned(),
-        instance: binder.instance().cloned(),
+        instance: binder.instance().map(|i| (*i).clone()),
         created_at: binder.created_at,
         assigned_at: binder.assigned_at(),
     }

@@ -213,6 +213,7 @@ impl Pools {
             if let Err(e) = self.shared.store.assign(&binder.id, owner, now).await {
                 tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
             }
+            self.watch_for_culling(binder);
         }
     }
 }

@@ -1,0 +1,108 @@
+//! Culling handed-out binders: idle ones (no proxied traffic for
+//! `cull.idle_seconds`) and old ones (`cull.max_age_seconds` since handout).
+//!
+//! The culler keeps a min-heap of (due time, binder id). Each tick it pops only
+//! what is due, re-reads the binder (traffic may have moved its due time), and
+//! either stops it or pushes it back with its new due time. So a tick costs
+//! O(due · log n), not a scan of every binder. Warm binders that were never
+//! handed out are never culled; paused ones only for age.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Entry, Pools};
+use crate::binder::{now_unix, Binder, BinderId, State};
+use crate::binding::Cull;
+
+/// When `binder` is due, or `None` when it is not subject to culling.
+pub(crate) fn due(binder: &Binder, cull: &Cull) -> Option<u64> {
+    let aged = binder.assigned_at().saturating_add(cull.max_age_seconds);
+    match binder.state() {
+        State::Assigned => Some(aged.min(binder.last_activity().saturating_add(cull.idle_seconds))),
+        State::Paused => Some(aged),
+        _ => None,
+    }
+}
+
+impl Pools {
+    /// Asks the culler to watch a binder just handed out (or resumed, or
+    /// adopted). Cheap: one channel send.
+    pub(crate) fn watch_for_culling(&self, binder: &Binder) {
+        let _ = self.shared.cull_tx.send(binder.id.clone());
+    }
+
+    pub(crate) fn spawn_culler(&self, rx: mpsc::UnboundedReceiver<BinderId>, every: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move { this.cull(rx, every).await });
+    }
+
+    async fn cull(self, mut rx: mpsc::UnboundedReceiver<BinderId>, every: Duration) {
+        let mut heap: BinaryHeap<Reverse<(u64, BinderId)>> = BinaryHeap::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                id = rx.recv() => {
+                    let Some(id) = id else { return };
+                    if let Some(Entry { pool, binder }) = self.binder(&id) {
+                        if let Some(at) = due(&binder, &pool.record().binding.cull) {
+                            heap.push(Reverse((at, id)));
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = now_unix();
+                    while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                        let Some(Reverse((_, id))) = heap.pop() else { break };
+                        let Some(Entry { pool, binder }) = self.binder(&id) else { continue };
+                        let cull = pool.record().binding.cull;
+                        match due(&binder, &cull) {
+                            Some(at) if at <= now => {
+                                let reason = if binder.state() == State::Assigned
+                                    && now >= binder.last_activity().saturating_add(cull.idle_seconds)
+                                {
+                                    format!("culled: no traffic for {}s", cull.idle_seconds)
+                                } else {
+                                    format!("culled: older than {}s", cull.max_age_seconds)
+                                };
+                                tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
+                                binder.set_failure(reason);
+                                self.stop(&pool, &binder);
+                            }
+                            Some(at) => heap.push(Reverse((at, id))),
+                            None => {}
+                        }
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::BindingName;
+
+    #[test]
+    fn due_is_the_earlier_of_idle_and_age_and_skips_pool_binders() {
+        let cull = Cull {
+            idle_seconds: 10,
+            max_age_seconds: 100,
+        };
+        let b = Binder::new(BindingName::parse("x").unwrap(), State::Idle);
+        assert_eq!(due(&b, &cull), None, "warm binders are never culled");
+        b.force(State::Assigned);
+        b.set_assigned_at(1000);
+        b.touch();
+        let idle_due = b.last_activity() + 10;
+        assert_eq!(due(&b, &cull), Some(idle_due.min(1100)));
+        b.force(State::Paused);
+        assert_eq!(due(&b, &cull), Some(1100), "paused: age only");
+    }
+}
