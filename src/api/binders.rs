@@ -31,7 +31,7 @@ pub(super) fn render(binder: &Binder) -> Value {
         "state": state.public_name(),
         "created_at": binder.created_at,
     });
-    if matches!(state, State::Assigned) {
+    if matches!(state, State::Assigned | State::Paused) {
         doc["location"] = json!(binder.location());
         doc["assigned_at"] = json!(binder.assigned_at());
         doc["last_activity"] = json!(binder.last_activity());
@@ -198,8 +198,21 @@ pub(super) async fn proxy(
         return Err(unknown());
     }
     let entry = app.pools.by_token(token).ok_or_else(unknown)?;
-    if entry.binder.state() != State::Assigned {
-        return Err(unknown());
+    match entry.binder.state() {
+        State::Assigned => {}
+        State::Paused => {
+            return Err(ApiError::Unavailable {
+                message: "this binder is paused: resume it with POST /binders/{binding}/{id}/actions/pause {\"paused\": false}".into(),
+                retry_after: 5,
+            })
+        }
+        State::StartingClaimed => {
+            return Err(ApiError::Unavailable {
+                message: "this binder is starting again: retry in a moment".into(),
+                retry_after: 2,
+            })
+        }
+        _ => return Err(unknown()),
     }
     // binderd's own key is not the container's business.
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
@@ -212,4 +225,130 @@ pub(super) async fn proxy(
         }
     }
     Ok(app.upstream.forward(req, &entry, &rest, peer).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pause {
+    paused: bool,
+}
+
+/// `POST /binders/{binding}/{id}/actions/pause` `{"paused": true|false}`.
+pub(super) async fn pause(
+    app: &App,
+    caller: &Caller,
+    raw: &str,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let binder = owned(app, caller, raw, id)?;
+    let body: Pause = read_json(app, req).await?;
+    let entry = app
+        .pools
+        .binder(&binder.id)
+        .ok_or_else(|| ApiError::NotFound("binder not found".into()))?;
+    app.pools
+        .set_paused(&entry, body.paused, app.config.spawn_wait)
+        .await?;
+    json(StatusCode::OK, &render(&binder))
+}
+
+/// A binder the caller owns (or any, for an admin): 401/403/404.
+fn owned(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<Arc<Binder>> {
+    if caller.key_name().is_none() {
+        return Err(AuthError::Required.into());
+    }
+    let binder = find(app, raw, id)?;
+    if !owns_binder(caller, &binder) {
+        return Err(ApiError::Forbidden(
+            "only the binder's owner or an admin may do this".into(),
+        ));
+    }
+    Ok(binder)
+}
+
+/// `GET /binders/{binding}/{id}/logs?tail=N` (default 1000 lines).
+pub(super) async fn logs(
+    app: &App,
+    caller: &Caller,
+    raw: &str,
+    id: &str,
+    query: &str,
+) -> Result<Response<Body>> {
+    let binder = owned(app, caller, raw, id)?;
+    let tail = match query.split('&').find_map(|kv| kv.strip_prefix("tail=")) {
+        None => 1000,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 100_000)
+            .ok_or_else(|| ApiError::BadRequest("tail must be a number from 0 to 100000".into()))?,
+    };
+    let text = app.pools.logs(&binder, tail).await?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(super::full(text))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// How often an idle event stream sends a comment, so proxies keep it open.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `GET /binders/{binding}/{id}/events`: `text/event-stream` of the binder's
+/// state, one `data: {json}` event per change, ending at ready or failed.
+pub(super) fn events(app: &App, raw: &str, id: &str) -> Result<Response<Body>> {
+    use futures_util::stream;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let binder = find(app, raw, id)?;
+    // (binder, last state sent, finished)
+    let events = stream::unfold(
+        (binder, None::<State>, false),
+        |(binder, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                // Some(Some(state)): changed; Some(None): time for a heartbeat.
+                let step = {
+                    let notified = binder.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let state = binder.state();
+                    if Some(state) != last {
+                        Some(Some(state))
+                    } else if tokio::time::timeout(HEARTBEAT, notified).await.is_err() {
+                        Some(None)
+                    } else {
+                        None
+                    }
+                };
+                match step {
+                    Some(Some(state)) => {
+                        let mut doc = render(&binder);
+                        doc["phase"] = json!(state.public_name());
+                        let finished = !matches!(state, State::Starting | State::StartingClaimed);
+                        let frame = Frame::data(bytes::Bytes::from(format!("data: {doc}\n\n")));
+                        return Some((
+                            Ok::<_, hyper::Error>(frame),
+                            (binder, Some(state), finished),
+                        ));
+                    }
+                    Some(None) => {
+                        let frame = Frame::data(bytes::Bytes::from_static(b":heartbeat\n\n"));
+                        return Some((Ok(frame), (binder, last, false)));
+                    }
+                    None => continue,
+                }
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(StreamBody::new(events).boxed())
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }

@@ -146,7 +146,9 @@ impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            PoolError::Exists(_) | PoolError::InUse { .. } => ApiError::Conflict(e.to_string()),
+            PoolError::Exists(_) | PoolError::InUse { .. } | PoolError::NotReady(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             PoolError::Full { .. } => ApiError::Unavailable {
                 message: e.to_string(),
                 retry_after: 5,

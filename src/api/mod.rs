@@ -218,6 +218,19 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
             Method::DELETE => binders::delete(app, &caller, binding, id),
             _ => Err(not_allowed(method, "GET, HEAD, DELETE")),
         },
+        ["binders", binding, id, "actions", "pause"] => {
+            allow(&method, &[Method::POST], "POST")?;
+            binders::pause(app, &caller, binding, id, req).await
+        }
+        ["binders", binding, id, "logs"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            let query = req.uri().query().unwrap_or("").to_owned();
+            binders::logs(app, &caller, binding, id, &query).await
+        }
+        ["binders", binding, id, "events"] => {
+            allow(&method, &[Method::GET], "GET")?;
+            binders::events(app, binding, id)
+        }
         ["pools"] => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             binders::pools(app, &caller)

@@ -177,12 +177,12 @@ impl DockerBackend {
                         match event {
                             Ok(event) => {
                                 since = event.time.or(since);
-                                let binder = event
-                                    .actor
-                                    .and_then(|a| a.attributes)
-                                    .and_then(|mut attrs| attrs.remove(LABEL_BINDER));
-                                if let Some(binder) = binder {
-                                    let _ = exits.send(binder);
+                                let Some(actor) = event.actor else { continue };
+                                let handle = actor.id.unwrap_or_default();
+                                let binder =
+                                    actor.attributes.and_then(|mut a| a.remove(LABEL_BINDER));
+                                if let Some(binder_id) = binder {
+                                    let _ = exits.send(super::Exit { binder_id, handle });
                                 }
                             }
                             Err(e) => {
@@ -384,16 +384,26 @@ impl DockerBackend {
             ),
         )
         .await?;
+        let addr = self.address(&created.id, binding.port).await?;
+        Ok(Instance {
+            handle: created.id,
+            addr,
+        })
+    }
+
+    /// Where a started container answers: its published loopback port, or
+    /// its IP on the configured network.
+    async fn address(&self, id: &str, port: u16) -> Result<SocketAddr, BackendError> {
         let inspected = timed(
             "inspecting the container",
             self.docker.inspect_container(
-                &created.id,
+                id,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             ),
         )
         .await?;
         let settings = inspected.network_settings.unwrap_or_default();
-        let addr = match &self.network {
+        match &self.network {
             Some(net) => {
                 let ip = settings
                     .networks
@@ -406,13 +416,14 @@ impl DockerBackend {
                             "the container has no address on network '{net}'"
                         ))
                     })?;
-                SocketAddr::new(ip, binding.port)
+                Ok(SocketAddr::new(ip, port))
             }
             None => {
+                let key = format!("{port}/tcp");
                 let host_port = settings
                     .ports
                     .as_ref()
-                    .and_then(|p| p.get(&port_key))
+                    .and_then(|p| p.get(&key))
                     .and_then(|b| b.as_ref())
                     .and_then(|b| {
                         b.iter()
@@ -423,13 +434,9 @@ impl DockerBackend {
                             "the container exited before its port was published".into(),
                         )
                     })?;
-                SocketAddr::from((Ipv4Addr::LOCALHOST, host_port))
+                Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)))
             }
-        };
-        Ok(Instance {
-            handle: created.id,
-            addr,
-        })
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
@@ -609,5 +616,67 @@ impl Backend for DockerBackend {
     async fn adopt(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
         // The event stream already follows every container with our labels.
         Ok(())
+    }
+
+    async fn pause(&self, _binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        let options = bollard::query_parameters::StopContainerOptions {
+            t: Some(5),
+            signal: None,
+        };
+        timed(
+            "stopping the container",
+            self.docker.stop_container(&instance.handle, Some(options)),
+        )
+        .await
+    }
+
+    async fn resume(
+        &self,
+        spec: StartSpec<'_>,
+        instance: &Instance,
+    ) -> Result<Instance, BackendError> {
+        timed(
+            "starting the container again",
+            self.docker.start_container(
+                &instance.handle,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            ),
+        )
+        .await?;
+        Ok(Instance {
+            handle: instance.handle.clone(),
+            addr: self.address(&instance.handle, spec.binding.port).await?,
+        })
+    }
+
+    async fn logs(
+        &self,
+        _binder_id: &str,
+        instance: &Instance,
+        tail: usize,
+    ) -> Result<String, BackendError> {
+        let options = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(&instance.handle, Some(options));
+        let mut out = String::new();
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| classify(e, "reading logs"))?;
+                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                if out.len() > 2 * super::MAX_LOG_BYTES {
+                    break;
+                }
+            }
+            Ok::<_, BackendError>(())
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, read).await {
+            Ok(result) => result?,
+            Err(_) => return Err(unavailable("reading logs: no answer")),
+        }
+        Ok(super::tail_lines(&out, tail))
     }
 }

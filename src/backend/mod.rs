@@ -51,9 +51,18 @@ pub struct Discovered {
     pub instance: Instance,
 }
 
-/// Sends the id of a binder whose container went away on its own (exited,
-/// was killed behind binderd's back). The pool takes it out of service.
-pub type ExitSink = mpsc::UnboundedSender<String>;
+/// A container that went away on its own (exited, was killed behind
+/// binderd's back): the binder's id and the [`Instance::handle`] that exited,
+/// so that the exit of a container the binder no longer uses (a paused
+/// process, replaced on resume) is told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub binder_id: String,
+    pub handle: String,
+}
+
+/// Where backends report [`Exit`]s. The pool takes such binders out of service.
+pub type ExitSink = mpsc::UnboundedSender<Exit>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -133,6 +142,50 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes over a container found by [`Backend::list`]: from now on its
     /// exit is reported on the [`ExitSink`] like that of one started here.
     async fn adopt(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError>;
+
+    /// Stops the container but keeps its files, for [`Backend::resume`].
+    async fn pause(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError>;
+
+    /// Starts a paused binder again with the same files. It may answer at a
+    /// new address: the returned instance replaces the old one.
+    async fn resume(
+        &self,
+        spec: StartSpec<'_>,
+        instance: &Instance,
+    ) -> Result<Instance, BackendError>;
+
+    /// The container's recent output: the last `tail` lines, at most
+    /// [`MAX_LOG_BYTES`].
+    async fn logs(
+        &self,
+        binder_id: &str,
+        instance: &Instance,
+        tail: usize,
+    ) -> Result<String, BackendError>;
+}
+
+/// Most bytes of output the logs endpoint returns.
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+
+/// The last `tail` lines of `text`, at most [`MAX_LOG_BYTES`] of them.
+pub fn tail_lines(text: &str, tail: usize) -> String {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let start = match tail {
+        0 => text.len(),
+        n => body
+            .rmatch_indices('\n')
+            .nth(n - 1)
+            .map_or(0, |(i, _)| i + 1),
+    };
+    let mut out = &text[start..];
+    if out.len() > MAX_LOG_BYTES {
+        let mut cut = out.len() - MAX_LOG_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out = &out[cut..];
+    }
+    out.to_owned()
 }
 
 /// A short, stable key naming one binderd deployment: derived from its data
@@ -172,6 +225,15 @@ mod tests {
             ),
             "--port=9 --base=/user/t/ t=t"
         );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_lines("a\nb\nc\n", 5), "a\nb\nc\n");
+        assert_eq!(tail_lines("a\nb\nc", 1), "c");
+        assert_eq!(tail_lines("", 3), "");
+        assert_eq!(tail_lines("only", 1), "only");
     }
 
     #[test]

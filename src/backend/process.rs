@@ -189,13 +189,14 @@ impl ProcessBackend {
     }
 }
 
-#[async_trait]
-impl Backend for ProcessBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Process
-    }
-
-    async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {
+impl ProcessBackend {
+    /// Runs the binding's command for a binder; `resume` keeps the working
+    /// dir and appends to the log.
+    async fn spawn_binder(
+        &self,
+        spec: StartSpec<'_>,
+        resume: bool,
+    ) -> Result<Instance, BackendError> {
         let port = free_port()?;
         let args: Vec<String> = spec
             .binding
@@ -208,7 +209,12 @@ impl Backend for ProcessBackend {
         };
         let workdir = self.work_root.join(spec.binder_id);
         fs::create_dir_all(&workdir)?;
-        let log = fs::File::create(self.log_path(spec.binder_id))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(resume)
+            .write(true)
+            .truncate(!resume)
+            .open(self.log_path(spec.binder_id))?;
         let mut command = Command::new(program);
         command
             .args(rest)
@@ -240,7 +246,10 @@ impl Backend for ProcessBackend {
         tokio::spawn(async move {
             let _ = child.wait().await;
             children.remove(&pid_key);
-            let _ = exits.send(binder_id);
+            let _ = exits.send(super::Exit {
+                binder_id,
+                handle: pid_key.to_string(),
+            });
         });
         Ok(Instance {
             handle: pid.to_string(),
@@ -248,11 +257,9 @@ impl Backend for ProcessBackend {
         })
     }
 
-    async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
-        Ok(parse_pid(instance).is_some_and(|pid| alive(pid.as_raw()) && self.is_ours(pid, None)))
-    }
-
-    async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+    /// Stops a binder's process group (SIGTERM, then SIGKILL) and anything
+    /// else carrying its label; files stay.
+    async fn kill_binder(&self, binder_id: &str, instance: &Instance) {
         if let Some(pid) = parse_pid(instance) {
             // Only signal a group whose leader is still this binder's process.
             if self.is_ours(pid, Some(binder_id)) {
@@ -269,12 +276,65 @@ impl Backend for ProcessBackend {
         for (pid, _) in self.scan(Some(binder_id)) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Process
+    }
+
+    async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {
+        self.spawn_binder(spec, false).await
+    }
+
+    async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
+        Ok(parse_pid(instance).is_some_and(|pid| alive(pid.as_raw()) && self.is_ours(pid, None)))
+    }
+
+    async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        self.kill_binder(binder_id, instance).await;
         let workdir = self.work_root.join(binder_id);
         if workdir.exists() {
             let _ = tokio::fs::remove_dir_all(&workdir).await;
         }
         let _ = tokio::fs::remove_file(self.log_path(binder_id)).await;
         Ok(())
+    }
+
+    async fn pause(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        self.kill_binder(binder_id, instance).await;
+        Ok(())
+    }
+
+    async fn resume(
+        &self,
+        spec: StartSpec<'_>,
+        _instance: &Instance,
+    ) -> Result<Instance, BackendError> {
+        self.spawn_binder(spec, true).await
+    }
+
+    async fn logs(
+        &self,
+        binder_id: &str,
+        _instance: &Instance,
+        tail: usize,
+    ) -> Result<String, BackendError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = match tokio::fs::File::open(self.log_path(binder_id)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // Only the end of a large log is read.
+        let len = file.metadata().await?.len();
+        let from = len.saturating_sub(super::MAX_LOG_BYTES as u64);
+        file.seek(std::io::SeekFrom::Start(from)).await?;
+        let mut bytes = Vec::with_capacity((len - from) as usize);
+        file.read_to_end(&mut bytes).await?;
+        Ok(super::tail_lines(&String::from_utf8_lossy(&bytes), tail))
     }
 
     async fn list(&self) -> Result<Vec<Discovered>, BackendError> {
@@ -317,7 +377,10 @@ impl Backend for ProcessBackend {
             while alive(pid.as_raw()) && !exits.is_closed() {
                 tokio::time::sleep(ADOPTED_POLL).await;
             }
-            let _ = exits.send(binder_id);
+            let _ = exits.send(super::Exit {
+                binder_id,
+                handle: pid.as_raw().to_string(),
+            });
         });
         Ok(())
     }
@@ -365,7 +428,9 @@ mod tests {
         assert_eq!(backend.scan(Some("b1")).len(), 2, "shell and sleep");
 
         backend.stop("b1", &inst).await.unwrap();
-        assert_eq!(rx.recv().await.as_deref(), Some("b1"));
+        let exit = rx.recv().await.unwrap();
+        assert_eq!(exit.binder_id, "b1");
+        assert_eq!(exit.handle, inst.handle);
         assert!(backend.scan(Some("b1")).is_empty());
         assert!(!backend.is_running(&inst).await.unwrap());
         assert!(backend.list().await.unwrap().is_empty());

@@ -100,20 +100,26 @@ impl Pools {
                 State::Assigned => Some(State::Assigned),
                 State::StartingClaimed => Some(State::StartingClaimed),
                 State::Idle | State::Starting => Some(State::Starting),
+                State::Paused => Some(State::Paused),
                 _ => None,
             };
-            let adoptable = match (&pool, &found, live_state) {
+            // A paused binder's container is stopped (or, for a process,
+            // gone): it is kept with its files. Others must still run.
+            let instance = match (&pool, &found, live_state) {
+                (Some(_), found, Some(State::Paused)) => found
+                    .as_ref()
+                    .map(|d| d.instance.clone())
+                    .or_else(|| stored.instance.clone()),
                 (Some(_), Some(d), Some(_)) => self
                     .shared
                     .backend
                     .is_running(&d.instance)
                     .await
-                    .unwrap_or(false),
-                _ => false,
+                    .unwrap_or(false)
+                    .then(|| d.instance.clone()),
+                _ => None,
             };
-            let (Some(pool), Some(found), Some(state), true) =
-                (pool, found.clone(), live_state, adoptable)
-            else {
+            let (Some(pool), Some(instance), Some(state)) = (pool, instance, live_state) else {
                 if let Some(d) = found {
                     if let Err(e) = self.shared.backend.stop(&stored.id, &d.instance).await {
                         tracing::warn!(binder = %stored.id, error = %e, "cannot remove container");
@@ -136,14 +142,16 @@ impl Pools {
                 binder.set_owner(owner);
             }
             binder.set_assigned_at(stored.assigned_at);
-            binder.set_instance(found.instance.clone());
+            binder.set_instance(instance.clone());
             pool.counters.adopted();
             pool.counters.entered(state);
             self.register(&pool, &binder);
-            if let Err(e) = self.shared.backend.adopt(&binder.id, &found.instance).await {
-                tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
+            if state != State::Paused {
+                if let Err(e) = self.shared.backend.adopt(&binder.id, &instance).await {
+                    tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
+                }
             }
-            if state == State::Assigned {
+            if matches!(state, State::Assigned | State::Paused) {
                 report.assigned += 1;
                 self.watch_for_culling(&binder);
             } else {
@@ -151,7 +159,7 @@ impl Pools {
                 let this = self.clone();
                 let timeout = Duration::from_secs(pool.record().binding.start_timeout_seconds);
                 tokio::spawn(async move {
-                    this.settle(&pool, &binder, &found.instance, timeout).await;
+                    this.settle(&pool, &binder, &instance, timeout).await;
                 });
             }
         }

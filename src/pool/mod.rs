@@ -49,6 +49,8 @@ pub enum PoolError {
         "binding '{name}' has {assigned} assigned binders: delete with ?force=true to stop them"
     )]
     InUse { name: BindingName, assigned: u32 },
+    #[error("the binder is {}, not ready", .0.public_name())]
+    NotReady(State),
     #[error(transparent)]
     Invalid(#[from] InvalidBinding),
     #[error(transparent)]
@@ -382,7 +384,7 @@ impl Pools {
         let assigned = self
             .binders_of(&pool)
             .iter()
-            .filter(|b| b.state() == State::Assigned)
+            .filter(|b| matches!(b.state(), State::Assigned | State::Paused))
             .count() as u32;
         if assigned > 0 && !force {
             return Err(PoolError::InUse {
@@ -624,13 +626,108 @@ impl Pools {
     }
 
     /// Reports of containers that went away on their own.
-    pub(crate) async fn watch_exits(self, mut exits: tokio::sync::mpsc::UnboundedReceiver<String>) {
-        while let Some(id) = exits.recv().await {
-            let Some(Entry { pool, binder }) = self.binder(&id) else {
+    pub(crate) async fn watch_exits(
+        self,
+        mut exits: tokio::sync::mpsc::UnboundedReceiver<crate::backend::Exit>,
+    ) {
+        while let Some(exit) = exits.recv().await {
+            let Some(Entry { pool, binder }) = self.binder(&exit.binder_id) else {
                 continue;
             };
+            // A paused binder's container stops on purpose; one replaced on
+            // resume is not the binder's any more.
+            let current = binder.instance().is_none_or(|i| i.handle == exit.handle);
+            if binder.state() == State::Paused || !current {
+                continue;
+            }
             self.fail(&pool, &binder, "the container exited".into())
                 .await;
+        }
+    }
+
+    /// Pauses (`true`) or resumes (`false`) a handed-out binder. Resuming
+    /// waits up to `wait` for the container to answer again; returns the
+    /// binder's state.
+    pub async fn set_paused(
+        &self,
+        entry: &Entry,
+        paused: bool,
+        wait: Duration,
+    ) -> Result<State, PoolError> {
+        let Entry { pool, binder } = entry;
+        if paused {
+            if !pool.transition(binder, State::Assigned, State::Paused) {
+                return match binder.state() {
+                    State::Paused => Ok(State::Paused),
+                    other => Err(PoolError::NotReady(other)),
+                };
+            }
+            self.shared
+                .store
+                .set_binder_state(&binder.id, State::Paused)
+                .await?;
+            if let Some(instance) = binder.instance() {
+                if let Err(e) = self.shared.backend.pause(&binder.id, &instance).await {
+                    if pool.transition(binder, State::Paused, State::Assigned) {
+                        let _ = self
+                            .shared
+                            .store
+                            .set_binder_state(&binder.id, State::Assigned)
+                            .await;
+                    }
+                    return Err(e.into());
+                }
+            }
+            return Ok(State::Paused);
+        }
+        if !pool.transition(binder, State::Paused, State::StartingClaimed) {
+            return match binder.state() {
+                State::Assigned => Ok(State::Assigned),
+                State::StartingClaimed => Ok(binder.wait_started(wait).await),
+                other => Err(PoolError::NotReady(other)),
+            };
+        }
+        let record = pool.record();
+        let Some(old) = binder.instance() else {
+            self.fail(pool, binder, "nothing to resume".into()).await;
+            return Err(PoolError::NotReady(State::Failed));
+        };
+        let base_url = binder.location();
+        let spec = crate::backend::StartSpec {
+            binder_id: &binder.id,
+            token: &binder.token,
+            binding: &record.binding,
+            base_url: &base_url,
+        };
+        match self.shared.backend.resume(spec, &old).await {
+            Ok(instance) => {
+                binder.set_instance(instance.clone());
+                if let Err(e) = self.shared.store.put_binder(stored(binder)).await {
+                    tracing::warn!(binder = %binder.id, error = %e, "cannot record resumed binder");
+                }
+                let this = self.clone();
+                let (pool, binder) = (pool.clone(), binder.clone());
+                let timeout = Duration::from_secs(record.binding.start_timeout_seconds);
+                let waiter = binder.clone();
+                tokio::spawn(async move { this.settle(&pool, &binder, &instance, timeout).await });
+                Ok(waiter.wait_started(wait).await)
+            }
+            Err(e) => {
+                self.fail(pool, binder, format!("cannot resume: {e}")).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The binder's recent output.
+    pub async fn logs(&self, binder: &Binder, tail: usize) -> Result<String, PoolError> {
+        match binder.instance() {
+            Some(instance) => Ok(self
+                .shared
+                .backend
+                .logs(&binder.id, &instance, tail)
+                .await?),
+            None => Ok(String::new()),
         }
     }
 }

@@ -203,14 +203,18 @@ impl Pools {
             pool.ready.push(binder.clone());
         } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
             pool.start_succeeded();
-            let now = now_unix();
-            binder.set_assigned_at(now);
+            // A resumed binder keeps its handout time (max age counts from it).
+            let at = match binder.assigned_at() {
+                0 => now_unix(),
+                at => at,
+            };
+            binder.set_assigned_at(at);
             binder.touch();
             let owner = binder
                 .owner()
                 .cloned()
                 .unwrap_or(crate::binder::Owner::Anonymous);
-            if let Err(e) = self.shared.store.assign(&binder.id, owner, now).await {
+            if let Err(e) = self.shared.store.assign(&binder.id, owner, at).await {
                 tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
             }
             self.watch_for_culling(binder);
