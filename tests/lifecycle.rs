@@ -1,0 +1,337 @@
+//! A handed-out binder's life on the process backend: culling, pause and
+//! resume, logs, and the progress event stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+async fn start(name: &str, cull_ms: u64) -> (DataDir, Server, Http) {
+    let data = DataDir::new(name);
+    let mut config = test_config(&data);
+    config.cull_interval = Duration::from_millis(cull_ms);
+    let server = Server::start(config).await;
+    (data, server, Http::new())
+}
+
+async fn until<F: std::future::Future<Output = bool>>(
+    secs: u64,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_binders_are_culled_busy_ones_kept_and_the_pool_refills() {
+    let (data, server, http) = start("cull", 100).await;
+    let mut body = standin_binding("cull", 1, 4);
+    body["cull"] = json!({"idle_seconds": 2, "max_age_seconds": 60});
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
+            .await
+            .status,
+        201
+    );
+    wait_pool(&http, &server.url(""), "cull", 20, |p| p["available"] == 1).await;
+    let idle = http
+        .call(Method::POST, &server.url("/binders/cull"), Some(ALICE))
+        .await
+        .json();
+    wait_pool(&http, &server.url(""), "cull", 20, |p| p["available"] == 1).await;
+    let busy = http
+        .call(Method::POST, &server.url("/binders/cull"), Some(ALICE))
+        .await
+        .json();
+    let busy_location = busy["location"].as_str().unwrap().to_owned();
+
+    // Keep one busy for ~4 s; leave the other alone.
+    let t = tokio::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let a = http
+            .get(&server.url(&format!("{busy_location}api/status")))
+            .await;
+        assert_eq!(a.status, 200, "the busy binder was culled: {}", a.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let idle_location = idle["location"].as_str().unwrap();
+    assert_error(
+        &http
+            .get(&server.url(&format!("{idle_location}api/status")))
+            .await,
+        404,
+    );
+    let gone = http
+        .get(&server.url(&format!("/binders/cull/{}", idle["id"].as_str().unwrap())))
+        .await
+        .json();
+    assert_eq!(gone["state"], "stopped", "{gone}");
+    assert!(
+        gone["reason"].as_str().unwrap().contains("no traffic"),
+        "{gone}"
+    );
+    // Warm, never handed out binders are not culled; the pool stays at minPool.
+    let p = wait_pool(&http, &server.url(""), "cull", 20, |p| p["available"] == 1).await;
+    assert_eq!(p["running"], 2, "busy + one warm: {p}");
+    server.stop().await;
+    drop(data);
+}
+
+#[tokio::test]
+async fn old_binders_are_culled_even_when_busy() {
+    let (data, server, http) = start("maxage", 100).await;
+    let mut body = standin_binding("aged", 0, 2);
+    body["cull"] = json!({"idle_seconds": 60, "max_age_seconds": 2});
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
+            .await
+            .status,
+        201
+    );
+    let a = http
+        .call(Method::POST, &server.url("/api/spawn/"), None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let url = a.json()["url"].as_str().unwrap().to_owned();
+    let status_url = server.url(&format!("{url}api/status"));
+    until(10, "max age culling", || {
+        let (http, u) = (&http, &status_url);
+        async move { http.get(u).await.status == 404 }
+    })
+    .await;
+    server.stop().await;
+    drop(data);
+}
+
+#[tokio::test]
+async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
+    let (data, server, http) = start("pause", 1000).await;
+    assert_eq!(
+        http.post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &standin_binding("pz", 1, 3)
+        )
+        .await
+        .status,
+        201
+    );
+    wait_pool(&http, &server.url(""), "pz", 20, |p| p["available"] == 1).await;
+    let b = http
+        .call(Method::POST, &server.url("/binders/pz"), Some(ALICE))
+        .await
+        .json();
+    let (id, location) = (
+        b["id"].as_str().unwrap().to_owned(),
+        b["location"].as_str().unwrap().to_owned(),
+    );
+    let put = http
+        .send(
+            Method::PUT,
+            &server.url(&format!("{location}file?name=notes.txt")),
+            &[],
+            "written before the pause",
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let pid_before = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await
+        .json()["pid"]
+        .clone();
+
+    let action = server.url(&format!("/binders/pz/{id}/actions/pause"));
+    assert_error(
+        &http
+            .post_json(&action, None, &json!({"paused": true}))
+            .await,
+        401,
+    );
+    assert_error(
+        &http
+            .post_json(&action, Some(BOB), &json!({"paused": true}))
+            .await,
+        403,
+    );
+    assert_error(
+        &http
+            .post_json(&action, Some(ALICE), &json!({"pause": true}))
+            .await,
+        400,
+    );
+    let a = http
+        .post_json(&action, Some(ALICE), &json!({"paused": true}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "paused");
+    // The process is gone (no CPU, no memory), the location says paused.
+    wait_processes(&data, 1, 10).await; // only the warm pool binder is left
+    let paused = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
+    assert_error(&paused, 503);
+    assert!(paused.body.contains("paused"), "{}", paused.body);
+    let html = http
+        .send(
+            Method::GET,
+            &server.url(&location),
+            &[("accept", "text/html")],
+            "",
+        )
+        .await;
+    assert!(
+        html.body.contains("paused") && html.body.contains("<h1>503"),
+        "{}",
+        html.body
+    );
+
+    let a = http
+        .post_json(&action, Some(ALICE), &json!({"paused": false}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "ready");
+    assert_eq!(a.json()["location"], location.as_str());
+    let status = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await
+        .json();
+    assert_ne!(status["pid"], pid_before, "a new process");
+    let file = http
+        .get(&server.url(&format!("{location}file?name=notes.txt")))
+        .await;
+    assert_eq!(file.body, "written before the pause");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn logs_are_the_owners_and_bounded() {
+    let (_data, server, http) = start("logs", 1000).await;
+    let mut body = standin_binding("talk", 0, 2);
+    body["command"] = json!(["sh", "-c", format!("for i in $(seq 1 50); do echo line $i; done; exec {} --port {{port}} --base-url {{base_url}}", standin())]);
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
+            .await
+            .status,
+        201
+    );
+    let a = http
+        .call(Method::POST, &server.url("/binders/talk"), Some(ALICE))
+        .await;
+    assert_eq!(a.status, 202);
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    let logs = server.url(&format!("/binders/talk/{id}/logs"));
+    until(10, "logs", || {
+        let (http, u) = (&http, &logs);
+        async move {
+            http.call(Method::GET, u, Some(ALICE))
+                .await
+                .body
+                .contains("serving")
+        }
+    })
+    .await;
+    let all = http.call(Method::GET, &logs, Some(ALICE)).await;
+    assert_eq!(all.headers["content-type"], "text/plain; charset=utf-8");
+    assert!(
+        all.body.starts_with("line 1\n") && all.body.contains("line 50\n"),
+        "{}",
+        all.body
+    );
+    let tail = http
+        .call(Method::GET, &format!("{logs}?tail=2"), Some(ALICE))
+        .await;
+    assert_eq!(tail.body.lines().count(), 2, "{}", tail.body);
+    assert!(tail.body.starts_with("line 50\n"), "{}", tail.body);
+    assert_error(
+        &http
+            .call(Method::GET, &format!("{logs}?tail=lots"), Some(ALICE))
+            .await,
+        400,
+    );
+    assert_error(&http.call(Method::GET, &logs, Some(BOB)).await, 403);
+    assert_error(&http.call(Method::GET, &logs, None).await, 401);
+    assert_eq!(http.call(Method::GET, &logs, Some(ADMIN)).await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_stream_goes_from_starting_to_ready() {
+    let (_data, server, http) = start("events", 1000).await;
+    let mut body = standin_binding("ev", 0, 2);
+    body["command"] = json!([
+        standin(),
+        "--port",
+        "{port}",
+        "--base-url",
+        "{base_url}",
+        "--delay-ms",
+        "500"
+    ]);
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
+            .await
+            .status,
+        201
+    );
+    let a = http
+        .call(Method::POST, &server.url("/binders/ev"), None)
+        .await;
+    assert_eq!(a.status, 202);
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    // The stream ends by itself once the binder is ready.
+    let events = http
+        .get(&server.url(&format!("/binders/ev/{id}/events")))
+        .await;
+    assert_eq!(events.status, 200);
+    assert_eq!(events.headers["content-type"], "text/event-stream");
+    let docs: Vec<serde_json::Value> = events
+        .body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(
+        docs.first().unwrap()["phase"],
+        "starting",
+        "{}",
+        events.body
+    );
+    let last = docs.last().unwrap();
+    assert_eq!(last["phase"], "ready", "{}", events.body);
+    assert!(last["location"].as_str().unwrap().starts_with("/user/"));
+
+    // A failing start ends with `failed` and its reason.
+    let mut broken = standin_binding("evfail", 0, 1);
+    broken["command"] = json!(["sh", "-c", "echo dying; exit 3"]);
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &broken)
+            .await
+            .status,
+        201
+    );
+    let a = http
+        .call(Method::POST, &server.url("/binders/evfail"), None)
+        .await;
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    let events = http
+        .get(&server.url(&format!("/binders/evfail/{id}/events")))
+        .await;
+    let last = events.body.trim_end().rsplit("data: ").next().unwrap();
+    let last: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(last["phase"], "failed", "{}", events.body);
+    assert!(
+        last["reason"].as_str().unwrap().contains("exited"),
+        "{last}"
+    );
+    server.stop().await;
+}
