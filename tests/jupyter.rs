@@ -1,0 +1,109 @@
+//! A real Jupyter server end to end on the process backend: a kernel started
+//! and run through binderd's proxy only (HTTP + WebSocket), by a real client
+//! library (websocket-client, in tests/jupyter_client.py), also along thebe's
+//! path (POST /api/spawn/ as text/plain, doubled slashes).
+//!
+//! The venv comes from scripts/jupyter-venv (jupyter-server and ipykernel from
+//! PyPI, cached). Without it these tests fail, unless BINDERD_SKIP_JUPYTER=1.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use http::Method;
+use serde_json::json;
+
+fn venv() -> Option<PathBuf> {
+    if std::env::var("BINDERD_SKIP_JUPYTER").as_deref() == Ok("1") {
+        eprintln!("skipping: BINDERD_SKIP_JUPYTER=1");
+        return None;
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
+        .output()
+        .expect("scripts/jupyter-venv");
+    assert!(
+        out.status.success(),
+        "scripts/jupyter-venv failed (set BINDERD_SKIP_JUPYTER=1 to skip): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+}
+
+/// The binding this project documents for Jupyter on the process backend:
+/// no Jupyter token (the 128-bit location is the secret, as with tmpnb) so
+/// that thebe-style pages work; XSRF off for the same reason.
+fn jupyter_binding(venv: &std::path::Path, name: &str, min: u32) -> serde_json::Value {
+    json!({
+        "name": name,
+        "command": [
+            venv.join("bin/jupyter").to_str().unwrap(), "server",
+            "--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.base_url={base_url}",
+            "--IdentityProvider.token=", "--ServerApp.password=",
+            "--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_origin=*",
+            "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False", "--allow-root",
+        ],
+        "env": {
+            "JUPYTER_RUNTIME_DIR": "jupyter-runtime",
+            "JUPYTER_CONFIG_DIR": "jupyter-config",
+            "IPYTHONDIR": "ipython",
+        },
+        "public": true,
+        "pool": {"min": min, "max": 4},
+        "start_timeout_seconds": 60,
+    })
+}
+
+fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(venv.join("bin/python"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jupyter_client.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
+    let Some(venv) = venv() else { return };
+    let data = DataDir::new("jupyter");
+    let server = Server::start(test_config(&data)).await;
+    let http = Http::new();
+    let a = http.post_json(&server.url("/bindings"), Some(ADMIN), &jupyter_binding(&venv, "notebook", 2)).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_pool(&http, &server.url(""), "notebook", 90, |p| p["available"] == 2).await;
+
+    // The Binder API path.
+    let b = http.call(Method::POST, &server.url("/binders/notebook"), None).await;
+    assert_eq!(b.status, 201, "{}", b.body);
+    let location = b.json()["location"].as_str().unwrap().to_owned();
+    let status = http.get(&server.url(&format!("{location}api/status"))).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    let base = server.url("");
+    let result = tokio::task::spawn_blocking({
+        let (venv, base, location) = (venv.clone(), base.clone(), location.clone());
+        move || run_client(&venv, &[&base, "binders", &location])
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["output"], "42\n", "{result}");
+
+    // thebe: text/plain POST /api/spawn/, then base + url + '/' + 'api/kernels'.
+    let result = tokio::task::spawn_blocking({
+        let (venv, base) = (venv.clone(), base.clone());
+        move || run_client(&venv, &[&base, "thebe"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["output"], "42\n", "{result}");
+    assert!(result["prefix"].as_str().unwrap().ends_with("//"), "{result}");
+    server.stop().await;
+}
