@@ -58,7 +58,10 @@ fn jupyter_binding(venv: &std::path::Path, name: &str, min: u32) -> serde_json::
 
 fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(venv.join("bin/python"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jupyter_client.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/jupyter_client.py"
+        ))
         .args(args)
         .output()
         .unwrap();
@@ -77,15 +80,28 @@ async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     let data = DataDir::new("jupyter");
     let server = Server::start(test_config(&data)).await;
     let http = Http::new();
-    let a = http.post_json(&server.url("/bindings"), Some(ADMIN), &jupyter_binding(&venv, "notebook", 2)).await;
+    let a = http
+        .post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &jupyter_binding(&venv, "notebook", 2),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    wait_pool(&http, &server.url(""), "notebook", 90, |p| p["available"] == 2).await;
+    wait_pool(&http, &server.url(""), "notebook", 90, |p| {
+        p["available"] == 2
+    })
+    .await;
 
     // The Binder API path.
-    let b = http.call(Method::POST, &server.url("/binders/notebook"), None).await;
+    let b = http
+        .call(Method::POST, &server.url("/binders/notebook"), None)
+        .await;
     assert_eq!(b.status, 201, "{}", b.body);
     let location = b.json()["location"].as_str().unwrap().to_owned();
-    let status = http.get(&server.url(&format!("{location}api/status"))).await;
+    let status = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
     assert_eq!(status.status, 200, "{}", status.body);
     let base = server.url("");
     let result = tokio::task::spawn_blocking({
@@ -104,6 +120,9 @@ async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     .await
     .unwrap();
     assert_eq!(result["output"], "42\n", "{result}");
-    assert!(result["prefix"].as_str().unwrap().ends_with("//"), "{result}");
+    assert!(
+        result["prefix"].as_str().unwrap().ends_with("//"),
+        "{result}"
+    );
     server.stop().await;
 }

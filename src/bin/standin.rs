@@ -30,6 +30,9 @@ use hyper_util::server::conn::auto;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// The port actually listened on (reported by `api/status`).
+static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
 struct Opts {
     port: u16,
     base_url: String,
@@ -105,7 +108,12 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "file") | (&Method::PUT, "file") => file(req).await,
         (&Method::GET, "api/status") => json(
             StatusCode::OK,
-            serde_json::json!({"status": "ok", "binder": binder, "pid": std::process::id()}),
+            serde_json::json!({
+                "status": "ok",
+                "binder": binder,
+                "pid": std::process::id(),
+                "port": PORT.get(),
+            }),
         ),
         (&Method::POST, "echo") => {
             let (parts, body) = req.into_parts();
@@ -285,6 +293,9 @@ async fn main() {
             std::process::exit(69);
         }
     };
+    if let Ok(addr) = listener.local_addr() {
+        let _ = PORT.set(addr.port());
+    }
     println!(
         "binderd-standin serving {} on {}",
         o.base_url,
