@@ -126,3 +126,51 @@ async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     );
     server.stop().await;
 }
+
+/// The same round trip with Jupyter in a Docker container: the image is made
+/// here without a registry by scripts/build-jupyter-image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_runs_code_in_a_docker_container() {
+    let Some(venv) = venv() else { return };
+    if !docker_ready() {
+        return;
+    }
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-jupyter-image"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/build-jupyter-image failed");
+    let data = DataDir::new("jupyter-docker");
+    let _cleanup = DockerCleanup(&data);
+    let mut config = test_config(&data);
+    config.backend = binderd::backend::BackendKind::Docker;
+    let server = Server::start(config).await;
+    let http = Http::new();
+    let binding = json!({
+        "name": "dockernb",
+        "image": "binderd/jupyter:test",
+        "command": [
+            "--port={port}", "--ServerApp.ip=0.0.0.0", "--ServerApp.base_url={base_url}",
+            "--IdentityProvider.token=", "--ServerApp.password=",
+            "--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_origin=*",
+            "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False", "--allow-root",
+        ],
+        "port": 8888,
+        "resources": {"memory": "512Mi"},
+        "public": true,
+        "pool": {"min": 1, "max": 2},
+        "start_timeout_seconds": 90,
+    });
+    let a = http.post_json(&server.url("/bindings"), Some(ADMIN), &binding).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_pool(&http, &server.url(""), "dockernb", 120, |p| p["available"] == 1).await;
+    let b = http.call(Method::POST, &server.url("/binders/dockernb"), None).await;
+    assert_eq!(b.status, 201, "{}", b.body);
+    let location = b.json()["location"].as_str().unwrap().to_owned();
+    let base = server.url("");
+    let result = tokio::task::spawn_blocking(move || run_client(&venv, &[&base, "binders", &location]))
+        .await
+        .unwrap();
+    assert_eq!(result["output"], "42\n", "{result}");
+    server.stop().await;
+}
