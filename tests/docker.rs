@@ -487,3 +487,86 @@ async fn a_configured_network_is_joined_and_used_by_container_ip() {
     drop(_cleanup);
     docker(&["network", "rm", &net]);
 }
+
+#[tokio::test]
+async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
+    if !docker_ready() {
+        return;
+    }
+    let data = DataDir::new("docker-pause");
+    let _cleanup = DockerCleanup(&data);
+    let server = Server::start(docker_config(&data)).await;
+    let http = Http::new();
+    let a = http
+        .post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &docker_binding("dpause", 1, 2),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    wait_pool(&http, &server.url(""), "dpause", 60, |p| {
+        p["available"] == 1
+    })
+    .await;
+    let b = http
+        .call(Method::POST, &server.url("/binders/dpause"), Some(ALICE))
+        .await
+        .json();
+    let (id, location) = (
+        b["id"].as_str().unwrap().to_owned(),
+        b["location"].as_str().unwrap().to_owned(),
+    );
+    let put = http
+        .send(
+            Method::PUT,
+            &server.url(&format!("{location}file?name=kept.txt")),
+            &[],
+            "in the container",
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+
+    let logs = http
+        .call(
+            Method::GET,
+            &server.url(&format!("/binders/dpause/{id}/logs?tail=5")),
+            Some(ALICE),
+        )
+        .await;
+    assert_eq!(logs.status, 200, "{}", logs.body);
+    assert!(
+        logs.body.contains("binderd-standin serving"),
+        "{}",
+        logs.body
+    );
+
+    let action = server.url(&format!("/binders/dpause/{id}/actions/pause"));
+    let a = http
+        .post_json(&action, Some(ALICE), &json!({"paused": true}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let running = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=binderd.binder={id}"),
+    ]);
+    assert!(running.is_empty(), "the container still runs while paused");
+    assert_error(
+        &http
+            .get(&server.url(&format!("{location}api/status")))
+            .await,
+        503,
+    );
+    let a = http
+        .post_json(&action, Some(ALICE), &json!({"paused": false}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "ready");
+    let file = http
+        .get(&server.url(&format!("{location}file?name=kept.txt")))
+        .await;
+    assert_eq!(file.body, "in the container");
+    server.stop().await;
+}

@@ -135,9 +135,12 @@ async fn a_kernel_runs_code_in_a_docker_container() {
     if !docker_ready() {
         return;
     }
-    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-jupyter-image"))
-        .status()
-        .unwrap();
+    let status = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-jupyter-image"
+    ))
+    .status()
+    .unwrap();
     assert!(status.success(), "scripts/build-jupyter-image failed");
     let data = DataDir::new("jupyter-docker");
     let _cleanup = DockerCleanup(&data);
@@ -161,16 +164,24 @@ async fn a_kernel_runs_code_in_a_docker_container() {
         "pool": {"min": 1, "max": 2},
         "start_timeout_seconds": 90,
     });
-    let a = http.post_json(&server.url("/bindings"), Some(ADMIN), &binding).await;
+    let a = http
+        .post_json(&server.url("/bindings"), Some(ADMIN), &binding)
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    wait_pool(&http, &server.url(""), "dockernb", 120, |p| p["available"] == 1).await;
-    let b = http.call(Method::POST, &server.url("/binders/dockernb"), None).await;
+    wait_pool(&http, &server.url(""), "dockernb", 120, |p| {
+        p["available"] == 1
+    })
+    .await;
+    let b = http
+        .call(Method::POST, &server.url("/binders/dockernb"), None)
+        .await;
     assert_eq!(b.status, 201, "{}", b.body);
     let location = b.json()["location"].as_str().unwrap().to_owned();
     let base = server.url("");
-    let result = tokio::task::spawn_blocking(move || run_client(&venv, &[&base, "binders", &location]))
-        .await
-        .unwrap();
+    let result =
+        tokio::task::spawn_blocking(move || run_client(&venv, &[&base, "binders", &location]))
+            .await
+            .unwrap();
     assert_eq!(result["output"], "42\n", "{result}");
     server.stop().await;
 }
