@@ -173,6 +173,9 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut config = Config::new(&data_dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
+    // Measuring binderd's own path: no rate limits.
+    config.rate_limit.anonymous_per_minute = 0;
+    config.rate_limit.global_per_second = 0;
     config.backend = BackendKind::Docker;
     config.start_concurrency = concurrency;
     config.cleanup_on_exit = true;

@@ -123,6 +123,8 @@ pub struct Binder {
     last_activity: AtomicU64,
     /// Woken on every state change, for callers waiting on a start.
     pub changed: tokio::sync::Notify,
+    /// What it costs its key's quota; released when it stops.
+    charge: OnceLock<Arc<crate::quota::Charge>>,
 }
 
 impl std::fmt::Debug for Binder {
@@ -161,6 +163,7 @@ impl Binder {
             assigned_at: AtomicU64::new(0),
             last_activity: AtomicU64::new(now_unix()),
             changed: tokio::sync::Notify::new(),
+            charge: OnceLock::new(),
         }
     }
 
@@ -213,6 +216,19 @@ impl Binder {
 
     pub fn set_owner(&self, owner: Owner) {
         let _ = self.owner.set(owner);
+    }
+
+    pub fn set_charge(&self, charge: Arc<crate::quota::Charge>) {
+        if let Err(extra) = self.charge.set(charge) {
+            extra.release();
+        }
+    }
+
+    /// Gives its quota back (once).
+    pub fn release_charge(&self) {
+        if let Some(c) = self.charge.get() {
+            c.release();
+        }
     }
 
     pub fn failure(&self) -> Option<&str> {

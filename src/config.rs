@@ -4,7 +4,7 @@
 //! [`Config::load`] lays them over the file and the defaults and checks the
 //! whole. Any problem is one [`ConfigError`] line, and `main` exits 64.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::auth::{ApiKey, Role};
 use crate::backend::BackendKind;
 use crate::binding::{Binding, BindingName, DEFAULT_MAX_POOL_LIMIT};
+use crate::quota::QuotaSpec;
 
 pub const DEFAULT_CONFIG_FILE: &str = "config/binderd.toml";
 pub const DEFAULT_BINDINGS_DIR: &str = "config/bindings";
@@ -94,6 +95,54 @@ struct FileKey {
     key: Option<String>,
     key_file: Option<PathBuf>,
     role: Option<Role>,
+    quota: Option<QuotaSpec>,
+}
+
+/// `[rate_limit]`: spawns (POST /binders/{b}, /api/spawn/, /spawn/...) only;
+/// health, stats and the proxy are never limited.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Anonymous spawns per client IP per minute (0: no limit).
+    #[serde(default = "RateLimitConfig::default_anon")]
+    pub anonymous_per_minute: u32,
+    #[serde(default = "RateLimitConfig::default_anon_burst")]
+    pub anonymous_burst: u32,
+    /// Spawns per second from everyone together (0: no limit).
+    #[serde(default = "RateLimitConfig::default_global")]
+    pub global_per_second: u32,
+    #[serde(default = "RateLimitConfig::default_global_burst")]
+    pub global_burst: u32,
+    /// Peers whose `X-Forwarded-For` is believed (a reverse proxy in front).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl RateLimitConfig {
+    fn default_anon() -> u32 {
+        60
+    }
+    fn default_anon_burst() -> u32 {
+        20
+    }
+    fn default_global() -> u32 {
+        200
+    }
+    fn default_global_burst() -> u32 {
+        400
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            anonymous_per_minute: Self::default_anon(),
+            anonymous_burst: Self::default_anon_burst(),
+            global_per_second: Self::default_global(),
+            global_burst: Self::default_global_burst(),
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +163,9 @@ struct FileConfig {
     start_concurrency: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     cull_interval_ms: Option<u64>,
+    max_connections: Option<usize>,
+    header_read_timeout_seconds: Option<u64>,
+    rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     api_keys: Vec<FileKey>,
     #[serde(default)]
@@ -143,6 +195,13 @@ pub struct Config {
     /// Docker backend: a network to join (containers reached by IP).
     pub docker_network: Option<String>,
     pub api_keys: Vec<ApiKey>,
+    /// Per-key quotas, by key name.
+    pub quotas: HashMap<String, QuotaSpec>,
+    pub rate_limit: RateLimitConfig,
+    /// Open client connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A client must send its request headers within this (slow-loris).
+    pub header_read_timeout: Duration,
     /// Bindings declared in files; they exist at every start.
     pub bindings: Vec<Binding>,
 }
@@ -166,6 +225,10 @@ impl Config {
             cleanup_on_exit: false,
             docker_network: None,
             api_keys: Vec::new(),
+            quotas: HashMap::new(),
+            rate_limit: RateLimitConfig::default(),
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
             bindings: Vec::new(),
         }
     }
@@ -256,6 +319,21 @@ impl Config {
             cfg.shutdown_grace = Duration::from_secs(s);
         }
 
+        if let Some(n) = file.max_connections {
+            cfg.max_connections = n.max(1);
+        }
+        if let Some(s) = file.header_read_timeout_seconds {
+            cfg.header_read_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(r) = file.rate_limit {
+            cfg.rate_limit = r;
+        }
+        for k in &file.api_keys {
+            if let Some(q) = &k.quota {
+                cfg.quotas.insert(k.name.clone(), q.clone());
+            }
+        }
+        crate::quota::Quotas::new(cfg.quotas.clone()).map_err(|e| ConfigError::Invalid(e.0))?;
         cfg.api_keys = match api_keys_env {
             Some(spec) if !spec.trim().is_empty() => parse_key_list(&spec)?,
             _ => file

@@ -31,6 +31,8 @@ pub mod binding;
 pub mod config;
 pub mod pool;
 pub mod proxy;
+pub mod quota;
+pub mod ratelimit;
 pub mod store;
 
 use backend::{Backend, BackendError, BackendKind};
@@ -51,6 +53,8 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("config: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -101,6 +105,7 @@ pub async fn run(
         config.start_concurrency,
         config.max_pool_limit,
         config.cull_interval,
+        Arc::new(quota::Quotas::new(config.quotas.clone()).map_err(|e| Error::Config(e.0))?),
     );
     tokio::spawn(pools.clone().watch_exits(exits_rx));
     let adopted = pools.restore(loaded, config.bindings.clone()).await?;
@@ -117,14 +122,27 @@ pub async fn run(
     );
     let cleanup = config.cleanup_on_exit;
     let grace = config.shutdown_grace;
+    let limits = ratelimit::RateLimits::new(&config.rate_limit);
     let app = Arc::new(api::App {
         keys: auth::Keys::new(config.api_keys.clone()),
+        limits,
         config,
         pools: pools.clone(),
         upstream,
         local_addr,
     });
+    // Forget quiet clients of the per-IP limiter now and then: bounded memory.
+    let forgetting = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                app.limits.forget_quiet();
+            }
+        })
+    };
     api::serve(app, listener, shutdown).await;
+    forgetting.abort();
     pools.shutdown(grace).await;
     if cleanup {
         tracing::info!("stopping every container (cleanup on exit)");

@@ -154,6 +154,7 @@ impl From<PoolError> for ApiError {
                 retry_after: 5,
             },
             PoolError::Invalid(e) => e.into(),
+            PoolError::Quota(q) => ApiError::Forbidden(q.to_string()),
             PoolError::Store(e) => ApiError::Internal(e.to_string()),
             PoolError::Backend(e) => ApiError::Unavailable {
                 message: e.to_string(),

@@ -38,6 +38,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct App {
     pub config: Config,
     pub keys: Keys,
+    pub limits: crate::ratelimit::RateLimits,
     pub pools: Pools,
     pub upstream: Arc<Upstream>,
     pub local_addr: SocketAddr,
@@ -49,18 +50,30 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// waits up to the configured grace for in-flight requests.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow-loris: the headers must arrive within the timeout.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.config.header_read_timeout);
+    // Connections beyond the cap wait in the kernel's listen backlog.
+    let slots = Arc::new(tokio::sync::Semaphore::new(app.config.max_connections));
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
+        let accept = async {
+            let slot = slots.clone().acquire_owned().await;
+            (slot, listener.accept().await)
+        };
+        let (slot, stream, peer) = tokio::select! {
+            (slot, accepted) = accept => match (slot, accepted) {
+                (Ok(slot), Ok((stream, peer))) => (slot, stream, peer),
+                (_, Err(e)) => {
                     // Out of file descriptors and the like: do not spin.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                (Err(_), _) => break,
             },
             _ = &mut shutdown => break,
         };
@@ -74,6 +87,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);
@@ -109,7 +123,7 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
         };
     }
     let html = false;
-    let mut resp = match route(app, req).await {
+    let mut resp = match route(app, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(html),
     };
@@ -145,7 +159,7 @@ fn cors(app: &App, headers: &mut http::HeaderMap) {
 }
 
 /// Routes an API request. Trailing slashes are optional.
-async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
     let method = req.method().clone();
     if method == Method::OPTIONS {
         return Ok(Response::builder()
@@ -159,6 +173,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
         if rest.is_empty() || rest.starts_with('/') {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             let caller = authenticate(app, &req)?;
+            admit_spawn(app, &caller, &req, peer)?;
             let rest = rest.trim_start_matches('/').to_owned();
             let query = req.uri().query().map(str::to_owned);
             return tmpnb::spawn_redirect(app, &caller, &rest, query.as_deref()).await;
@@ -208,8 +223,16 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
             let name = format!("{a}-{b}");
             bindings::one(app, &caller, &name, req).await
         }
+        ["quota"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            let name = caller.key_name().ok_or(crate::auth::AuthError::Required)?;
+            json(StatusCode::OK, &app.pools.quota_report(name))
+        }
         ["binders", binding] => match method {
-            Method::POST => binders::create(app, &caller, binding).await,
+            Method::POST => {
+                admit_spawn(app, &caller, &req, peer)?;
+                binders::create(app, &caller, binding).await
+            }
             Method::GET | Method::HEAD => binders::list(app, &caller, binding),
             _ => Err(not_allowed(method, "GET, HEAD, POST")),
         },
@@ -242,6 +265,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
         },
         ["api", "spawn"] => {
             allow(&method, &[Method::POST], "POST")?;
+            admit_spawn(app, &caller, &req, peer)?;
             tmpnb::spawn(app, &caller, req).await
         }
         ["api", "stats"] => {
@@ -279,6 +303,28 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Caller> {
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes()),
     )?)
+}
+
+/// The spawn rate limits: 429 with `Retry-After` when over.
+fn admit_spawn(
+    app: &App,
+    caller: &Caller,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<()> {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = app.limits.client_ip(peer.ip(), forwarded);
+    app.limits.check_spawn(caller, client).map_err(|wait| {
+        let secs = wait.0.as_secs() + u64::from(wait.0.subsec_nanos() > 0);
+        ApiError::TooManyRequests {
+            message: format!("too many spawns: retry in {secs}s"),
+            retry_after: secs.max(1),
+            tmpnb: false,
+        }
+    })
 }
 
 fn allow(method: &Method, allowed: &[Method], allow: &'static str) -> Result<()> {

@@ -139,6 +139,11 @@ impl Pools {
                 stored.created_at,
             ));
             if let Some(owner) = stored.owner {
+                // Charged as before the restart, whatever the limits say now.
+                let resources = &pool.record().binding.resources;
+                if let Ok(Some(charge)) = self.shared.quotas.try_charge(&owner, resources, false) {
+                    binder.set_charge(charge);
+                }
                 binder.set_owner(owner);
             }
             binder.set_assigned_at(stored.assigned_at);

@@ -52,6 +52,8 @@ pub enum PoolError {
     #[error("the binder is {}, not ready", .0.public_name())]
     NotReady(State),
     #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaExceeded),
+    #[error(transparent)]
     Invalid(#[from] InvalidBinding),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -220,6 +222,7 @@ pub(crate) struct Shared {
     starts: TaskTracker,
     /// Handed-out binders for the culler to watch.
     cull_tx: tokio::sync::mpsc::UnboundedSender<BinderId>,
+    quotas: Arc<crate::quota::Quotas>,
 }
 
 /// Every pool and binder. Cheap to clone.
@@ -238,6 +241,7 @@ impl Pools {
         start_concurrency: usize,
         max_pool_limit: u32,
         cull_every: Duration,
+        quotas: Arc<crate::quota::Quotas>,
     ) -> Pools {
         let (cull_tx, cull_rx) = tokio::sync::mpsc::unbounded_channel();
         let pools = Pools {
@@ -253,6 +257,7 @@ impl Pools {
                 shutdown: CancellationToken::new(),
                 starts: TaskTracker::new(),
                 cull_tx,
+                quotas,
             }),
         };
         pools.spawn_culler(cull_rx, cull_every);
@@ -261,6 +266,11 @@ impl Pools {
 
     pub fn backend_kind(&self) -> crate::backend::BackendKind {
         self.shared.backend.kind()
+    }
+
+    /// A key's quota `spec` and `usage`.
+    pub fn quota_report(&self, key: &str) -> serde_json::Value {
+        self.shared.quotas.report(key)
     }
 
     pub fn max_pool_limit(&self) -> u32 {
@@ -443,16 +453,39 @@ impl Pools {
     /// (batched with every other handout waiting at that moment). No backend
     /// call and no lock held across the await.
     pub async fn handout(&self, pool: &Arc<Pool>, owner: Owner) -> Result<Handout, PoolError> {
+        let charge =
+            self.shared
+                .quotas
+                .try_charge(&owner, &pool.record().binding.resources, true)?;
+        let result = self.handout_charged(pool, owner, charge.clone()).await;
+        if result.is_err() {
+            if let Some(c) = charge {
+                c.release();
+            }
+        }
+        result
+    }
+
+    async fn handout_charged(
+        &self,
+        pool: &Arc<Pool>,
+        owner: Owner,
+        charge: Option<Arc<crate::quota::Charge>>,
+    ) -> Result<Handout, PoolError> {
         if let Some(binder) = pool.ready.pop_transition(&pool.counters, State::Assigned) {
             pool.wake.notify_one();
             let now = now_unix();
             binder.set_owner(owner.clone());
+            if let Some(c) = charge {
+                binder.set_charge(c);
+            }
             binder.set_assigned_at(now);
             binder.touch();
             binder.changed.notify_waiters();
             if let Err(e) = self.shared.store.assign(&binder.id, owner, now).await {
                 // Not durable, so not handed out: a crash now could hand it
                 // out again. Give it back to the pool.
+                binder.release_charge();
                 if pool.transition(&binder, State::Assigned, State::Idle) {
                     pool.ready.push(binder);
                 }
@@ -468,6 +501,9 @@ impl Pools {
         if pool.counters.try_reserve(max) {
             let binder = Arc::new(Binder::new(pool.name.clone(), State::StartingClaimed));
             binder.set_owner(owner);
+            if let Some(c) = charge {
+                binder.set_charge(c);
+            }
             pool.counters.entered(State::StartingClaimed);
             self.register(pool, &binder);
             if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
@@ -486,6 +522,9 @@ impl Pools {
             });
         };
         binder.set_owner(owner.clone());
+        if let Some(c) = charge {
+            binder.set_charge(c);
+        }
         if let Err(e) = self.shared.store.claim(&binder.id, owner).await {
             self.fail(pool, &binder, format!("cannot record the binder: {e}"))
                 .await;
@@ -568,6 +607,7 @@ impl Pools {
     /// [`RETENTION`] no id either.
     async fn forget(&self, binder: &Arc<Binder>) {
         self.shared.tokens.remove(&binder.token);
+        binder.release_charge();
         if let Err(e) = self.shared.store.delete_binder(&binder.id).await {
             tracing::warn!(binder = %binder.id, error = %e, "cannot delete binder record");
         }

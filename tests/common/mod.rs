@@ -78,6 +78,9 @@ pub fn test_config(data: &DataDir) -> Config {
     config.api_keys = keys();
     config.spawn_wait = Duration::from_secs(10);
     config.shutdown_grace = Duration::from_secs(2);
+    // Tests spawn fast from one address; the rate-limit tests turn it on.
+    config.rate_limit.anonymous_per_minute = 0;
+    config.rate_limit.global_per_second = 0;
     config
 }
 

@@ -1,0 +1,255 @@
+//! Per-key quotas (the Onyxia seed's `spec` and `usage`): optional limits on
+//! a key's live binders and on the summed memory and CPU of their bindings'
+//! `resources`.
+//!
+//! Usage is kept in atomic counters per key, charged when a binder is handed
+//! to (or claimed by) a key and released once when it stops, so the check on
+//! the handout path is a few atomic adds, never a scan. Bindings without
+//! `resources` count toward the binder limit only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::binder::Owner;
+use crate::binding::{InvalidBinding, Resources};
+
+/// A key's limits as configured (`quota = { binders = 5, memory = "4Gi", cpu = "4" }`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binders: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Limits {
+    binders: Option<i64>,
+    memory: Option<i64>,
+    cpu: Option<i64>,
+}
+
+impl QuotaSpec {
+    fn limits(&self) -> Result<Limits, InvalidBinding> {
+        let r = Resources {
+            memory: self.memory.clone(),
+            cpu: self.cpu.clone(),
+        };
+        if self.binders.is_some_and(|b| b < 0) {
+            return Err(InvalidBinding("quota.binders must not be negative".into()));
+        }
+        Ok(Limits {
+            binders: self.binders,
+            memory: r.memory_bytes()?,
+            cpu: r.cpu_nanos()?,
+        })
+    }
+}
+
+/// What one key uses now.
+#[derive(Debug, Default)]
+struct Usage {
+    binders: AtomicI64,
+    memory: AtomicI64,
+    cpu: AtomicI64,
+}
+
+/// What one binder costs its key; released exactly once.
+#[derive(Debug)]
+pub struct Charge {
+    usage: Arc<Usage>,
+    memory: i64,
+    cpu: i64,
+    released: AtomicBool,
+}
+
+impl Charge {
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.usage.binders.fetch_sub(1, Ordering::AcqRel);
+            self.usage.memory.fetch_sub(self.memory, Ordering::AcqRel);
+            self.usage.cpu.fetch_sub(self.cpu, Ordering::AcqRel);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("quota exceeded for '{key}': {what}")]
+pub struct QuotaExceeded {
+    pub key: String,
+    pub what: String,
+}
+
+/// Every key's limits and usage.
+#[derive(Debug, Default)]
+pub struct Quotas {
+    specs: HashMap<String, QuotaSpec>,
+    limits: HashMap<String, Limits>,
+    usage: DashMap<String, Arc<Usage>>,
+}
+
+impl Quotas {
+    /// `specs` by key name; an invalid spec is refused (config error).
+    pub fn new(specs: HashMap<String, QuotaSpec>) -> Result<Quotas, InvalidBinding> {
+        let limits = specs
+            .iter()
+            .map(|(k, s)| {
+                s.limits()
+                    .map(|l| (k.clone(), l))
+                    .map_err(|e| InvalidBinding(format!("quota of '{k}': {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Quotas {
+            specs,
+            limits,
+            usage: DashMap::new(),
+        })
+    }
+
+    fn usage_of(&self, key: &str) -> Arc<Usage> {
+        if let Some(u) = self.usage.get(key) {
+            return u.clone();
+        }
+        self.usage.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Charges one binder of `resources` to `owner`, or refuses when that
+    /// would pass one of the key's limits. Anonymous callers have no quota.
+    pub fn try_charge(
+        &self,
+        owner: &Owner,
+        resources: &Resources,
+        enforce: bool,
+    ) -> Result<Option<Arc<Charge>>, QuotaExceeded> {
+        let Owner::Key(key) = owner else {
+            return Ok(None);
+        };
+        let memory = resources.memory_bytes().ok().flatten().unwrap_or(0);
+        let cpu = resources.cpu_nanos().ok().flatten().unwrap_or(0);
+        let usage = self.usage_of(key);
+        let binders = usage.binders.fetch_add(1, Ordering::AcqRel) + 1;
+        let mem = usage.memory.fetch_add(memory, Ordering::AcqRel) + memory;
+        let cpus = usage.cpu.fetch_add(cpu, Ordering::AcqRel) + cpu;
+        let charge = Arc::new(Charge {
+            usage,
+            memory,
+            cpu,
+            released: AtomicBool::new(false),
+        });
+        if enforce {
+            if let Some(limits) = self.limits.get(key) {
+                let over = if limits.binders.is_some_and(|l| binders > l) {
+                    Some(format!(
+                        "live binders would be {binders}, the limit is {}",
+                        limits.binders.unwrap_or(0)
+                    ))
+                } else if limits.memory.is_some_and(|l| mem > l) {
+                    Some(format!(
+                        "memory would be {mem} bytes, the limit is {} bytes",
+                        limits.memory.unwrap_or(0)
+                    ))
+                } else if limits.cpu.is_some_and(|l| cpus > l) {
+                    Some(format!(
+                        "cpu would be {:.3}, the limit is {:.3}",
+                        cpus as f64 / 1e9,
+                        limits.cpu.unwrap_or(0) as f64 / 1e9
+                    ))
+                } else {
+                    None
+                };
+                if let Some(what) = over {
+                    charge.release();
+                    return Err(QuotaExceeded {
+                        key: key.clone(),
+                        what,
+                    });
+                }
+            }
+        }
+        Ok(Some(charge))
+    }
+
+    /// `{"spec": ..., "usage": ...}` for a key.
+    pub fn report(&self, key: &str) -> serde_json::Value {
+        let usage = self.usage_of(key);
+        serde_json::json!({
+            "name": key,
+            "spec": self.specs.get(key).cloned().unwrap_or_default(),
+            "usage": {
+                "binders": usage.binders.load(Ordering::Acquire),
+                "memory": usage.memory.load(Ordering::Acquire),
+                "cpu": usage.cpu.load(Ordering::Acquire) as f64 / 1e9,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quotas() -> Quotas {
+        Quotas::new(HashMap::from([(
+            "alice".to_string(),
+            QuotaSpec {
+                binders: Some(2),
+                memory: Some("1Gi".into()),
+                cpu: None,
+            },
+        )]))
+        .unwrap()
+    }
+
+    fn res(memory: &str) -> Resources {
+        Resources {
+            memory: Some(memory.into()),
+            cpu: None,
+        }
+    }
+
+    #[test]
+    fn limits_hold_and_releases_count_once() {
+        let q = quotas();
+        let alice = Owner::Key("alice".into());
+        let a = q.try_charge(&alice, &res("512Mi"), true).unwrap().unwrap();
+        let err = q.try_charge(&alice, &res("600Mi"), true).unwrap_err();
+        assert!(err.what.contains("memory"), "{err}");
+        let b = q.try_charge(&alice, &res("256Mi"), true).unwrap().unwrap();
+        let err = q.try_charge(&alice, &res("1Mi"), true).unwrap_err();
+        assert!(err.what.contains("live binders"), "{err}");
+        a.release();
+        a.release();
+        assert_eq!(q.report("alice")["usage"]["binders"], 1);
+        assert_eq!(q.report("alice")["usage"]["memory"], 256 << 20);
+        b.release();
+        assert_eq!(q.report("alice")["usage"]["binders"], 0);
+        // No limits: charged (for usage) but never refused.
+        assert!(q
+            .try_charge(&Owner::Key("bob".into()), &res("1Ti"), true)
+            .is_ok());
+        assert!(q
+            .try_charge(&Owner::Anonymous, &res("1Ti"), true)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn bad_specs_are_config_errors() {
+        let bad = Quotas::new(HashMap::from([(
+            "x".to_string(),
+            QuotaSpec {
+                binders: None,
+                memory: Some("lots".into()),
+                cpu: None,
+            },
+        )]));
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! Rate limits on spawning (governor): anonymous spawns per client IP, and a
+//! global cap over everyone. Over either is a 429 with `Retry-After`.
+//!
+//! The client IP is the socket's peer, or, when the peer is a configured
+//! trusted proxy, the right-most address in `X-Forwarded-For` that is not a
+//! trusted proxy itself.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::auth::Caller;
+use crate::config::RateLimitConfig;
+
+pub struct RateLimits {
+    anonymous: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    global: Option<DefaultDirectRateLimiter>,
+    trusted: Vec<IpAddr>,
+    clock: DefaultClock,
+}
+
+/// Refused: try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl RateLimits {
+    pub fn new(config: &RateLimitConfig) -> RateLimits {
+        let anonymous = NonZeroU32::new(config.anonymous_per_minute).map(|rate| {
+            let burst = NonZeroU32::new(config.anonymous_burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+        });
+        let global = NonZeroU32::new(config.global_per_second).map(|rate| {
+            let burst = NonZeroU32::new(config.global_burst).unwrap_or(rate);
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        RateLimits {
+            anonymous,
+            global,
+            trusted: config.trusted_proxies.clone(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// The address a request comes from.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        if !self.trusted.contains(&peer) {
+            return peer;
+        }
+        let Some(list) = forwarded_for else {
+            return peer;
+        };
+        list.rsplit(',')
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .find(|a| !self.trusted.contains(a))
+            .unwrap_or(peer)
+    }
+
+    /// Admits one spawn, or says when to retry.
+    pub fn check_spawn(&self, caller: &Caller, client: IpAddr) -> Result<(), RetryAfter> {
+        if let Some(global) = &self.global {
+            global
+                .check()
+                .map_err(|n| RetryAfter(n.wait_time_from(self.clock.now())))?;
+        }
+        if let (Caller::Anonymous, Some(limiter)) = (caller, &self.anonymous) {
+            limiter
+                .check_key(&client)
+                .map_err(|n| RetryAfter(n.wait_time_from(self.clock.now())))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets clients that have been quiet long enough (bounds memory).
+    pub fn forget_quiet(&self) {
+        if let Some(limiter) = &self.anonymous {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(trusted: &[&str]) -> RateLimits {
+        RateLimits::new(&RateLimitConfig {
+            anonymous_per_minute: 2,
+            anonymous_burst: 2,
+            global_per_second: 1000,
+            global_burst: 1000,
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+        })
+    }
+
+    #[test]
+    fn anonymous_callers_are_limited_per_ip_keys_are_not() {
+        let l = limits(&[]);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.check_spawn(&Caller::Anonymous, a).is_ok());
+        assert!(l.check_spawn(&Caller::Anonymous, a).is_ok());
+        let RetryAfter(wait) = l.check_spawn(&Caller::Anonymous, a).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(1) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert!(l.check_spawn(&Caller::Anonymous, b).is_ok(), "another IP");
+        let key = Caller::Key {
+            name: "alice".into(),
+            role: crate::auth::Role::User,
+        };
+        for _ in 0..10 {
+            assert!(l.check_spawn(&key, a).is_ok());
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let l = limits(&["127.0.0.1"]);
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(
+            l.client_ip(proxy, Some("1.2.3.4, 127.0.0.1")),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(l.client_ip(stranger, Some("1.2.3.4")), stranger);
+        assert_eq!(l.client_ip(proxy, Some("garbage")), proxy);
+        assert_eq!(l.client_ip(proxy, None), proxy);
+    }
+}
