@@ -78,7 +78,7 @@ fn is_false(b: &bool) -> bool {
 /// Unknown fields are refused. The answer-only fields (`owner`, `created_at`,
 /// `status`) are accepted and ignored on input so that a document read with
 /// GET can be sent back with PUT.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     #[serde(default)]
@@ -116,16 +116,26 @@ pub struct Binding {
     #[serde(default = "Binding::default_start_timeout")]
     pub start_timeout_seconds: u64,
     // Answer-only fields, ignored on input.
+    /// (answer only) The API key that created it, or `config`.
     #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<String>)]
     pub owner: Option<serde::de::IgnoredAny>,
+    /// (answer only) Unix seconds.
     #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<u64>)]
     pub created_at: Option<serde::de::IgnoredAny>,
+    /// (answer only) `ready`, or `error` with a `message`.
     #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<String>)]
     pub status: Option<serde::de::IgnoredAny>,
+    /// (answer only) Why the last start failed, with `status: error`.
+    #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<String>)]
+    pub message: Option<serde::de::IgnoredAny>,
 }
 
 /// Memory and CPU limits, as Kubernetes writes them (`512Mi`, `0.5`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +197,7 @@ impl Resources {
 }
 
 /// A service container started beside each binder (e.g. Postgres).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
@@ -200,10 +210,11 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
     pub params: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSize {
     #[serde(default = "PoolSize::default_min")]
@@ -231,7 +242,7 @@ impl Default for PoolSize {
 }
 
 /// Culling: tmpnb's defaults (idle one hour, at most four hours after handout).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cull {
     #[serde(default = "Cull::default_idle")]

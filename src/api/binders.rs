@@ -6,8 +6,8 @@ use std::sync::Arc;
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
+use super::views::{BinderView, PoolView, Stopping};
 use super::{binding_name, json, read_json, ApiError, App, Result};
 use crate::auth::{owns_binder, AuthError, Caller};
 use crate::binder::{is_secret_shaped, Binder, State};
@@ -23,23 +23,8 @@ pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<
         .ok_or_else(|| ApiError::NotFound(format!("binding '{name}' not found")))
 }
 
-pub(super) fn render(binder: &Binder) -> Value {
-    let state = binder.state();
-    let mut doc = json!({
-        "id": binder.id,
-        "binding": binder.binding,
-        "state": state.public_name(),
-        "created_at": binder.created_at,
-    });
-    if matches!(state, State::Assigned | State::Paused) {
-        doc["location"] = json!(binder.location());
-        doc["assigned_at"] = json!(binder.assigned_at());
-        doc["last_activity"] = json!(binder.last_activity());
-    }
-    if let Some(reason) = binder.failure() {
-        doc["reason"] = json!(reason);
-    }
-    doc
+pub(super) fn render(binder: &Binder) -> BinderView {
+    BinderView::of(binder)
 }
 
 /// `POST /binders/{binding}`: 201 with a warm binder, 202 when one must
@@ -58,7 +43,7 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
         return Err(AuthError::Required.into());
     }
     let pool = visible_pool(app, caller, raw)?;
-    let docs: Vec<Value> = app
+    let docs: Vec<BinderView> = app
         .pools
         .binders_of(&pool)
         .iter()
@@ -66,7 +51,7 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
         .filter(|b| owns_binder(caller, b))
         .map(|b| {
             let mut doc = render(b);
-            doc["uri"] = json!(format!("/binders/{}/{}", pool.name, b.id));
+            doc.uri = Some(format!("/binders/{}/{}", pool.name, b.id));
             doc
         })
         .collect();
@@ -113,39 +98,27 @@ pub(super) fn delete(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<
     }
     json(
         StatusCode::ACCEPTED,
-        &json!({"id": binder.id, "state": binder.state().public_name()}),
+        &Stopping {
+            id: binder.id.to_string(),
+            state: binder.state().public_name(),
+        },
     )
 }
 
-fn render_counts(pool: &Pool, with_name: bool) -> Value {
-    let c = pool.counts();
-    let mut doc = json!({
-        "running": c.running,
-        "available": c.available,
-        "starting": c.starting,
-        "minPool": c.min,
-        "maxPool": c.max,
-    });
-    if with_name {
-        doc["name"] = json!(pool.name);
-    }
-    doc
-}
-
 pub(super) fn pools(app: &App, caller: &Caller) -> Result<Response<Body>> {
-    let docs: Vec<Value> = app
+    let docs: Vec<PoolView> = app
         .pools
         .list()
         .iter()
         .filter(|p| p.record().access().visible_to(caller))
-        .map(|p| render_counts(p, true))
+        .map(|p| PoolView::of(p, true))
         .collect();
     json(StatusCode::OK, &docs)
 }
 
 pub(super) fn pool(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
     let pool = visible_pool(app, caller, raw)?;
-    json(StatusCode::OK, &render_counts(&pool, false))
+    json(StatusCode::OK, &PoolView::of(&pool, false))
 }
 
 #[derive(Deserialize)]
@@ -181,7 +154,7 @@ pub(super) async fn resize(
         ));
     }
     app.pools.resize(&pool, body.min, body.max).await?;
-    json(StatusCode::OK, &render_counts(&pool, false))
+    json(StatusCode::OK, &PoolView::of(&pool, false))
 }
 
 /// `/user/{token}/...`: find the binder in O(1) and forward.
@@ -328,7 +301,8 @@ pub(super) fn events(app: &App, raw: &str, id: &str) -> Result<Response<Body>> {
                 match step {
                     Some(Some(state)) => {
                         let mut doc = render(&binder);
-                        doc["phase"] = json!(state.public_name());
+                        doc.phase = Some(state.public_name());
+                        let doc = serde_json::to_string(&doc).unwrap_or_default();
                         let finished = !matches!(state, State::Starting | State::StartingClaimed);
                         let frame = Frame::data(bytes::Bytes::from(format!("data: {doc}\n\n")));
                         return Some((

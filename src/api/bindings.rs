@@ -138,7 +138,10 @@ pub(super) async fn one(
             match app.pools.delete_binding(&name, force).await {
                 Ok(()) => json(
                     StatusCode::ACCEPTED,
-                    &json!({"name": name, "status": "deleting"}),
+                    &super::views::Deleting {
+                        name: name.to_string(),
+                        status: "deleting",
+                    },
                 ),
                 Err(PoolError::NotFound(_)) => Err(not_found()),
                 Err(e) => Err(e.into()),

@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::binding::InvalidBinding;
@@ -88,11 +87,18 @@ impl ApiError {
                 ),
             )
         } else {
-            let mut doc = json!({"error": {"code": status.as_u16(), "message": message}});
-            if matches!(self, ApiError::TooManyRequests { tmpnb: true, .. }) {
-                doc["status"] = json!("full");
-            }
-            ("application/json", doc.to_string())
+            let doc = super::views::ErrorBody {
+                error: super::views::ErrorDetail {
+                    code: status.as_u16(),
+                    message,
+                },
+                status: matches!(self, ApiError::TooManyRequests { tmpnb: true, .. })
+                    .then(|| "full".to_owned()),
+            };
+            (
+                "application/json",
+                serde_json::to_string(&doc).unwrap_or_default(),
+            )
         };
         let mut resp = Response::builder()
             .status(status)
@@ -177,6 +183,7 @@ impl From<ProxyError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     async fn body_of(resp: Response<Body>) -> String {
         String::from_utf8(

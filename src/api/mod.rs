@@ -27,7 +27,9 @@ use crate::proxy::{Body, Upstream};
 mod binders;
 mod bindings;
 pub mod error;
+mod openapi;
 mod tmpnb;
+pub mod views;
 
 use error::full;
 pub use error::ApiError;
@@ -202,12 +204,20 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             json(
                 StatusCode::OK,
-                &serde_json::json!({
-                    "status": "available",
-                    "version": VERSION,
-                    "backend": app.pools.backend_kind().as_str(),
-                }),
+                &views::Health {
+                    status: "available",
+                    version: VERSION,
+                    backend: app.pools.backend_kind().as_str(),
+                },
             )
+        }
+        ["openapi.json"] => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(full(openapi::document()))
+                .map_err(|e| ApiError::Internal(e.to_string()))
         }
         ["configuration"] => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
@@ -226,7 +236,15 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         ["quota"] => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             let name = caller.key_name().ok_or(crate::auth::AuthError::Required)?;
-            json(StatusCode::OK, &app.pools.quota_report(name))
+            let report = app.pools.quota_report(name);
+            json(
+                StatusCode::OK,
+                &views::QuotaView {
+                    name: name.to_owned(),
+                    spec: report["spec"].clone(),
+                    usage: report["usage"].clone(),
+                },
+            )
         }
         ["binders", binding] => match method {
             Method::POST => {

@@ -7,16 +7,15 @@
 
 use std::sync::Arc;
 
-use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use serde_json::json;
-
 use super::binders::visible_pool;
+use super::views::{Spawned, Stats};
 use super::{json, read_body, ApiError, App, Result, VERSION};
 use crate::auth::Caller;
 use crate::binder::{Binder, State};
 use crate::pool::{Handout, Pool, PoolError};
 use crate::proxy::Body;
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
 
 /// The binding a tmpnb request means: the one it names, the configured
 /// default, or the only one there is.
@@ -94,7 +93,10 @@ pub(super) async fn spawn(
     let binder = handout_and_wait(app, caller, &pool).await?;
     json(
         StatusCode::OK,
-        &json!({"url": binder.location(), "id": binder.id}),
+        &Spawned {
+            url: binder.location(),
+            id: binder.id.to_string(),
+        },
     )
 }
 
@@ -112,7 +114,13 @@ pub(super) async fn spawn_redirect(
         target.push('?');
         target.push_str(q);
     }
-    let mut resp = json(StatusCode::FOUND, &json!({"url": target}))?;
+    let mut resp = json(
+        StatusCode::FOUND,
+        &Spawned {
+            url: target.clone(),
+            id: binder.id.to_string(),
+        },
+    )?;
     let location = header::HeaderValue::from_str(&target)
         .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
     resp.headers_mut().insert(header::LOCATION, location);
@@ -131,11 +139,11 @@ pub(super) fn stats(app: &App, caller: &Caller) -> Result<Response<Body>> {
         .unwrap_or_else(|| record.binding.command.join(" "));
     json(
         StatusCode::OK,
-        &json!({
-            "available": counts.available,
-            "capacity": counts.max,
-            "version": VERSION,
-            "container_image": image,
-        }),
+        &Stats {
+            available: counts.available,
+            capacity: counts.max,
+            version: VERSION,
+            container_image: image,
+        },
     )
 }
