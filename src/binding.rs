@@ -82,12 +82,14 @@ fn is_false(b: &bool) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default = "default_port")]
+    #[schema(minimum = 1)]
     pub port: u16,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -114,24 +116,26 @@ pub struct Binding {
     /// How long a container may take to answer on its port before the start
     /// counts as failed.
     #[serde(default = "Binding::default_start_timeout")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub start_timeout_seconds: u64,
-    // Answer-only fields, ignored on input.
+    // Answer-only fields: accepted and dropped on input (see `validate`),
+    // filled in answers.
     /// (answer only) The API key that created it, or `config`.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub owner: Option<serde::de::IgnoredAny>,
+    pub owner: Option<serde_json::Value>,
     /// (answer only) Unix seconds.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u64>)]
-    pub created_at: Option<serde::de::IgnoredAny>,
+    pub created_at: Option<serde_json::Value>,
     /// (answer only) `ready`, or `error` with a `message`.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub status: Option<serde::de::IgnoredAny>,
+    pub status: Option<serde_json::Value>,
     /// (answer only) Why the last start failed, with `status: error`.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub message: Option<serde::de::IgnoredAny>,
+    pub message: Option<serde_json::Value>,
 }
 
 /// Memory and CPU limits, as Kubernetes writes them (`512Mi`, `0.5`).
@@ -218,8 +222,10 @@ pub struct Service {
 #[serde(deny_unknown_fields)]
 pub struct PoolSize {
     #[serde(default = "PoolSize::default_min")]
+    #[schema(maximum = 10000)]
     pub min: u32,
     #[serde(default = "PoolSize::default_max")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub max: u32,
 }
 
@@ -246,8 +252,10 @@ impl Default for PoolSize {
 #[serde(deny_unknown_fields)]
 pub struct Cull {
     #[serde(default = "Cull::default_idle")]
+    #[schema(minimum = 1)]
     pub idle_seconds: u64,
     #[serde(default = "Cull::default_max_age")]
+    #[schema(minimum = 1)]
     pub max_age_seconds: u64,
 }
 
@@ -285,6 +293,11 @@ impl Binding {
     ) -> Result<BindingName, InvalidBinding> {
         let name = BindingName::parse(&self.name)?;
         self.name = name.as_str().to_owned();
+        // Answer-only fields are not part of the template.
+        self.owner = None;
+        self.created_at = None;
+        self.status = None;
+        self.message = None;
         let bad = |msg: String| Err(InvalidBinding(msg));
         if self.image.is_none() && self.command.is_empty() {
             return bad("a binding needs an 'image' or a 'command'".into());
@@ -419,11 +432,13 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused_and_answer_fields_ignored() {
         assert!(parse(r#"{"name":"x","command":["a"],"colour":"red"}"#).is_err());
-        let b = parse(r#"{"name":"x","command":["a"],"owner":"bob","status":{"state":"ready"}}"#)
-            .unwrap();
+        let mut b =
+            parse(r#"{"name":"x","command":["a"],"owner":"bob","status":{"state":"ready"}}"#)
+                .unwrap();
         assert!(b.owner.is_some());
+        b.validate(true, 10).unwrap();
         let out = serde_json::to_value(&b).unwrap();
-        assert!(out.get("owner").is_none());
+        assert!(out.get("owner").is_none() && out.get("status").is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{binding_name, json, not_allowed, read_json, ApiError, App, Result};
+use super::{binding_name, dispatch_mismatch, json, read_json, ApiError, App, Result};
 use crate::auth::{may_create_binding, Caller};
 use crate::binding::{printable, Binding};
 use crate::pool::{Pool, PoolError};
@@ -147,6 +147,6 @@ pub(super) async fn one(
                 Err(e) => Err(e.into()),
             }
         }
-        other => Err(not_allowed(other, "GET, HEAD, POST, PUT, DELETE")),
+        _ => Err(dispatch_mismatch()),
     }
 }

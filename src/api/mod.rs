@@ -161,72 +161,89 @@ fn cors(app: &App, headers: &mut http::HeaderMap) {
 }
 
 /// Routes an API request. Trailing slashes are optional.
+/// The methods each route answers: the one table behind `Allow` on 405s and
+/// on `OPTIONS`. `None`: no such route.
+fn methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        [] | ["healthcheck"] | ["configuration"] | ["openapi.json"] | ["quota"] | ["pools"] => {
+            "GET, HEAD"
+        }
+        ["api", "stats"] | ["spawn", ..] | ["binders", _, _, "logs"] => "GET, HEAD",
+        ["bindings"] | ["binders", _] => "GET, HEAD, POST",
+        ["bindings", _] | ["bindings", _, _] => "GET, HEAD, POST, PUT, DELETE",
+        ["binders", _, _] => "GET, HEAD, DELETE",
+        ["binders", _, _, "events"] => "GET",
+        ["binders", _, _, "actions", "pause"] | ["api", "spawn"] => "POST",
+        ["pools", _] => "GET, HEAD, POST, PUT",
+        _ => return None,
+    })
+}
+
+/// Routes an API request. Trailing slashes are optional.
 async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
     let method = req.method().clone();
-    if method == Method::OPTIONS {
-        return Ok(Response::builder()
-            .status(StatusCode::NO_CONTENT)
-            .header(header::ALLOW, "GET, HEAD, POST, PUT, DELETE, OPTIONS")
-            .body(crate::proxy::empty())
-            .unwrap_or_default());
-    }
     let path = req.uri().path().to_owned();
-    if let Some(rest) = path.strip_prefix("/spawn") {
-        if rest.is_empty() || rest.starts_with('/') {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            let caller = authenticate(app, &req)?;
-            admit_spawn(app, &caller, &req, peer)?;
-            let rest = rest.trim_start_matches('/').to_owned();
-            let query = req.uri().query().map(str::to_owned);
-            return tmpnb::spawn_redirect(app, &caller, &rest, query.as_deref()).await;
-        }
-    }
     let trimmed = path.trim_end_matches('/');
-    let segments: Vec<&str> = if trimmed.is_empty() {
-        Vec::new()
-    } else {
-        trimmed[1..].split('/').collect()
+    let segments: Vec<&str> = match trimmed.strip_prefix('/') {
+        Some("") | None => Vec::new(),
+        Some(rest) => rest.split('/').collect(),
     };
+    let Some(allowed) = methods(&segments) else {
+        return Err(ApiError::NotFound(format!(
+            "no route for {}",
+            crate::binding::printable(&path)
+        )));
+    };
+    if method == Method::OPTIONS {
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header(header::ALLOW, format!("{allowed}, OPTIONS"))
+            .body(crate::proxy::empty())
+            .map_err(|e| ApiError::Internal(e.to_string()));
+    }
+    if !allowed.split(", ").any(|m| m == method.as_str()) {
+        return Err(ApiError::MethodNotAllowed {
+            method,
+            allow: allowed,
+        });
+    }
+    if let Some(rest) = path
+        .strip_prefix("/spawn/")
+        .or((path == "/spawn").then_some(""))
+    {
+        let caller = authenticate(app, &req)?;
+        admit_spawn(app, &caller, &req, peer)?;
+        let query = req.uri().query().map(str::to_owned);
+        return tmpnb::spawn_redirect(app, &caller, rest, query.as_deref()).await;
+    }
     let caller = authenticate(app, &req)?;
     match segments.as_slice() {
-        [] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "name": "binderd",
-                    "version": VERSION,
-                    "routes": ["/bindings", "/binders/{binding}", "/pools", "/api/spawn/", "/api/stats", "/spawn/{path}", "/user/{token}/", "/healthcheck", "/configuration"],
-                }),
-            )
-        }
-        ["healthcheck"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            json(
-                StatusCode::OK,
-                &views::Health {
-                    status: "available",
-                    version: VERSION,
-                    backend: app.pools.backend_kind().as_str(),
-                },
-            )
-        }
-        ["openapi.json"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(full(openapi::document()))
-                .map_err(|e| ApiError::Internal(e.to_string()))
-        }
-        ["configuration"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            json(StatusCode::OK, &configuration(app))
-        }
+        [] => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "name": "binderd",
+                "version": VERSION,
+                "routes": ["/bindings", "/binders/{binding}", "/pools", "/api/spawn/", "/api/stats", "/spawn/{path}", "/user/{token}/", "/healthcheck", "/configuration"],
+            }),
+        ),
+        ["healthcheck"] => json(
+            StatusCode::OK,
+            &views::Health {
+                status: "available",
+                version: VERSION,
+                backend: app.pools.backend_kind().as_str(),
+            },
+        ),
+        ["openapi.json"] => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(openapi::document()))
+            .map_err(|e| ApiError::Internal(e.to_string())),
+        ["configuration"] => json(StatusCode::OK, &configuration(app)),
         ["bindings"] => match method {
             Method::GET | Method::HEAD => bindings::list(app, &caller),
             Method::POST => bindings::create(app, &caller, None, req).await,
-            _ => Err(not_allowed(method, "GET, HEAD, POST")),
+            _ => Err(dispatch_mismatch()),
         },
         ["bindings", name] => bindings::one(app, &caller, name, req).await,
         ["bindings", a, b] => {
@@ -234,7 +251,6 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
             bindings::one(app, &caller, &name, req).await
         }
         ["quota"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             let name = caller.key_name().ok_or(crate::auth::AuthError::Required)?;
             let report = app.pools.quota_report(name);
             json(
@@ -252,44 +268,32 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
                 binders::create(app, &caller, binding).await
             }
             Method::GET | Method::HEAD => binders::list(app, &caller, binding),
-            _ => Err(not_allowed(method, "GET, HEAD, POST")),
+            _ => Err(dispatch_mismatch()),
         },
         ["binders", binding, id] => match method {
             Method::GET | Method::HEAD => binders::get(app, binding, id),
             Method::DELETE => binders::delete(app, &caller, binding, id),
-            _ => Err(not_allowed(method, "GET, HEAD, DELETE")),
+            _ => Err(dispatch_mismatch()),
         },
         ["binders", binding, id, "actions", "pause"] => {
-            allow(&method, &[Method::POST], "POST")?;
             binders::pause(app, &caller, binding, id, req).await
         }
         ["binders", binding, id, "logs"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             let query = req.uri().query().unwrap_or("").to_owned();
             binders::logs(app, &caller, binding, id, &query).await
         }
-        ["binders", binding, id, "events"] => {
-            allow(&method, &[Method::GET], "GET")?;
-            binders::events(app, binding, id)
-        }
-        ["pools"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            binders::pools(app, &caller)
-        }
+        ["binders", binding, id, "events"] => binders::events(app, binding, id),
+        ["pools"] => binders::pools(app, &caller),
         ["pools", binding] => match method {
             Method::GET | Method::HEAD => binders::pool(app, &caller, binding),
             Method::POST | Method::PUT => binders::resize(app, &caller, binding, req).await,
-            _ => Err(not_allowed(method, "GET, HEAD, POST, PUT")),
+            _ => Err(dispatch_mismatch()),
         },
         ["api", "spawn"] => {
-            allow(&method, &[Method::POST], "POST")?;
             admit_spawn(app, &caller, &req, peer)?;
             tmpnb::spawn(app, &caller, req).await
         }
-        ["api", "stats"] => {
-            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            tmpnb::stats(app, &caller)
-        }
+        ["api", "stats"] => tmpnb::stats(app, &caller),
         _ => Err(ApiError::NotFound(format!(
             "no route for {}",
             crate::binding::printable(&path)
@@ -345,16 +349,9 @@ fn admit_spawn(
     })
 }
 
-fn allow(method: &Method, allowed: &[Method], allow: &'static str) -> Result<()> {
-    if allowed.contains(method) {
-        Ok(())
-    } else {
-        Err(not_allowed(method.clone(), allow))
-    }
-}
-
-fn not_allowed(method: Method, allow: &'static str) -> ApiError {
-    ApiError::MethodNotAllowed { method, allow }
+/// `methods` admitted a method that the dispatch below it does not handle.
+fn dispatch_mismatch() -> ApiError {
+    ApiError::Internal("the route table and the dispatch disagree".into())
 }
 
 /// Parses a binding name from the path (400 when malformed).

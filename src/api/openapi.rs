@@ -74,37 +74,46 @@ fn list_bindings() {}
 #[utoipa::path(post, path = "/bindings", request_body = Binding, security(("api_key" = [])), responses((status = 201, body = Binding), Errors))]
 fn create_binding() {}
 
-#[utoipa::path(get, path = "/bindings/{name}", params(("name" = String, Path, description = "Binding name (case-insensitive)")), responses((status = 200, body = Binding), Errors))]
+#[utoipa::path(get, path = "/bindings/{name}", params(("name" = String, Path, description = "Binding name (case-insensitive)", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, body = Binding), Errors))]
 fn get_binding() {}
 
-#[utoipa::path(head, path = "/bindings/{name}", params(("name" = String, Path)), responses((status = 200, description = "Exists"), Errors))]
+#[utoipa::path(head, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, description = "Exists"), Errors))]
 fn head_binding() {}
 
-#[utoipa::path(post, path = "/bindings/{name}", params(("name" = String, Path)), request_body = Binding, security(("api_key" = [])), responses((status = 201, body = Binding), Errors))]
+#[utoipa::path(post, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = Binding, security(("api_key" = [])), responses((status = 201, body = Binding), Errors))]
 fn create_named_binding() {}
 
-#[utoipa::path(put, path = "/bindings/{name}", params(("name" = String, Path)), request_body = Binding, security(("api_key" = [])), responses((status = 200, description = "Replaced", body = Binding), (status = 201, description = "Created", body = Binding), Errors))]
+#[utoipa::path(put, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = Binding, security(("api_key" = [])), responses((status = 200, description = "Replaced", body = Binding), (status = 201, description = "Created", body = Binding), Errors))]
 fn put_binding() {}
 
-#[utoipa::path(delete, path = "/bindings/{name}", params(("name" = String, Path), ("force" = Option<bool>, Query, description = "Stop assigned binders too")), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
+#[utoipa::path(delete, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("force" = Option<bool>, Query, description = "Stop assigned binders too")), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
 fn delete_binding() {}
 
-#[utoipa::path(get, path = "/bindings/{a}/{b}", params(("a" = String, Path), ("b" = String, Path)), responses((status = 200, description = "The binding named {a}-{b}", body = Binding), Errors))]
+#[utoipa::path(get, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$")), responses((status = 200, description = "The binding named {a}-{b}", body = Binding), Errors))]
 fn get_two_part_binding() {}
 
-#[utoipa::path(post, path = "/bindings/{a}/{b}", params(("a" = String, Path), ("b" = String, Path)), request_body = Binding, security(("api_key" = [])), responses((status = 201, description = "Creates {a}-{b}", body = Binding), Errors))]
+#[utoipa::path(post, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$")), request_body = Binding, security(("api_key" = [])), responses((status = 201, description = "Creates {a}-{b}", body = Binding), Errors))]
 fn create_two_part_binding() {}
 
-#[utoipa::path(post, path = "/binders/{binding}", params(("binding" = String, Path)), responses((status = 201, description = "A warm binder", body = BinderView), (status = 202, description = "Starting one", body = BinderView), Errors))]
+#[utoipa::path(head, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$")), responses((status = 200, description = "Exists"), Errors))]
+fn head_two_part_binding() {}
+
+#[utoipa::path(put, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$")), request_body = Binding, security(("api_key" = [])), responses((status = 200, description = "Replaced", body = Binding), (status = 201, description = "Created", body = Binding), Errors))]
+fn put_two_part_binding() {}
+
+#[utoipa::path(delete, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$"), ("force" = Option<bool>, Query)), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
+fn delete_two_part_binding() {}
+
+#[utoipa::path(post, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 201, description = "A warm binder", body = BinderView), (status = 202, description = "Starting one", body = BinderView), Errors))]
 fn spawn() {}
 
-#[utoipa::path(get, path = "/binders/{binding}", params(("binding" = String, Path)), security(("api_key" = [])), responses((status = 200, description = "The binders this key may see", body = Vec<BinderView>), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), security(("api_key" = [])), responses((status = 200, description = "The binders this key may see", body = Vec<BinderView>), Errors))]
 fn list_binders() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}", params(("binding" = String, Path), ("id" = String, Path)), responses((status = 200, body = BinderView), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, body = BinderView), Errors))]
 fn get_binder() {}
 
-#[utoipa::path(delete, path = "/binders/{binding}/{id}", params(("binding" = String, Path), ("id" = String, Path)), security(("api_key" = [])), responses((status = 202, body = Stopping), Errors))]
+#[utoipa::path(delete, path = "/binders/{binding}/{id}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), security(("api_key" = [])), responses((status = 202, body = Stopping), Errors))]
 fn delete_binder() {}
 
 #[derive(utoipa::ToSchema)]
@@ -112,19 +121,19 @@ struct PauseRequest {
     paused: bool,
 }
 
-#[utoipa::path(post, path = "/binders/{binding}/{id}/actions/pause", params(("binding" = String, Path), ("id" = String, Path)), request_body = PauseRequest, security(("api_key" = [])), responses((status = 200, body = BinderView), Errors))]
+#[utoipa::path(post, path = "/binders/{binding}/{id}/actions/pause", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), request_body = PauseRequest, security(("api_key" = [])), responses((status = 200, body = BinderView), Errors))]
 fn pause() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}/logs", params(("binding" = String, Path), ("id" = String, Path), ("tail" = Option<u32>, Query)), security(("api_key" = [])), responses((status = 200, description = "Recent output", content_type = "text/plain", body = String), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}/logs", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path), ("tail" = Option<u32>, Query)), security(("api_key" = [])), responses((status = 200, description = "Recent output", content_type = "text/plain", body = String), Errors))]
 fn logs() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = String), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = String), Errors))]
 fn events() {}
 
 #[utoipa::path(get, path = "/pools", responses((status = 200, body = Vec<PoolView>), Errors))]
 fn list_pools() {}
 
-#[utoipa::path(get, path = "/pools/{binding}", params(("binding" = String, Path)), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(get, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, body = PoolView), Errors))]
 fn get_pool() {}
 
 #[derive(utoipa::ToSchema)]
@@ -135,13 +144,13 @@ struct ResizeRequest {
     max_pool: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/pools/{binding}", params(("binding" = String, Path)), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(post, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
 fn resize_pool() {}
 
-#[utoipa::path(put, path = "/pools/{binding}", params(("binding" = String, Path)), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(put, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
 fn put_pool() {}
 
-#[utoipa::path(post, path = "/api/spawn", request_body(content = String, description = "Any body or none; `{\"binding\": \"name\"}` picks a binding", content_type = "text/plain"), responses((status = 200, body = Spawned), Errors))]
+#[utoipa::path(post, path = "/api/spawn", request_body(content = Option<String>, description = "Any body or none; `{\"binding\": \"name\"}` picks a binding", content_type = "text/plain"), responses((status = 200, body = Spawned), Errors))]
 fn tmpnb_spawn() {}
 
 #[utoipa::path(get, path = "/api/stats", responses((status = 200, body = Stats), Errors))]
@@ -160,6 +169,7 @@ fn proxy() {}
         root, healthcheck, configuration, openapi_json, quota,
         list_bindings, create_binding, get_binding, head_binding, create_named_binding,
         put_binding, delete_binding, get_two_part_binding, create_two_part_binding,
+        head_two_part_binding, put_two_part_binding, delete_two_part_binding,
         spawn, list_binders, get_binder, delete_binder, pause, logs, events,
         list_pools, get_pool, resize_pool, put_pool,
         tmpnb_spawn, tmpnb_stats, tmpnb_spawn_redirect, proxy,
