@@ -1,0 +1,520 @@
+//! Tenancy and hardening: who may do what (a matrix over the routes), quotas,
+//! rate limits, connection limits, hostile input, and secrets kept out of logs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use binderd::auth::{ApiKey, Role};
+use binderd::quota::QuotaSpec;
+use common::*;
+use http::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config(data: &DataDir) -> binderd::config::Config {
+    let mut config = test_config(data);
+    config
+        .api_keys
+        .push(ApiKey::new("carol", CAROL, Role::User));
+    config
+}
+
+#[tokio::test]
+async fn the_auth_matrix_holds_on_every_route() {
+    let data = DataDir::new("matrix");
+    let server = Server::start(config(&data)).await;
+    let http = Http::new();
+    let mut private = standin_binding("priv", 0, 4);
+    private["public"] = json!(false);
+    private["administrators"] = json!(["carol"]);
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &private)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        http.post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &standin_binding("pub", 0, 4)
+        )
+        .await
+        .status,
+        201
+    );
+    let who = [
+        ("anonymous", None),
+        ("alice", Some(ALICE)),
+        ("bob", Some(BOB)),
+        ("carol", Some(CAROL)),
+        ("admin", Some(ADMIN)),
+    ];
+    let check = |route: &str, method: Method, expected: [u16; 5]| {
+        let (http, url) = (&http, server.url(route));
+        let route = route.to_owned();
+        async move {
+            for ((name, key), want) in who.iter().zip(expected) {
+                let a = match method {
+                    Method::POST | Method::PUT if route.starts_with("/pools") => {
+                        http.send(
+                            method.clone(),
+                            &url,
+                            &key.map(|k| {
+                                vec![("authorization", k), ("content-type", "application/json")]
+                            })
+                            .unwrap_or_default(),
+                            r#"{"minPool": 0}"#,
+                        )
+                        .await
+                    }
+                    _ => http.call(method.clone(), &url, *key).await,
+                };
+                assert_eq!(a.status, want, "{method} {route} as {name}: {}", a.body);
+            }
+        }
+    };
+    //                                          anon alice bob carol admin
+    check("/bindings/priv", Method::GET, [404, 404, 404, 200, 200]).await;
+    check("/bindings/pub", Method::GET, [200, 200, 200, 200, 200]).await;
+    check("/pools/priv", Method::GET, [404, 404, 404, 200, 200]).await;
+    check("/pools/priv", Method::POST, [401, 404, 404, 200, 200]).await;
+    check("/pools/pub", Method::PUT, [401, 403, 403, 403, 200]).await;
+    check("/quota", Method::GET, [401, 200, 200, 200, 200]).await;
+    check("/binders/priv", Method::GET, [401, 404, 404, 200, 200]).await;
+    check("/bindings/priv", Method::DELETE, [401, 404, 404, 403, 202]).await;
+
+    // Binders: the spawner owns it; anyone with the id may read it.
+    let spawned = http
+        .call(Method::POST, &server.url("/binders/pub"), Some(ALICE))
+        .await;
+    assert_eq!(spawned.status, 202, "{}", spawned.body);
+    let id = spawned.json()["id"].as_str().unwrap().to_owned();
+    check(
+        &format!("/binders/pub/{id}"),
+        Method::GET,
+        [200, 200, 200, 200, 200],
+    )
+    .await;
+    check(
+        &format!("/binders/pub/{id}/logs"),
+        Method::GET,
+        [401, 200, 403, 403, 200],
+    )
+    .await;
+    let listed = |key| {
+        let (http, url) = (&http, server.url("/binders/pub"));
+        async move {
+            http.call(Method::GET, &url, Some(key))
+                .await
+                .json()
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(listed(ALICE).await, 1);
+    assert_eq!(listed(BOB).await, 0);
+    assert_eq!(listed(ADMIN).await, 1);
+    check(
+        &format!("/binders/pub/{id}"),
+        Method::DELETE,
+        [401, 202, 403, 403, 202],
+    )
+    .await;
+
+    // A wrong key is 401 everywhere, public routes included.
+    for route in ["/healthcheck", "/bindings", "/pools", "/api/stats"] {
+        assert_error(
+            &http
+                .call(Method::GET, &server.url(route), Some("not-a-key"))
+                .await,
+            401,
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn quotas_limit_live_binders_and_memory_and_report_usage() {
+    let data = DataDir::new("quota");
+    let mut config = config(&data);
+    config.quotas = HashMap::from([(
+        "alice".to_string(),
+        QuotaSpec {
+            binders: Some(2),
+            memory: Some("100Mi".into()),
+            cpu: None,
+        },
+    )]);
+    let server = Server::start(config).await;
+    let http = Http::new();
+    let mut small = standin_binding("small", 0, 10);
+    small["resources"] = json!({"memory": "40Mi"});
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &small)
+            .await
+            .status,
+        201
+    );
+    let mut big = standin_binding("big", 0, 10);
+    big["resources"] = json!({"memory": "80Mi"});
+    assert_eq!(
+        http.post_json(&server.url("/bindings"), Some(ADMIN), &big)
+            .await
+            .status,
+        201
+    );
+
+    let spawn = |name: &'static str, key: &'static str| {
+        let (http, url) = (&http, server.url(&format!("/binders/{name}")));
+        async move { http.call(Method::POST, &url, Some(key)).await }
+    };
+    let first = spawn("small", ALICE).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let over_memory = spawn("big", ALICE).await;
+    assert_error(&over_memory, 403);
+    assert!(over_memory.body.contains("memory"), "{}", over_memory.body);
+    assert_eq!(spawn("small", ALICE).await.status, 202);
+    let over_count = spawn("small", ALICE).await;
+    assert_error(&over_count, 403);
+    assert!(
+        over_count.body.contains("live binders"),
+        "{}",
+        over_count.body
+    );
+    // Others are not limited by alice's quota.
+    assert_eq!(spawn("big", BOB).await.status, 202);
+
+    let q = http
+        .call(Method::GET, &server.url("/quota"), Some(ALICE))
+        .await
+        .json();
+    assert_eq!(q["spec"]["binders"], 2);
+    assert_eq!(q["usage"]["binders"], 2);
+    assert_eq!(q["usage"]["memory"], 80 << 20);
+
+    // Stopping one gives its share back.
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        http.call(
+            Method::DELETE,
+            &server.url(&format!("/binders/small/{id}")),
+            Some(ALICE)
+        )
+        .await
+        .status,
+        202
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http
+        .call(Method::GET, &server.url("/quota"), Some(ALICE))
+        .await
+        .json()["usage"]["binders"]
+        != 1
+    {
+        assert!(tokio::time::Instant::now() < deadline, "quota not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(spawn("small", ALICE).await.status, 202);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_spawns_are_rate_limited_per_client_with_retry_after() {
+    let data = DataDir::new("rate");
+    let mut config = config(&data);
+    config.rate_limit.anonymous_per_minute = 3;
+    config.rate_limit.anonymous_burst = 3;
+    config.rate_limit.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let server = Server::start(config).await;
+    let http = Http::new();
+    assert_eq!(
+        http.post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &standin_binding("rl", 0, 50)
+        )
+        .await
+        .status,
+        201
+    );
+    let spawn = |xff: &'static str| {
+        let (http, url) = (&http, server.url("/binders/rl"));
+        async move {
+            http.send(Method::POST, &url, &[("x-forwarded-for", xff)], "")
+                .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(spawn("203.0.113.1").await.status, 202);
+    }
+    let limited = spawn("203.0.113.1").await;
+    assert_error(&limited, 429);
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another client (behind the trusted proxy) has its own allowance.
+    assert_eq!(spawn("203.0.113.2").await.status, 202);
+    // Keys are not limited by the anonymous limit; health and stats never are.
+    assert_eq!(
+        http.call(Method::POST, &server.url("/binders/rl"), Some(ALICE))
+            .await
+            .status,
+        202
+    );
+    for _ in 0..20 {
+        assert_eq!(http.get(&server.url("/healthcheck")).await.status, 200);
+        assert_eq!(http.get(&server.url("/api/stats")).await.status, 200);
+    }
+    // The tmpnb route shares the same allowance.
+    let tmpnb = http
+        .send(
+            Method::POST,
+            &server.url("/api/spawn/"),
+            &[("x-forwarded-for", "203.0.113.1")],
+            "",
+        )
+        .await;
+    assert_error(&tmpnb, 429);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    let data = DataDir::new("limits");
+    let mut config = config(&data);
+    config.header_read_timeout = Duration::from_secs(1);
+    config.max_connections = 2;
+    let server = Server::start(config).await;
+
+    // Slow-loris: half a request line, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a slow client");
+    drop(slow);
+
+    // Two open connections use the cap; a third waits until one closes.
+    let mut a = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let ask = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n";
+    a.write_all(ask).await.unwrap();
+    let mut first = [0u8; 12];
+    a.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut b = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    b.write_all(ask).await.unwrap();
+    b.read_exact(&mut first).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    c.write_all(ask).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), c.read_exact(&mut first)).await;
+    assert!(
+        waited.is_err(),
+        "a third connection was served past the cap"
+    );
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    drop((b, c));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_input_gets_clear_errors_never_a_5xx() {
+    let data = DataDir::new("hostile");
+    let server = Server::start(config(&data)).await;
+    let http = Http::new();
+    let long = "a".repeat(10_000);
+    let odd_names = [
+        "..",
+        "a%2Fb",
+        "%2E%2E",
+        "a%00b",
+        "%C3%A9t%C3%A9",
+        "-x",
+        long.as_str(),
+        "a..b/../../etc",
+    ];
+    for name in odd_names {
+        for route in [
+            format!("/bindings/{name}"),
+            format!("/binders/{name}"),
+            format!("/pools/{name}"),
+        ] {
+            let a = http.get(&server.url(&route)).await;
+            assert!(
+                matches!(a.status, 400 | 401 | 404),
+                "{route}: {} {}",
+                a.status,
+                a.body
+            );
+            assert_error(&a, a.status);
+        }
+    }
+    let post = |body: &'static str, ct: &'static str| {
+        let (http, url) = (&http, server.url("/bindings"));
+        async move {
+            http.send(
+                Method::POST,
+                &url,
+                &[("authorization", ADMIN), ("content-type", ct)],
+                body,
+            )
+            .await
+        }
+    };
+    // Duplicate keys, wrong types, huge numbers, wrong content types.
+    assert_error(
+        &post(
+            r#"{"name":"d","name":"e","command":["x"]}"#,
+            "application/json",
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &post(r#"{"name":"d","command":"x"}"#, "application/json").await,
+        400,
+    );
+    assert_error(
+        &post(
+            r#"{"name":"d","command":["x"],"pool":{"max":18446744073709551616}}"#,
+            "application/json",
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &post(
+            r#"{"name":"d","command":["x"],"pool":{"max":4294967295}}"#,
+            "application/json",
+        )
+        .await,
+        400,
+    );
+    assert_error(&post(r#"[1,2,3]"#, "application/json").await, 400);
+    assert_error(
+        &post(
+            r#"{"name":"d","command":["x"]}"#,
+            "application/x-www-form-urlencoded",
+        )
+        .await,
+        415,
+    );
+    assert_error(&post("\u{0}\u{1}", "application/json").await, 400);
+    // Tokens of every wrong shape on /user/.
+    for token in [
+        "",
+        "x",
+        "..",
+        "%00",
+        &"A".repeat(32),
+        &"0".repeat(31),
+        &"0".repeat(33),
+        &"g".repeat(32),
+        &"0".repeat(5000),
+    ] {
+        let a = http.get(&server.url(&format!("/user/{token}/api"))).await;
+        assert_eq!(a.status, 404, "{token}: {}", a.body);
+    }
+    // Methods binderd does not know.
+    let a = http
+        .call(
+            Method::from_bytes(b"BREW").unwrap(),
+            &server.url("/bindings"),
+            None,
+        )
+        .await;
+    assert_error(&a, 405);
+    assert_eq!(
+        http.get(&server.url("/healthcheck")).await.status,
+        200,
+        "still alive"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_spawns_is_answered_with_bounded_memory_and_no_key_in_the_log() {
+    let data = DataDir::new("flood");
+    let http = Http::new();
+    let p = Process::spawn(&data, &[], &[]);
+    let mut body = standin_binding("flood", 0, 1);
+    // Never answers: the one allowed container stays starting.
+    body["command"] = json!(["sleep", "600"]);
+    assert_eq!(
+        http.post_json(&p.url("/bindings"), Some(ADMIN), &body)
+            .await
+            .status,
+        201
+    );
+    // Warm up, then measure.
+    for _ in 0..200 {
+        http.call(Method::POST, &p.url("/binders/flood"), Some(ALICE))
+            .await;
+    }
+    let before = rss_kib(p.child.id());
+    let mut tasks = Vec::new();
+    for worker in 0..64 {
+        let url = p.url("/binders/flood");
+        tasks.push(tokio::spawn(async move {
+            let http = Http::new();
+            let mut counts: HashMap<u16, usize> = HashMap::new();
+            for i in 0..(10_000 / 64 + 1) {
+                // Half anonymous (rate limited), half with a key (full pool).
+                let key = (i + worker) % 2 == 0;
+                let a = http.call(Method::POST, &url, key.then_some(ALICE)).await;
+                *counts.entry(a.status).or_default() += 1;
+            }
+            counts
+        }));
+    }
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *counts.entry(k).or_default() += v;
+        }
+    }
+    let after = rss_kib(p.child.id());
+    let total: usize = counts.values().sum();
+    assert!(total >= 10_000, "{counts:?}");
+    for status in counts.keys() {
+        assert!(
+            matches!(status, 429 | 503),
+            "unexpected {status}: {counts:?}"
+        );
+    }
+    assert!(
+        counts.get(&429).is_some() && counts.get(&503).is_some(),
+        "{counts:?}"
+    );
+    assert!(
+        after < before + 32 * 1024,
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(http.get(&p.url("/healthcheck")).await.status, 200);
+    drop(p);
+    // Keys never reach the log.
+    let logs: String = std::fs::read_dir(&data.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("listening on"), "no log read");
+    assert!(
+        !logs.contains(ADMIN) && !logs.contains(ALICE),
+        "a key is in the log"
+    );
+}
