@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// instead of publishing ports on 127.0.0.1.
     #[arg(long, env = "BINDERD_DOCKER_NETWORK")]
     pub docker_network: Option<String>,
+    /// Kubernetes backend: the namespace for pods.
+    #[arg(long, env = "BINDERD_KUBERNETES_NAMESPACE")]
+    pub kubernetes_namespace: Option<String>,
     /// Stop every container on shutdown instead of keeping them for adoption.
     #[arg(long, env = "BINDERD_CLEANUP_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
     pub cleanup_on_exit: Option<bool>,
@@ -133,6 +136,18 @@ impl RateLimitConfig {
     }
 }
 
+/// `[kubernetes]`: where the kubernetes backend puts pods.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Default: the namespace of the kubeconfig context, or binderd's own
+    /// namespace in a cluster.
+    pub namespace: Option<String>,
+    /// Merged over every pod's spec: `nodeSelector`, `tolerations`,
+    /// `imagePullSecrets`, `runtimeClassName`, ... (Kubernetes spelling).
+    pub pod_template: Option<toml::Table>,
+}
+
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
@@ -166,6 +181,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     header_read_timeout_seconds: Option<u64>,
     rate_limit: Option<RateLimitConfig>,
+    kubernetes: Option<KubernetesConfig>,
     #[serde(default)]
     api_keys: Vec<FileKey>,
     #[serde(default)]
@@ -202,6 +218,7 @@ pub struct Config {
     pub max_connections: usize,
     /// A client must send its request headers within this (slow-loris).
     pub header_read_timeout: Duration,
+    pub kubernetes: KubernetesConfig,
     /// Bindings declared in files; they exist at every start.
     pub bindings: Vec<Binding>,
 }
@@ -229,6 +246,7 @@ impl Config {
             rate_limit: RateLimitConfig::default(),
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            kubernetes: KubernetesConfig::default(),
             bindings: Vec::new(),
         }
     }
@@ -327,6 +345,12 @@ impl Config {
         }
         if let Some(r) = file.rate_limit {
             cfg.rate_limit = r;
+        }
+        if let Some(k) = file.kubernetes {
+            cfg.kubernetes = k;
+        }
+        if let Some(ns) = args.kubernetes_namespace {
+            cfg.kubernetes.namespace = Some(ns);
         }
         for k in &file.api_keys {
             if let Some(q) = &k.quota {

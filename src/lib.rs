@@ -49,8 +49,6 @@ pub enum Error {
     Backend(#[from] BackendError),
     #[error("adopting containers: {0}")]
     Adopt(#[from] PoolError),
-    #[error("the {0} backend is not available in this build yet")]
-    Unsupported(&'static str),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error("config: {0}")]
@@ -61,7 +59,7 @@ impl Error {
     /// sysexits: 69 (unavailable) when the backend cannot be reached, 70 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Backend(BackendError::Unavailable(_)) | Error::Unsupported(_) => 69,
+            Error::Backend(BackendError::Unavailable(_)) => 69,
             Error::Adopt(PoolError::Backend(BackendError::Unavailable(_))) => 69,
             _ => 70,
         }
@@ -79,8 +77,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let local_addr = listener.local_addr()?;
-    let (store, loaded) = Store::open(&config.data_dir)?;
     let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let backend: Arc<dyn Backend> = match config.backend {
         BackendKind::Process => Arc::new(backend::process::ProcessBackend::new(
@@ -95,8 +91,37 @@ pub async fn run(
             )
             .await?,
         ),
-        other => return Err(Error::Unsupported(other.as_str())),
+        BackendKind::Kubernetes => {
+            let template = config
+                .kubernetes
+                .pod_template
+                .as_ref()
+                .map(|t| serde_json::to_value(t).unwrap_or_default());
+            Arc::new(
+                backend::kubernetes::KubernetesBackend::connect(
+                    &config.data_dir,
+                    config.kubernetes.namespace.clone(),
+                    template,
+                    exits_tx,
+                )
+                .await?,
+            )
+        }
     };
+    run_with_backend(config, listener, shutdown, backend, exits_rx).await
+}
+
+/// [`run`] on a backend built by the caller (tests give the kubernetes
+/// backend a mock API server), with the receiver of its exit reports.
+pub async fn run_with_backend(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    backend: Arc<dyn Backend>,
+    exits_rx: tokio::sync::mpsc::UnboundedReceiver<backend::Exit>,
+) -> Result<(), Error> {
+    let local_addr = listener.local_addr()?;
+    let (store, loaded) = Store::open(&config.data_dir)?;
     let upstream = Arc::new(proxy::Upstream::new());
     let pools = Pools::new(
         backend,

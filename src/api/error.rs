@@ -10,6 +10,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::auth::AuthError;
+use crate::backend::BackendError;
 use crate::binding::InvalidBinding;
 use crate::pool::PoolError;
 use crate::proxy::{Body, ProxyError};
@@ -162,6 +163,7 @@ impl From<PoolError> for ApiError {
             PoolError::Invalid(e) => e.into(),
             PoolError::Quota(q) => ApiError::Forbidden(q.to_string()),
             PoolError::Store(e) => ApiError::Internal(e.to_string()),
+            PoolError::Backend(BackendError::Unsupported(m)) => ApiError::Conflict(m),
             PoolError::Backend(e) => ApiError::Unavailable {
                 message: e.to_string(),
                 retry_after: 5,

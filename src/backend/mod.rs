@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::binding::Binding;
 
 pub mod docker;
+pub mod kubernetes;
 pub mod process;
 
 /// Label keys (Docker/Kubernetes spelling; the process backend uses the
@@ -75,6 +76,9 @@ pub enum BackendError {
     Unavailable(String),
     #[error("backend I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// This backend cannot do that at all.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

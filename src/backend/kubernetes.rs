@@ -1,0 +1,692 @@
+//! The `kubernetes` backend (kube-rs): each binder is a pod in one namespace.
+//!
+//! - Pods carry the labels `binderd.owner` (the data dir's key),
+//!   `binderd.binding`, `binderd.binder`, `binderd.role` and `binderd.port`;
+//!   the handed-out state lives in binderd's store, as with Docker.
+//! - The pod runs the binding's `image` (`command` as its `args`), `env`,
+//!   `resources` as both requests and limits, a restrictive security context
+//!   (no privilege escalation, all capabilities dropped, the runtime's seccomp
+//!   profile, no service-account token), `restartPolicy: Never` (a crashed
+//!   binder is replaced, not restarted in place).
+//! - Attached `services` are extra containers in the same pod: they share its
+//!   network (reachable on localhost, and by their name through `hostAliases`)
+//!   and its lifetime, so nothing else (Services, NetworkPolicies) has to be
+//!   created or cleaned up.
+//! - One watcher (kube-runtime) follows binderd's pods by label. `start` waits
+//!   for its pod on that stream, never by polling: Ready (plus the pool's own
+//!   HTTP check at pod IP:port) or a failure with the reason from the pod
+//!   status (ImagePullBackOff, CrashLoopBackOff, Evicted, Pending past the
+//!   start timeout). A pod that fails or is deleted behind binderd's back is
+//!   reported as an exit.
+//! - Pods cannot be stopped and kept, so pause is refused on this backend.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HostAlias, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::runtime::watcher;
+use tokio::sync::broadcast;
+
+use super::{
+    fill_template, Backend, BackendError, BackendKind, Discovered, Exit, ExitSink, Instance,
+    StartSpec, LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
+};
+
+const LABEL_ROLE: &str = "binderd.role";
+const LABEL_PORT: &str = "binderd.port";
+/// How long one API call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting reasons that mean the pod will not start by itself.
+const FATAL_WAITING: &[&str] = &[
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+pub struct KubernetesBackend {
+    pods: Api<Pod>,
+    owner: String,
+    /// Merged over every pod's spec (node selectors, tolerations, pull
+    /// secrets, runtime class, ...).
+    pod_template: Option<serde_json::Value>,
+    /// The watcher's view of our pods, by name.
+    seen: Arc<DashMap<String, Pod>>,
+    changes: broadcast::Sender<String>,
+    down: Arc<Mutex<Option<String>>>,
+    connected: Arc<AtomicBool>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("the Kubernetes API server is not answering: {e}"))
+}
+
+fn classify(e: kube::Error, what: &str) -> BackendError {
+    match e {
+        kube::Error::Api(status) if status.code < 500 => {
+            BackendError::Start(format!("{what}: {}", status.message))
+        }
+        other => unavailable(format!("{what}: {other}")),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
+async fn timed<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|e| classify(e, what)),
+        Err(_) => Err(unavailable(format!(
+            "{what}: no answer in {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// What a pod's status says about its start.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PodProgress {
+    Ready(IpAddr),
+    Waiting(String),
+    Failed(String),
+}
+
+pub(crate) fn progress(pod: &Pod) -> PodProgress {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodProgress::Failed("the pod is being deleted".into());
+    }
+    let Some(status) = &pod.status else {
+        return PodProgress::Waiting("no status yet".into());
+    };
+    match status.phase.as_deref() {
+        Some("Failed") | Some("Succeeded") => {
+            let reason = status
+                .reason
+                .clone()
+                .or_else(|| {
+                    status.container_statuses.iter().flatten().find_map(|c| {
+                        c.state.as_ref()?.terminated.as_ref().map(|t| {
+                            format!(
+                                "{} (exit code {})",
+                                t.reason.clone().unwrap_or_default(),
+                                t.exit_code
+                            )
+                        })
+                    })
+                })
+                .unwrap_or_else(|| "the pod stopped".into());
+            let message = status.message.clone().unwrap_or_default();
+            return PodProgress::Failed(format!("{reason} {message}").trim().to_owned());
+        }
+        _ => {}
+    }
+    for c in status.container_statuses.iter().flatten() {
+        if let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.clone().unwrap_or_default();
+            if FATAL_WAITING.contains(&reason.as_str()) {
+                let message = waiting.message.clone().unwrap_or_default();
+                return PodProgress::Failed(
+                    format!("{reason}: {message}")
+                        .trim_end_matches(": ")
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    match (
+        ready,
+        status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
+    ) {
+        (true, Some(ip)) => PodProgress::Ready(ip),
+        _ => {
+            let why = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.status == "False" && c.message.is_some())
+                .and_then(|c| c.message.clone())
+                .unwrap_or_else(|| status.phase.clone().unwrap_or_else(|| "Pending".into()));
+            PodProgress::Waiting(why)
+        }
+    }
+}
+
+/// Deep-merges `patch` into `base`: objects key by key, anything else replaced.
+fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+impl KubernetesBackend {
+    /// In-cluster config or kubeconfig (kube's defaults), then [`Self::new`].
+    pub async fn connect(
+        data_dir: &std::path::Path,
+        namespace: Option<String>,
+        pod_template: Option<serde_json::Value>,
+        exits: ExitSink,
+    ) -> Result<KubernetesBackend, BackendError> {
+        let client = kube::Client::try_default().await.map_err(unavailable)?;
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+        let backend = KubernetesBackend::new(
+            client,
+            &namespace,
+            super::owner_key(data_dir),
+            pod_template,
+            exits,
+        );
+        // One cheap call: a missing namespace or no permission is clear now.
+        timed(
+            "listing pods",
+            backend.pods.list(&ListParams::default().limit(1)),
+        )
+        .await?;
+        Ok(backend)
+    }
+
+    /// A backend on `client` (tests pass a mock), watching our pods.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        owner: String,
+        pod_template: Option<serde_json::Value>,
+        exits: ExitSink,
+    ) -> KubernetesBackend {
+        let (changes, _) = broadcast::channel(1024);
+        let backend = KubernetesBackend {
+            pods: Api::namespaced(client, namespace),
+            owner,
+            pod_template,
+            seen: Arc::new(DashMap::new()),
+            changes,
+            down: Arc::new(Mutex::new(None)),
+            connected: Arc::new(AtomicBool::new(true)),
+        };
+        backend.follow_pods(exits);
+        backend
+    }
+
+    fn selector(&self) -> String {
+        format!("{LABEL_OWNER}={}", self.owner)
+    }
+
+    /// The watcher: keeps `seen` current, wakes `start`s, reports exits.
+    fn follow_pods(&self, exits: ExitSink) {
+        let stream = watcher(
+            self.pods.clone(),
+            watcher::Config::default().labels(&self.selector()),
+        );
+        let (seen, changes, down, connected) = (
+            self.seen.clone(),
+            self.changes.clone(),
+            self.down.clone(),
+            self.connected.clone(),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let pod = match event {
+                    Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => pod,
+                    Ok(watcher::Event::Delete(pod)) => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        seen.remove(&name);
+                        report_exit(&exits, &pod);
+                        let _ = changes.send(name);
+                        continue;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        connected.store(false, Ordering::Release);
+                        if let Ok(mut d) = down.lock() {
+                            *d = Some(format!("the Kubernetes API server is not answering: {e}"));
+                        }
+                        tracing::warn!(error = %e, "pod watch failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                connected.store(true, Ordering::Release);
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                if matches!(progress(&pod), PodProgress::Failed(_)) {
+                    report_exit(&exits, &pod);
+                }
+                seen.insert(name.clone(), pod);
+                let _ = changes.send(name);
+                if exits.is_closed() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn pod_for(&self, spec: &StartSpec<'_>, name: &str) -> Result<Pod, BackendError> {
+        let binding = spec.binding;
+        let Some(image) = &binding.image else {
+            return Err(BackendError::Start(
+                "the kubernetes backend needs an 'image'".into(),
+            ));
+        };
+        let labels: BTreeMap<String, String> = BTreeMap::from([
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+            (LABEL_BINDING.to_owned(), binding.name.clone()),
+            (LABEL_BINDER.to_owned(), spec.binder_id.to_owned()),
+            (LABEL_ROLE.to_owned(), "notebook".to_owned()),
+            (LABEL_PORT.to_owned(), binding.port.to_string()),
+        ]);
+        let mut env: Vec<EnvVar> = binding
+            .env
+            .iter()
+            .map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: Some(v.clone()),
+                ..Default::default()
+            })
+            .collect();
+        for (k, v) in [
+            ("BINDERD_BINDER_ID", spec.binder_id.to_owned()),
+            ("BINDERD_BINDING", binding.name.clone()),
+            ("BINDERD_PORT", binding.port.to_string()),
+            ("BINDERD_BASE_URL", spec.base_url.to_owned()),
+        ] {
+            env.push(EnvVar {
+                name: k.into(),
+                value: Some(v),
+                ..Default::default()
+            });
+        }
+        let mut quantities = BTreeMap::new();
+        if let Some(memory) = &binding.resources.memory {
+            quantities.insert("memory".to_owned(), Quantity(memory.clone()));
+        }
+        if let Some(cpu) = &binding.resources.cpu {
+            quantities.insert("cpu".to_owned(), Quantity(cpu.clone()));
+        }
+        let resources = (!quantities.is_empty()).then(|| ResourceRequirements {
+            limits: Some(quantities.clone()),
+            requests: Some(quantities),
+            ..Default::default()
+        });
+        let security = SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let args: Vec<String> = binding
+            .command
+            .iter()
+            .map(|a| fill_template(a, binding.port, spec.base_url, spec.token))
+            .collect();
+        let mut containers = vec![Container {
+            name: "notebook".into(),
+            image: Some(image.clone()),
+            args: (!args.is_empty()).then_some(args),
+            env: Some(env),
+            ports: Some(vec![ContainerPort {
+                container_port: i32::from(binding.port),
+                name: Some("http".into()),
+                ..Default::default()
+            }]),
+            resources,
+            security_context: Some(security.clone()),
+            ..Default::default()
+        }];
+        for service in &binding.services {
+            let Some(image) = &service.image else {
+                return Err(BackendError::Start(format!(
+                    "service '{}' has no image",
+                    service.name
+                )));
+            };
+            containers.push(Container {
+                name: service.name.clone(),
+                image: Some(image.clone()),
+                args: (!service.command.is_empty()).then(|| service.command.clone()),
+                env: Some(
+                    service
+                        .env
+                        .iter()
+                        .map(|(k, v)| EnvVar {
+                            name: k.clone(),
+                            value: Some(v.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                security_context: Some(security.clone()),
+                ..Default::default()
+            });
+        }
+        let host_aliases = (!binding.services.is_empty()).then(|| {
+            vec![HostAlias {
+                ip: "127.0.0.1".into(),
+                hostnames: Some(binding.services.iter().map(|s| s.name.clone()).collect()),
+            }]
+        });
+        let mut pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers,
+                restart_policy: Some("Never".into()),
+                automount_service_account_token: Some(false),
+                enable_service_links: Some(false),
+                host_aliases,
+                security_context: Some(PodSecurityContext {
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        if let Some(template) = &self.pod_template {
+            let mut spec =
+                serde_json::to_value(&pod.spec).map_err(|e| BackendError::Start(e.to_string()))?;
+            merge(&mut spec, template);
+            pod.spec = serde_json::from_value(spec).map_err(|e| {
+                BackendError::Start(format!("the pod template does not fit a pod spec: {e}"))
+            })?;
+        }
+        Ok(pod)
+    }
+
+    /// Waits on the watch stream until the pod is ready or has failed.
+    async fn wait_ready(
+        &self,
+        name: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<SocketAddr, BackendError> {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no status yet");
+        loop {
+            if let Some(pod) = self.seen.get(name) {
+                match progress(&pod) {
+                    PodProgress::Ready(ip) => return Ok(SocketAddr::new(ip, port)),
+                    PodProgress::Failed(reason) => return Err(BackendError::Start(reason)),
+                    PodProgress::Waiting(why) => last = why,
+                }
+            }
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Err(_) => {
+                    return Err(BackendError::Start(format!(
+                        "Pending past the start timeout of {}s: {last}",
+                        timeout.as_secs()
+                    )))
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(unavailable("the pod watch ended"))
+                }
+                // A name, or "missed some": look again either way.
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+fn report_exit(exits: &ExitSink, pod: &Pod) {
+    let binder = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_BINDER))
+        .cloned();
+    if let (Some(binder_id), Some(handle)) = (binder, pod.metadata.name.clone()) {
+        let _ = exits.send(Exit { binder_id, handle });
+    }
+}
+
+#[async_trait]
+impl Backend for KubernetesBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Kubernetes
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        if self.connected.load(Ordering::Acquire) {
+            return None;
+        }
+        self.down.lock().ok().and_then(|d| d.clone())
+    }
+
+    async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {
+        let name = format!(
+            "binderd-{}-{}",
+            spec.binding.name,
+            &spec.binder_id[..spec.binder_id.len().min(12)]
+        );
+        let pod = self.pod_for(&spec, &name)?;
+        timed(
+            "creating the pod",
+            self.pods.create(&PostParams::default(), &pod),
+        )
+        .await?;
+        let timeout = Duration::from_secs(spec.binding.start_timeout_seconds);
+        match self.wait_ready(&name, spec.binding.port, timeout).await {
+            Ok(addr) => Ok(Instance { handle: name, addr }),
+            Err(e) => {
+                let _ = self.pods.delete(&name, &DeleteParams::default()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.pods.get_opt(&instance.handle)).await {
+            Ok(Ok(Some(pod))) => Ok(matches!(progress(&pod), PodProgress::Ready(_))),
+            Ok(Ok(None)) => Ok(false),
+            Ok(Err(e)) => Err(classify(e, "reading a pod")),
+            Err(_) => Err(unavailable("reading a pod: no answer")),
+        }
+    }
+
+    async fn stop(&self, _binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        if instance.handle.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.pods.delete(&instance.handle, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if is_not_found(&e) => Ok(()),
+            Ok(Err(e)) => Err(classify(e, "deleting a pod")),
+            Err(_) => Err(unavailable("deleting a pod: no answer")),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Discovered>, BackendError> {
+        let list = timed(
+            "listing pods",
+            self.pods
+                .list(&ListParams::default().labels(&self.selector())),
+        )
+        .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|pod| {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let port: u16 = labels.get(LABEL_PORT)?.parse().ok()?;
+                let ip = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                Some(Discovered {
+                    binder_id: labels.get(LABEL_BINDER)?.clone(),
+                    binding: labels.get(LABEL_BINDING)?.clone(),
+                    instance: Instance {
+                        handle: pod.metadata.name.clone()?,
+                        addr: SocketAddr::new(ip, port),
+                    },
+                })
+            })
+            .collect())
+    }
+
+    async fn adopt(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
+        // The watcher already follows every pod with our labels.
+        Ok(())
+    }
+
+    async fn pause(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(
+            "pods cannot be stopped and kept: pause is not available on the kubernetes backend"
+                .into(),
+        ))
+    }
+
+    async fn resume(
+        &self,
+        _spec: StartSpec<'_>,
+        _instance: &Instance,
+    ) -> Result<Instance, BackendError> {
+        Err(BackendError::Unsupported(
+            "pause is not available on the kubernetes backend".into(),
+        ))
+    }
+
+    async fn logs(
+        &self,
+        _binder_id: &str,
+        instance: &Instance,
+        tail: usize,
+    ) -> Result<String, BackendError> {
+        let params = LogParams {
+            container: Some("notebook".into()),
+            tail_lines: Some(tail as i64),
+            limit_bytes: Some(super::MAX_LOG_BYTES as i64),
+            ..Default::default()
+        };
+        let text = timed("reading logs", self.pods.logs(&instance.handle, &params)).await?;
+        Ok(super::tail_lines(&text, tail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+
+    fn pod(status: PodStatus) -> Pod {
+        Pod {
+            status: Some(status),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn progress_reads_ready_waiting_and_failure_reasons() {
+        let ready = pod(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("10.1.2.3".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert_eq!(
+            progress(&ready),
+            PodProgress::Ready("10.1.2.3".parse().unwrap())
+        );
+        let pulling = pod(PodStatus {
+            phase: Some("Pending".into()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "notebook".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("ImagePullBackOff".into()),
+                        message: Some("Back-off pulling image \"nope:1\"".into()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(
+            matches!(progress(&pulling), PodProgress::Failed(r) if r.contains("ImagePullBackOff") && r.contains("nope:1"))
+        );
+        let evicted = pod(PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some("Evicted".into()),
+            message: Some("The node was low on resource: memory.".into()),
+            ..Default::default()
+        });
+        assert!(matches!(progress(&evicted), PodProgress::Failed(r) if r.starts_with("Evicted")));
+        let pending = pod(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                message: Some("0/3 nodes are available".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert_eq!(
+            progress(&pending),
+            PodProgress::Waiting("0/3 nodes are available".into())
+        );
+    }
+
+    #[test]
+    fn templates_merge_objects_and_replace_the_rest() {
+        let mut base = serde_json::json!({"a": {"b": 1, "c": [1]}, "d": 2});
+        merge(
+            &mut base,
+            &serde_json::json!({"a": {"c": [9], "e": true}, "f": "x"}),
+        );
+        assert_eq!(
+            base,
+            serde_json::json!({"a": {"b": 1, "c": [9], "e": true}, "d": 2, "f": "x"})
+        );
+    }
+}
