@@ -179,10 +179,17 @@ impl DockerBackend {
                                 since = event.time.or(since);
                                 let Some(actor) = event.actor else { continue };
                                 let handle = actor.id.unwrap_or_default();
-                                let binder =
-                                    actor.attributes.and_then(|mut a| a.remove(LABEL_BINDER));
-                                if let Some(binder_id) = binder {
-                                    let _ = exits.send(super::Exit { binder_id, handle });
+                                let mut attrs = actor.attributes.unwrap_or_default();
+                                let reason = match attrs.get("exitCode") {
+                                    Some(code) => format!("the container exited (code {code})"),
+                                    None => "the container went away".into(),
+                                };
+                                if let Some(binder_id) = attrs.remove(LABEL_BINDER) {
+                                    let _ = exits.send(super::Exit {
+                                        binder_id,
+                                        handle,
+                                        reason,
+                                    });
                                 }
                             }
                             Err(e) => {

@@ -258,7 +258,7 @@ impl KubernetesBackend {
                     Ok(watcher::Event::Delete(pod)) => {
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         seen.remove(&name);
-                        report_exit(&exits, &pod);
+                        report_exit(&exits, &pod, "the pod was deleted".into());
                         let _ = changes.send(name);
                         continue;
                     }
@@ -275,8 +275,8 @@ impl KubernetesBackend {
                 };
                 connected.store(true, Ordering::Release);
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                if matches!(progress(&pod), PodProgress::Failed(_)) {
-                    report_exit(&exits, &pod);
+                if let PodProgress::Failed(reason) = progress(&pod) {
+                    report_exit(&exits, &pod, reason);
                 }
                 seen.insert(name.clone(), pod);
                 let _ = changes.send(name);
@@ -463,7 +463,7 @@ impl KubernetesBackend {
     }
 }
 
-fn report_exit(exits: &ExitSink, pod: &Pod) {
+fn report_exit(exits: &ExitSink, pod: &Pod, reason: String) {
     let binder = pod
         .metadata
         .labels
@@ -471,7 +471,11 @@ fn report_exit(exits: &ExitSink, pod: &Pod) {
         .and_then(|l| l.get(LABEL_BINDER))
         .cloned();
     if let (Some(binder_id), Some(handle)) = (binder, pod.metadata.name.clone()) {
-        let _ = exits.send(Exit { binder_id, handle });
+        let _ = exits.send(Exit {
+            binder_id,
+            handle,
+            reason,
+        });
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Discovered {
 pub struct Exit {
     pub binder_id: String,
     pub handle: String,
+    /// What the backend knows of why (shown as the binder's `reason`).
+    pub reason: String,
 }
 
 /// Where backends report [`Exit`]s. The pool takes such binders out of service.

@@ -249,6 +249,7 @@ impl ProcessBackend {
             let _ = exits.send(super::Exit {
                 binder_id,
                 handle: pid_key.to_string(),
+                reason: "the process exited".into(),
             });
         });
         Ok(Instance {
@@ -380,6 +381,7 @@ impl Backend for ProcessBackend {
             let _ = exits.send(super::Exit {
                 binder_id,
                 handle: pid.as_raw().to_string(),
+                reason: "the process exited".into(),
             });
         });
         Ok(())

@@ -680,8 +680,7 @@ impl Pools {
             if binder.state() == State::Paused || !current {
                 continue;
             }
-            self.fail(&pool, &binder, "the container exited".into())
-                .await;
+            self.fail(&pool, &binder, exit.reason).await;
         }
     }
 

@@ -121,6 +121,15 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A handle on a binderd started some other way (only its address).
+    pub fn external(addr: SocketAddr) -> Server {
+        Server {
+            addr,
+            stop: None,
+            task: None,
+        }
+    }
+
     /// Graceful stop; returns what `run` returned.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
