@@ -409,6 +409,15 @@ fn assert_clean(fake: &FakeApi) {
         v.is_empty(),
         "requests the API server would not expect: {v:?}"
     );
+    let prefix = format!("/api/v1/namespaces/{NS}/pods");
+    for r in fake.requests.lock().unwrap().iter() {
+        assert!(
+            r.path.starts_with(&prefix),
+            "{} {} left the namespace",
+            r.method,
+            r.path
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
