@@ -1,0 +1,93 @@
+//! Shared by the benches: a backend whose "containers" cost nothing, so that
+//! binderd's own handout path can be measured at sustained rates. Every
+//! instance is the same stand-in server; each binder still has its own token
+//! and goes through start, readiness check, handout and the store like any
+//! other. BENCHMARKS.md says where this backend is used.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use binderd::backend::{Backend, BackendError, BackendKind, Discovered, Instance, StartSpec};
+
+pub struct SharedServerBackend {
+    pub addr: SocketAddr,
+    next: AtomicU64,
+    /// What `list` reports (for the adoption-at-scale bench).
+    pub discovered: std::sync::Mutex<Vec<Discovered>>,
+}
+
+impl SharedServerBackend {
+    pub fn new(addr: SocketAddr) -> SharedServerBackend {
+        SharedServerBackend {
+            addr,
+            next: AtomicU64::new(1),
+            discovered: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for SharedServerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Process
+    }
+    async fn start(&self, _spec: StartSpec<'_>) -> Result<Instance, BackendError> {
+        Ok(Instance {
+            handle: self.next.fetch_add(1, Ordering::Relaxed).to_string(),
+            addr: self.addr,
+        })
+    }
+    async fn is_running(&self, _instance: &Instance) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    async fn stop(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn list(&self) -> Result<Vec<Discovered>, BackendError> {
+        Ok(self.discovered.lock().unwrap().clone())
+    }
+    async fn adopt(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn pause(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("bench backend".into()))
+    }
+    async fn resume(&self, _spec: StartSpec<'_>, _instance: &Instance) -> Result<Instance, BackendError> {
+        Err(BackendError::Unsupported("bench backend".into()))
+    }
+    async fn logs(&self, _binder_id: &str, _instance: &Instance, _tail: usize) -> Result<String, BackendError> {
+        Ok(String::new())
+    }
+}
+
+/// Starts the stand-in server (base `/`) on a free port; killed on drop.
+pub struct Standin(pub std::process::Child, pub SocketAddr);
+
+impl Standin {
+    pub fn start() -> Standin {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_binderd-standin"))
+            .args(["--port", &port.to_string(), "--base-url", "/"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Standin(child, addr)
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
