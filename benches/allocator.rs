@@ -19,7 +19,9 @@ const OPS_PER_THREAD: u64 = 10_000;
 
 fn binders(n: usize) -> Vec<Arc<Binder>> {
     let name = BindingName::parse("bench").unwrap();
-    (0..n).map(|_| Arc::new(Binder::new(name.clone(), State::Idle))).collect()
+    (0..n)
+        .map(|_| Arc::new(Binder::new(name.clone(), State::Idle)))
+        .collect()
 }
 
 /// Runs `op` OPS_PER_THREAD times on each of `threads` threads at once;
@@ -47,50 +49,63 @@ fn handout(c: &mut Criterion) {
     let mut group = c.benchmark_group("pop+push");
     for threads in [1usize, 2, 8] {
         group.throughput(Throughput::Elements(OPS_PER_THREAD * threads as u64));
-        group.bench_with_input(BenchmarkId::new("lock-free ReadyQueue", threads), &threads, |b, &threads| {
-            let counters = Counters::default();
-            let queue = ReadyQueue::default();
-            for binder in binders(1024) {
-                assert!(counters.try_reserve(u32::MAX));
-                counters.entered(State::Idle);
-                queue.push(binder);
-            }
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        contended(threads, || {
-                            let binder = queue.pop_transition(&counters, State::Assigned).unwrap();
-                            // Back to the pool, as if refilled.
-                            assert!(binder.transition(State::Assigned, State::Idle));
-                            counters.on_transition(State::Assigned, State::Idle);
-                            queue.push(binder);
+        group.bench_with_input(
+            BenchmarkId::new("lock-free ReadyQueue", threads),
+            &threads,
+            |b, &threads| {
+                let counters = Counters::default();
+                let queue = ReadyQueue::default();
+                for binder in binders(1024) {
+                    assert!(counters.try_reserve(u32::MAX));
+                    counters.entered(State::Idle);
+                    queue.push(binder);
+                }
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            contended(threads, || {
+                                let binder =
+                                    queue.pop_transition(&counters, State::Assigned).unwrap();
+                                // Back to the pool, as if refilled.
+                                assert!(binder.transition(State::Assigned, State::Idle));
+                                counters.on_transition(State::Assigned, State::Idle);
+                                queue.push(binder);
+                            })
                         })
-                    })
-                    .sum()
-            });
-        });
-        group.bench_with_input(BenchmarkId::new("Mutex<VecDeque> baseline", threads), &threads, |b, &threads| {
-            let queue = Mutex::new(binders(1024).into_iter().collect::<VecDeque<_>>());
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        contended(threads, || {
-                            let binder = queue.lock().unwrap().pop_front().unwrap();
-                            assert!(binder.transition(State::Idle, State::Assigned));
-                            assert!(binder.transition(State::Assigned, State::Idle));
-                            queue.lock().unwrap().push_back(binder);
+                        .sum()
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("Mutex<VecDeque> baseline", threads),
+            &threads,
+            |b, &threads| {
+                let queue = Mutex::new(binders(1024).into_iter().collect::<VecDeque<_>>());
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            contended(threads, || {
+                                let binder = queue.lock().unwrap().pop_front().unwrap();
+                                assert!(binder.transition(State::Idle, State::Assigned));
+                                assert!(binder.transition(State::Assigned, State::Idle));
+                                queue.lock().unwrap().push_back(binder);
+                            })
                         })
-                    })
-                    .sum()
-            });
-        });
+                        .sum()
+                });
+            },
+        );
     }
     group.finish();
 }
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 

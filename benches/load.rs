@@ -60,7 +60,14 @@ async fn send(s: &mut Sender, method: &str, path: &str, body: &str) -> (u16, Byt
 }
 
 /// `n` requests over `conns` connections; (req/s, sorted latencies).
-async fn load(addr: SocketAddr, method: &'static str, path: String, expect: u16, n: usize, conns: usize) -> (f64, Vec<Duration>) {
+async fn load(
+    addr: SocketAddr,
+    method: &'static str,
+    path: String,
+    expect: u16,
+    n: usize,
+    conns: usize,
+) -> (f64, Vec<Duration>) {
     let mut senders = Vec::new();
     for _ in 0..conns {
         senders.push(connect(addr).await);
@@ -74,7 +81,12 @@ async fn load(addr: SocketAddr, method: &'static str, path: String, expect: u16,
             let mut lat = Vec::with_capacity(share);
             for _ in 0..share {
                 let (status, body, d) = send(&mut s, method, &path, "").await;
-                assert_eq!(status, expect, "{method} {path}: {}", String::from_utf8_lossy(&body));
+                assert_eq!(
+                    status,
+                    expect,
+                    "{method} {path}: {}",
+                    String::from_utf8_lossy(&body)
+                );
                 lat.push(d);
             }
             lat
@@ -130,11 +142,23 @@ async fn start(config: Config, backend: Arc<dyn Backend>) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (_exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        binderd::run_with_backend(config, listener, async { let _ = stopped.await; }, backend, exits_rx)
-            .await
-            .unwrap();
+        binderd::run_with_backend(
+            config,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            backend,
+            exits_rx,
+        )
+        .await
+        .unwrap();
     });
-    Running { addr, stop: Some(stop), task }
+    Running {
+        addr,
+        stop: Some(stop),
+        task,
+    }
 }
 
 impl Running {
@@ -153,7 +177,10 @@ async fn wait_available(addr: SocketAddr, name: &str, n: u64) -> Duration {
         if v["available"].as_u64() == Some(n) {
             return t.elapsed();
         }
-        assert!(t.elapsed() < Duration::from_secs(300), "pool {name} did not fill: {v}");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "pool {name} did not fill: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -190,15 +217,35 @@ async fn main() {
     let n_pool = 24_000usize;
     create(server.addr, serde_json::json!({"name": "load", "command": ["unused"], "public": true, "pool": {"min": n_pool, "max": n_pool}})).await;
     let fill = wait_available(server.addr, "load", n_pool as u64).await;
-    println!("bench backend: pool of {n_pool} filled in {:.1}s", fill.as_secs_f64());
+    println!(
+        "bench backend: pool of {n_pool} filled in {:.1}s",
+        fill.as_secs_f64()
+    );
     let n = 15_000;
     let conns = 64;
     let (h_rps, h) = load(server.addr, "GET", "/healthcheck".into(), 200, n, conns).await;
     let (b_rps, b) = load(server.addr, "POST", "/binders/load".into(), 201, n, conns).await;
     println!("\n1. sustained, {conns} connections, {n} requests each");
-    println!("{:<26} {:>9} {:>9} {:>9} {:>9}", "", "req/s", "p50 µs", "p99 µs", "p999 µs");
-    println!("{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0}", "GET /healthcheck", h_rps, pct(&h, 0.5), pct(&h, 0.99), pct(&h, 0.999));
-    println!("{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0}", "POST /binders (warm)", b_rps, pct(&b, 0.5), pct(&b, 0.99), pct(&b, 0.999));
+    println!(
+        "{:<26} {:>9} {:>9} {:>9} {:>9}",
+        "", "req/s", "p50 µs", "p99 µs", "p999 µs"
+    );
+    println!(
+        "{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+        "GET /healthcheck",
+        h_rps,
+        pct(&h, 0.5),
+        pct(&h, 0.99),
+        pct(&h, 0.999)
+    );
+    println!(
+        "{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+        "POST /binders (warm)",
+        b_rps,
+        pct(&b, 0.5),
+        pct(&b, 0.99),
+        pct(&b, 0.999)
+    );
     println!(
         "ratio: throughput {:.2}x (target ≥ 0.70x), p99 {:.2}x (target ≤ 1.5x)",
         b_rps / h_rps,
@@ -224,7 +271,10 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    println!("\n2. loaded 10,000 more bindings in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "\n2. loaded 10,000 more bindings in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let (_, after) = load(server.addr, "POST", "/binders/load".into(), 201, 2_000, 1).await;
     println!(
         "warm handout, one connection: p50 {:.0} → {:.0} µs, p99 {:.0} → {:.0} µs ({:.2}x)",
@@ -234,12 +284,16 @@ async fn main() {
         pct(&after, 0.99),
         pct(&after, 0.99) / pct(&before, 0.99)
     );
-    csv.row("handout, 1 binding", &before);
-    csv.row("handout, 10,001 bindings", &after);
+    csv.row("handout (1 binding)", &before);
+    csv.row("handout (10001 bindings)", &after);
     let cpu0 = cpu_seconds();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_cpu = cpu_seconds() - cpu0;
-    println!("5b. 10,001 idle pools: {:.2}% of one core over 10 s ({:.3} CPU-seconds)", idle_cpu * 10.0, idle_cpu);
+    println!(
+        "5b. 10,001 idle pools: {:.2}% of one core over 10 s ({:.3} CPU-seconds)",
+        idle_cpu * 10.0,
+        idle_cpu
+    );
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -252,7 +306,15 @@ async fn main() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut cfg = config(&dir);
     cfg.cleanup_on_exit = true;
-    let task = tokio::spawn(binderd::run_with_backend(cfg, listener, async { let _ = stopped.await; }, backend, exits_rx));
+    let task = tokio::spawn(binderd::run_with_backend(
+        cfg,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        backend,
+        exits_rx,
+    ));
     let standin_cmd = env!("CARGO_BIN_EXE_binderd-standin");
     create(addr, serde_json::json!({"name": "class", "command": [standin_cmd, "--port", "{port}", "--base-url", "{base_url}"], "public": true, "pool": {"min": 100, "max": 100}})).await;
     wait_available(addr, "class", 100).await;
@@ -262,8 +324,17 @@ async fn main() {
     let (_, b) = load(addr, "POST", "/binders/class".into(), 201, 100, 100).await;
     let burst = t.elapsed();
     println!("\n3. burst: 100 concurrent requests, 100 connections, pool of 100 processes");
-    println!("healthcheck p50 {:.0} µs, max {:.0} µs", pct(&h, 0.5), pct(&h, 1.0));
-    println!("handout     p50 {:.0} µs, max {:.0} µs; all 100 handed out in {:.1} ms", pct(&b, 0.5), pct(&b, 1.0), burst.as_secs_f64() * 1e3);
+    println!(
+        "healthcheck p50 {:.0} µs, max {:.0} µs",
+        pct(&h, 0.5),
+        pct(&h, 1.0)
+    );
+    println!(
+        "handout     p50 {:.0} µs, max {:.0} µs; all 100 handed out in {:.1} ms",
+        pct(&b, 0.5),
+        pct(&b, 1.0),
+        burst.as_secs_f64() * 1e3
+    );
     csv.row("burst healthcheck (100 conns)", &h);
     csv.row("burst handout (100 conns)", &b);
     let _ = stop.send(());
@@ -283,7 +354,15 @@ async fn main() {
     let mut cfg = config(&dir);
     cfg.cleanup_on_exit = true;
     cfg.start_concurrency = concurrency;
-    let task = tokio::spawn(binderd::run_with_backend(cfg, listener, async { let _ = stopped.await; }, backend, exits_rx));
+    let task = tokio::spawn(binderd::run_with_backend(
+        cfg,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        backend,
+        exits_rx,
+    ));
     let direct1 = spawn_directly(standin_cmd, n, concurrency).await;
     let t = Instant::now();
     create(addr, serde_json::json!({"name": "refill", "command": [standin_cmd, "--port", "{port}", "--base-url", "{base_url}"], "pool": {"min": n, "max": n}})).await;
@@ -313,7 +392,10 @@ async fn main() {
         .map(|(id, handle)| binderd::backend::Discovered {
             binder_id: id.clone(),
             binding: "many".into(),
-            instance: binderd::backend::Instance { handle: handle.clone(), addr: standin.1 },
+            instance: binderd::backend::Instance {
+                handle: handle.clone(),
+                addr: standin.1,
+            },
         })
         .collect();
     let t = Instant::now();
@@ -343,7 +425,11 @@ async fn spawn_directly(cmd: &str, n: usize, concurrency: usize) -> Duration {
         let cmd = cmd.to_owned();
         tasks.push(tokio::spawn(async move {
             let _p = permits.acquire_owned().await.unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let child = tokio::process::Command::new(cmd)
                 .args(["--port", &port.to_string(), "--base-url", "/"])
                 .stdout(std::process::Stdio::null())
@@ -352,9 +438,14 @@ async fn spawn_directly(cmd: &str, n: usize, concurrency: usize) -> Duration {
                 .unwrap();
             loop {
                 if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                    let (mut s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await.unwrap();
+                    let (mut s, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                        .await
+                        .unwrap();
                     tokio::spawn(conn);
-                    let req = Request::get("/").header("host", "x").body(Full::new(Bytes::new())).unwrap();
+                    let req = Request::get("/")
+                        .header("host", "x")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
                     if s.send_request(req).await.is_ok() {
                         break;
                     }
@@ -376,12 +467,14 @@ async fn spawn_directly(cmd: &str, n: usize, concurrency: usize) -> Duration {
 fn recorded_binders(dir: &std::path::Path) -> Vec<(String, String)> {
     let conn = rusqlite::Connection::open(dir.join("binderd.sqlite3")).unwrap();
     let mut stmt = conn.prepare("SELECT id, instance FROM binders").unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))
-        .unwrap()
-        .filter_map(|r| {
-            let (id, inst) = r.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&inst?).ok()?;
-            Some((id, v["handle"].as_str()?.to_owned()))
-        })
-        .collect()
+    stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })
+    .unwrap()
+    .filter_map(|r| {
+        let (id, inst) = r.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&inst?).ok()?;
+        Some((id, v["handle"].as_str()?.to_owned()))
+    })
+    .collect()
 }

@@ -144,10 +144,27 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let loaded = load(&conn)?;
+        // Checkpoints copy the WAL back into the database. Done by the writer
+        // at commit time they stall every handout waiting on that commit for
+        // milliseconds, so the writer never does them; a thread of their own
+        // does, PASSIVE (it does not block the writer), every second.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Connection::open(data_dir.join("binderd.sqlite3"))?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("binderd-store".into())
             .spawn(move || writer(conn, rx))?;
+        let alive = tx.downgrade();
+        std::thread::Builder::new()
+            .name("binderd-checkpoint".into())
+            .spawn(move || {
+                while alive.upgrade().is_some() {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })?;
         Ok((Store { tx }, loaded))
     }
 

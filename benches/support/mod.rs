@@ -55,10 +55,19 @@ impl Backend for SharedServerBackend {
     async fn pause(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
         Err(BackendError::Unsupported("bench backend".into()))
     }
-    async fn resume(&self, _spec: StartSpec<'_>, _instance: &Instance) -> Result<Instance, BackendError> {
+    async fn resume(
+        &self,
+        _spec: StartSpec<'_>,
+        _instance: &Instance,
+    ) -> Result<Instance, BackendError> {
         Err(BackendError::Unsupported("bench backend".into()))
     }
-    async fn logs(&self, _binder_id: &str, _instance: &Instance, _tail: usize) -> Result<String, BackendError> {
+    async fn logs(
+        &self,
+        _binder_id: &str,
+        _instance: &Instance,
+        _tail: usize,
+    ) -> Result<String, BackendError> {
         Ok(String::new())
     }
 }
@@ -68,7 +77,11 @@ pub struct Standin(pub std::process::Child, pub SocketAddr);
 
 impl Standin {
     pub fn start() -> Standin {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_binderd-standin"))
             .args(["--port", &port.to_string(), "--base-url", "/"])
             .stdout(std::process::Stdio::null())
