@@ -19,8 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,9 +51,8 @@ pub struct DockerBackend {
     docker: Docker,
     owner: String,
     network: Option<String>,
-    /// Why the engine cannot be reached, while it cannot.
-    down: Arc<Mutex<Option<String>>>,
-    connected: Arc<AtomicBool>,
+    /// Whether the engine answers, as the event stream last saw it.
+    availability: Arc<super::Availability>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
@@ -119,8 +117,7 @@ impl DockerBackend {
             docker,
             owner: super::owner_key(data_dir),
             network,
-            down: Arc::new(Mutex::new(None)),
-            connected: Arc::new(AtomicBool::new(true)),
+            availability: Arc::default(),
         };
         backend.follow_events(exits);
         Ok(backend)
@@ -149,8 +146,7 @@ impl DockerBackend {
         let mut filters = self.label_filter(&[(LABEL_ROLE, ROLE_NOTEBOOK)]);
         filters.insert("type".into(), vec!["container".into()]);
         filters.insert("event".into(), vec!["die".into(), "destroy".into()]);
-        let down = self.down.clone();
-        let connected = self.connected.clone();
+        let availability = self.availability.clone();
         tokio::spawn(async move {
             let mut since: Option<i64> = None;
             while !exits.is_closed() {
@@ -164,15 +160,10 @@ impl DockerBackend {
                 // The first item or error tells whether the engine is there;
                 // ping to learn it without waiting for an event.
                 match docker.ping().await {
-                    Ok(_) => {
-                        connected.store(true, Ordering::Release);
-                        if let Ok(mut d) = down.lock() {
-                            *d = None;
-                        }
-                    }
+                    Ok(_) => availability.up(),
                     Err(e) => reason = e.to_string(),
                 }
-                if connected.load(Ordering::Acquire) {
+                if availability.is_up() {
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(event) => {
@@ -199,10 +190,7 @@ impl DockerBackend {
                         }
                     }
                 }
-                connected.store(false, Ordering::Release);
-                if let Ok(mut d) = down.lock() {
-                    *d = Some(format!("the Docker engine is not answering: {reason}"));
-                }
+                availability.down(format!("the Docker engine is not answering: {reason}"));
                 tracing::warn!(%reason, "lost the Docker engine's event stream; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -500,10 +488,7 @@ impl Backend for DockerBackend {
     }
 
     fn unavailable(&self) -> Option<String> {
-        if self.connected.load(Ordering::Acquire) {
-            return None;
-        }
-        self.down.lock().ok().and_then(|d| d.clone())
+        self.availability.reason()
     }
 
     async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {

@@ -22,8 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,8 +66,8 @@ pub struct KubernetesBackend {
     /// The watcher's view of our pods, by name.
     seen: Arc<DashMap<String, Pod>>,
     changes: broadcast::Sender<String>,
-    down: Arc<Mutex<Option<String>>>,
-    connected: Arc<AtomicBool>,
+    /// Whether the API server answers, as the watcher last saw it.
+    availability: Arc<super::Availability>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
@@ -227,8 +226,7 @@ impl KubernetesBackend {
             pod_template,
             seen: Arc::new(DashMap::new()),
             changes,
-            down: Arc::new(Mutex::new(None)),
-            connected: Arc::new(AtomicBool::new(true)),
+            availability: Arc::default(),
         };
         backend.follow_pods(exits);
         backend
@@ -244,11 +242,10 @@ impl KubernetesBackend {
             self.pods.clone(),
             watcher::Config::default().labels(&self.selector()),
         );
-        let (seen, changes, down, connected) = (
+        let (seen, changes, availability) = (
             self.seen.clone(),
             self.changes.clone(),
-            self.down.clone(),
-            self.connected.clone(),
+            self.availability.clone(),
         );
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
@@ -264,16 +261,14 @@ impl KubernetesBackend {
                     }
                     Ok(_) => continue,
                     Err(e) => {
-                        connected.store(false, Ordering::Release);
-                        if let Ok(mut d) = down.lock() {
-                            *d = Some(format!("the Kubernetes API server is not answering: {e}"));
-                        }
+                        availability
+                            .down(format!("the Kubernetes API server is not answering: {e}"));
                         tracing::warn!(error = %e, "pod watch failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
-                connected.store(true, Ordering::Release);
+                availability.up();
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 if let PodProgress::Failed(reason) = progress(&pod) {
                     report_exit(&exits, &pod, reason);
@@ -486,10 +481,7 @@ impl Backend for KubernetesBackend {
     }
 
     fn unavailable(&self) -> Option<String> {
-        if self.connected.load(Ordering::Acquire) {
-            return None;
-        }
-        self.down.lock().ok().and_then(|d| d.clone())
+        self.availability.reason()
     }
 
     async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {

@@ -170,6 +170,48 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<String, BackendError>;
 }
 
+/// Whether a backend's daemon or API server answers, as its watch stream
+/// last saw it: read on the handout path (one atomic load), so no I/O there.
+#[derive(Debug)]
+pub struct Availability {
+    up: std::sync::atomic::AtomicBool,
+    reason: std::sync::Mutex<Option<String>>,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Availability {
+            up: std::sync::atomic::AtomicBool::new(true),
+            reason: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Availability {
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn down(&self, reason: String) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = Some(reason);
+        }
+        self.up.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `Some(why)` while down.
+    pub fn reason(&self) -> Option<String> {
+        if self.is_up() {
+            return None;
+        }
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
 /// Most bytes of output the logs endpoint returns.
 pub const MAX_LOG_BYTES: usize = 1 << 20;
 
