@@ -34,10 +34,7 @@ async fn containers_are_labelled_limited_proxied_and_have_their_services() {
         "image": TEST_IMAGE,
         "command": ["--port", "5432", "--all-interfaces", "--base-url", "/db/"],
     }]);
-    let a = http
-        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(&http, &server.url(""), &body).await;
     wait_pool(&http, &server.url(""), "dock", 60, |p| p["available"] == 2).await;
 
     let a = http
@@ -153,14 +150,7 @@ async fn a_killed_pooled_container_is_replaced_and_never_handed_out() {
     let _cleanup = DockerCleanup(&data);
     let server = Server::start(docker_config(&data)).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &docker_binding("victims", 2, 4),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(&http, &server.url(""), &docker_binding("victims", 2, 4)).await;
     wait_pool(&http, &server.url(""), "victims", 60, |p| {
         p["available"] == 2
     })
@@ -222,10 +212,7 @@ async fn a_missing_image_is_an_error_status_naming_the_image() {
     let http = Http::new();
     let mut body = docker_binding("ghost", 1, 2);
     body["image"] = json!("binderd/no-such-image:404");
-    let a = http
-        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(&http, &server.url(""), &body).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let doc = loop {
         let d = http.get(&server.url("/bindings/ghost")).await.json();
@@ -261,14 +248,7 @@ async fn sigkill_then_restart_adopts_containers() {
     let _cleanup = DockerCleanup(&data);
     let http = Http::new();
     let mut p = Process::spawn(&data, &["--backend", "docker"], &[]);
-    let a = http
-        .post_json(
-            &p.url("/bindings"),
-            Some(ADMIN),
-            &docker_binding("adopt", 2, 6),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(&http, &p.url(""), &docker_binding("adopt", 2, 6)).await;
     wait_pool(&http, &p.url(""), "adopt", 60, |v| v["available"] == 2).await;
     let a = http
         .call(Method::POST, &p.url("/binders/adopt"), None)
@@ -375,14 +355,7 @@ async fn the_engine_going_away_gives_503s_and_binderd_recovers() {
     let host = format!("unix://{}", socket.display());
     let http = Http::new();
     let p = Process::spawn(&data, &["--backend", "docker"], &[("DOCKER_HOST", &host)]);
-    let a = http
-        .post_json(
-            &p.url("/bindings"),
-            Some(ADMIN),
-            &docker_binding("outage", 1, 4),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(&http, &p.url(""), &docker_binding("outage", 1, 4)).await;
     wait_pool(&http, &p.url(""), "outage", 60, |v| v["available"] == 1).await;
 
     relay.cut();
@@ -444,14 +417,7 @@ async fn a_configured_network_is_joined_and_used_by_container_ip() {
     config.docker_network = Some(net.clone());
     let server = Server::start(config).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &docker_binding("onnet", 1, 2),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(&http, &server.url(""), &docker_binding("onnet", 1, 2)).await;
     wait_pool(&http, &server.url(""), "onnet", 60, |p| p["available"] == 1).await;
     let a = http
         .call(Method::POST, &server.url("/binders/onnet"), None)
@@ -497,14 +463,7 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
     let _cleanup = DockerCleanup(&data);
     let server = Server::start(docker_config(&data)).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &docker_binding("dpause", 1, 2),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(&http, &server.url(""), &docker_binding("dpause", 1, 2)).await;
     wait_pool(&http, &server.url(""), "dpause", 60, |p| {
         p["available"] == 1
     })

@@ -80,14 +80,12 @@ async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     let data = DataDir::new("jupyter");
     let server = Server::start(test_config(&data)).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &jupyter_binding(&venv, "notebook", 2),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(
+        &http,
+        &server.url(""),
+        &jupyter_binding(&venv, "notebook", 2),
+    )
+    .await;
     wait_pool(&http, &server.url(""), "notebook", 90, |p| {
         p["available"] == 2
     })
@@ -164,10 +162,7 @@ async fn a_kernel_runs_code_in_a_docker_container() {
         "pool": {"min": 1, "max": 2},
         "start_timeout_seconds": 90,
     });
-    let a = http
-        .post_json(&server.url("/bindings"), Some(ADMIN), &binding)
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(&http, &server.url(""), &binding).await;
     wait_pool(&http, &server.url(""), "dockernb", 120, |p| {
         p["available"] == 1
     })

@@ -432,10 +432,7 @@ async fn pods_are_labelled_restricted_and_served_through_the_proxy() {
     body["resources"] = json!({"memory": "512Mi", "cpu": "500m"});
     body["services"] =
         json!([{"name": "db", "image": "postgres:16", "env": {"POSTGRES_PASSWORD": "x"}}]);
-    let a = http
-        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(&http, &server.url(""), &body).await;
     wait_pool(&http, &server.url(""), "kube", 20, |p| p["available"] == 2).await;
 
     let created = fake.recorded("POST");
@@ -518,14 +515,12 @@ async fn an_image_that_cannot_be_pulled_is_a_failed_start_with_its_reason() {
     let fake = FakeApi::new(owner_key(&data.0));
     let (server, stop) = binderd(&data, &fake, None).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &binding("ghost", "missing:1", 8888, 1),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(
+        &http,
+        &server.url(""),
+        &binding("ghost", "missing:1", 8888, 1),
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let doc = loop {
         let d = http.get(&server.url("/bindings/ghost")).await.json();
@@ -562,14 +557,12 @@ async fn a_pod_deleted_behind_binderds_back_is_replaced_and_never_handed_out() {
     let standin = Standin::start();
     let (server, stop) = binderd(&data, &fake, None).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &binding("gone", "stand-in:1", standin.1, 1),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(
+        &http,
+        &server.url(""),
+        &binding("gone", "stand-in:1", standin.1, 1),
+    )
+    .await;
     wait_pool(&http, &server.url(""), "gone", 20, |p| p["available"] == 1).await;
     let first = fake.pod_names();
     assert_eq!(first.len(), 1);
@@ -603,14 +596,12 @@ async fn after_a_restart_pods_are_adopted_and_deleting_the_binding_deletes_them(
     let standin = Standin::start();
     let (server, stop) = binderd(&data, &fake, None).await;
     let http = Http::new();
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &binding("kept", "stand-in:1", standin.1, 2),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(
+        &http,
+        &server.url(""),
+        &binding("kept", "stand-in:1", standin.1, 2),
+    )
+    .await;
     wait_pool(&http, &server.url(""), "kept", 20, |p| p["available"] == 2).await;
     let b = http
         .call(Method::POST, &server.url("/binders/kept"), None)

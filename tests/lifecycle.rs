@@ -17,32 +17,12 @@ async fn start(name: &str, cull_ms: u64) -> (DataDir, Server, Http) {
     (data, server, Http::new())
 }
 
-async fn until<F: std::future::Future<Output = bool>>(
-    secs: u64,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn idle_binders_are_culled_busy_ones_kept_and_the_pool_refills() {
     let (data, server, http) = start("cull", 100).await;
     let mut body = standin_binding("cull", 1, 4);
     body["cull"] = json!({"idle_seconds": 2, "max_age_seconds": 60});
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &body).await;
     wait_pool(&http, &server.url(""), "cull", 20, |p| p["available"] == 1).await;
     let idle = http
         .call(Method::POST, &server.url("/binders/cull"), Some(ALICE))
@@ -92,19 +72,14 @@ async fn old_binders_are_culled_even_when_busy() {
     let (data, server, http) = start("maxage", 100).await;
     let mut body = standin_binding("aged", 0, 2);
     body["cull"] = json!({"idle_seconds": 60, "max_age_seconds": 2});
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &body).await;
     let a = http
         .call(Method::POST, &server.url("/api/spawn/"), None)
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let url = a.json()["url"].as_str().unwrap().to_owned();
     let status_url = server.url(&format!("{url}api/status"));
-    until(10, "max age culling", || {
+    eventually(10, "max age culling", || {
         let (http, u) = (&http, &status_url);
         async move { http.get(u).await.status == 404 }
     })
@@ -116,16 +91,7 @@ async fn old_binders_are_culled_even_when_busy() {
 #[tokio::test]
 async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
     let (data, server, http) = start("pause", 1000).await;
-    assert_eq!(
-        http.post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &standin_binding("pz", 1, 3)
-        )
-        .await
-        .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &standin_binding("pz", 1, 3)).await;
     wait_pool(&http, &server.url(""), "pz", 20, |p| p["available"] == 1).await;
     let b = http
         .call(Method::POST, &server.url("/binders/pz"), Some(ALICE))
@@ -218,19 +184,14 @@ async fn logs_are_the_owners_and_bounded() {
     let (_data, server, http) = start("logs", 1000).await;
     let mut body = standin_binding("talk", 0, 2);
     body["command"] = json!(["sh", "-c", format!("for i in $(seq 1 50); do echo line $i; done; exec {} --port {{port}} --base-url {{base_url}}", standin())]);
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &body).await;
     let a = http
         .call(Method::POST, &server.url("/binders/talk"), Some(ALICE))
         .await;
     assert_eq!(a.status, 202);
     let id = a.json()["id"].as_str().unwrap().to_owned();
     let logs = server.url(&format!("/binders/talk/{id}/logs"));
-    until(10, "logs", || {
+    eventually(10, "logs", || {
         let (http, u) = (&http, &logs);
         async move {
             http.call(Method::GET, u, Some(ALICE))
@@ -277,12 +238,7 @@ async fn the_event_stream_goes_from_starting_to_ready() {
         "--delay-ms",
         "500"
     ]);
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &body)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &body).await;
     let a = http
         .call(Method::POST, &server.url("/binders/ev"), None)
         .await;
@@ -313,12 +269,7 @@ async fn the_event_stream_goes_from_starting_to_ready() {
     // A failing start ends with `failed` and its reason.
     let mut broken = standin_binding("evfail", 0, 1);
     broken["command"] = json!(["sh", "-c", "echo dying; exit 3"]);
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &broken)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &broken).await;
     let a = http
         .call(Method::POST, &server.url("/binders/evfail"), None)
         .await;

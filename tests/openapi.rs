@@ -78,14 +78,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let http = Http::new();
     // Something to find: a public binding (created by the admin; the fuzzer
     // only has a user key, which cannot create commands on this backend).
-    let a = http
-        .post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &standin_binding("fuzz", 1, 3),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(&http, &server.url(""), &standin_binding("fuzz", 1, 3)).await;
     let base = server.url("");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/api-check"))

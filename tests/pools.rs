@@ -12,10 +12,7 @@ use http::Method;
 use serde_json::json;
 
 async fn create(http: &Http, server: &Server, body: serde_json::Value) {
-    let a = http
-        .post_json(&server.url("/bindings"), Some(ADMIN), &body)
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(http, &server.url(""), &body).await;
 }
 
 #[tokio::test]

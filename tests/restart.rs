@@ -23,14 +23,7 @@ async fn sigkill_and_restart_lose_nothing_and_leak_nothing() {
     let data = DataDir::new("sigkill");
     let http = Http::new();
     let mut p = Process::spawn(&data, &[], &[]);
-    let a = http
-        .post_json(
-            &p.url("/bindings"),
-            Some(ADMIN),
-            &standin_binding("survivor", 3, 10),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
+    create_binding(&http, &p.url(""), &standin_binding("survivor", 3, 10)).await;
     wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
 
     // Hand two out, the second killed at once after its answer.
@@ -129,14 +122,7 @@ async fn sigterm_keeps_containers_for_the_next_start() {
     let data = DataDir::new("sigterm");
     let http = Http::new();
     let mut p = Process::spawn(&data, &[], &[]);
-    let a = http
-        .post_json(
-            &p.url("/bindings"),
-            Some(ADMIN),
-            &standin_binding("kept", 2, 4),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    create_binding(&http, &p.url(""), &standin_binding("kept", 2, 4)).await;
     wait_pool(&http, &p.url(""), "kept", 20, |v| v["available"] == 2).await;
     Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])

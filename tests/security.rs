@@ -29,22 +29,8 @@ async fn the_auth_matrix_holds_on_every_route() {
     let mut private = standin_binding("priv", 0, 4);
     private["public"] = json!(false);
     private["administrators"] = json!(["carol"]);
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &private)
-            .await
-            .status,
-        201
-    );
-    assert_eq!(
-        http.post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &standin_binding("pub", 0, 4)
-        )
-        .await
-        .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &private).await;
+    create_binding(&http, &server.url(""), &standin_binding("pub", 0, 4)).await;
     let who = [
         ("anonymous", None),
         ("alice", Some(ALICE)),
@@ -153,20 +139,10 @@ async fn quotas_limit_live_binders_and_memory_and_report_usage() {
     let http = Http::new();
     let mut small = standin_binding("small", 0, 10);
     small["resources"] = json!({"memory": "40Mi"});
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &small)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &small).await;
     let mut big = standin_binding("big", 0, 10);
     big["resources"] = json!({"memory": "80Mi"});
-    assert_eq!(
-        http.post_json(&server.url("/bindings"), Some(ADMIN), &big)
-            .await
-            .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &big).await;
 
     let spawn = |name: &'static str, key: &'static str| {
         let (http, url) = (&http, server.url(&format!("/binders/{name}")));
@@ -231,16 +207,7 @@ async fn anonymous_spawns_are_rate_limited_per_client_with_retry_after() {
     config.rate_limit.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     let server = Server::start(config).await;
     let http = Http::new();
-    assert_eq!(
-        http.post_json(
-            &server.url("/bindings"),
-            Some(ADMIN),
-            &standin_binding("rl", 0, 50)
-        )
-        .await
-        .status,
-        201
-    );
+    create_binding(&http, &server.url(""), &standin_binding("rl", 0, 50)).await;
     let spawn = |xff: &'static str| {
         let (http, url) = (&http, server.url("/binders/rl"));
         async move {

@@ -443,3 +443,28 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// `POST {base}/bindings` as the admin; asserts 201.
+pub async fn create_binding(http: &Http, base: &str, body: &Value) -> Answer {
+    let a = http
+        .post_json(&format!("{base}/bindings"), Some(ADMIN), body)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    a
+}
+
+/// Polls `check` until it holds, failing after `secs` with `what`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
