@@ -13,6 +13,8 @@
 //! - [`proxy`]: `/user/{token}/` forwarding and the readiness check.
 //! - [`store`]: SQLite persistence of bindings, pool sizes and binders.
 //! - [`auth`]: API keys, callers and the permission rules.
+//! - [`quota`], [`ratelimit`]: admission (per-key quotas, spawn rate limits).
+//! - [`metrics`]: Prometheus counters and gauges for `GET /metrics`.
 //! - [`binding`], [`binder`]: the two nouns, templates and containers.
 
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod backend;
 pub mod binder;
 pub mod binding;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod quota;
@@ -121,6 +124,7 @@ pub async fn run_with_backend(
     exits_rx: tokio::sync::mpsc::UnboundedReceiver<backend::Exit>,
 ) -> Result<(), Error> {
     let local_addr = listener.local_addr()?;
+    metrics::init();
     let (store, loaded) = Store::open(&config.data_dir)?;
     let upstream = Arc::new(proxy::Upstream::new());
     let pools = Pools::new(

@@ -577,3 +577,55 @@ async fn websocket_upgrades_pass_through_the_proxy() {
     drop(ws);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_handouts_and_show_each_pool() {
+    let data = DataDir::new("metrics");
+    let server = Server::start(test_config(&data)).await;
+    let http = Http::new();
+    create(&http, &server, standin_binding("metered", 2, 4)).await;
+    wait_pool(&http, &server.url(""), "metered", 20, |p| {
+        p["available"] == 2
+    })
+    .await;
+    let a = http
+        .call(Method::POST, &server.url("/binders/metered"), None)
+        .await;
+    assert_eq!(a.status, 201);
+    let location = a.json()["location"].as_str().unwrap().to_owned();
+    assert_eq!(
+        http.get(&server.url(&format!("{location}api/status")))
+            .await
+            .status,
+        200
+    );
+    let page = http.get(&server.url("/metrics")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let has = |needle: &str| page.body.lines().any(|l| l.starts_with(needle));
+    assert!(
+        has(r#"binderd_handouts_total{binding="metered",warm="true"}"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        has(r#"binderd_pool_max{binding="metered"} 4"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        has(r#"binderd_pool_running{binding="metered"}"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        has("binderd_starts_total{binding=\"metered\"}"),
+        "{}",
+        page.body
+    );
+    assert!(has("binderd_proxied_requests_total"), "{}", page.body);
+    server.stop().await;
+}

@@ -129,6 +129,8 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
         Ok(resp) => resp,
         Err(e) => e.into_response(html),
     };
+    ::metrics::counter!(crate::metrics::RESPONSES, "status" => resp.status().as_str().to_owned())
+        .increment(1);
     cors(app, resp.headers_mut());
     resp
 }
@@ -165,9 +167,13 @@ fn cors(app: &App, headers: &mut http::HeaderMap) {
 /// on `OPTIONS`. `None`: no such route.
 fn methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        [] | ["healthcheck"] | ["configuration"] | ["openapi.json"] | ["quota"] | ["pools"] => {
-            "GET, HEAD"
-        }
+        []
+        | ["healthcheck"]
+        | ["configuration"]
+        | ["openapi.json"]
+        | ["quota"]
+        | ["pools"]
+        | ["metrics"] => "GET, HEAD",
         ["api", "stats"] | ["spawn", ..] | ["binders", _, _, "logs"] => "GET, HEAD",
         ["bindings"] | ["binders", _] => "GET, HEAD, POST",
         ["bindings", _] | ["bindings", _, _] => "GET, HEAD, POST, PUT, DELETE",
@@ -234,6 +240,11 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
                 backend: app.pools.backend_kind().as_str(),
             },
         ),
+        ["metrics"] => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(full(crate::metrics::render(&app.pools)))
+            .map_err(|e| ApiError::Internal(e.to_string())),
         ["openapi.json"] => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")

@@ -65,6 +65,9 @@ fn configuration() {}
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document", body = Object), Errors))]
 fn openapi_json() {}
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text: handouts, starts, failed starts, culls, proxied requests, API answers by status, and each pool's counts", content_type = "text/plain", body = String), Errors))]
+fn metrics_page() {}
+
 #[utoipa::path(get, path = "/quota", security(("api_key" = [])), responses((status = 200, body = QuotaView), Errors))]
 fn quota() {}
 
@@ -166,7 +169,7 @@ fn proxy() {}
 #[openapi(
     info(title = "binderd", description = "Pools of pre-warmed notebook containers, handed out instantly and proxied. Trailing slashes are optional everywhere."),
     paths(
-        root, healthcheck, configuration, openapi_json, quota,
+        root, healthcheck, configuration, openapi_json, metrics_page, quota,
         list_bindings, create_binding, get_binding, head_binding, create_named_binding,
         put_binding, delete_binding, get_two_part_binding, create_two_part_binding,
         head_two_part_binding, put_two_part_binding, delete_two_part_binding,

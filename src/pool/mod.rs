@@ -492,6 +492,7 @@ impl Pools {
                 return Err(e.into());
             }
             self.watch_for_culling(&binder);
+            ::metrics::counter!(crate::metrics::HANDOUTS, "binding" => pool.name.to_string(), "warm" => "true").increment(1);
             return Ok(Handout::Ready(binder));
         }
         if let Some(reason) = self.shared.backend.unavailable() {
@@ -512,6 +513,7 @@ impl Pools {
                 return Err(e.into());
             }
             self.spawn_start(pool.clone(), binder.clone());
+            ::metrics::counter!(crate::metrics::HANDOUTS, "binding" => pool.name.to_string(), "warm" => "false").increment(1);
             return Ok(Handout::Starting(binder));
         }
         // At maxPool, but a pool binder may be on its way: it is the caller's.
@@ -641,6 +643,8 @@ impl Pools {
         if matches!(from, State::Starting | State::StartingClaimed) {
             tracing::warn!(binding = %pool.name, binder = %binder.id, %reason, "start failed");
             pool.start_failed(&reason);
+            ::metrics::counter!(crate::metrics::FAILED_STARTS, "binding" => pool.name.to_string())
+                .increment(1);
         } else {
             tracing::warn!(binding = %pool.name, binder = %binder.id, %reason, "binder lost");
         }

@@ -112,6 +112,8 @@ impl Pools {
             }
         }
         let base_url = binder.location();
+        ::metrics::counter!(crate::metrics::STARTS, "binding" => pool.name.to_string())
+            .increment(1);
         let started = self
             .shared
             .backend

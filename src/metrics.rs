@@ -1,0 +1,55 @@
+//! Prometheus metrics (`GET /metrics`), through the `metrics` facade and
+//! `metrics-exporter-prometheus`.
+//!
+//! Events are counted where they happen (handouts, starts, failed starts,
+//! culls, proxied requests, API answers by status); the pools' sizes are
+//! gauges set from [`crate::pool::Pools`] at scrape time, so nothing runs when
+//! nobody scrapes. The recorder is process-wide: one is installed the first
+//! time it is needed and shared by every binderd running in the process.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::pool::Pools;
+
+pub const HANDOUTS: &str = "binderd_handouts_total";
+pub const STARTS: &str = "binderd_starts_total";
+pub const FAILED_STARTS: &str = "binderd_failed_starts_total";
+pub const CULLED: &str = "binderd_culled_total";
+pub const PROXIED: &str = "binderd_proxied_requests_total";
+pub const RESPONSES: &str = "binderd_api_responses_total";
+
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap_or_else(|e| {
+                // Another recorder owns the process (an embedding program):
+                // serve an empty page rather than fail.
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                PrometheusBuilder::new().build_recorder().handle()
+            })
+    })
+}
+
+/// Installs the recorder (idempotent). Called at start so that counters
+/// recorded before the first scrape are kept.
+pub fn init() {
+    let _ = handle();
+}
+
+/// The Prometheus text page, with the pools' gauges brought up to date.
+pub fn render(pools: &Pools) -> String {
+    for pool in pools.list() {
+        let c = pool.counts();
+        let name = pool.name.to_string();
+        metrics::gauge!("binderd_pool_available", "binding" => name.clone()).set(c.available);
+        metrics::gauge!("binderd_pool_running", "binding" => name.clone()).set(c.running);
+        metrics::gauge!("binderd_pool_starting", "binding" => name.clone()).set(c.starting);
+        metrics::gauge!("binderd_pool_min", "binding" => name.clone()).set(c.min);
+        metrics::gauge!("binderd_pool_max", "binding" => name).set(c.max);
+    }
+    handle().render()
+}
