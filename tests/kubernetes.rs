@@ -111,11 +111,12 @@ impl FakeApi {
     }
 
     fn event(&self, kind: &str, pod: &Pod) {
+        // Numbered under the log's lock, so the log is always in rv order.
+        let mut log = self.log.lock().unwrap();
         let rv = self.rv.fetch_add(1, Ordering::SeqCst) + 1;
         let mut pod = pod.clone();
         pod.metadata.resource_version = Some(rv.to_string());
         let line = json!({"type": kind, "object": pod}).to_string() + "\n";
-        let mut log = self.log.lock().unwrap();
         log.push((rv, line.clone()));
         let _ = self.live.send((rv, line));
     }
@@ -228,16 +229,17 @@ impl FakeApi {
                     .find_map(|kv| kv.strip_prefix("resourceVersion="))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                let (replay, live) = {
+                let (replay, live, last) = {
                     let log = self.log.lock().unwrap();
                     let replay: Vec<String> = log
                         .iter()
                         .filter(|(rv, _)| *rv > since)
                         .map(|(_, l)| l.clone())
                         .collect();
-                    (replay, self.live.subscribe())
+                    // Everything up to here is replayed; later events come live.
+                    let last = log.last().map_or(0, |(rv, _)| *rv).max(since);
+                    (replay, self.live.subscribe(), last)
                 };
-                let last = since.max(self.rv.load(Ordering::SeqCst));
                 let stream = futures_util::stream::unfold(
                     (replay.into_iter(), live, last),
                     |(mut replay, mut live, last)| async move {
@@ -270,11 +272,14 @@ impl FakeApi {
                 if !selector_ok {
                     self.violation(format!("list without our label selector: {query}"));
                 }
+                // The version first: changes that land while the items are
+                // read are replayed to the watch that follows (harmless twice).
+                let rv = self.log.lock().unwrap().last().map_or(0, |(rv, _)| *rv);
                 let items: Vec<Pod> = self.pods.lock().unwrap().values().cloned().collect();
                 answer(
                     200,
                     json!({"kind": "PodList", "apiVersion": "v1",
-                    "metadata": {"resourceVersion": self.rv.load(Ordering::SeqCst).to_string()}, "items": items}),
+                    "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
                 )
             }
             ("GET", name) if !name.contains('/') => match self.pods.lock().unwrap().get(name) {
