@@ -34,6 +34,49 @@ fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Counts one API answer by status. The counter handles are registered once
+/// per status code, so the request path does no lookup or allocation.
+pub fn count_response(status: u16) {
+    static COUNTERS: OnceLock<Vec<OnceLock<metrics::Counter>>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| (0..600).map(|_| OnceLock::new()).collect());
+    if let Some(slot) = counters.get(usize::from(status)) {
+        slot.get_or_init(|| metrics::counter!(RESPONSES, "status" => status.to_string()))
+            .increment(1);
+    }
+}
+
+/// Counts one proxied request (handle registered once).
+pub fn count_proxied() {
+    static COUNTER: OnceLock<metrics::Counter> = OnceLock::new();
+    COUNTER
+        .get_or_init(|| metrics::counter!(PROXIED))
+        .increment(1);
+}
+
+/// A binding's counters, registered once when its pool is made.
+#[derive(Debug, Clone)]
+pub struct PoolCounters {
+    pub warm_handouts: metrics::Counter,
+    pub cold_handouts: metrics::Counter,
+    pub starts: metrics::Counter,
+    pub failed_starts: metrics::Counter,
+    pub culled: metrics::Counter,
+}
+
+impl PoolCounters {
+    pub fn new(binding: &str) -> PoolCounters {
+        init();
+        let b = binding.to_owned();
+        PoolCounters {
+            warm_handouts: metrics::counter!(HANDOUTS, "binding" => b.clone(), "warm" => "true"),
+            cold_handouts: metrics::counter!(HANDOUTS, "binding" => b.clone(), "warm" => "false"),
+            starts: metrics::counter!(STARTS, "binding" => b.clone()),
+            failed_starts: metrics::counter!(FAILED_STARTS, "binding" => b.clone()),
+            culled: metrics::counter!(CULLED, "binding" => b),
+        }
+    }
+}
+
 /// Installs the recorder (idempotent). Called at start so that counters
 /// recorded before the first scrape are kept.
 pub fn init() {

@@ -111,7 +111,7 @@ impl Upstream {
     ) -> Result<Response<Body>, ProxyError> {
         let binder = &entry.binder;
         binder.touch();
-        ::metrics::counter!(crate::metrics::PROXIED).increment(1);
+        crate::metrics::count_proxied();
         let Some(instance) = binder.instance() else {
             return Err(ProxyError::Unreachable("no container".into()));
         };

@@ -129,8 +129,7 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
         Ok(resp) => resp,
         Err(e) => e.into_response(html),
     };
-    ::metrics::counter!(crate::metrics::RESPONSES, "status" => resp.status().as_str().to_owned())
-        .increment(1);
+    crate::metrics::count_response(resp.status().as_u16());
     cors(app, resp.headers_mut());
     resp
 }

@@ -71,7 +71,7 @@ impl Pools {
                                 };
                                 tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
                                 binder.set_failure(reason);
-                                ::metrics::counter!(crate::metrics::CULLED, "binding" => pool.name.to_string()).increment(1);
+                                pool.metrics.culled.increment(1);
                                 self.stop(&pool, &binder);
                             }
                             Some(at) => heap.push(Reverse((at, id))),

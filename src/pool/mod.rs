@@ -106,11 +106,13 @@ pub struct Pool {
     last_error: Mutex<Option<String>>,
     /// Cancelled when the binding is deleted.
     retired: CancellationToken,
+    pub(crate) metrics: crate::metrics::PoolCounters,
 }
 
 impl Pool {
     fn new(record: BindingRecord) -> Pool {
         let size = record.binding.pool;
+        let metrics = crate::metrics::PoolCounters::new(record.name.as_str());
         Pool {
             name: record.name.clone(),
             record: ArcSwap::from_pointee(record),
@@ -122,6 +124,7 @@ impl Pool {
             failures: AtomicU32::new(0),
             last_error: Mutex::new(None),
             retired: CancellationToken::new(),
+            metrics,
         }
     }
 
@@ -492,7 +495,7 @@ impl Pools {
                 return Err(e.into());
             }
             self.watch_for_culling(&binder);
-            ::metrics::counter!(crate::metrics::HANDOUTS, "binding" => pool.name.to_string(), "warm" => "true").increment(1);
+            pool.metrics.warm_handouts.increment(1);
             return Ok(Handout::Ready(binder));
         }
         if let Some(reason) = self.shared.backend.unavailable() {
@@ -513,7 +516,7 @@ impl Pools {
                 return Err(e.into());
             }
             self.spawn_start(pool.clone(), binder.clone());
-            ::metrics::counter!(crate::metrics::HANDOUTS, "binding" => pool.name.to_string(), "warm" => "false").increment(1);
+            pool.metrics.cold_handouts.increment(1);
             return Ok(Handout::Starting(binder));
         }
         // At maxPool, but a pool binder may be on its way: it is the caller's.
@@ -643,8 +646,7 @@ impl Pools {
         if matches!(from, State::Starting | State::StartingClaimed) {
             tracing::warn!(binding = %pool.name, binder = %binder.id, %reason, "start failed");
             pool.start_failed(&reason);
-            ::metrics::counter!(crate::metrics::FAILED_STARTS, "binding" => pool.name.to_string())
-                .increment(1);
+            pool.metrics.failed_starts.increment(1);
         } else {
             tracing::warn!(binding = %pool.name, binder = %binder.id, %reason, "binder lost");
         }

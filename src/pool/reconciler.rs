@@ -112,8 +112,7 @@ impl Pools {
             }
         }
         let base_url = binder.location();
-        ::metrics::counter!(crate::metrics::STARTS, "binding" => pool.name.to_string())
-            .increment(1);
+        pool.metrics.starts.increment(1);
         let started = self
             .shared
             .backend
