@@ -91,13 +91,14 @@ async fn timed<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, BackendError> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(result) => result.map_err(|e| classify(e, what)),
-        Err(_) => Err(unavailable(format!(
-            "{what}: no answer in {}s",
-            CALL_TIMEOUT.as_secs()
-        ))),
-    }
+    super::with_deadline(
+        "the Kubernetes API server",
+        what,
+        CALL_TIMEOUT,
+        call,
+        classify,
+    )
+    .await
 }
 
 /// What a pod's status says about its start.

@@ -212,6 +212,25 @@ impl Availability {
     }
 }
 
+/// Runs one call to a backend's daemon or API server (`service`) with a
+/// deadline: its errors go through `classify`; a missed deadline means the
+/// service is not answering.
+pub(crate) async fn with_deadline<T, E>(
+    service: &str,
+    what: &str,
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    classify: impl FnOnce(E, &str) -> BackendError,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(|e| classify(e, what)),
+        Err(_) => Err(BackendError::Unavailable(format!(
+            "{service} is not answering: {what}: no answer in {}s",
+            limit.as_secs()
+        ))),
+    }
+}
+
 /// Most bytes of output the logs endpoint returns.
 pub const MAX_LOG_BYTES: usize = 1 << 20;
 
