@@ -115,8 +115,7 @@ impl Upstream {
         let Some(instance) = binder.instance() else {
             return Err(ProxyError::Unreachable("no container".into()));
         };
-        let record = entry.pool.record();
-        let path = if record.binding.strip_prefix {
+        let path = if entry.pool.current().binding.strip_prefix {
             rest.to_owned()
         } else {
             format!("/user/{}{rest}", binder.token)

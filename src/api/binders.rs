@@ -19,7 +19,7 @@ pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<
     let name = binding_name(raw)?;
     app.pools
         .get(&name)
-        .filter(|p| p.record().access().visible_to(caller))
+        .filter(|p| p.current().access().visible_to(caller))
         .ok_or_else(|| ApiError::NotFound(format!("binding '{name}' not found")))
 }
 
@@ -110,7 +110,7 @@ pub(super) fn pools(app: &App, caller: &Caller) -> Result<Response<Body>> {
         .pools
         .list()
         .iter()
-        .filter(|p| p.record().access().visible_to(caller))
+        .filter(|p| p.current().access().visible_to(caller))
         .map(|p| PoolView::of(p, true))
         .collect();
     json(StatusCode::OK, &docs)
@@ -141,7 +141,7 @@ pub(super) async fn resize(
         return Err(AuthError::Required.into());
     }
     let pool = visible_pool(app, caller, raw)?;
-    if !pool.record().access().administers(caller) {
+    if !pool.current().access().administers(caller) {
         return Err(ApiError::Forbidden(format!(
             "only an admin or an administrator of '{}' may resize its pool",
             pool.name

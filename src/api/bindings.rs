@@ -33,7 +33,7 @@ pub(super) fn list(app: &App, caller: &Caller) -> Result<Response<Body>> {
         .pools
         .list()
         .iter()
-        .filter(|p| p.record().access().visible_to(caller))
+        .filter(|p| p.current().access().visible_to(caller))
         .map(|p| render(p))
         .collect();
     json(StatusCode::OK, &docs)
@@ -85,7 +85,7 @@ pub(super) async fn one(
     let visible = app
         .pools
         .get(&name)
-        .filter(|p| p.record().access().visible_to(caller));
+        .filter(|p| p.current().access().visible_to(caller));
     match method {
         Method::GET | Method::HEAD => {
             let pool = visible.ok_or_else(not_found)?;
@@ -97,7 +97,7 @@ pub(super) async fn one(
                 return Err(crate::auth::AuthError::Required.into());
             }
             if let Some(pool) = &visible {
-                if !pool.record().access().owned_by(caller) {
+                if !pool.current().access().owned_by(caller) {
                     return Err(ApiError::Forbidden(format!(
                         "only the owner of binding '{name}' or an admin may replace it"
                     )));
@@ -126,7 +126,7 @@ pub(super) async fn one(
                 return Err(crate::auth::AuthError::Required.into());
             }
             let pool = visible.ok_or_else(not_found)?;
-            if !pool.record().access().owned_by(caller) {
+            if !pool.current().access().owned_by(caller) {
                 return Err(ApiError::Forbidden(format!(
                     "only the owner of binding '{name}' or an admin may delete it"
                 )));

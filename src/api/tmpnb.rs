@@ -30,7 +30,7 @@ fn default_pool(app: &App, caller: &Caller, named: Option<&str>) -> Result<Arc<P
         .pools
         .list()
         .into_iter()
-        .filter(|p| p.record().access().visible_to(caller))
+        .filter(|p| p.current().access().visible_to(caller))
         .collect();
     match visible.as_slice() {
         [only] => Ok(only.clone()),

@@ -104,15 +104,6 @@ impl ReadyQueue {
         }
         None
     }
-
-    /// Entries in the queue, stale ones included (for sizing, not decisions).
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -132,6 +132,12 @@ impl Pool {
         self.record.load_full()
     }
 
+    /// The record without taking a reference count (for the hot paths:
+    /// no shared counter bumped per request). Do not hold across an await.
+    pub fn current(&self) -> arc_swap::Guard<Arc<BindingRecord>> {
+        self.record.load()
+    }
+
     pub fn counts(&self) -> PoolCounts {
         let c = &self.counters;
         PoolCounts {
@@ -459,7 +465,7 @@ impl Pools {
         let charge =
             self.shared
                 .quotas
-                .try_charge(&owner, &pool.record().binding.resources, true)?;
+                .try_charge(&owner, &pool.current().binding.resources, true)?;
         let result = self.handout_charged(pool, owner, charge.clone()).await;
         if result.is_err() {
             if let Some(c) = charge {
