@@ -137,10 +137,26 @@ struct Running {
 }
 
 async fn start(config: Config, backend: Arc<dyn Backend>) -> Running {
+    let (_exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+    start_with(config, backend, exits_rx).await
+}
+
+/// binderd on the real process backend, cleaning up its processes on stop.
+async fn start_process(mut config: Config) -> Running {
+    let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backend = Arc::new(ProcessBackend::new(&config.data_dir, exits_tx).unwrap());
+    config.cleanup_on_exit = true;
+    start_with(config, backend, exits_rx).await
+}
+
+async fn start_with(
+    config: Config,
+    backend: Arc<dyn Backend>,
+    exits_rx: tokio::sync::mpsc::UnboundedReceiver<binderd::backend::Exit>,
+) -> Running {
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (_exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         binderd::run_with_backend(
             config,
@@ -299,22 +315,8 @@ async fn main() {
 
     // 3: burst from real processes.
     let dir = temp("burst");
-    let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-    let backend: Arc<dyn Backend> = Arc::new(ProcessBackend::new(&dir, exits_tx).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut cfg = config(&dir);
-    cfg.cleanup_on_exit = true;
-    let task = tokio::spawn(binderd::run_with_backend(
-        cfg,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        backend,
-        exits_rx,
-    ));
+    let server = start_process(config(&dir)).await;
+    let addr = server.addr;
     let standin_cmd = env!("CARGO_BIN_EXE_binderd-standin");
     create(addr, serde_json::json!({"name": "class", "command": [standin_cmd, "--port", "{port}", "--base-url", "{base_url}"], "public": true, "pool": {"min": 100, "max": 100}})).await;
     wait_available(addr, "class", 100).await;
@@ -337,8 +339,7 @@ async fn main() {
     );
     csv.row("burst healthcheck (100 conns)", &h);
     csv.row("burst handout (100 conns)", &b);
-    let _ = stop.send(());
-    let _ = task.await;
+    server.stop().await;
     ProcessBackend::kill_all(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -346,30 +347,16 @@ async fn main() {
     let n = 50;
     let concurrency = 8;
     let dir = temp("refill");
-    let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-    let backend: Arc<dyn Backend> = Arc::new(ProcessBackend::new(&dir, exits_tx).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut cfg = config(&dir);
-    cfg.cleanup_on_exit = true;
     cfg.start_concurrency = concurrency;
-    let task = tokio::spawn(binderd::run_with_backend(
-        cfg,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        backend,
-        exits_rx,
-    ));
+    let server = start_process(cfg).await;
+    let addr = server.addr;
     let direct1 = spawn_directly(standin_cmd, n, concurrency).await;
     let t = Instant::now();
     create(addr, serde_json::json!({"name": "refill", "command": [standin_cmd, "--port", "{port}", "--base-url", "{base_url}"], "pool": {"min": n, "max": n}})).await;
     wait_available(addr, "refill", n as u64).await;
     let fill = t.elapsed();
-    let _ = stop.send(());
-    let _ = task.await;
+    server.stop().await;
     ProcessBackend::kill_all(&dir);
     let direct2 = spawn_directly(standin_cmd, n, concurrency).await;
     let direct = (direct1 + direct2) / 2;
