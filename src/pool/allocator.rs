@@ -75,6 +75,13 @@ impl Counters {
         }
     }
 
+    /// Whether the reconciler would start something now: fewer than `min`
+    /// available or starting, and a slot free under `max`. Lets a handout
+    /// skip waking it when it has nothing to do (a full pool at `maxPool`).
+    pub fn wants_more(&self, min: u32, max: u32) -> bool {
+        self.get(&self.available) + self.get(&self.starting) < min && self.get(&self.live) < max
+    }
+
     pub fn get(&self, which: &AtomicU32) -> u32 {
         which.load(Ordering::Acquire)
     }
@@ -111,6 +118,23 @@ mod tests {
     use super::*;
     use crate::binding::BindingName;
     use std::collections::HashSet;
+
+    #[test]
+    fn wants_more_only_below_min_with_a_free_slot() {
+        let c = Counters::default();
+        assert!(c.wants_more(2, 4), "empty pool below min");
+        for _ in 0..2 {
+            assert!(c.try_reserve(4));
+            c.entered(State::Idle);
+        }
+        assert!(!c.wants_more(2, 4), "at min");
+        c.on_transition(State::Idle, State::Assigned);
+        assert!(c.wants_more(2, 4), "a handout left it below min");
+        assert!(!c.wants_more(2, 2), "but no slot under max");
+        assert!(c.try_reserve(4));
+        c.entered(State::Starting);
+        assert!(!c.wants_more(2, 4), "a start is already on its way");
+    }
 
     fn idle(counters: &Counters) -> Arc<Binder> {
         assert!(counters.try_reserve(u32::MAX));

@@ -11,8 +11,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::{Entry, Pools};
 use crate::binder::{now_unix, Binder, BinderId, State};
 use crate::binding::Cull;
@@ -29,57 +27,66 @@ pub(crate) fn due(binder: &Binder, cull: &Cull) -> Option<u64> {
 
 impl Pools {
     /// Asks the culler to watch a binder just handed out (or resumed, or
-    /// adopted). Cheap: one channel send.
+    /// adopted). Cheap: one lock-free push, no wake-up; the culler takes it
+    /// at its next tick (due times are whole seconds away).
     pub(crate) fn watch_for_culling(&self, binder: &Binder) {
-        let _ = self.shared.cull_tx.send(binder.id.clone());
+        self.shared.cull_inbox.push(binder.id.clone());
     }
 
-    pub(crate) fn spawn_culler(&self, rx: mpsc::UnboundedReceiver<BinderId>, every: Duration) {
+    pub(crate) fn spawn_culler(&self, every: Duration) {
         let this = self.clone();
-        tokio::spawn(async move { this.cull(rx, every).await });
+        tokio::spawn(async move { this.cull(every).await });
     }
 
-    async fn cull(self, mut rx: mpsc::UnboundedReceiver<BinderId>, every: Duration) {
+    async fn cull(self, every: Duration) {
         let mut heap: BinaryHeap<Reverse<(u64, BinderId)>> = BinaryHeap::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
-                id = rx.recv() => {
-                    let Some(id) = id else { return };
-                    if let Some(Entry { pool, binder }) = self.binder(&id) {
-                        if let Some(at) = due(&binder, &pool.record().binding.cull) {
-                            heap.push(Reverse((at, id)));
-                        }
-                    }
-                }
                 _ = tick.tick() => {
-                    let now = now_unix();
-                    while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                        let Some(Reverse((_, id))) = heap.pop() else { break };
-                        let Some(Entry { pool, binder }) = self.binder(&id) else { continue };
-                        let cull = pool.record().binding.cull;
-                        match due(&binder, &cull) {
-                            Some(at) if at <= now => {
-                                let reason = if binder.state() == State::Assigned
-                                    && now >= binder.last_activity().saturating_add(cull.idle_seconds)
-                                {
-                                    format!("culled: no traffic for {}s", cull.idle_seconds)
-                                } else {
-                                    format!("culled: older than {}s", cull.max_age_seconds)
-                                };
-                                tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
-                                binder.set_failure(reason);
-                                pool.metrics.culled.increment(1);
-                                self.stop(&pool, &binder);
+                    while let Some(id) = self.shared.cull_inbox.pop() {
+                        if let Some(Entry { pool, binder }) = self.binder(&id) {
+                            if let Some(at) = due(&binder, &pool.record().binding.cull) {
+                                heap.push(Reverse((at, id)));
                             }
-                            Some(at) => heap.push(Reverse((at, id))),
-                            None => {}
                         }
                     }
+                    self.cull_due(&mut heap);
                 }
                 _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Stops what is due in `heap`; pushes back what has moved.
+    fn cull_due(&self, heap: &mut BinaryHeap<Reverse<(u64, BinderId)>>) {
+        let now = now_unix();
+        while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Some(Reverse((_, id))) = heap.pop() else {
+                break;
+            };
+            let Some(Entry { pool, binder }) = self.binder(&id) else {
+                continue;
+            };
+            let cull = pool.record().binding.cull;
+            match due(&binder, &cull) {
+                Some(at) if at <= now => {
+                    let reason = if binder.state() == State::Assigned
+                        && now >= binder.last_activity().saturating_add(cull.idle_seconds)
+                    {
+                        format!("culled: no traffic for {}s", cull.idle_seconds)
+                    } else {
+                        format!("culled: older than {}s", cull.max_age_seconds)
+                    };
+                    tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
+                    binder.set_failure(reason);
+                    pool.metrics.culled.increment(1);
+                    self.stop(&pool, &binder);
+                }
+                Some(at) => heap.push(Reverse((at, id))),
+                None => {}
             }
         }
     }

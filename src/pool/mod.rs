@@ -229,8 +229,9 @@ pub(crate) struct Shared {
     /// Starts in flight; shutdown lets them finish (bounded) so that no
     /// container is left half-made and unrecorded.
     starts: TaskTracker,
-    /// Handed-out binders for the culler to watch.
-    cull_tx: tokio::sync::mpsc::UnboundedSender<BinderId>,
+    /// Handed-out binders for the culler to pick up at its next tick. A
+    /// queue, not a channel: a handout wakes no task.
+    cull_inbox: crossbeam_queue::SegQueue<BinderId>,
     quotas: Arc<crate::quota::Quotas>,
 }
 
@@ -252,7 +253,6 @@ impl Pools {
         cull_every: Duration,
         quotas: Arc<crate::quota::Quotas>,
     ) -> Pools {
-        let (cull_tx, cull_rx) = tokio::sync::mpsc::unbounded_channel();
         let pools = Pools {
             shared: Arc::new(Shared {
                 backend,
@@ -265,11 +265,11 @@ impl Pools {
                 max_pool_limit,
                 shutdown: CancellationToken::new(),
                 starts: TaskTracker::new(),
-                cull_tx,
+                cull_inbox: crossbeam_queue::SegQueue::new(),
                 quotas,
             }),
         };
-        pools.spawn_culler(cull_rx, cull_every);
+        pools.spawn_culler(cull_every);
         pools
     }
 
@@ -482,7 +482,14 @@ impl Pools {
         charge: Option<Arc<crate::quota::Charge>>,
     ) -> Result<Handout, PoolError> {
         if let Some(binder) = pool.ready.pop_transition(&pool.counters, State::Assigned) {
-            pool.wake.notify_one();
+            // Refill at once, but wake the reconciler only if it has work:
+            // its counts are what `fill` reads.
+            if pool.counters.wants_more(
+                pool.min.load(Ordering::Acquire),
+                pool.max.load(Ordering::Acquire),
+            ) {
+                pool.wake.notify_one();
+            }
             let now = now_unix();
             binder.set_owner(owner.clone());
             if let Some(c) = charge {
