@@ -86,6 +86,57 @@ async fn ws_round_trips(url: &str, n: usize) -> Vec<Duration> {
     lat
 }
 
+/// CPU seconds of process `pid`'s live threads (nanosecond schedstat).
+fn cpu_seconds(pid: &str) -> f64 {
+    let mut ns = 0u64;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    for task in tasks.into_iter().flatten().flatten() {
+        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += s
+                .split(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
+}
+
+/// The pid of the stand-in started with `--port {port}`.
+fn standin_pid(port: u16) -> String {
+    let port = port.to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w[0] == b"--port" && w[1] == port.as_bytes())
+        {
+            return entry.file_name().to_string_lossy().into_owned();
+        }
+    }
+    panic!("no stand-in on port {port}");
+}
+
+/// `load`, also returning the CPU µs per request of this process (the load
+/// generator, and binderd when it is in the path) and of the stand-in.
+async fn load_cpu(
+    addr: SocketAddr,
+    path: String,
+    n: usize,
+    conns: usize,
+    standin: &str,
+) -> (f64, Vec<Duration>, f64, f64) {
+    let (me0, s0) = (cpu_seconds("self"), cpu_seconds(standin));
+    let (rps, lat) = load(addr, path, n, conns).await;
+    let per = |d: f64| d / n as f64 * 1e6;
+    let me = per(cpu_seconds("self") - me0);
+    let st = per(cpu_seconds(standin) - s0);
+    (rps, lat, me, st)
+}
+
 fn pct(v: &[Duration], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6
 }
@@ -179,28 +230,46 @@ async fn main() {
     // Warm both paths, then measure direct, proxied, direct again.
     load(direct, path.clone(), 2_000, conns).await;
     load(addr, path.clone(), 2_000, conns).await;
-    let (d1, d_lat) = load(direct, path.clone(), n, conns).await;
-    let (p_rps, p_lat) = load(addr, path.clone(), n, conns).await;
-    let (d2, _) = load(direct, path.clone(), n, conns).await;
+    let standin = standin_pid(direct.port());
+    let (d1, d_lat, d_me1, d_st1) = load_cpu(direct, path.clone(), n, conns, &standin).await;
+    let (p_rps, p_lat, p_me, p_st) = load_cpu(addr, path.clone(), n, conns, &standin).await;
+    let (d2, _, d_me2, d_st2) = load_cpu(direct, path.clone(), n, conns, &standin).await;
     let d_rps = (d1 + d2) / 2.0;
+    let (d_me, d_st) = ((d_me1 + d_me2) / 2.0, (d_st1 + d_st2) / 2.0);
     println!("HTTP GET {{location}}api/status, {n} requests over {conns} connections");
     println!(
-        "{:<24} {:>10} {:>10} {:>10}",
-        "", "req/s", "p50 µs", "p99 µs"
+        "{:<24} {:>10} {:>10} {:>10} {:>22}",
+        "", "req/s", "p50 µs", "p99 µs", "CPU µs/req: bench, stand-in"
     );
     println!(
-        "{:<24} {:>10.0} {:>10.0} {:>10.0}",
+        "{:<24} {:>10.0} {:>10.0} {:>10.0} {:>14.1} {:>9.1}",
         "direct (stand-in)",
         d_rps,
         pct(&d_lat, 0.5),
-        pct(&d_lat, 0.99)
+        pct(&d_lat, 0.99),
+        d_me,
+        d_st
     );
     println!(
-        "{:<24} {:>10.0} {:>10.0} {:>10.0}",
+        "{:<24} {:>10.0} {:>10.0} {:>10.0} {:>14.1} {:>9.1}",
         "through binderd",
         p_rps,
         pct(&p_lat, 0.5),
-        pct(&p_lat, 0.99)
+        pct(&p_lat, 0.99),
+        p_me,
+        p_st
+    );
+    // The bench process is the load generator plus binderd: binderd's part is
+    // what it costs beyond the direct run's.
+    let binderd = p_me - d_me;
+    println!(
+        "binderd's proxying: {:.1} CPU µs per request = {:.2}x the stand-in's own serving ({:.1} µs); \
+         all CPU per request {:.1} µs direct vs {:.1} µs proxied",
+        binderd,
+        binderd / d_st,
+        d_st,
+        d_me + d_st,
+        p_me + p_st
     );
     println!(
         "proxied/direct throughput: {:.2}x   (target ≥ 0.80x)",

@@ -351,7 +351,14 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     Ok(loaded)
 }
 
-fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
+/// Binder id → SQLite rowid, kept by the writer so that a handout updates its
+/// row by rowid (one integer b-tree descent) rather than through the id index
+/// (a string-keyed descent through random pages, then the table). A stale
+/// entry costs nothing but speed: every rowid update also checks the id and
+/// falls back to the index when it matches no row.
+type Rows = std::collections::HashMap<String, i64>;
+
+fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
     match op {
         Op::PutBinding(b) => {
             conn.prepare_cached(
@@ -397,6 +404,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
                 b.created_at as i64,
                 b.assigned_at as i64
             ])?;
+            rows.insert(b.id.clone(), conn.last_insert_rowid());
         }
         Op::Assign {
             id,
@@ -404,15 +412,22 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
             assigned_at,
         } => {
             let owner = serde_json::to_string(owner).ok();
-            conn.prepare_cached(
-                "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                state_name(State::Assigned),
-                owner,
-                *assigned_at as i64
-            ])?;
+            let state = state_name(State::Assigned);
+            let by_rowid = match rows.get(id) {
+                Some(row) => conn
+                    .prepare_cached(
+                        "UPDATE binders SET state = ?3, owner = ?4, assigned_at = ?5
+                         WHERE rowid = ?1 AND id = ?2",
+                    )?
+                    .execute(params![row, id, state, owner, *assigned_at as i64])?,
+                None => 0,
+            };
+            if by_rowid == 0 {
+                conn.prepare_cached(
+                    "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, state, owner, *assigned_at as i64])?;
+            }
         }
         Op::Claim { id, owner } => {
             let owner = serde_json::to_string(owner).ok();
@@ -426,6 +441,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
         Op::DeleteBinder(id) => {
             conn.prepare_cached("DELETE FROM binders WHERE id = ?1")?
                 .execute([id])?;
+            rows.remove(id);
         }
         Op::SetPoolSize(binding, min, max) => {
             conn.prepare_cached(
@@ -439,6 +455,13 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
 
 /// The writer thread: commit whatever is waiting, in one transaction.
 fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, commits: &Commits) {
+    let mut rows = Rows::new();
+    if let Ok(mut stmt) = conn.prepare("SELECT id, rowid FROM binders") {
+        if let Ok(found) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        {
+            rows.extend(found.flatten());
+        }
+    }
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -451,7 +474,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, commits: &
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
         let committed = conn.transaction().and_then(|tx| {
             for job in &batch {
-                results.push(apply(&tx, &job.op).map_err(|e| e.to_string()));
+                results.push(apply(&tx, &job.op, &mut rows).map_err(|e| e.to_string()));
             }
             tx.commit()
         });
@@ -579,7 +602,7 @@ mod tests {
             store.delete_binder("id1").await.unwrap();
             store.set_pool_size("b", 3, 9).await.unwrap();
         }
-        let (_store, loaded) = Store::open(&dir).unwrap();
+        let (store, loaded) = Store::open(&dir).unwrap();
         assert_eq!(loaded.bindings.len(), 1);
         assert_eq!(loaded.bindings[0].owner, "alice");
         assert_eq!(loaded.binders.len(), 99);
@@ -596,6 +619,21 @@ mod tests {
         assert_eq!(loaded.pool_sizes, vec![("b".to_string(), 3, 9)]);
         assert_eq!(
             read_binder_state(&dir, "id0").unwrap().as_deref(),
+            Some("assigned")
+        );
+        // After a reopen the writer finds rows by the rowids it read back;
+        // a binder recorded again (a new rowid) is still found.
+        let mut again = binder("id3");
+        again.created_at = 8;
+        store.put_binder(again).await.unwrap();
+        store.assign("id3", Owner::Anonymous, 100).await.unwrap();
+        store.assign("id5", Owner::Anonymous, 101).await.unwrap();
+        assert_eq!(
+            read_binder_state(&dir, "id3").unwrap().as_deref(),
+            Some("assigned")
+        );
+        assert_eq!(
+            read_binder_state(&dir, "id5").unwrap().as_deref(),
             Some("assigned")
         );
         let _ = std::fs::remove_dir_all(&dir);
