@@ -189,10 +189,13 @@ impl Pools {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
-        if pool.transition(binder, State::Starting, State::Idle) {
-            pool.start_succeeded();
-            // Recorded as idle before it can be handed out: a handout's
-            // "assigned" must never be overwritten by this "idle".
+        // Recorded as idle before it becomes Idle: so before any handout can
+        // record "assigned" (which this "idle" must never overwrite), and so
+        // that the pool never counts it available while it is not yet in the
+        // queue (a handout meanwhile would start a new binder instead). Only
+        // while still unclaimed; a claim racing this write is recorded as
+        // assigned right below.
+        if binder.state() == State::Starting {
             if let Err(e) = self
                 .shared
                 .store
@@ -201,6 +204,9 @@ impl Pools {
             {
                 tracing::warn!(binder = %binder.id, error = %e, "cannot record ready binder");
             }
+        }
+        if pool.transition(binder, State::Starting, State::Idle) {
+            pool.start_succeeded();
             pool.ready.push(binder.clone());
         } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
             pool.start_succeeded();
