@@ -29,7 +29,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use support::{SharedServerBackend, Standin};
+use support::{cpu_seconds, SharedServerBackend, Standin};
 
 const KEY: &str = "bench-admin-key";
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -207,25 +207,6 @@ async fn create(addr: SocketAddr, body: serde_json::Value) {
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&b));
 }
 
-/// CPU time of this process's live threads (nanosecond schedstat, not ticks).
-fn cpu_seconds() -> f64 {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
-            ns += s
-                .split(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        }
-    }
-    ns as f64 / 1e9
-}
-
 fn temp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("binderd-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -268,13 +249,13 @@ async fn main() {
     for round in 0..rounds {
         let share = n / rounds;
         for first in [round % 2 == 0, round % 2 == 1] {
-            let cpu0 = cpu_seconds();
+            let cpu0 = cpu_seconds("self");
             let t = Instant::now();
             if first {
                 let (_, lat) =
                     load(server.addr, "GET", "/healthcheck".into(), 200, share, conns).await;
                 h_time += t.elapsed().as_secs_f64();
-                h_cpu += cpu_seconds() - cpu0;
+                h_cpu += cpu_seconds("self") - cpu0;
                 h.extend(lat);
             } else {
                 let (_, lat) = load(
@@ -287,7 +268,7 @@ async fn main() {
                 )
                 .await;
                 b_time += t.elapsed().as_secs_f64();
-                b_cpu += cpu_seconds() - cpu0;
+                b_cpu += cpu_seconds("self") - cpu0;
                 b.extend(lat);
             }
         }
@@ -368,9 +349,9 @@ async fn main() {
     );
     csv.row("handout (1 binding)", &before);
     csv.row("handout (10001 bindings)", &after);
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds("self");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_cpu = cpu_seconds() - cpu0;
+    let idle_cpu = cpu_seconds("self") - cpu0;
     println!(
         "5b. 10,001 idle pools: {:.2}% of one core over 10 s ({:.3} CPU-seconds)",
         idle_cpu * 10.0,

@@ -5,6 +5,8 @@
 //! `cargo bench --bench proxy` (`BENCH_REQUESTS` default 20000,
 //! `BENCH_CONNECTIONS` default 32, `BENCH_WS_MESSAGES` default 2000).
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use support::cpu_seconds;
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "bench-admin-key";
@@ -84,22 +87,6 @@ async fn ws_round_trips(url: &str, n: usize) -> Vec<Duration> {
     let _ = ws.close(None).await;
     lat.sort();
     lat
-}
-
-/// CPU seconds of process `pid`'s live threads (nanosecond schedstat).
-fn cpu_seconds(pid: &str) -> f64 {
-    let mut ns = 0u64;
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
-    for task in tasks.into_iter().flatten().flatten() {
-        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
-            ns += s
-                .split(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        }
-    }
-    ns as f64 / 1e9
 }
 
 /// The pid of the stand-in started with `--port {port}`.
