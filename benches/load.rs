@@ -119,6 +119,61 @@ impl Csv {
     }
 }
 
+/// One side of the sustained comparison, accumulated over rounds.
+struct Series {
+    label: &'static str,
+    method: &'static str,
+    path: &'static str,
+    expect: u16,
+    lat: Vec<Duration>,
+    seconds: f64,
+    cpu: f64,
+}
+
+impl Series {
+    fn new(label: &'static str, method: &'static str, path: &'static str, expect: u16) -> Series {
+        Series {
+            label,
+            method,
+            path,
+            expect,
+            lat: Vec::new(),
+            seconds: 0.0,
+            cpu: 0.0,
+        }
+    }
+
+    async fn run(&mut self, addr: SocketAddr, n: usize, conns: usize) {
+        let cpu0 = cpu_seconds("self");
+        let t = Instant::now();
+        let (_, lat) = load(addr, self.method, self.path.into(), self.expect, n, conns).await;
+        self.seconds += t.elapsed().as_secs_f64();
+        self.cpu += cpu_seconds("self") - cpu0;
+        self.lat.extend(lat);
+        self.lat.sort();
+    }
+
+    fn rps(&self) -> f64 {
+        self.lat.len() as f64 / self.seconds
+    }
+
+    fn cpu_us(&self) -> f64 {
+        self.cpu / self.lat.len() as f64 * 1e6
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>12.1}",
+            self.label,
+            self.rps(),
+            pct(&self.lat, 0.5),
+            pct(&self.lat, 0.99),
+            pct(&self.lat, 0.999),
+            self.cpu_us()
+        );
+    }
+}
+
 fn config(dir: &std::path::Path) -> Config {
     let mut config = Config::new(dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -243,74 +298,35 @@ async fn main() {
     // and the load generator), per request: steadier than req/s on a shared
     // 2-core machine.
     let rounds = 8;
-    let (mut h, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut h_time, mut b_time) = (0.0, 0.0);
-    let (mut h_cpu, mut b_cpu) = (0.0, 0.0);
+    let mut series = [
+        Series::new("GET /healthcheck", "GET", "/healthcheck", 200),
+        Series::new("POST /binders (warm)", "POST", "/binders/load", 201),
+    ];
     for round in 0..rounds {
-        let share = n / rounds;
-        for first in [round % 2 == 0, round % 2 == 1] {
-            let cpu0 = cpu_seconds("self");
-            let t = Instant::now();
-            if first {
-                let (_, lat) =
-                    load(server.addr, "GET", "/healthcheck".into(), 200, share, conns).await;
-                h_time += t.elapsed().as_secs_f64();
-                h_cpu += cpu_seconds("self") - cpu0;
-                h.extend(lat);
-            } else {
-                let (_, lat) = load(
-                    server.addr,
-                    "POST",
-                    "/binders/load".into(),
-                    201,
-                    share,
-                    conns,
-                )
-                .await;
-                b_time += t.elapsed().as_secs_f64();
-                b_cpu += cpu_seconds("self") - cpu0;
-                b.extend(lat);
-            }
+        for k in [round % 2, 1 - round % 2] {
+            series[k].run(server.addr, n / rounds, conns).await;
         }
     }
-    h.sort();
-    b.sort();
-    let (h_rps, b_rps) = (h.len() as f64 / h_time, b.len() as f64 / b_time);
-    let (h_us, b_us) = (h_cpu / h.len() as f64 * 1e6, b_cpu / b.len() as f64 * 1e6);
+    let [h, b] = &series;
     println!(
         "\n1. sustained, {conns} connections, {} requests each in {rounds} alternating rounds",
-        h.len()
+        h.lat.len()
     );
     println!(
         "{:<26} {:>9} {:>9} {:>9} {:>9} {:>12}",
         "", "req/s", "p50 µs", "p99 µs", "p999 µs", "CPU µs/req"
     );
-    println!(
-        "{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>12.1}",
-        "GET /healthcheck",
-        h_rps,
-        pct(&h, 0.5),
-        pct(&h, 0.99),
-        pct(&h, 0.999),
-        h_us
-    );
-    println!(
-        "{:<26} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>12.1}",
-        "POST /binders (warm)",
-        b_rps,
-        pct(&b, 0.5),
-        pct(&b, 0.99),
-        pct(&b, 0.999),
-        b_us
-    );
+    h.print();
+    b.print();
     println!(
         "ratio: throughput {:.2}x (target ≥ 0.70x), p99 {:.2}x (target ≤ 1.5x), CPU per request {:.2}x",
-        b_rps / h_rps,
-        pct(&b, 0.99) / pct(&h, 0.99),
-        b_us / h_us
+        b.rps() / h.rps(),
+        pct(&b.lat, 0.99) / pct(&h.lat, 0.99),
+        b.cpu_us() / h.cpu_us()
     );
-    csv.row("healthcheck (64 conns)", &h);
-    csv.row("handout (64 conns)", &b);
+    let (h, b) = (&h.lat, &b.lat);
+    csv.row("healthcheck (64 conns)", h);
+    csv.row("handout (64 conns)", b);
     if std::env::var("BENCH_ONLY").as_deref() == Ok("sustained") {
         server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
