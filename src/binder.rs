@@ -5,7 +5,7 @@
 //! state word, so that "hand this out" is a single compare-and-swap: whoever
 //! wins the swap owns the handout, everybody else moves on.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -121,6 +121,9 @@ pub struct Binder {
     assigned_at: AtomicU64,
     /// Unix seconds of the last proxied request (for culling).
     last_activity: AtomicU64,
+    /// Whether any request was proxied to it since it was made (binders
+    /// handed out and never visited are reclaimed early).
+    visited: AtomicBool,
     /// Woken on every state change, for callers waiting on a start.
     pub changed: tokio::sync::Notify,
     /// What it costs its key's quota; released when it stops.
@@ -140,10 +143,13 @@ impl std::fmt::Debug for Binder {
 
 impl Binder {
     pub fn new(binding: BindingName, state: State) -> Binder {
-        Binder::restore(random_secret(), random_secret(), binding, state, now_unix())
+        let binder = Binder::restore(random_secret(), random_secret(), binding, state, now_unix());
+        binder.visited.store(false, Ordering::Relaxed);
+        binder
     }
 
-    /// Rebuilds a binder recorded before a restart.
+    /// Rebuilds a binder recorded before a restart. Whether it was visited
+    /// before is not recorded, so it counts as visited.
     pub fn restore(
         id: BinderId,
         token: Token,
@@ -162,6 +168,7 @@ impl Binder {
             failure: OnceLock::new(),
             assigned_at: AtomicU64::new(0),
             last_activity: AtomicU64::new(now_unix()),
+            visited: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
             charge: OnceLock::new(),
         }
@@ -247,8 +254,21 @@ impl Binder {
         self.assigned_at.store(at, Ordering::Relaxed);
     }
 
+    /// A request was proxied to it.
     pub fn touch(&self) {
         self.last_activity.store(now_unix(), Ordering::Relaxed);
+        if !self.visited.load(Ordering::Relaxed) {
+            self.visited.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the idle clock at a handout (not a visit).
+    pub fn set_last_activity(&self, at: u64) {
+        self.last_activity.store(at, Ordering::Relaxed);
+    }
+
+    pub fn visited(&self) -> bool {
+        self.visited.load(Ordering::Relaxed)
     }
 
     pub fn last_activity(&self) -> u64 {

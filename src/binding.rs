@@ -257,6 +257,11 @@ pub struct Cull {
     #[serde(default = "Cull::default_max_age")]
     #[schema(minimum = 1)]
     pub max_age_seconds: u64,
+    /// A binder handed out but never visited (no request proxied to it) is
+    /// reclaimed this long after the handout; 0 never reclaims. A page that
+    /// failed, or retried, would otherwise hold warm binders nobody uses.
+    #[serde(default = "Cull::default_unvisited")]
+    pub unvisited_seconds: u64,
 }
 
 impl Cull {
@@ -266,6 +271,9 @@ impl Cull {
     fn default_max_age() -> u64 {
         14400
     }
+    fn default_unvisited() -> u64 {
+        300
+    }
 }
 
 impl Default for Cull {
@@ -273,6 +281,7 @@ impl Default for Cull {
         Cull {
             idle_seconds: Self::default_idle(),
             max_age_seconds: Self::default_max_age(),
+            unvisited_seconds: Self::default_unvisited(),
         }
     }
 }

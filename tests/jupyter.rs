@@ -1,7 +1,8 @@
 //! A real Jupyter server end to end on the process backend: a kernel started
 //! and run through binderd's proxy only (HTTP + WebSocket), by a real client
 //! library (websocket-client, in tests/jupyter_client.py), also along thebe's
-//! path (POST /api/spawn/ as text/plain, doubled slashes).
+//! path (POST /api/spawn/ as text/plain, doubled slashes), and as a thebe
+//! page on another origin sends it (CORS preflight, `//user/{token}//`).
 //!
 //! The venv comes from scripts/jupyter-venv (jupyter-server and ipykernel from
 //! PyPI, cached). Without it these tests fail, unless BINDERD_SKIP_JUPYTER=1.
@@ -78,7 +79,9 @@ fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {
 async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     let Some(venv) = venv() else { return };
     let data = DataDir::new("jupyter");
-    let server = Server::start(test_config(&data)).await;
+    let mut config = test_config(&data);
+    config.allow_origin = Some("*".into());
+    let server = Server::start(config).await;
     let http = Http::new();
     create_binding(
         &http,
@@ -120,6 +123,21 @@ async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     assert_eq!(result["output"], "42\n", "{result}");
     assert!(
         result["prefix"].as_str().unwrap().ends_with("//"),
+        "{result}"
+    );
+
+    // A thebe page on another origin, request for request: the spawn, then
+    // preflight, POST and WebSocket under `//user/{token}//`.
+    let result = tokio::task::spawn_blocking({
+        let (venv, base) = (venv.clone(), base.clone());
+        move || run_client(&venv, &[&base, "thebe-page"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["output"], "42\n", "{result}");
+    let prefix = result["prefix"].as_str().unwrap();
+    assert!(
+        prefix.starts_with("//user/") && prefix.ends_with("//"),
         "{result}"
     );
     server.stop().await;

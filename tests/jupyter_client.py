@@ -10,28 +10,76 @@ the 42 back from the kernel's stream output.
 "thebe" first asks POST /api/spawn/ with a text/plain body (as thebe does),
 then builds the kernel URLs the way thebe does: base + url + '/' + 'api/...',
 which doubles the slash.
+
+    python jupyter_client.py http://127.0.0.1:PORT thebe-page
+
+"thebe-page" replays what the tmpnb-era thebe in a browser sends from a page
+on another origin, in its paths and headers: the text/plain spawn, then with
+its server address built as base + '/' + url + '/' (so '//user/{token}//'),
+the CORS preflight of the kernel POST, the POST itself, and the kernel's
+WebSocket with a session_id, each with the page's Origin.
 """
 
 import datetime
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
 import websocket
 
 
-def post(url, body, content_type="application/json"):
+PAGE_ORIGIN = "http://127.0.0.1:4000"
+
+
+def post(url, body, content_type="application/json", headers=None):
     req = urllib.request.Request(url, data=body.encode(), method="POST")
     if content_type:
         req.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return resp.status, json.loads(resp.read() or b"null")
 
 
-def execute(ws_url, code):
-    ws = websocket.create_connection(ws_url, timeout=30)
+def request(method, url, headers):
+    req = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def thebe_page(base):
+    """What thebe (tmpnb era) sends from a page on another origin."""
+    origin = {"Origin": PAGE_ORIGIN}
+    req = urllib.request.Request(base + "/api/spawn/", method="POST",
+                                 data=json.dumps({"image_name": "jupyter/notebook"}).encode(),
+                                 headers=dict(origin, **{"Content-Type": "text/plain;charset=UTF-8"}))
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200, resp.status
+        assert resp.headers.get("Access-Control-Allow-Origin") in ("*", PAGE_ORIGIN), dict(resp.headers)
+        url = json.loads(resp.read())["url"]
+    server = base + "/" + url + "/"       # thebe: tmpnb_url + '/' + data.url + '/'
+    kernels = server + "api/kernels"
+    status, headers, body = request("OPTIONS", kernels, dict(origin, **{
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }))
+    assert 200 <= status < 300, ("preflight", status, body)
+    assert headers.get("Access-Control-Allow-Origin") in ("*", PAGE_ORIGIN), ("preflight", dict(headers))
+    status, kernel = post(kernels, json.dumps({"name": "python3"}), headers=origin)
+    assert status == 201, (status, kernel)
+    ws_url = "%sapi/kernels/%s/channels?session_id=%s" % (
+        server.replace("http://", "ws://", 1), kernel["id"], uuid.uuid4().hex)
+    return execute(ws_url, "print(6*7)", origin=PAGE_ORIGIN), server
+
+
+def execute(ws_url, code, origin=None):
+    ws = websocket.create_connection(ws_url, timeout=30, origin=origin)
     session = uuid.uuid4().hex
     msg_id = uuid.uuid4().hex
     ws.send(json.dumps({
@@ -74,6 +122,10 @@ def execute(ws_url, code):
 
 def main():
     base, mode = sys.argv[1], sys.argv[2]
+    if mode == "thebe-page":
+        text, server = thebe_page(base)
+        print(json.dumps({"output": text, "prefix": server[len(base):]}))
+        return
     if mode == "thebe":
         status, doc = post(base + "/api/spawn/", json.dumps({"image_name": "jupyter/notebook"}),
                            content_type="text/plain;charset=UTF-8")

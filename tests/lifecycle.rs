@@ -67,6 +67,63 @@ async fn idle_binders_are_culled_busy_ones_kept_and_the_pool_refills() {
     drop(data);
 }
 
+/// A page that fails (or a client that goes away) takes a binder and never
+/// visits it: it is reclaimed after `cull.unvisited_seconds`, and the pool
+/// refills; a binder visited once is left to the idle rule.
+#[tokio::test]
+async fn binders_never_visited_are_reclaimed_and_the_pool_refills() {
+    let (data, server, http) = start("unvisited", 100).await;
+    let mut body = standin_binding("unvisited", 2, 4);
+    body["cull"] = json!({"idle_seconds": 60, "max_age_seconds": 600, "unvisited_seconds": 2});
+    create_binding(&http, &server.url(""), &body).await;
+    wait_pool(&http, &server.url(""), "unvisited", 20, |p| {
+        p["available"] == 2
+    })
+    .await;
+    let spawn = || async {
+        let a = http
+            .call(Method::POST, &server.url("/binders/unvisited"), None)
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        a.json()
+    };
+    let (forgotten, visited) = (spawn().await, spawn().await);
+    let visited_status = server.url(&format!(
+        "{}api/status",
+        visited["location"].as_str().unwrap()
+    ));
+    assert_eq!(http.get(&visited_status).await.status, 200);
+    let id = forgotten["id"].as_str().unwrap().to_owned();
+    let url = server.url(&format!("/binders/unvisited/{id}"));
+    eventually(10, "the unvisited binder is reclaimed", || {
+        let (http, url) = (&http, &url);
+        async move { http.get(url).await.json()["state"] == "stopped" }
+    })
+    .await;
+    let doc = http.get(&url).await.json();
+    assert!(
+        doc["reason"].as_str().unwrap().contains("never visited"),
+        "{doc}"
+    );
+    assert_eq!(
+        http.get(&visited_status).await.status,
+        200,
+        "a visited binder is kept"
+    );
+    let forgotten_status = server.url(&format!(
+        "{}api/status",
+        forgotten["location"].as_str().unwrap()
+    ));
+    assert_error(&http.get(&forgotten_status).await, 404);
+    let p = wait_pool(&http, &server.url(""), "unvisited", 20, |p| {
+        p["available"] == 2
+    })
+    .await;
+    assert_eq!(p["running"], 3, "visited + two warm: {p}");
+    server.stop().await;
+    drop(data);
+}
+
 #[tokio::test]
 async fn old_binders_are_culled_even_when_busy() {
     let (data, server, http) = start("maxage", 100).await;

@@ -485,3 +485,78 @@ async fn a_flood_of_spawns_is_answered_with_bounded_memory_and_no_key_in_the_log
         "a key is in the log"
     );
 }
+
+/// Python's `urllib` writes the whole body before it reads the answer: an
+/// over-limit body must still get the 413 (not a broken pipe), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_limit_body_is_answered_413_to_a_client_that_writes_it_all_first() {
+    let data = DataDir::new("linger");
+    let server = Server::start(config(&data)).await;
+    let script = r#"
+import sys, urllib.request, urllib.error
+url, key = sys.argv[1], sys.argv[2]
+seen = []
+for _ in range(20):
+    req = urllib.request.Request(url, data=b"x" * (2 << 20), method="POST",
+        headers={"Authorization": key, "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        seen.append("2xx")
+    except urllib.error.HTTPError as e:
+        seen.append(str(e.code) if b'"code":413' in e.read() else "bad-body")
+    except OSError as e:
+        seen.append(type(e).__name__)
+print(" ".join(seen))
+"#;
+    let url = server.url("/bindings");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script, &url, ADMIN])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        seen,
+        vec!["413"; 20].join(" "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A body that never ends holds the connection for a bounded time only,
+    // and the server keeps answering meanwhile.
+    let mut endless = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    endless
+        .write_all(
+            format!(
+                "POST /bindings HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN}\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let (mut rd, mut wr) = endless.into_split();
+    let writer = tokio::spawn(async move {
+        while wr.write_all(chunk.as_bytes()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let read = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut answer)).await;
+    writer.abort();
+    assert!(read.is_ok(), "an endless body held the connection");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let http = Http::new();
+    assert_eq!(http.get(&server.url("/healthcheck")).await.status, 200);
+    server.stop().await;
+}

@@ -163,6 +163,7 @@ pub(super) async fn proxy(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>> {
+    // `handle` folded doubled slashes already.
     let path = req.uri().path().to_owned();
     let unknown =
         || ApiError::NotFound("no binder at this address (it may have been stopped)".into());
@@ -197,7 +198,7 @@ pub(super) async fn proxy(
             req.headers_mut().remove(header::AUTHORIZATION);
         }
     }
-    Ok(app.upstream.forward(req, &entry, &rest, peer).await?)
+    Ok(app.upstream.forward(req, &entry, rest, peer).await?)
 }
 
 #[derive(Deserialize)]

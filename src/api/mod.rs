@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -116,7 +116,8 @@ fn wants_html(req: &Request<Incoming>) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
-async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    fold_path(&mut req);
     if req.uri().path().starts_with("/user/") {
         let html = wants_html(&req);
         return match binders::proxy(app, req, peer).await {
@@ -132,6 +133,43 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
     crate::metrics::count_response(resp.status().as_u16());
     cors(app, resp.headers_mut());
     resp
+}
+
+/// Folds runs of slashes in the request's path into one, so that which route
+/// answers never depends on them: thebe asks for `//user/{token}//api/kernels`
+/// (its base URL + `/` + the spawn's `/user/{token}/` + `/`). The query is
+/// kept as it came. Costs nothing when the path has no doubled slash.
+fn fold_path<B>(req: &mut Request<B>) {
+    let uri = req.uri();
+    let std::borrow::Cow::Owned(path) = fold_slashes(uri.path()) else {
+        return;
+    };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(folded) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = folded;
+    }
+}
+
+/// `s` with every run of `/` folded into one.
+pub(crate) fn fold_slashes(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("//") {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn cors(app: &App, headers: &mut http::HeaderMap) {
@@ -396,6 +434,12 @@ async fn read_json<T: serde::de::DeserializeOwned>(app: &App, req: Request<Incom
 }
 
 /// Reads a body of any type, up to the limit.
+///
+/// Over the limit the answer is 413, but only after the rest of the body has
+/// been read and thrown away (bounded by [`LINGER_BYTES`] and
+/// [`LINGER_TIME`]): a client that writes its whole body before reading, as
+/// Python's `urllib` does, would otherwise see a broken pipe instead of the
+/// 413. Nothing past the limit is kept in memory.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
     let limit = app.config.max_body_bytes;
     let declared = req
@@ -403,14 +447,71 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
+        linger(&mut body).await;
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge(limit))
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if read.len() + data.len() > limit {
+            linger(&mut body).await;
+            return Err(ApiError::PayloadTooLarge(limit));
         }
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+        read.extend_from_slice(&data);
+    }
+    Ok(read.freeze())
+}
+
+/// How much of an over-limit body binderd reads and drops before it answers.
+const LINGER_BYTES: usize = 64 << 20;
+/// How long binderd keeps reading an over-limit body before it answers.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops what is left of `body`, within the linger bounds. If the
+/// body outlasts them, the connection closes after the answer (hyper does not
+/// reuse a connection whose request body was left unread).
+async fn linger(body: &mut Incoming) {
+    let drain = async {
+        let mut dropped = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            dropped += frame.data_ref().map_or(0, |d| d.len());
+            if dropped > LINGER_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_slashes_fold_anywhere_in_the_path_but_not_the_query() {
+        assert_eq!(
+            fold_slashes("/user/abc//api/kernels"),
+            "/user/abc/api/kernels"
+        );
+        assert_eq!(fold_slashes("/user/abc/a///b/"), "/user/abc/a/b/");
+        assert!(matches!(
+            fold_slashes("/user/abc/api"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let mut req = Request::options("http://h//user/abc//api/kernels?u=http://x//y")
+            .body(())
+            .unwrap();
+        fold_path(&mut req);
+        assert_eq!(req.uri().path(), "/user/abc/api/kernels");
+        assert_eq!(req.uri().query(), Some("u=http://x//y"));
+        let mut req = Request::post("//api/spawn/").body(()).unwrap();
+        fold_path(&mut req);
+        assert_eq!(req.uri(), "/api/spawn/");
     }
 }

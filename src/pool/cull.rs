@@ -1,5 +1,7 @@
 //! Culling handed-out binders: idle ones (no proxied traffic for
-//! `cull.idle_seconds`) and old ones (`cull.max_age_seconds` since handout).
+//! `cull.idle_seconds`), old ones (`cull.max_age_seconds` since handout) and
+//! unvisited ones (no request at all within `cull.unvisited_seconds` of the
+//! handout: a page that failed, or a client that went away).
 //!
 //! The culler keeps a min-heap of (due time, binder id). Each tick it pops only
 //! what is due, re-reads the binder (traffic may have moved its due time), and
@@ -19,7 +21,15 @@ use crate::binding::Cull;
 pub(crate) fn due(binder: &Binder, cull: &Cull) -> Option<u64> {
     let aged = binder.assigned_at().saturating_add(cull.max_age_seconds);
     match binder.state() {
-        State::Assigned => Some(aged.min(binder.last_activity().saturating_add(cull.idle_seconds))),
+        State::Assigned => {
+            let idle = binder.last_activity().saturating_add(cull.idle_seconds);
+            let unvisited = match cull.unvisited_seconds {
+                0 => u64::MAX,
+                _ if binder.visited() => u64::MAX,
+                n => binder.assigned_at().saturating_add(n),
+            };
+            Some(aged.min(idle).min(unvisited))
+        }
         State::Paused => Some(aged),
         _ => None,
     }
@@ -73,7 +83,17 @@ impl Pools {
             let cull = pool.record().binding.cull;
             match due(&binder, &cull) {
                 Some(at) if at <= now => {
-                    let reason = if binder.state() == State::Assigned
+                    let assigned = binder.state() == State::Assigned;
+                    let reason = if assigned
+                        && !binder.visited()
+                        && cull.unvisited_seconds > 0
+                        && now >= binder.assigned_at().saturating_add(cull.unvisited_seconds)
+                    {
+                        format!(
+                            "reclaimed: handed out and never visited for {}s",
+                            cull.unvisited_seconds
+                        )
+                    } else if assigned
                         && now >= binder.last_activity().saturating_add(cull.idle_seconds)
                     {
                         format!("culled: no traffic for {}s", cull.idle_seconds)
@@ -102,6 +122,7 @@ mod tests {
         let cull = Cull {
             idle_seconds: 10,
             max_age_seconds: 100,
+            unvisited_seconds: 5,
         };
         let b = Binder::new(BindingName::parse("x").unwrap(), State::Idle);
         assert_eq!(due(&b, &cull), None, "warm binders are never culled");
@@ -112,5 +133,36 @@ mod tests {
         assert_eq!(due(&b, &cull), Some(idle_due.min(1100)));
         b.force(State::Paused);
         assert_eq!(due(&b, &cull), Some(1100), "paused: age only");
+    }
+
+    #[test]
+    fn unvisited_binders_are_due_early_until_their_first_request() {
+        let cull = Cull {
+            idle_seconds: 10,
+            max_age_seconds: 100,
+            unvisited_seconds: 5,
+        };
+        let b = Binder::new(BindingName::parse("x").unwrap(), State::Assigned);
+        let now = now_unix();
+        b.set_assigned_at(now);
+        b.set_last_activity(now);
+        assert_eq!(due(&b, &cull), Some(now + 5), "never visited");
+        let off = Cull {
+            unvisited_seconds: 0,
+            ..cull
+        };
+        assert_eq!(due(&b, &off), Some(now + 10), "0 turns it off");
+        b.touch();
+        assert!(due(&b, &cull).unwrap() >= now + 10, "visited: idle rule");
+        let adopted = Binder::restore(
+            "i".into(),
+            "t".into(),
+            b.binding.clone(),
+            State::Assigned,
+            0,
+        );
+        adopted.set_assigned_at(now);
+        adopted.set_last_activity(now);
+        assert_eq!(due(&adopted, &cull), Some(now + 10), "adopted: visited");
     }
 }

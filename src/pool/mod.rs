@@ -496,7 +496,7 @@ impl Pools {
                 binder.set_charge(c);
             }
             binder.set_assigned_at(now);
-            binder.touch();
+            binder.set_last_activity(now);
             binder.changed.notify_waiters();
             if let Err(e) = self.shared.store.assign(&binder.id, owner, now).await {
                 // Not durable, so not handed out: a crash now could hand it

@@ -210,13 +210,18 @@ impl Pools {
             pool.ready.push(binder.clone());
         } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
             pool.start_succeeded();
-            // A resumed binder keeps its handout time (max age counts from it).
-            let at = match binder.assigned_at() {
-                0 => now_unix(),
-                at => at,
+            // A resumed binder keeps its handout time (max age counts from
+            // it), and its owner asked for it back: it counts as visited.
+            let resumed = binder.assigned_at() != 0;
+            let at = if resumed {
+                binder.touch();
+                binder.assigned_at()
+            } else {
+                let now = now_unix();
+                binder.set_last_activity(now);
+                now
             };
             binder.set_assigned_at(at);
-            binder.touch();
             let owner = binder
                 .owner()
                 .cloned()
