@@ -1,12 +1,19 @@
-//! API keys, callers and who may do what. Every permission rule of the API is
-//! a function here, so the rules can be read (and tested) in one place.
+//! API keys, callers, owners and who may do what. Every permission rule of
+//! the API is a function here, so the rules can be read (and tested) in one
+//! place. A leaf: it knows no other module of binderd.
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::binder::{Binder, Owner};
+/// Who a binder was handed to: an API key's name, or nobody in particular.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Owner {
+    Anonymous,
+    Key(String),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,10 +189,11 @@ pub fn may_create_binding(caller: &Caller, runs_on_host: bool) -> Result<(), Aut
     }
 }
 
-/// A binder's owner or an admin may stop it and read its logs.
-pub fn owns_binder(caller: &Caller, binder: &Binder) -> bool {
+/// A binder's owner (`owner`: whom it was handed to) or an admin may stop it
+/// and read its logs.
+pub fn owns_binder(caller: &Caller, owner: Option<&Owner>) -> bool {
     caller.is_admin()
-        || matches!((caller.key_name(), binder.owner()), (Some(n), Some(Owner::Key(o))) if n == o)
+        || matches!((caller.key_name(), owner), (Some(n), Some(Owner::Key(o))) if n == o)
 }
 
 #[cfg(test)]

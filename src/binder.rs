@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Owner;
 use crate::backend::Instance;
 use crate::binding::BindingName;
 
@@ -98,14 +99,6 @@ impl State {
     pub fn is_live(self) -> bool {
         !matches!(self, State::Stopped | State::Failed)
     }
-}
-
-/// Who a binder was handed to: an API key's name, or nobody in particular.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
-pub enum Owner {
-    Anonymous,
-    Key(String),
 }
 
 pub struct Binder {

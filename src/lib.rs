@@ -30,6 +30,7 @@ pub mod auth;
 pub mod backend;
 pub mod binder;
 pub mod binding;
+pub mod body;
 pub mod config;
 pub mod metrics;
 pub mod pool;
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod quota;
 pub mod ratelimit;
 pub mod store;
+pub mod upstream;
 
 use backend::{Backend, BackendError, BackendKind};
 use config::Config;
@@ -126,7 +128,7 @@ pub async fn run_with_backend(
     let local_addr = listener.local_addr()?;
     metrics::init();
     let (store, loaded) = Store::open(&config.data_dir)?;
-    let upstream = Arc::new(proxy::Upstream::new());
+    let upstream = Arc::new(upstream::Upstream::new());
     let pools = Pools::new(
         backend,
         store,
@@ -157,7 +159,7 @@ pub async fn run_with_backend(
         limits,
         config,
         pools: pools.clone(),
-        upstream,
+        proxy: proxy::Proxy::new(upstream),
         local_addr,
     });
     // Forget quiet clients of the per-IP limiter now and then: bounded memory.

@@ -3,15 +3,13 @@
 //!
 //! Events are counted where they happen (handouts, starts, failed starts,
 //! culls, proxied requests, API answers by status); the pools' sizes are
-//! gauges set from [`crate::pool::Pools`] at scrape time, so nothing runs when
-//! nobody scrapes. The recorder is process-wide: one is installed the first
+//! gauges the caller hands to [`render`] at scrape time, so nothing runs when
+//! nobody scrapes. A leaf: it knows no other module of binderd. The recorder is process-wide: one is installed the first
 //! time it is needed and shared by every binderd running in the process.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-use crate::pool::Pools;
 
 pub const HANDOUTS: &str = "binderd_handouts_total";
 pub const STARTS: &str = "binderd_starts_total";
@@ -83,16 +81,24 @@ pub fn init() {
     let _ = handle();
 }
 
-/// The Prometheus text page, with the pools' gauges brought up to date.
-pub fn render(pools: &Pools) -> String {
-    for pool in pools.list() {
-        let c = pool.counts();
-        let name = pool.name.to_string();
-        metrics::gauge!("binderd_pool_available", "binding" => name.clone()).set(c.available);
-        metrics::gauge!("binderd_pool_running", "binding" => name.clone()).set(c.running);
-        metrics::gauge!("binderd_pool_starting", "binding" => name.clone()).set(c.starting);
-        metrics::gauge!("binderd_pool_min", "binding" => name.clone()).set(c.min);
-        metrics::gauge!("binderd_pool_max", "binding" => name).set(c.max);
+/// One pool's sizes at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGauges {
+    pub available: u32,
+    pub running: u32,
+    pub starting: u32,
+    pub min: u32,
+    pub max: u32,
+}
+
+/// The Prometheus text page, with each binding's pool gauges brought up to date.
+pub fn render(pools: impl IntoIterator<Item = (String, PoolGauges)>) -> String {
+    for (name, g) in pools {
+        metrics::gauge!("binderd_pool_available", "binding" => name.clone()).set(g.available);
+        metrics::gauge!("binderd_pool_running", "binding" => name.clone()).set(g.running);
+        metrics::gauge!("binderd_pool_starting", "binding" => name.clone()).set(g.starting);
+        metrics::gauge!("binderd_pool_min", "binding" => name.clone()).set(g.min);
+        metrics::gauge!("binderd_pool_max", "binding" => name).set(g.max);
     }
     handle().render()
 }

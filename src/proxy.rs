@@ -1,5 +1,6 @@
-//! The built-in proxy: `/user/{token}/...` to the binder's container, and
-//! the HTTP readiness check the pool uses before a container joins it.
+//! The built-in proxy: `/user/{token}/...` to the binder's container.
+//! The caller (`api`) finds the binder and says how to address it; the proxy
+//! knows nothing of pools.
 //!
 //! Bodies stream both ways (no buffering); hop-by-hop headers (RFC 9110
 //! §7.6.1) are removed, except the `Connection: upgrade` / `Upgrade` pair on
@@ -7,23 +8,19 @@
 //! container answers 101. Every request counts as activity for culling.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
-use crate::pool::Entry;
+use crate::binder::Binder;
+use crate::body::{empty, Body};
+use crate::upstream::Upstream;
 
-/// The body type of every answer binderd gives.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// How long one readiness check may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the container may take to start answering a proxied request.
 const UPSTREAM_HEADERS_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -40,29 +37,17 @@ pub enum ProxyError {
 /// When one direction of a tunnel ends, how long the other may still run.
 const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// The HTTP client binderd uses towards containers.
-pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+/// Forwards requests to binders' containers.
+pub struct Proxy {
+    upstream: Arc<Upstream>,
     /// Open upgraded connections (WebSockets), for a bounded wait at shutdown.
     tunnels: tokio_util::task::TaskTracker,
 }
 
-impl Default for Upstream {
-    fn default() -> Self {
-        Upstream::new()
-    }
-}
-
-impl Upstream {
-    pub fn new() -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Upstream {
-            client,
+impl Proxy {
+    pub fn new(upstream: Arc<Upstream>) -> Proxy {
+        Proxy {
+            upstream,
             tunnels: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -79,43 +64,23 @@ impl Upstream {
         let _ = tokio::time::timeout(grace, self.tunnels.wait()).await;
     }
 
-    /// True if something at `addr` answers `GET path` with any HTTP response.
-    pub async fn answers(&self, addr: SocketAddr, path: &str) -> bool {
-        let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else {
-            return false;
-        };
-        let Ok(req) = Request::get(uri)
-            .header(header::USER_AGENT, "binderd-readiness")
-            .body(empty())
-        else {
-            return false;
-        };
-        match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
-            Ok(Ok(resp)) => {
-                // Drain so the connection can be reused by the proxy.
-                let _ = tokio::time::timeout(PROBE_TIMEOUT, resp.into_body().collect()).await;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Forwards `req` to the binder of `entry`. `rest` is the path after
-    /// `/user/{token}` (starting with `/`), already cleaned of doubled slashes.
+    /// Forwards `req` to `binder`'s container. `rest` is the path after
+    /// `/user/{token}` (starting with `/`); with `strip_prefix` only `rest`
+    /// is sent, else the whole `/user/{token}{rest}`.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        entry: &Entry,
+        binder: &Arc<Binder>,
+        strip_prefix: bool,
         rest: &str,
         client_addr: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
-        let binder = &entry.binder;
         binder.touch();
         crate::metrics::count_proxied();
         let Some(instance) = binder.instance() else {
             return Err(ProxyError::Unreachable("no container".into()));
         };
-        let path = if entry.pool.current().binding.strip_prefix {
+        let path = if strip_prefix {
             rest.to_owned()
         } else {
             format!("/user/{}{rest}", binder.token)
@@ -143,8 +108,7 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body.boxed());
 
-        let sent =
-            tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.client.request(upstream_req));
+        let sent = tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.upstream.send(upstream_req));
         let mut resp = match sent.await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(ProxyError::Unreachable(error_chain(&e))),
@@ -175,7 +139,7 @@ impl Upstream {
 /// Joins two upgraded connections byte for byte (no message buffering),
 /// counting every read as activity. When one side closes, the other is shut
 /// down and given a moment to finish, then both are dropped.
-async fn tunnel<A, B>(a: A, b: B, binder: &crate::binder::Binder)
+async fn tunnel<A, B>(a: A, b: B, binder: &Binder)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
@@ -191,11 +155,7 @@ where
     }
 }
 
-async fn pump<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    binder: &crate::binder::Binder,
-) -> std::io::Result<()>
+async fn pump<R, W>(reader: &mut R, writer: &mut W, binder: &Binder) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -214,12 +174,6 @@ where
         writer.write_all(&buf[..n]).await?;
         writer.flush().await?;
     }
-}
-
-pub fn empty() -> Body {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 /// The protocol of an upgrade request (`Connection: upgrade` + `Upgrade: x`).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::binder::Owner;
+use crate::auth::Owner;
 use crate::binding::{InvalidBinding, Resources};
 
 /// A key's limits as configured (`quota = { binders = 5, memory = "4Gi", cpu = "4" }`).

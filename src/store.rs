@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Owner;
 use crate::backend::Instance;
-use crate::binder::{Owner, State};
+use crate::binder::State;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;

@@ -11,8 +11,9 @@ use super::views::{BinderView, PoolView, Stopping};
 use super::{binding_name, json, read_json, ApiError, App, Result};
 use crate::auth::{owns_binder, AuthError, Caller};
 use crate::binder::{is_secret_shaped, Binder, State};
+use crate::body::Body;
 use crate::pool::{Handout, Pool};
-use crate::proxy::{split_user_path, Body};
+use crate::proxy::split_user_path;
 
 /// The pool of a binding this caller may use, or 404.
 pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<Pool>> {
@@ -48,7 +49,7 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
         .binders_of(&pool)
         .iter()
         .filter(|b| b.owner().is_some() && b.state().is_live())
-        .filter(|b| owns_binder(caller, b))
+        .filter(|b| owns_binder(caller, b.owner()))
         .map(|b| {
             let mut doc = render(b);
             doc.uri = Some(format!("/binders/{}/{}", pool.name, b.id));
@@ -88,7 +89,7 @@ pub(super) fn delete(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<
         return Err(AuthError::Required.into());
     }
     let binder = find(app, raw, id)?;
-    if !owns_binder(caller, &binder) {
+    if !owns_binder(caller, binder.owner()) {
         return Err(ApiError::Forbidden(
             "only the binder's owner or an admin may stop it".into(),
         ));
@@ -198,7 +199,11 @@ pub(super) async fn proxy(
             req.headers_mut().remove(header::AUTHORIZATION);
         }
     }
-    Ok(app.upstream.forward(req, &entry, rest, peer).await?)
+    let strip_prefix = entry.pool.current().binding.strip_prefix;
+    Ok(app
+        .proxy
+        .forward(req, &entry.binder, strip_prefix, rest, peer)
+        .await?)
 }
 
 #[derive(Deserialize)]
@@ -233,7 +238,7 @@ fn owned(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<Arc<Binder>>
         return Err(AuthError::Required.into());
     }
     let binder = find(app, raw, id)?;
-    if !owns_binder(caller, &binder) {
+    if !owns_binder(caller, binder.owner()) {
         return Err(ApiError::Forbidden(
             "only the binder's owner or an admin may do this".into(),
         ));

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use super::{binding_name, dispatch_mismatch, json, read_json, ApiError, App, Result};
 use crate::auth::{may_create_binding, Caller};
 use crate::binding::{printable, Binding};
+use crate::body::Body;
 use crate::pool::{Pool, PoolError};
-use crate::proxy::Body;
 
 /// The binding as answered: the template plus owner, created_at and status.
 pub(super) fn render(pool: &Pool) -> Value {

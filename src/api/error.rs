@@ -5,15 +5,14 @@
 //! `{"error": {"code": N, "message": "..."}}` with the fitting status and
 //! headers. Internal errors log their cause and answer a generic 500.
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use crate::auth::AuthError;
 use crate::backend::BackendError;
 use crate::binding::InvalidBinding;
+use crate::body::{full, Body};
 use crate::pool::PoolError;
-use crate::proxy::{Body, ProxyError};
+use crate::proxy::ProxyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -121,12 +120,6 @@ impl ApiError {
     }
 }
 
-pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
 fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -185,6 +178,7 @@ impl From<ProxyError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use serde_json::json;
 
     async fn body_of(resp: Response<Body>) -> String {

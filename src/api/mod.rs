@@ -20,9 +20,10 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Caller, Keys};
 use crate::binding::BindingName;
+use crate::body::Body;
 use crate::config::Config;
 use crate::pool::Pools;
-use crate::proxy::{Body, Upstream};
+use crate::proxy::Proxy;
 
 mod binders;
 mod bindings;
@@ -31,7 +32,7 @@ mod openapi;
 mod tmpnb;
 pub mod views;
 
-use error::full;
+use crate::body::full;
 pub use error::ApiError;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -42,7 +43,7 @@ pub struct App {
     pub keys: Keys,
     pub limits: crate::ratelimit::RateLimits,
     pub pools: Pools,
-    pub upstream: Arc<Upstream>,
+    pub proxy: Proxy,
     pub local_addr: SocketAddr,
 }
 
@@ -103,7 +104,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     }
     // Upgraded connections are not hyper's any more: wait for them too, within
     // the same grace.
-    app.upstream
+    app.proxy
         .close_tunnels(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
 }
@@ -241,7 +242,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         return Response::builder()
             .status(StatusCode::NO_CONTENT)
             .header(header::ALLOW, format!("{allowed}, OPTIONS"))
-            .body(crate::proxy::empty())
+            .body(crate::body::empty())
             .map_err(|e| ApiError::Internal(e.to_string()));
     }
     if !allowed.split(", ").any(|m| m == method.as_str()) {
@@ -280,7 +281,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         ["metrics"] => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(full(crate::metrics::render(&app.pools)))
+            .body(full(metrics_page(app)))
             .map_err(|e| ApiError::Internal(e.to_string())),
         ["openapi.json"] => Response::builder()
             .status(StatusCode::OK)
@@ -347,6 +348,16 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
             crate::binding::printable(&path)
         ))),
     }
+}
+
+/// `GET /metrics`: the counters, with every pool's sizes as gauges.
+fn metrics_page(app: &App) -> String {
+    crate::metrics::render(
+        app.pools
+            .list()
+            .iter()
+            .map(|pool| (pool.name.to_string(), pool.counts().into())),
+    )
 }
 
 fn configuration(app: &App) -> serde_json::Value {

@@ -12,8 +12,8 @@ use super::views::{Spawned, Stats};
 use super::{json, read_body, ApiError, App, Result, VERSION};
 use crate::auth::Caller;
 use crate::binder::{Binder, State};
+use crate::body::Body;
 use crate::pool::{Handout, Pool, PoolError};
-use crate::proxy::Body;
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 

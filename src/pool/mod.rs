@@ -21,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
+use crate::auth::Owner;
 use crate::backend::{Backend, BackendError};
-use crate::binder::{now_unix, Binder, BinderId, Owner, State, Token};
+use crate::binder::{now_unix, Binder, BinderId, State, Token};
 use crate::binding::{Binding, BindingName, InvalidBinding};
-use crate::proxy::Upstream;
 use crate::store::{Source, Store, StoreError, StoredBinder, StoredBinding};
+use crate::upstream::Upstream;
 
 pub mod adopt;
 pub mod allocator;
@@ -89,6 +90,18 @@ pub struct PoolCounts {
     pub starting: u32,
     pub min: u32,
     pub max: u32,
+}
+
+impl From<PoolCounts> for crate::metrics::PoolGauges {
+    fn from(c: PoolCounts) -> Self {
+        crate::metrics::PoolGauges {
+            available: c.available,
+            running: c.running,
+            starting: c.starting,
+            min: c.min,
+            max: c.max,
+        }
+    }
 }
 
 /// One binding's pool.

@@ -225,7 +225,7 @@ impl Pools {
             let owner = binder
                 .owner()
                 .cloned()
-                .unwrap_or(crate::binder::Owner::Anonymous);
+                .unwrap_or(crate::auth::Owner::Anonymous);
             if let Err(e) = self.shared.store.assign(&binder.id, owner, at).await {
                 tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
             }
