@@ -214,13 +214,22 @@ impl Binder {
         self.owner.get()
     }
 
-    pub fn set_owner(&self, owner: Owner) {
+    fn set_owner(&self, owner: Owner) {
         let _ = self.owner.set(owner);
     }
 
-    pub fn set_charge(&self, charge: Arc<crate::quota::Charge>) {
+    fn set_charge(&self, charge: Arc<crate::quota::Charge>) {
         if let Err(extra) = self.charge.set(charge) {
             extra.release();
+        }
+    }
+
+    /// Gives the binder to `owner`, who pays `charge` for it (if it costs
+    /// their quota anything). The one way a binder gets an owner.
+    pub fn hand_to(&self, owner: Owner, charge: Option<Arc<crate::quota::Charge>>) {
+        self.set_owner(owner);
+        if let Some(c) = charge {
+            self.set_charge(c);
         }
     }
 

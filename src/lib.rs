@@ -40,7 +40,7 @@ pub mod ratelimit;
 pub mod store;
 pub mod upstream;
 
-use backend::{Backend, BackendError, BackendKind};
+use backend::{Backend, BackendError};
 use config::Config;
 use pool::{PoolError, Pools};
 use store::{Store, StoreError};
@@ -83,36 +83,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-    let backend: Arc<dyn Backend> = match config.backend {
-        BackendKind::Process => Arc::new(backend::process::ProcessBackend::new(
-            &config.data_dir,
-            exits_tx,
-        )?),
-        BackendKind::Docker => Arc::new(
-            backend::docker::DockerBackend::connect(
-                &config.data_dir,
-                config.docker_network.clone(),
-                exits_tx,
-            )
-            .await?,
-        ),
-        BackendKind::Kubernetes => {
-            let template = config
-                .kubernetes
-                .pod_template
-                .as_ref()
-                .map(|t| serde_json::to_value(t).unwrap_or_default());
-            Arc::new(
-                backend::kubernetes::KubernetesBackend::connect(
-                    &config.data_dir,
-                    config.kubernetes.namespace.clone(),
-                    template,
-                    exits_tx,
-                )
-                .await?,
-            )
-        }
-    };
+    let backend = backend::connect(
+        config.backend,
+        &config.data_dir,
+        &config.docker,
+        &config.kubernetes,
+        exits_tx,
+    )
+    .await?;
     run_with_backend(config, listener, shutdown, backend, exits_rx).await
 }
 
@@ -139,12 +117,12 @@ pub async fn run_with_backend(
         Arc::new(quota::Quotas::new(config.quotas.clone()).map_err(|e| Error::Config(e.0))?),
     );
     tokio::spawn(pools.clone().watch_exits(exits_rx));
-    let adopted = pools.restore(loaded, config.bindings.clone()).await?;
+    let restored = pools.restore(loaded, config.bindings.clone()).await?;
     tracing::info!(
-        bindings = adopted.bindings,
-        assigned = adopted.assigned,
-        pooled = adopted.pooled,
-        removed = adopted.removed,
+        bindings = restored.bindings,
+        assigned = restored.assigned,
+        pooled = restored.pooled,
+        removed = restored.removed,
         "state restored"
     );
     tracing::info!(

@@ -11,9 +11,56 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
 
 use crate::auth::Caller;
-use crate::config::RateLimitConfig;
+
+/// `[rate_limit]`: spawns (POST /binders/{b}, /api/spawn/, /spawn/...) only;
+/// health, stats and the proxy are never limited.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Anonymous spawns per client IP per minute (0: no limit).
+    #[serde(default = "RateLimitConfig::default_anon")]
+    pub anonymous_per_minute: u32,
+    #[serde(default = "RateLimitConfig::default_anon_burst")]
+    pub anonymous_burst: u32,
+    /// Spawns per second from everyone together (0: no limit).
+    #[serde(default = "RateLimitConfig::default_global")]
+    pub global_per_second: u32,
+    #[serde(default = "RateLimitConfig::default_global_burst")]
+    pub global_burst: u32,
+    /// Peers whose `X-Forwarded-For` is believed (a reverse proxy in front).
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl RateLimitConfig {
+    fn default_anon() -> u32 {
+        60
+    }
+    fn default_anon_burst() -> u32 {
+        20
+    }
+    fn default_global() -> u32 {
+        200
+    }
+    fn default_global_burst() -> u32 {
+        400
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            anonymous_per_minute: Self::default_anon(),
+            anonymous_burst: Self::default_anon_burst(),
+            global_per_second: Self::default_global(),
+            global_burst: Self::default_global_burst(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
 
 pub struct RateLimits {
     anonymous: Option<DefaultKeyedRateLimiter<IpAddr>>,

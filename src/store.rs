@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Owner;
 use crate::backend::Instance;
-use crate::binder::State;
+use crate::binder::{Binder, State};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -107,6 +107,22 @@ pub struct StoredBinder {
     pub instance: Option<Instance>,
     pub created_at: u64,
     pub assigned_at: u64,
+}
+
+/// The row the store keeps for a binder.
+impl From<&Binder> for StoredBinder {
+    fn from(binder: &Binder) -> StoredBinder {
+        StoredBinder {
+            id: binder.id.to_string(),
+            binding: binder.binding.to_string(),
+            token: binder.token.to_string(),
+            state: binder.state(),
+            owner: binder.owner().cloned(),
+            instance: binder.instance().map(|i| (*i).clone()),
+            created_at: binder.created_at,
+            assigned_at: binder.assigned_at(),
+        }
+    }
 }
 
 /// Everything read at start.

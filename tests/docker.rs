@@ -414,7 +414,7 @@ async fn a_configured_network_is_joined_and_used_by_container_ip() {
     let net = format!("binderd-test-net-{}", std::process::id());
     docker(&["network", "create", "--label", "binderd.test=1", &net]);
     let mut config = docker_config(&data);
-    config.docker_network = Some(net.clone());
+    config.docker.network = Some(net.clone());
     let server = Server::start(config).await;
     let http = Http::new();
     create_binding(&http, &server.url(""), &docker_binding("onnet", 1, 2)).await;

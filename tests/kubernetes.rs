@@ -5,7 +5,7 @@
 //! (method, path and namespace, label selector, body) and records them, and
 //! each scenario below drives pod status and asserts on what binderd asked.
 //!
-//! No real cluster runs here; the README says how to try one (kind, k3s).
+//! No real cluster runs here; docs/kubernetes.md says how to try one (kind, k3s).
 //! Pod IPs are 127.0.0.1 and every "pod" is served by one stand-in server on
 //! the binding's port, so binderd's own HTTP readiness check and proxy are real.
 

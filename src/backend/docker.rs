@@ -44,6 +44,16 @@ const LABEL_ROLE: &str = "binderd.role";
 const LABEL_PORT: &str = "binderd.port";
 const ROLE_NOTEBOOK: &str = "notebook";
 const ROLE_SERVICE: &str = "service";
+
+/// `[docker]` in the config.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Join this network and reach containers by their IP instead of
+    /// publishing ports on 127.0.0.1.
+    pub network: Option<String>,
+}
+
 /// How long one engine call may take before it counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -44,6 +44,18 @@ use super::{
 
 const LABEL_ROLE: &str = "binderd.role";
 const LABEL_PORT: &str = "binderd.port";
+/// `[kubernetes]` in the config: where the kubernetes backend puts pods.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Default: the namespace of the kubeconfig context, or binderd's own
+    /// namespace in a cluster.
+    pub namespace: Option<String>,
+    /// Merged over every pod's spec: `nodeSelector`, `tolerations`,
+    /// `imagePullSecrets`, `runtimeClassName`, ... (Kubernetes spelling).
+    pub pod_template: Option<toml::Table>,
+}
+
 /// How long one API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waiting reasons that mean the pod will not start by itself.

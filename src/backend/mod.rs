@@ -20,6 +20,38 @@ pub mod docker;
 pub mod kubernetes;
 pub mod process;
 
+/// Builds the backend `kind` names, for binderd's data dir. Its exit
+/// reports go to `exits`.
+pub async fn connect(
+    kind: BackendKind,
+    data_dir: &Path,
+    docker: &docker::DockerConfig,
+    kubernetes: &kubernetes::KubernetesConfig,
+    exits: ExitSink,
+) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+    Ok(match kind {
+        BackendKind::Process => std::sync::Arc::new(process::ProcessBackend::new(data_dir, exits)?),
+        BackendKind::Docker => std::sync::Arc::new(
+            docker::DockerBackend::connect(data_dir, docker.network.clone(), exits).await?,
+        ),
+        BackendKind::Kubernetes => {
+            let template = kubernetes
+                .pod_template
+                .as_ref()
+                .map(|t| serde_json::to_value(t).unwrap_or_default());
+            std::sync::Arc::new(
+                kubernetes::KubernetesBackend::connect(
+                    data_dir,
+                    kubernetes.namespace.clone(),
+                    template,
+                    exits,
+                )
+                .await?,
+            )
+        }
+    })
+}
+
 /// Label keys (Docker/Kubernetes spelling; the process backend uses the
 /// upper-case `BINDERD_*` environment variable of the same meaning).
 pub const LABEL_OWNER: &str = "binderd.owner";

@@ -1,5 +1,5 @@
-//! Keeping pools full: one reconciler task per binding, and the start of one
-//! binder (backend start, then waiting until it answers HTTP).
+//! Keeping pools full: one reconciler task per binding. The start of each
+//! binder is in [`super::start`].
 //!
 //! The reconciler sleeps until woken (a handout, a failure, a resize) or a
 //! slow tick, then starts what is missing to bring `available + starting` up
@@ -12,11 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use super::{Pool, Pools};
 
-use super::{stored, Pool, Pools};
-use crate::backend::{Instance, StartSpec};
-use crate::binder::{now_unix, Binder, State};
+use crate::binder::{Binder, State};
 
 /// Even with nothing to wake it, a reconciler looks again this often.
 const TICK: Duration = Duration::from_secs(5);
@@ -81,155 +79,6 @@ impl Pools {
             c.entered(State::Starting);
             self.register(pool, &binder);
             self.spawn_start(pool.clone(), binder);
-        }
-    }
-
-    pub(crate) fn spawn_start(&self, pool: Arc<Pool>, binder: Arc<Binder>) {
-        let this = self.clone();
-        self.shared
-            .starts
-            .spawn(async move { this.start(pool, binder).await });
-    }
-
-    /// Starts one binder's container and waits until it answers.
-    async fn start(self, pool: Arc<Pool>, binder: Arc<Binder>) {
-        let Ok(_permit) = self.shared.start_permits.clone().acquire_owned().await else {
-            return;
-        };
-        if pool.retired.is_cancelled() {
-            // The binding was deleted after this binder was registered.
-            self.stop(&pool, &binder);
-        }
-        if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
-            return; // stopped while it waited for a permit
-        }
-        let record = pool.record();
-        if binder.state() == State::Starting {
-            if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
-                self.fail(&pool, &binder, format!("cannot record the binder: {e}"))
-                    .await;
-                return;
-            }
-        }
-        let base_url = binder.location();
-        pool.metrics.starts.increment(1);
-        let started = self
-            .shared
-            .backend
-            .start(StartSpec {
-                binder_id: &binder.id,
-                token: &binder.token,
-                binding: &record.binding,
-                base_url: &base_url,
-            })
-            .await;
-        let instance = match started {
-            Ok(instance) => instance,
-            Err(e) => {
-                self.fail(&pool, &binder, e.to_string()).await;
-                return;
-            }
-        };
-        binder.set_instance(instance.clone());
-        // Pairs with the fence in `finish_stop`: either the stopper sees the
-        // instance, or we see here that it was stopped (or failed) while the
-        // backend was starting it; stopping twice is harmless.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
-            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
-                tracing::warn!(binder = %binder.id, error = %e, "stop failed");
-            }
-            if binder.state() == State::Stopping {
-                self.finish_stop(&pool, &binder).await;
-            }
-            return;
-        }
-        if let Err(e) = self.shared.store.put_binder(stored(&binder)).await {
-            self.fail(&pool, &binder, format!("cannot record the binder: {e}"))
-                .await;
-            return;
-        }
-        let timeout = Duration::from_secs(record.binding.start_timeout_seconds);
-        self.settle(&pool, &binder, &instance, timeout).await;
-    }
-
-    /// Waits until a started (or adopted) binder answers, then moves it into
-    /// the pool or to the caller who claimed it.
-    pub(crate) async fn settle(
-        &self,
-        pool: &Arc<Pool>,
-        binder: &Arc<Binder>,
-        instance: &Instance,
-        timeout: Duration,
-    ) {
-        let record = pool.record();
-        let path = if record.binding.strip_prefix {
-            "/".to_owned()
-        } else {
-            binder.location()
-        };
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
-                return; // failed (exited) or stopped meanwhile
-            }
-            if self.shared.upstream.answers(instance.addr, &path).await {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let reason = format!(
-                    "the container did not answer HTTP on port {} within {}s",
-                    instance.addr.port(),
-                    timeout.as_secs()
-                );
-                self.fail(pool, binder, reason).await;
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
-        }
-        // Recorded as idle before it becomes Idle: so before any handout can
-        // record "assigned" (which this "idle" must never overwrite), and so
-        // that the pool never counts it available while it is not yet in the
-        // queue (a handout meanwhile would start a new binder instead). Only
-        // while still unclaimed; a claim racing this write is recorded as
-        // assigned right below.
-        if binder.state() == State::Starting {
-            if let Err(e) = self
-                .shared
-                .store
-                .set_binder_state(&binder.id, State::Idle)
-                .await
-            {
-                tracing::warn!(binder = %binder.id, error = %e, "cannot record ready binder");
-            }
-        }
-        if pool.transition(binder, State::Starting, State::Idle) {
-            pool.start_succeeded();
-            pool.ready.push(binder.clone());
-        } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
-            pool.start_succeeded();
-            // A resumed binder keeps its handout time (max age counts from
-            // it), and its owner asked for it back: it counts as visited.
-            let resumed = binder.assigned_at() != 0;
-            let at = if resumed {
-                binder.touch();
-                binder.assigned_at()
-            } else {
-                let now = now_unix();
-                binder.set_last_activity(now);
-                now
-            };
-            binder.set_assigned_at(at);
-            let owner = binder
-                .owner()
-                .cloned()
-                .unwrap_or(crate::auth::Owner::Anonymous);
-            if let Err(e) = self.shared.store.assign(&binder.id, owner, at).await {
-                tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
-            }
-            self.watch_for_culling(binder);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Start-up: rebuild the pools from the config files and the store, and adopt
+//! Start-up (`Pools::restore`): rebuild the pools from the config files and the store, and adopt
 //! the containers a previous run left behind.
 //!
 //! The store says what each binder was (its token, whether it was handed
@@ -18,7 +18,7 @@ use crate::store::{Loaded, Source};
 
 /// What adoption did, for the start-up log line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Adopted {
+pub struct Restored {
     pub bindings: usize,
     pub assigned: usize,
     pub pooled: usize,
@@ -30,8 +30,8 @@ impl Pools {
         &self,
         loaded: Loaded,
         file_bindings: Vec<Binding>,
-    ) -> Result<Adopted, PoolError> {
-        let mut report = Adopted::default();
+    ) -> Result<Restored, PoolError> {
+        let mut report = Restored::default();
         let runs_on_host = self.backend_kind().runs_on_host();
         for stored in loaded.bindings {
             let parsed = serde_json::from_str::<Binding>(&stored.spec)
@@ -141,10 +141,8 @@ impl Pools {
             if let Some(owner) = stored.owner {
                 // Charged as before the restart, whatever the limits say now.
                 let resources = &pool.record().binding.resources;
-                if let Ok(Some(charge)) = self.shared.quotas.try_charge(&owner, resources, false) {
-                    binder.set_charge(charge);
-                }
-                binder.set_owner(owner);
+                let charge = self.shared.quotas.try_charge(&owner, resources, false);
+                binder.hand_to(owner, charge.ok().flatten());
             }
             binder.set_assigned_at(stored.assigned_at);
             binder.set_instance(instance.clone());

@@ -1,0 +1,125 @@
+//! The TOML config file (`config/binderd.toml` by default) and the binding
+//! files of `config/bindings/`. Paths in the file are relative to its folder
+//! and resolved here, so nothing after the read needs to know where it was.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, RateLimitConfig, DEFAULT_CONFIG_FILE};
+use crate::auth::Role;
+use crate::backend::docker::DockerConfig;
+use crate::backend::kubernetes::KubernetesConfig;
+use crate::binding::Binding;
+use crate::quota::QuotaSpec;
+
+/// Every key of the file, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub listen: Option<String>,
+    pub backend: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub bindings_dir: Option<PathBuf>,
+    pub allow_origin: Option<String>,
+    pub default_binding: Option<String>,
+    pub cleanup_on_exit: Option<bool>,
+    /// The first spelling of `[docker] network`, still read.
+    docker_network: Option<String>,
+    pub spawn_wait_seconds: Option<u64>,
+    pub max_body_bytes: Option<usize>,
+    pub max_pool_limit: Option<u32>,
+    pub start_concurrency: Option<usize>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub cull_interval_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_seconds: Option<u64>,
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub docker: DockerConfig,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub api_keys: Vec<FileKey>,
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+}
+
+/// `[[api_keys]]` in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileKey {
+    pub name: String,
+    pub key: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub role: Option<Role>,
+    pub quota: Option<QuotaSpec>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or `config/binderd.toml` when none is given and it
+    /// exists, or nothing (all defaults).
+    pub fn read(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let path = match path {
+            Some(path) => path,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Path::new(DEFAULT_CONFIG_FILE),
+            None => return Ok(FileConfig::default()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        file.bindings_dir = file.bindings_dir.map(|d| base.join(d));
+        for key in &mut file.api_keys {
+            key.key_file = key.key_file.take().map(|f| base.join(f));
+        }
+        if file.docker.network.is_none() {
+            file.docker.network = file.docker_network.take();
+        }
+        Ok(file)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Each `*.toml` in `dir` is one binding; its name defaults to the file stem.
+pub(super) fn read_bindings_dir(dir: &Path) -> Result<Vec<Binding>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut binding: Binding = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: one_line(&e.to_string()),
+        })?;
+        if binding.name.is_empty() {
+            binding.name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+        }
+        out.push(binding);
+    }
+    Ok(out)
+}

@@ -1,0 +1,332 @@
+//! Configuration: flags > environment > TOML file > defaults.
+//!
+//! [`Config::load`] reads the file ([`file`]), lays the flags and their
+//! `BINDERD_*` variables over it ([`cli`]), then checks the whole into a
+//! [`Config`]. Any problem is one [`ConfigError`] line, and `main` exits 64.
+//! The tables a backend or a limiter reads are defined beside what reads
+//! them (`backend::docker::DockerConfig`, `ratelimit::RateLimitConfig`, ...).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::auth::ApiKey;
+use crate::backend::docker::DockerConfig;
+use crate::backend::kubernetes::KubernetesConfig;
+use crate::backend::BackendKind;
+use crate::binding::{Binding, BindingName, DEFAULT_MAX_POOL_LIMIT};
+use crate::quota::QuotaSpec;
+pub use crate::ratelimit::RateLimitConfig;
+
+mod cli;
+mod file;
+mod keys;
+
+pub use cli::{Cli, Command, ServeArgs};
+use file::FileConfig;
+
+pub const DEFAULT_CONFIG_FILE: &str = "config/binderd.toml";
+pub const DEFAULT_BINDINGS_DIR: &str = "config/bindings";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8585";
+pub const DEFAULT_DATA_DIR: &str = "binderd-data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The checked configuration `run` is given.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backend: BackendKind,
+    pub data_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub allow_origin: Option<String>,
+    pub default_binding: Option<BindingName>,
+    /// How long `POST /api/spawn/` waits for a container when none is warm.
+    pub spawn_wait: Duration,
+    pub max_body_bytes: usize,
+    pub max_pool_limit: u32,
+    /// Container starts in flight at once, over all bindings.
+    pub start_concurrency: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// How often the culler looks for idle and old binders.
+    pub cull_interval: Duration,
+    pub cleanup_on_exit: bool,
+    pub docker: DockerConfig,
+    pub api_keys: Vec<ApiKey>,
+    /// Per-key quotas, by key name.
+    pub quotas: HashMap<String, QuotaSpec>,
+    pub rate_limit: RateLimitConfig,
+    /// Open client connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A client must send its request headers within this (slow-loris).
+    pub header_read_timeout: Duration,
+    pub kubernetes: KubernetesConfig,
+    /// Bindings declared in files; they exist at every start.
+    pub bindings: Vec<Binding>,
+}
+
+impl Config {
+    /// Defaults, with a data dir of the caller's choosing (tests, embedding).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            backend: BackendKind::Process,
+            data_dir: data_dir.into(),
+            public_url: None,
+            allow_origin: None,
+            default_binding: None,
+            spawn_wait: Duration::from_secs(30),
+            max_body_bytes: 1 << 20,
+            max_pool_limit: DEFAULT_MAX_POOL_LIMIT,
+            start_concurrency: 8,
+            shutdown_grace: Duration::from_secs(10),
+            cull_interval: Duration::from_secs(5),
+            cleanup_on_exit: false,
+            docker: DockerConfig::default(),
+            api_keys: Vec::new(),
+            quotas: HashMap::new(),
+            rate_limit: RateLimitConfig::default(),
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            kubernetes: KubernetesConfig::default(),
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Reads the file, lays the flags and environment over it, checks.
+    /// `api_keys_env` is `BINDERD_API_KEYS`.
+    pub fn load(args: ServeArgs, api_keys_env: Option<String>) -> Result<Config, ConfigError> {
+        let mut file = FileConfig::read(args.config.as_deref())?;
+        args.overlay(&mut file);
+        Config::check(file, api_keys_env)
+    }
+
+    /// The defaults with every key of `file` checked and laid over them.
+    fn check(file: FileConfig, api_keys_env: Option<String>) -> Result<Config, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let data_dir = file.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let mut cfg = Config::new(data_dir);
+        let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        cfg.listen = listen.parse().map_err(|_| {
+            invalid(format!(
+                "invalid listen address '{listen}' (expected IP:PORT, e.g. 127.0.0.1:8585)"
+            ))
+        })?;
+        if let Some(backend) = file.backend {
+            cfg.backend = backend.parse().map_err(invalid)?;
+        }
+        if let Some(url) = &file.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "public_url '{url}' must start with http:// or https://"
+                )));
+            }
+        }
+        cfg.public_url = file.public_url;
+        if let Some(origin) = &file.allow_origin {
+            if http::HeaderValue::from_str(origin).is_err() {
+                return Err(invalid(format!(
+                    "allow_origin '{origin}' is not a valid header value"
+                )));
+            }
+        }
+        cfg.allow_origin = file.allow_origin;
+        cfg.default_binding = file
+            .default_binding
+            .map(|n| BindingName::parse(&n).map_err(|e| invalid(format!("default_binding: {e}"))))
+            .transpose()?;
+        cfg.cleanup_on_exit = file.cleanup_on_exit.unwrap_or(false);
+        cfg.docker = file.docker;
+        cfg.kubernetes = file.kubernetes;
+        if let Some(s) = file.spawn_wait_seconds {
+            cfg.spawn_wait = Duration::from_secs(s.min(3600));
+        }
+        if let Some(n) = file.max_body_bytes {
+            cfg.max_body_bytes = n;
+        }
+        if let Some(n) = file.max_pool_limit {
+            cfg.max_pool_limit = n;
+        }
+        if let Some(n) = file.start_concurrency {
+            if n == 0 {
+                return Err(invalid("start_concurrency must be at least 1".into()));
+            }
+            cfg.start_concurrency = n;
+        }
+        if let Some(ms) = file.cull_interval_ms {
+            cfg.cull_interval = Duration::from_millis(ms.clamp(10, 3_600_000));
+        }
+        if let Some(s) = file.shutdown_grace_seconds {
+            cfg.shutdown_grace = Duration::from_secs(s);
+        }
+        if let Some(n) = file.max_connections {
+            cfg.max_connections = n.max(1);
+        }
+        if let Some(s) = file.header_read_timeout_seconds {
+            cfg.header_read_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(r) = file.rate_limit {
+            cfg.rate_limit = r;
+        }
+        (cfg.api_keys, cfg.quotas) = keys::load(api_keys_env, file.api_keys)?;
+
+        let mut bindings = file.bindings;
+        match file.bindings_dir {
+            Some(dir) => bindings.extend(file::read_bindings_dir(&dir)?),
+            None if Path::new(DEFAULT_BINDINGS_DIR).is_dir() => {
+                bindings.extend(file::read_bindings_dir(Path::new(DEFAULT_BINDINGS_DIR))?)
+            }
+            None => {}
+        }
+        cfg.bindings = cfg.check_bindings(bindings)?;
+        Ok(cfg)
+    }
+
+    /// Validates file bindings against this config's backend and limits.
+    pub fn check_bindings(&self, bindings: Vec<Binding>) -> Result<Vec<Binding>, ConfigError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(bindings.len());
+        for mut b in bindings {
+            let name = b
+                .validate(self.backend.runs_on_host(), self.max_pool_limit)
+                .map_err(|e| ConfigError::Invalid(format!("binding '{}': {e}", b.name)))?;
+            if !seen.insert(name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "binding '{name}' is declared twice"
+                )));
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("binderd-cfg-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tmp("prec");
+        std::fs::create_dir_all(dir.join("bindings")).unwrap();
+        std::fs::write(
+            dir.join("bindings/Web.toml"),
+            "command = [\"python3\", \"-m\", \"http.server\", \"{port}\"]\npublic = true\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("alice.key"), "from-file\n").unwrap();
+        std::fs::write(
+            dir.join("b.toml"),
+            r#"
+listen = "127.0.0.1:9000"
+data_dir = "/tmp/x"
+bindings_dir = "bindings"
+spawn_wait_seconds = 5
+[[api_keys]]
+name = "alice"
+key_file = "alice.key"
+"#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(dir.join("b.toml")),
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load(args, None).unwrap();
+        assert_eq!(cfg.listen.port(), 0);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.spawn_wait, Duration::from_secs(5));
+        assert_eq!(cfg.bindings.len(), 1);
+        assert_eq!(cfg.bindings[0].name, "web");
+        assert_eq!(cfg.api_keys.len(), 1);
+        assert_eq!(cfg.api_keys[0].role, Role::User);
+
+        // BINDERD_API_KEYS replaces the file's keys.
+        let args = ServeArgs {
+            config: Some(dir.join("b.toml")),
+            ..Default::default()
+        };
+        let cfg = Config::load(args, Some("root:k1:admin,bob:k2".into())).unwrap();
+        assert_eq!(cfg.api_keys.len(), 2);
+        assert_eq!(cfg.api_keys[0].role, Role::Admin);
+        assert_eq!(cfg.api_keys[1].role, Role::User);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_config_is_one_clear_line() {
+        let dir = tmp("bad");
+        std::fs::write(dir.join("c.toml"), "listen = \"nowhere\"\n").unwrap();
+        let err = |args: ServeArgs, keys: Option<&str>| {
+            Config::load(args, keys.map(str::to_owned))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(
+            ServeArgs {
+                config: Some(dir.join("c.toml")),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(e.contains("invalid listen address 'nowhere'"), "{e}");
+        assert!(!e.contains('\n'));
+
+        std::fs::write(dir.join("d.toml"), "colour = \"red\"\n").unwrap();
+        let e = err(
+            ServeArgs {
+                config: Some(dir.join("d.toml")),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(e.contains("colour") && !e.contains('\n'), "{e}");
+
+        let e = err(
+            ServeArgs {
+                backend: Some("vm".into()),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(e.contains("unknown backend 'vm'"), "{e}");
+
+        let e = err(ServeArgs::default(), Some("alice:k:root"));
+        assert!(
+            e.contains("unknown role 'root'") && !e.contains(":k:"),
+            "{e}"
+        );
+
+        let e = err(
+            ServeArgs {
+                config: Some(dir.join("missing.toml")),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(e.contains("missing.toml"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

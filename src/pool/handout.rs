@@ -1,0 +1,153 @@
+//! The handout: a warm binder if the queue has one (pop + one CAS, then the
+//! store's commit), else one started for the caller, else, at `maxPool`, one
+//! already starting for the pool. Never a backend call; no lock held across
+//! the await.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{Pool, PoolError, Pools};
+use crate::auth::Owner;
+use crate::backend::BackendError;
+use crate::binder::{now_unix, Binder, State};
+use crate::store::StoredBinder;
+
+/// What a handout gave.
+pub enum Handout {
+    /// A warm binder, assigned and recorded.
+    Ready(Arc<Binder>),
+    /// None was warm: this one is starting for the caller.
+    Starting(Arc<Binder>),
+}
+
+/// Where a handout found its binder.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Warm,
+    Cold,
+    Claimed,
+}
+
+impl Pools {
+    /// Hands out a binder of `pool` to `owner`.
+    ///
+    /// The hot path: pop + compare-and-swap, then one awaited store commit
+    /// (batched with every other handout waiting at that moment). No backend
+    /// call and no lock held across the await.
+    pub async fn handout(&self, pool: &Arc<Pool>, owner: Owner) -> Result<Handout, PoolError> {
+        let charge =
+            self.shared
+                .quotas
+                .try_charge(&owner, &pool.current().binding.resources, true)?;
+        let result = self.handout_charged(pool, owner, charge.clone()).await;
+        if result.is_err() {
+            if let Some(c) = charge {
+                c.release();
+            }
+        }
+        result
+    }
+
+    async fn handout_charged(
+        &self,
+        pool: &Arc<Pool>,
+        owner: Owner,
+        charge: Option<Arc<crate::quota::Charge>>,
+    ) -> Result<Handout, PoolError> {
+        let (binder, found) = self.find(pool)?;
+        binder.hand_to(owner.clone(), charge);
+        let recorded = match found {
+            Found::Warm => {
+                let now = now_unix();
+                binder.set_assigned_at(now);
+                binder.set_last_activity(now);
+                binder.changed.notify_waiters();
+                self.shared.store.assign(&binder.id, owner, now).await
+            }
+            Found::Cold => {
+                self.register(pool, &binder);
+                let row = StoredBinder::from(&*binder);
+                self.shared.store.put_binder(row).await
+            }
+            Found::Claimed => self.shared.store.claim(&binder.id, owner).await,
+        };
+        if let Err(e) = recorded {
+            // Not durable, so not handed out: a crash now could hand it out
+            // again. A warm one goes back to the pool; the others fail.
+            if found == Found::Warm {
+                binder.release_charge();
+                if pool.transition(&binder, State::Assigned, State::Idle) {
+                    pool.ready.push(binder);
+                }
+            } else {
+                self.fail(pool, &binder, format!("cannot record the binder: {e}"))
+                    .await;
+            }
+            return Err(e.into());
+        }
+        Ok(match found {
+            Found::Warm => {
+                self.watch_for_culling(&binder);
+                pool.metrics.warm_handouts.increment(1);
+                Handout::Ready(binder)
+            }
+            Found::Cold => {
+                self.spawn_start(pool.clone(), binder.clone());
+                pool.metrics.cold_handouts.increment(1);
+                Handout::Starting(binder)
+            }
+            Found::Claimed => Handout::Starting(binder),
+        })
+    }
+
+    /// The binder a handout gives: a warm one (now `Assigned`), else a new
+    /// one starting for the caller (`StartingClaimed`, its slot reserved),
+    /// else, at `maxPool`, one already starting for the pool.
+    fn find(&self, pool: &Arc<Pool>) -> Result<(Arc<Binder>, Found), PoolError> {
+        if let Some(binder) = pool.ready.pop_transition(&pool.counters, State::Assigned) {
+            // Refill at once, but wake the reconciler only if it has work:
+            // its counts are what `fill` reads.
+            if pool.counters.wants_more(
+                pool.min.load(Ordering::Acquire),
+                pool.max.load(Ordering::Acquire),
+            ) {
+                pool.wake.notify_one();
+            }
+            return Ok((binder, Found::Warm));
+        }
+        if let Some(reason) = self.shared.backend.unavailable() {
+            return Err(BackendError::Unavailable(reason).into());
+        }
+        let max = pool.max.load(Ordering::Acquire);
+        if pool.counters.try_reserve(max) {
+            let binder = Arc::new(Binder::new(pool.name.clone(), State::StartingClaimed));
+            pool.counters.entered(State::StartingClaimed);
+            return Ok((binder, Found::Cold));
+        }
+        match self.claim_starting(pool) {
+            Some(binder) => Ok((binder, Found::Claimed)),
+            None => Err(PoolError::Full {
+                name: pool.name.clone(),
+                max,
+            }),
+        }
+    }
+
+    /// Claims a binder that is starting for the pool. Scans the binders, so
+    /// it is only for the rare empty-and-at-maxPool case.
+    fn claim_starting(&self, pool: &Arc<Pool>) -> Option<Arc<Binder>> {
+        if pool.counters.get(&pool.counters.starting) == 0 {
+            return None;
+        }
+        let candidates: Vec<Arc<Binder>> = self
+            .shared
+            .binders
+            .iter()
+            .filter(|e| Arc::ptr_eq(&e.pool, pool) && e.binder.state() == State::Starting)
+            .map(|e| e.binder.clone())
+            .collect();
+        candidates
+            .into_iter()
+            .find(|b| pool.transition(b, State::Starting, State::StartingClaimed))
+    }
+}

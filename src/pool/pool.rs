@@ -1,0 +1,171 @@
+//! One binding's pool: its record (the template, swapped whole on `PUT`),
+//! its sizes, its counters and its queue of warm binders. Every change of a
+//! binder's state goes through [`Pool::transition`], [`Pool::force`] or
+//! [`Pool::take_down`], which keep the counters in step and wake anyone
+//! waiting on the binder.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::allocator::{Counters, ReadyQueue};
+use crate::auth::Access;
+use crate::binder::{Binder, State};
+use crate::binding::{Binding, BindingName};
+use crate::store::Source;
+
+/// A binding as binderd holds it.
+#[derive(Debug, Clone)]
+pub struct BindingRecord {
+    pub name: BindingName,
+    pub binding: Binding,
+    pub owner: String,
+    pub created_at: u64,
+    pub source: Source,
+}
+
+impl BindingRecord {
+    pub fn access(&self) -> Access<'_> {
+        Access {
+            owner: &self.owner,
+            administrators: &self.binding.administrators,
+            public: self.binding.public,
+        }
+    }
+}
+
+/// The counts `GET /pools/{binding}` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub running: u32,
+    pub available: u32,
+    pub starting: u32,
+    pub min: u32,
+    pub max: u32,
+}
+
+impl From<PoolCounts> for crate::metrics::PoolGauges {
+    fn from(c: PoolCounts) -> Self {
+        crate::metrics::PoolGauges {
+            available: c.available,
+            running: c.running,
+            starting: c.starting,
+            min: c.min,
+            max: c.max,
+        }
+    }
+}
+
+/// One binding's pool.
+pub struct Pool {
+    pub name: BindingName,
+    pub(super) record: ArcSwap<BindingRecord>,
+    pub(super) min: AtomicU32,
+    pub(super) max: AtomicU32,
+    pub counters: Counters,
+    pub(super) ready: ReadyQueue,
+    /// Wakes the reconciler: a handout, a failure, a resize.
+    pub(super) wake: Notify,
+    /// Failed starts in a row; drives the back-off and the binding status.
+    pub(super) failures: AtomicU32,
+    pub(super) last_error: Mutex<Option<String>>,
+    /// Cancelled when the binding is deleted.
+    pub(super) retired: CancellationToken,
+    pub(crate) metrics: crate::metrics::PoolCounters,
+}
+
+impl Pool {
+    pub(super) fn new(record: BindingRecord) -> Pool {
+        let size = record.binding.pool;
+        let metrics = crate::metrics::PoolCounters::new(record.name.as_str());
+        Pool {
+            name: record.name.clone(),
+            record: ArcSwap::from_pointee(record),
+            min: AtomicU32::new(size.min),
+            max: AtomicU32::new(size.max),
+            counters: Counters::default(),
+            ready: ReadyQueue::default(),
+            wake: Notify::new(),
+            failures: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+            retired: CancellationToken::new(),
+            metrics,
+        }
+    }
+
+    pub fn record(&self) -> Arc<BindingRecord> {
+        self.record.load_full()
+    }
+
+    /// The record without taking a reference count (for the hot paths:
+    /// no shared counter bumped per request). Do not hold across an await.
+    pub fn current(&self) -> arc_swap::Guard<Arc<BindingRecord>> {
+        self.record.load()
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let c = &self.counters;
+        PoolCounts {
+            running: c.get(&c.live),
+            available: c.get(&c.available),
+            starting: c.get(&c.starting) + c.get(&c.starting_claimed),
+            min: self.min.load(Ordering::Acquire),
+            max: self.max.load(Ordering::Acquire),
+        }
+    }
+
+    /// `None` when healthy, else why the last start failed.
+    pub fn error(&self) -> Option<String> {
+        if self.failures.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Moves `binder` from `from` to `to` if it is in `from`.
+    pub fn transition(&self, binder: &Binder, from: State, to: State) -> bool {
+        let moved = binder.transition(from, to);
+        if moved {
+            self.counters.on_transition(from, to);
+            binder.changed.notify_waiters();
+        }
+        moved
+    }
+
+    /// Moves `binder` to `to` from whatever it was in; returns that state.
+    pub fn force(&self, binder: &Binder, to: State) -> State {
+        let from = binder.force(to);
+        self.counters.on_transition(from, to);
+        binder.changed.notify_waiters();
+        from
+    }
+
+    /// Moves a live binder that is not already stopping to `to` (`Stopping`
+    /// or `Failed`); returns the state it left. Of racing callers, one wins.
+    pub fn take_down(&self, binder: &Binder, to: State) -> Option<State> {
+        loop {
+            let from = binder.state();
+            if !from.is_live() || from == State::Stopping {
+                return None;
+            }
+            if self.transition(binder, from, to) {
+                return Some(from);
+            }
+        }
+    }
+
+    pub(super) fn start_failed(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(reason.to_owned());
+        }
+    }
+
+    pub(super) fn start_succeeded(&self) {
+        self.failures.store(0, Ordering::Release);
+    }
+}
