@@ -32,29 +32,25 @@ fn venv() -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
 }
 
-/// The binding this project documents for Jupyter on the process backend:
-/// no Jupyter token (the 128-bit location is the secret, as with tmpnb) so
-/// that thebe-style pages work; XSRF off for the same reason.
+/// The binding this project documents for Jupyter on the process backend
+/// (`examples/bindings/jupyter.json`, as the README shows it): no Jupyter
+/// token (the 128-bit location is the secret, as with tmpnb) so that
+/// thebe-style pages work; XSRF off for the same reason. Here `jupyter` comes
+/// from the test venv, and the tests may run as root.
 fn jupyter_binding(venv: &std::path::Path, name: &str, min: u32) -> serde_json::Value {
-    json!({
-        "name": name,
-        "command": [
-            venv.join("bin/jupyter").to_str().unwrap(), "server",
-            "--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.base_url={base_url}",
-            "--IdentityProvider.token=", "--ServerApp.password=",
-            "--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_origin=*",
-            "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0",
-            "--ServerApp.open_browser=False", "--allow-root",
-        ],
-        "env": {
-            "JUPYTER_RUNTIME_DIR": "jupyter-runtime",
-            "JUPYTER_CONFIG_DIR": "jupyter-config",
-            "IPYTHONDIR": "ipython",
-        },
-        "public": true,
-        "pool": {"min": min, "max": 4},
-        "start_timeout_seconds": 60,
-    })
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/bindings/jupyter.json"
+    );
+    let mut binding: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    let command = binding["command"].as_array_mut().unwrap();
+    assert_eq!(command[0], "jupyter");
+    command[0] = json!(venv.join("bin/jupyter").to_str().unwrap());
+    command.push(json!("--allow-root"));
+    binding["name"] = json!(name);
+    binding["pool"] = json!({"min": min, "max": 4});
+    binding
 }
 
 fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {

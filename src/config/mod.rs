@@ -276,6 +276,49 @@ key_file = "alice.key"
     }
 
     #[test]
+    fn the_documented_config_and_the_example_bindings_load() {
+        let dir = tmp("documented");
+        let args = ServeArgs {
+            config: Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
+            bindings_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let cfg = Config::load(args, None).unwrap();
+        assert_eq!(cfg.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cfg.docker, DockerConfig::default());
+
+        // The Jupyter example, as TOML for config/bindings/ and as JSON for
+        // the API, is one binding.
+        let toml_text = std::fs::read_to_string("examples/bindings/jupyter.toml").unwrap();
+        let mut from_toml: Binding = toml::from_str(&toml_text).unwrap();
+        let json_text = std::fs::read_to_string("examples/bindings/jupyter.json").unwrap();
+        let from_json: Binding = serde_json::from_str(&json_text).unwrap();
+        from_toml.name = from_json.name.clone();
+        assert_eq!(from_toml, from_json);
+
+        // The old spelling of the Docker network still works; the table wins.
+        std::fs::write(dir.join("old.toml"), "docker_network = \"a\"\n").unwrap();
+        std::fs::write(
+            dir.join("both.toml"),
+            "docker_network = \"a\"\n[docker]\nnetwork = \"b\"\n",
+        )
+        .unwrap();
+        for (file, want) in [("old.toml", "a"), ("both.toml", "b")] {
+            let read = FileConfig::read(Some(&dir.join(file))).unwrap();
+            assert_eq!(read.docker.network.as_deref(), Some(want), "{file}");
+        }
+        // The flag beats both.
+        let mut read = FileConfig::read(Some(&dir.join("both.toml"))).unwrap();
+        let flags = ServeArgs {
+            docker_network: Some("c".into()),
+            ..Default::default()
+        };
+        flags.overlay(&mut read);
+        assert_eq!(read.docker.network.as_deref(), Some("c"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn bad_config_is_one_clear_line() {
         let dir = tmp("bad");
         std::fs::write(dir.join("c.toml"), "listen = \"nowhere\"\n").unwrap();
