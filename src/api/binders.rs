@@ -1,19 +1,17 @@
-//! `/binders`, `/pools` and the `/user/{token}/` proxy entry.
+//! `/binders`: hand out, list, show, stop, pause, logs and events.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::views::{BinderView, PoolView, Stopping};
+use super::views::{BinderView, Stopping};
 use super::{binding_name, json, read_json, ApiError, App, Result};
 use crate::auth::{owns_binder, AuthError, Caller};
 use crate::binder::{is_secret_shaped, Binder, State};
 use crate::body::Body;
 use crate::pool::{Handout, Pool};
-use crate::proxy::split_user_path;
 
 /// The pool of a binding this caller may use, or 404.
 pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<Pool>> {
@@ -104,106 +102,6 @@ pub(super) fn delete(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<
             state: binder.state().public_name(),
         },
     )
-}
-
-pub(super) fn pools(app: &App, caller: &Caller) -> Result<Response<Body>> {
-    let docs: Vec<PoolView> = app
-        .pools
-        .list()
-        .iter()
-        .filter(|p| p.current().access().visible_to(caller))
-        .map(|p| PoolView::of(p, true))
-        .collect();
-    json(StatusCode::OK, &docs)
-}
-
-pub(super) fn pool(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
-    let pool = visible_pool(app, caller, raw)?;
-    json(StatusCode::OK, &PoolView::of(&pool, false))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Resize {
-    #[serde(rename = "minPool")]
-    min: Option<u32>,
-    #[serde(rename = "maxPool")]
-    max: Option<u32>,
-}
-
-/// `POST|PUT /pools/{binding}` `{"minPool": n, "maxPool": m}`.
-pub(super) async fn resize(
-    app: &App,
-    caller: &Caller,
-    raw: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>> {
-    if caller.key_name().is_none() {
-        return Err(AuthError::Required.into());
-    }
-    let pool = visible_pool(app, caller, raw)?;
-    if !pool.current().access().administers(caller) {
-        return Err(ApiError::Forbidden(format!(
-            "only an admin or an administrator of '{}' may resize its pool",
-            pool.name
-        )));
-    }
-    let body: Resize = read_json(app, req).await?;
-    if body.min.is_none() && body.max.is_none() {
-        return Err(ApiError::BadRequest(
-            "give 'minPool' and/or 'maxPool'".into(),
-        ));
-    }
-    app.pools.resize(&pool, body.min, body.max).await?;
-    json(StatusCode::OK, &PoolView::of(&pool, false))
-}
-
-/// `/user/{token}/...`: find the binder in O(1) and forward.
-pub(super) async fn proxy(
-    app: &App,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Response<Body>> {
-    // `handle` folded doubled slashes already.
-    let path = req.uri().path().to_owned();
-    let unknown =
-        || ApiError::NotFound("no binder at this address (it may have been stopped)".into());
-    let (token, rest) = split_user_path(&path).ok_or_else(unknown)?;
-    if !is_secret_shaped(token) {
-        return Err(unknown());
-    }
-    let entry = app.pools.by_token(token).ok_or_else(unknown)?;
-    match entry.binder.state() {
-        State::Assigned => {}
-        State::Paused => {
-            return Err(ApiError::Unavailable {
-                message: "this binder is paused: resume it with POST /binders/{binding}/{id}/actions/pause {\"paused\": false}".into(),
-                retry_after: 5,
-            })
-        }
-        State::StartingClaimed => {
-            return Err(ApiError::Unavailable {
-                message: "this binder is starting again: retry in a moment".into(),
-                retry_after: 2,
-            })
-        }
-        _ => return Err(unknown()),
-    }
-    // binderd's own key is not the container's business.
-    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
-        if app
-            .keys
-            .authenticate(Some(auth.as_bytes()))
-            .is_ok_and(|c| c.key_name().is_some())
-        {
-            req.headers_mut().remove(header::AUTHORIZATION);
-        }
-    }
-    let strip_prefix = entry.pool.current().binding.strip_prefix;
-    Ok(app
-        .proxy
-        .forward(req, &entry.binder, strip_prefix, rest, peer)
-        .await?)
 }
 
 #[derive(Deserialize)]

@@ -1,35 +1,34 @@
 //! `/bindings`: the templates.
 
-use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use serde_json::{json, Value};
+use std::sync::Arc;
 
-use super::{binding_name, dispatch_mismatch, json, read_json, ApiError, App, Result};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{binding_name, json, read_json, ApiError, App, Result};
 use crate::auth::{may_create_binding, Caller};
-use crate::binding::{printable, Binding};
+use crate::binding::{printable, Binding, BindingName};
 use crate::body::Body;
 use crate::pool::{Pool, PoolError};
 
-/// The binding as answered: the template plus owner, created_at and status.
-pub(super) fn render(pool: &Pool) -> Value {
+/// The binding as answered: the template with its pool's sizes as they are
+/// now, plus owner, created_at and status.
+pub(super) fn render(pool: &Pool) -> Binding {
     let record = pool.record();
-    let mut doc = serde_json::to_value(&record.binding).unwrap_or_else(|_| json!({}));
+    let mut doc = record.binding.clone();
     let counts = pool.counts();
-    doc["pool"] = json!({"min": counts.min, "max": counts.max});
-    doc["owner"] = json!(record.owner);
-    doc["created_at"] = json!(record.created_at);
-    match pool.error() {
-        None => doc["status"] = json!("ready"),
-        Some(message) => {
-            doc["status"] = json!("error");
-            doc["message"] = json!(message);
-        }
-    }
+    doc.pool.min = counts.min;
+    doc.pool.max = counts.max;
+    doc.owner = Some(record.owner.clone().into());
+    doc.created_at = Some(record.created_at.into());
+    let error = pool.error();
+    doc.status = Some(if error.is_some() { "error" } else { "ready" }.into());
+    doc.message = error.map(Into::into);
     doc
 }
 
 pub(super) fn list(app: &App, caller: &Caller) -> Result<Response<Body>> {
-    let docs: Vec<Value> = app
+    let docs: Vec<Binding> = app
         .pools
         .list()
         .iter()
@@ -72,81 +71,93 @@ fn name_from_path(mut binding: Binding, path_name: Option<&str>) -> Result<Bindi
     Ok(binding)
 }
 
-/// `/bindings/{name}` (and `/bindings/{a}/{b}` as `{a}-{b}`).
-pub(super) async fn one(
+/// The pool of binding `name` if this caller may see it; 400 for a bad name.
+fn visible(app: &App, caller: &Caller, raw_name: &str) -> Result<(BindingName, Option<Arc<Pool>>)> {
+    let name = binding_name(raw_name)?;
+    let pool = app
+        .pools
+        .get(&name)
+        .filter(|p| p.current().access().visible_to(caller));
+    Ok((name, pool))
+}
+
+fn not_found(name: &BindingName) -> ApiError {
+    ApiError::NotFound(format!("binding '{name}' not found"))
+}
+
+/// `GET|HEAD /bindings/{name}` (and `/bindings/{a}/{b}` as `{a}-{b}`).
+pub(super) fn get(app: &App, caller: &Caller, raw_name: &str) -> Result<Response<Body>> {
+    let (name, pool) = visible(app, caller, raw_name)?;
+    let pool = pool.ok_or_else(|| not_found(&name))?;
+    json(StatusCode::OK, &render(&pool))
+}
+
+/// `PUT /bindings/{name}`: replace (owner or admin) or create.
+pub(super) async fn put(
     app: &App,
     caller: &Caller,
     raw_name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
-    let method = req.method().clone();
-    let name = binding_name(raw_name)?;
-    let not_found = || ApiError::NotFound(format!("binding '{name}' not found"));
-    let visible = app
-        .pools
-        .get(&name)
-        .filter(|p| p.current().access().visible_to(caller));
-    match method {
-        Method::GET | Method::HEAD => {
-            let pool = visible.ok_or_else(not_found)?;
-            json(StatusCode::OK, &render(&pool))
+    if caller.key_name().is_none() {
+        return Err(crate::auth::AuthError::Required.into());
+    }
+    let (name, visible) = visible(app, caller, raw_name)?;
+    if let Some(pool) = &visible {
+        if !pool.current().access().owned_by(caller) {
+            return Err(ApiError::Forbidden(format!(
+                "only the owner of binding '{name}' or an admin may replace it"
+            )));
         }
-        Method::POST => create(app, caller, Some(raw_name), req).await,
-        Method::PUT => {
-            if caller.key_name().is_none() {
-                return Err(crate::auth::AuthError::Required.into());
-            }
-            if let Some(pool) = &visible {
-                if !pool.current().access().owned_by(caller) {
-                    return Err(ApiError::Forbidden(format!(
-                        "only the owner of binding '{name}' or an admin may replace it"
-                    )));
-                }
-            }
-            may_create_binding(caller, app.config.backend.runs_on_host())?;
-            let binding: Binding = read_json(app, req).await?;
-            let binding = name_from_path(binding, Some(raw_name))?;
-            let owner = caller.key_name().unwrap_or_default();
-            if visible.is_none() && app.pools.get(&name).is_some() {
-                // Exists but hidden from this caller: do not reveal or replace it.
-                return Err(ApiError::Conflict(format!(
-                    "binding '{name}' already exists"
-                )));
-            }
-            let (pool, created) = app.pools.put_binding(binding, owner, true).await?;
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            json(status, &render(&pool))
-        }
-        Method::DELETE => {
-            if caller.key_name().is_none() {
-                return Err(crate::auth::AuthError::Required.into());
-            }
-            let pool = visible.ok_or_else(not_found)?;
-            if !pool.current().access().owned_by(caller) {
-                return Err(ApiError::Forbidden(format!(
-                    "only the owner of binding '{name}' or an admin may delete it"
-                )));
-            }
-            let force = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
-            match app.pools.delete_binding(&name, force).await {
-                Ok(()) => json(
-                    StatusCode::ACCEPTED,
-                    &super::views::Deleting {
-                        name: name.to_string(),
-                        status: "deleting",
-                    },
-                ),
-                Err(PoolError::NotFound(_)) => Err(not_found()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        _ => Err(dispatch_mismatch()),
+    }
+    may_create_binding(caller, app.config.backend.runs_on_host())?;
+    let binding: Binding = read_json(app, req).await?;
+    let binding = name_from_path(binding, Some(raw_name))?;
+    let owner = caller.key_name().unwrap_or_default();
+    if visible.is_none() && app.pools.get(&name).is_some() {
+        // Exists but hidden from this caller: do not reveal or replace it.
+        return Err(ApiError::Conflict(format!(
+            "binding '{name}' already exists"
+        )));
+    }
+    let (pool, created) = app.pools.put_binding(binding, owner, true).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json(status, &render(&pool))
+}
+
+/// `DELETE /bindings/{name}[?force=true]` (owner or admin).
+pub(super) async fn delete(
+    app: &App,
+    caller: &Caller,
+    raw_name: &str,
+    query: &str,
+) -> Result<Response<Body>> {
+    if caller.key_name().is_none() {
+        return Err(crate::auth::AuthError::Required.into());
+    }
+    let (name, pool) = visible(app, caller, raw_name)?;
+    let pool = pool.ok_or_else(|| not_found(&name))?;
+    if !pool.current().access().owned_by(caller) {
+        return Err(ApiError::Forbidden(format!(
+            "only the owner of binding '{name}' or an admin may delete it"
+        )));
+    }
+    let force = query
+        .split('&')
+        .any(|kv| kv == "force=true" || kv == "force=1");
+    match app.pools.delete_binding(&name, force).await {
+        Ok(()) => json(
+            StatusCode::ACCEPTED,
+            &super::views::Deleting {
+                name: name.to_string(),
+                status: "deleting",
+            },
+        ),
+        Err(PoolError::NotFound(_)) => Err(not_found(&name)),
+        Err(e) => Err(e.into()),
     }
 }

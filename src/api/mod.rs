@@ -29,8 +29,13 @@ mod binders;
 mod bindings;
 pub mod error;
 mod openapi;
+mod pools;
+mod routes;
 mod tmpnb;
+mod user;
 pub mod views;
+
+use routes::Route;
 
 use crate::body::full;
 pub use error::ApiError;
@@ -121,7 +126,7 @@ async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
     fold_path(&mut req);
     if req.uri().path().starts_with("/user/") {
         let html = wants_html(&req);
-        return match binders::proxy(app, req, peer).await {
+        return match user::proxy(app, req, peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(html),
         };
@@ -200,77 +205,35 @@ fn cors(app: &App, headers: &mut http::HeaderMap) {
     }
 }
 
-/// Routes an API request. Trailing slashes are optional.
-/// The methods each route answers: the one table behind `Allow` on 405s and
-/// on `OPTIONS`. `None`: no such route.
-fn methods(segments: &[&str]) -> Option<&'static str> {
-    Some(match segments {
-        []
-        | ["healthcheck"]
-        | ["configuration"]
-        | ["openapi.json"]
-        | ["quota"]
-        | ["pools"]
-        | ["metrics"] => "GET, HEAD",
-        ["api", "stats"] | ["spawn", ..] | ["binders", _, _, "logs"] => "GET, HEAD",
-        ["bindings"] | ["binders", _] => "GET, HEAD, POST",
-        ["bindings", _] | ["bindings", _, _] => "GET, HEAD, POST, PUT, DELETE",
-        ["binders", _, _] => "GET, HEAD, DELETE",
-        ["binders", _, _, "events"] => "GET",
-        ["binders", _, _, "actions", "pause"] | ["api", "spawn"] => "POST",
-        ["pools", _] => "GET, HEAD, POST, PUT",
-        _ => return None,
-    })
-}
-
-/// Routes an API request. Trailing slashes are optional.
+/// Routes an API request: parse the route once, answer `OPTIONS` and 405
+/// from its method table, authenticate, admit spawns, dispatch.
 async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
-    let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let trimmed = path.trim_end_matches('/');
-    let segments: Vec<&str> = match trimmed.strip_prefix('/') {
-        Some("") | None => Vec::new(),
-        Some(rest) => rest.split('/').collect(),
-    };
-    let Some(allowed) = methods(&segments) else {
-        return Err(ApiError::NotFound(format!(
-            "no route for {}",
-            crate::binding::printable(&path)
-        )));
-    };
+    let no_route =
+        || ApiError::NotFound(format!("no route for {}", crate::binding::printable(&path)));
+    let route = Route::parse(&path).ok_or_else(no_route)?;
+    let method = req.method().clone();
     if method == Method::OPTIONS {
         return Response::builder()
             .status(StatusCode::NO_CONTENT)
-            .header(header::ALLOW, format!("{allowed}, OPTIONS"))
+            .header(header::ALLOW, format!("{}, OPTIONS", route.methods()))
             .body(crate::body::empty())
             .map_err(|e| ApiError::Internal(e.to_string()));
     }
-    if !allowed.split(", ").any(|m| m == method.as_str()) {
+    if !route.allows(&method) {
         return Err(ApiError::MethodNotAllowed {
             method,
-            allow: allowed,
+            allow: route.methods(),
         });
     }
-    if let Some(rest) = path
-        .strip_prefix("/spawn/")
-        .or((path == "/spawn").then_some(""))
-    {
-        let caller = authenticate(app, &req)?;
-        admit_spawn(app, &caller, &req, peer)?;
-        let query = req.uri().query().map(str::to_owned);
-        return tmpnb::spawn_redirect(app, &caller, rest, query.as_deref()).await;
-    }
     let caller = authenticate(app, &req)?;
-    match segments.as_slice() {
-        [] => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "name": "binderd",
-                "version": VERSION,
-                "routes": ["/bindings", "/binders/{binding}", "/pools", "/api/spawn/", "/api/stats", "/spawn/{path}", "/user/{token}/", "/healthcheck", "/configuration"],
-            }),
-        ),
-        ["healthcheck"] => json(
+    if route.spawns(&method) {
+        admit_spawn(app, &caller, &req, peer)?;
+    }
+    let query = || req.uri().query().unwrap_or("");
+    match (route, method) {
+        (Route::Root, _) => json(StatusCode::OK, &views::Root::new(VERSION)),
+        (Route::Healthcheck, _) => json(
             StatusCode::OK,
             &views::Health {
                 status: "available",
@@ -278,76 +241,48 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
                 backend: app.pools.backend_kind().as_str(),
             },
         ),
-        ["metrics"] => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(full(metrics_page(app)))
-            .map_err(|e| ApiError::Internal(e.to_string())),
-        ["openapi.json"] => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(full(openapi::document()))
-            .map_err(|e| ApiError::Internal(e.to_string())),
-        ["configuration"] => json(StatusCode::OK, &configuration(app)),
-        ["bindings"] => match method {
-            Method::GET | Method::HEAD => bindings::list(app, &caller),
-            Method::POST => bindings::create(app, &caller, None, req).await,
-            _ => Err(dispatch_mismatch()),
-        },
-        ["bindings", name] => bindings::one(app, &caller, name, req).await,
-        ["bindings", a, b] => {
-            let name = format!("{a}-{b}");
-            bindings::one(app, &caller, &name, req).await
+        (Route::Metrics, _) => text("text/plain; version=0.0.4", metrics_page(app)),
+        (Route::OpenApi, _) => text("application/json", openapi::document()),
+        (Route::Configuration, _) => json(StatusCode::OK, &configuration(app)),
+        (Route::Quota, _) => pools::quota(app, &caller),
+        (Route::Bindings, Method::POST) => bindings::create(app, &caller, None, req).await,
+        (Route::Bindings, _) => bindings::list(app, &caller),
+        (Route::Binding(name), Method::POST) => {
+            bindings::create(app, &caller, Some(&name), req).await
         }
-        ["quota"] => {
-            let name = caller.key_name().ok_or(crate::auth::AuthError::Required)?;
-            let report = app.pools.quota_report(name);
-            json(
-                StatusCode::OK,
-                &views::QuotaView {
-                    name: name.to_owned(),
-                    spec: report["spec"].clone(),
-                    usage: report["usage"].clone(),
-                },
-            )
+        (Route::Binding(name), Method::PUT) => bindings::put(app, &caller, &name, req).await,
+        (Route::Binding(name), Method::DELETE) => {
+            bindings::delete(app, &caller, &name, query()).await
         }
-        ["binders", binding] => match method {
-            Method::POST => {
-                admit_spawn(app, &caller, &req, peer)?;
-                binders::create(app, &caller, binding).await
-            }
-            Method::GET | Method::HEAD => binders::list(app, &caller, binding),
-            _ => Err(dispatch_mismatch()),
-        },
-        ["binders", binding, id] => match method {
-            Method::GET | Method::HEAD => binders::get(app, binding, id),
-            Method::DELETE => binders::delete(app, &caller, binding, id),
-            _ => Err(dispatch_mismatch()),
-        },
-        ["binders", binding, id, "actions", "pause"] => {
-            binders::pause(app, &caller, binding, id, req).await
+        (Route::Binding(name), _) => bindings::get(app, &caller, &name),
+        (Route::Binders(binding), Method::POST) => binders::create(app, &caller, binding).await,
+        (Route::Binders(binding), _) => binders::list(app, &caller, binding),
+        (Route::Binder(binding, id), Method::DELETE) => binders::delete(app, &caller, binding, id),
+        (Route::Binder(binding, id), _) => binders::get(app, binding, id),
+        (Route::Pause(binding, id), _) => binders::pause(app, &caller, binding, id, req).await,
+        (Route::Logs(binding, id), _) => binders::logs(app, &caller, binding, id, query()).await,
+        (Route::Events(binding, id), _) => binders::events(app, binding, id),
+        (Route::Pools, _) => pools::list(app, &caller),
+        (Route::Pool(binding), Method::POST | Method::PUT) => {
+            pools::resize(app, &caller, binding, req).await
         }
-        ["binders", binding, id, "logs"] => {
-            let query = req.uri().query().unwrap_or("").to_owned();
-            binders::logs(app, &caller, binding, id, &query).await
+        (Route::Pool(binding), _) => pools::get(app, &caller, binding),
+        (Route::TmpnbSpawn, _) => tmpnb::spawn(app, &caller, req).await,
+        (Route::TmpnbStats, _) => tmpnb::stats(app, &caller),
+        (Route::SpawnRedirect(rest), _) => {
+            let query = req.uri().query();
+            tmpnb::spawn_redirect(app, &caller, rest, query).await
         }
-        ["binders", binding, id, "events"] => binders::events(app, binding, id),
-        ["pools"] => binders::pools(app, &caller),
-        ["pools", binding] => match method {
-            Method::GET | Method::HEAD => binders::pool(app, &caller, binding),
-            Method::POST | Method::PUT => binders::resize(app, &caller, binding, req).await,
-            _ => Err(dispatch_mismatch()),
-        },
-        ["api", "spawn"] => {
-            admit_spawn(app, &caller, &req, peer)?;
-            tmpnb::spawn(app, &caller, req).await
-        }
-        ["api", "stats"] => tmpnb::stats(app, &caller),
-        _ => Err(ApiError::NotFound(format!(
-            "no route for {}",
-            crate::binding::printable(&path)
-        ))),
     }
+}
+
+/// A 200 with a body that is not JSON built here.
+fn text(content_type: &'static str, body: impl Into<Bytes>) -> Result<Response<Body>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(full(body.into()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// `GET /metrics`: the counters, with every pool's sizes as gauges.
@@ -360,22 +295,22 @@ fn metrics_page(app: &App) -> String {
     )
 }
 
-fn configuration(app: &App) -> serde_json::Value {
+fn configuration(app: &App) -> views::Configuration {
     let c = &app.config;
-    serde_json::json!({
-        "version": VERSION,
-        "backend": c.backend.as_str(),
-        "listen": app.local_addr.to_string(),
-        "public_url": c.public_url,
-        "allow_origin": c.allow_origin,
-        "default_binding": c.default_binding,
-        "spawn_wait_seconds": c.spawn_wait.as_secs(),
-        "max_body_bytes": c.max_body_bytes,
-        "max_pool_limit": c.max_pool_limit,
-        "start_concurrency": c.start_concurrency,
-        "api_keys": c.api_keys.len(),
-        "bindings": app.pools.list().len(),
-    })
+    views::Configuration {
+        version: VERSION,
+        backend: c.backend.as_str(),
+        listen: app.local_addr.to_string(),
+        public_url: c.public_url.clone(),
+        allow_origin: c.allow_origin.clone(),
+        default_binding: c.default_binding.as_ref().map(|n| n.to_string()),
+        spawn_wait_seconds: c.spawn_wait.as_secs(),
+        max_body_bytes: c.max_body_bytes,
+        max_pool_limit: c.max_pool_limit,
+        start_concurrency: c.start_concurrency,
+        api_keys: c.api_keys.len(),
+        bindings: app.pools.list().len(),
+    }
 }
 
 fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Caller> {
@@ -406,11 +341,6 @@ fn admit_spawn(
             tmpnb: false,
         }
     })
-}
-
-/// `methods` admitted a method that the dispatch below it does not handle.
-fn dispatch_mismatch() -> ApiError {
-    ApiError::Internal("the route table and the dispatch disagree".into())
 }
 
 /// Parses a binding name from the path (400 when malformed).

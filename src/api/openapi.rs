@@ -53,13 +53,13 @@ enum Errors {
     Unavailable(ErrorBody),
 }
 
-#[utoipa::path(get, path = "/", responses((status = 200, description = "Service name and routes", body = Object), Errors))]
+#[utoipa::path(get, path = "/", responses((status = 200, description = "Service name and routes", body = Root), Errors))]
 fn root() {}
 
 #[utoipa::path(get, path = "/healthcheck", responses((status = 200, body = Health), Errors))]
 fn healthcheck() {}
 
-#[utoipa::path(get, path = "/configuration", responses((status = 200, description = "Version and public settings, no secrets", body = Object), Errors))]
+#[utoipa::path(get, path = "/configuration", responses((status = 200, description = "Version and public settings, no secrets", body = Configuration), Errors))]
 fn configuration() {}
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document", body = Object), Errors))]

@@ -99,6 +99,52 @@ impl PoolView {
     }
 }
 
+/// `GET /`: what this is and where to go.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Root {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub routes: [&'static str; 9],
+}
+
+impl Root {
+    pub fn new(version: &'static str) -> Root {
+        Root {
+            name: "binderd",
+            version,
+            routes: [
+                "/bindings",
+                "/binders/{binding}",
+                "/pools",
+                "/api/spawn/",
+                "/api/stats",
+                "/spawn/{path}",
+                "/user/{token}/",
+                "/healthcheck",
+                "/configuration",
+            ],
+        }
+    }
+}
+
+/// `GET /configuration`: the build and the public settings, no secrets
+/// (keys are only counted).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Configuration {
+    pub version: &'static str,
+    pub backend: &'static str,
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub allow_origin: Option<String>,
+    pub default_binding: Option<String>,
+    pub spawn_wait_seconds: u64,
+    pub max_body_bytes: usize,
+    pub max_pool_limit: u32,
+    pub start_concurrency: usize,
+    pub api_keys: usize,
+    pub bindings: usize,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     pub status: &'static str,
