@@ -34,16 +34,11 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::plan::{self, ContainerPlan, LABEL_PORT, LABEL_ROLE, ROLE_NOTEBOOK, ROLE_SERVICE};
 use super::{
-    fill_template, Backend, BackendError, BackendKind, Discovered, ExitSink, Instance, StartSpec,
-    LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
+    Backend, BackendError, BackendKind, Discovered, ExitSink, Instance, StartSpec, LABEL_BINDER,
+    LABEL_BINDING, LABEL_OWNER,
 };
-use crate::binding::Binding;
-
-const LABEL_ROLE: &str = "binderd.role";
-const LABEL_PORT: &str = "binderd.port";
-const ROLE_NOTEBOOK: &str = "notebook";
-const ROLE_SERVICE: &str = "service";
 
 /// `[docker]` in the config.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
@@ -94,11 +89,26 @@ fn classify(e: DockerError, what: &str) -> BackendError {
     }
 }
 
+const ENGINE: &str = "the Docker engine";
+
 async fn timed<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, DockerError>>,
 ) -> Result<T, BackendError> {
-    super::with_deadline("the Docker engine", what, CALL_TIMEOUT, call, classify).await
+    super::with_deadline(ENGINE, what, CALL_TIMEOUT, call, classify).await
+}
+
+/// As [`timed`], with "no such object" as `Ok(None)`.
+async fn timed_or_gone<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, DockerError>>,
+) -> Result<Option<T>, BackendError> {
+    super::with_deadline_or_gone(ENGINE, what, CALL_TIMEOUT, call, is_not_found, classify).await
+}
+
+/// `KEY=value` for the engine.
+fn env_list(env: &[(String, String)]) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 impl DockerBackend {
@@ -125,16 +135,6 @@ impl DockerBackend {
         };
         backend.follow_events(exits);
         Ok(backend)
-    }
-
-    fn labels(&self, binding: &Binding, binder_id: &str, role: &str) -> HashMap<String, String> {
-        HashMap::from([
-            (LABEL_OWNER.to_owned(), self.owner.clone()),
-            (LABEL_BINDING.to_owned(), binding.name.clone()),
-            (LABEL_BINDER.to_owned(), binder_id.to_owned()),
-            (LABEL_ROLE.to_owned(), role.to_owned()),
-            (LABEL_PORT.to_owned(), binding.port.to_string()),
-        ])
     }
 
     fn label_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
@@ -204,26 +204,23 @@ impl DockerBackend {
     /// Starts the binding's services on the binder's network.
     async fn start_services(
         &self,
+        plan: &ContainerPlan<'_>,
         spec: &StartSpec<'_>,
         network: &str,
     ) -> Result<(), BackendError> {
-        for service in &spec.binding.services {
-            let Some(image) = &service.image else {
-                return Err(BackendError::Start(format!(
-                    "service '{}' has no image",
-                    service.name
-                )));
-            };
-            let env: Vec<String> = service
-                .env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        for service in &plan.services {
+            let labels = plan::labels(
+                &self.owner,
+                &spec.binding.name,
+                spec.binder_id,
+                ROLE_SERVICE,
+                None,
+            );
             let body = ContainerCreateBody {
-                image: Some(image.clone()),
-                cmd: (!service.command.is_empty()).then(|| service.command.clone()),
-                env: Some(env),
-                labels: Some(self.labels(spec.binding, spec.binder_id, ROLE_SERVICE)),
+                image: Some(service.image.to_owned()),
+                cmd: (!service.args.is_empty()).then(|| service.args.to_vec()),
+                env: Some(env_list(&service.env)),
+                labels: Some(labels.into_iter().collect()),
                 host_config: Some(HostConfig {
                     network_mode: Some(network.to_owned()),
                     privileged: Some(false),
@@ -234,7 +231,7 @@ impl DockerBackend {
                     endpoints_config: Some(HashMap::from([(
                         network.to_owned(),
                         EndpointSettings {
-                            aliases: Some(vec![service.name.clone()]),
+                            aliases: Some(vec![service.name.to_owned()]),
                             ..Default::default()
                         },
                     )])),
@@ -243,7 +240,10 @@ impl DockerBackend {
             };
             let name = format!("binderd-{}-{}", short(spec.binder_id), service.name);
             let created = timed(
-                &format!("creating service '{}' from image '{image}'", service.name),
+                &format!(
+                    "creating service '{}' from image '{}'",
+                    service.name, service.image
+                ),
                 self.docker.create_container(
                     Some(CreateContainerOptions {
                         name: Some(name),
@@ -266,51 +266,38 @@ impl DockerBackend {
     }
 
     async fn start_inner(&self, spec: &StartSpec<'_>) -> Result<Instance, BackendError> {
+        let plan = ContainerPlan::new(spec, &self.owner, "docker")?;
         let binding = spec.binding;
-        let Some(image) = &binding.image else {
-            return Err(BackendError::Start(
-                "the docker backend needs an 'image'".into(),
-            ));
-        };
-        let binder_net = (!binding.services.is_empty()).then(|| network_name(spec.binder_id));
+        let binder_net = (!plan.services.is_empty()).then(|| network_name(spec.binder_id));
         if let Some(net) = &binder_net {
-            let mut labels = self.labels(binding, spec.binder_id, ROLE_SERVICE);
-            labels.remove(LABEL_PORT);
+            let labels = plan::labels(
+                &self.owner,
+                &binding.name,
+                spec.binder_id,
+                ROLE_SERVICE,
+                None,
+            );
             timed(
                 "creating the binder's network",
                 self.docker.create_network(NetworkCreateRequest {
                     name: net.clone(),
                     driver: Some("bridge".into()),
-                    labels: Some(labels),
+                    labels: Some(labels.into_iter().collect()),
                     ..Default::default()
                 }),
             )
             .await?;
-            self.start_services(spec, net).await?;
+            self.start_services(&plan, spec, net).await?;
         }
-        let port_key = format!("{}/tcp", binding.port);
-        let command: Vec<String> = binding
-            .command
-            .iter()
-            .map(|a| fill_template(a, binding.port, spec.base_url, spec.token))
-            .collect();
-        let mut env: Vec<String> = binding
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("BINDERD_BINDER_ID={}", spec.binder_id));
-        env.push(format!("BINDERD_BINDING={}", binding.name));
-        env.push(format!("BINDERD_PORT={}", binding.port));
-        env.push(format!("BINDERD_BASE_URL={}", spec.base_url));
+        let port_key = format!("{}/tcp", plan.port);
         let publish = self.network.is_none();
         let network_mode = binder_net.clone().or_else(|| self.network.clone());
         let host_config = HostConfig {
-            memory: binding
+            memory: plan
                 .resources
                 .memory_bytes()
                 .map_err(|e| BackendError::Start(e.0))?,
-            nano_cpus: binding
+            nano_cpus: plan
                 .resources
                 .cpu_nanos()
                 .map_err(|e| BackendError::Start(e.0))?,
@@ -328,18 +315,19 @@ impl DockerBackend {
             }),
             ..Default::default()
         };
+        let image = plan.image;
         let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            cmd: (!command.is_empty()).then_some(command),
-            env: Some(env),
-            labels: Some(self.labels(binding, spec.binder_id, ROLE_NOTEBOOK)),
+            image: Some(image.to_owned()),
+            cmd: (!plan.args.is_empty()).then(|| plan.args.clone()),
+            env: Some(env_list(&plan.env)),
+            labels: Some(plan.labels.clone().into_iter().collect()),
             exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
             host_config: Some(host_config),
             ..Default::default()
         };
         let name = format!("binderd-{}-{}", binding.name, short(spec.binder_id));
-        let created = match tokio::time::timeout(
-            CALL_TIMEOUT,
+        let created = timed_or_gone(
+            &format!("creating a container from '{image}'"),
             self.docker.create_container(
                 Some(CreateContainerOptions {
                     name: Some(name),
@@ -348,17 +336,12 @@ impl DockerBackend {
                 body,
             ),
         )
-        .await
-        {
-            Ok(Ok(created)) => created,
-            Ok(Err(e)) if is_not_found(&e) => {
-                return Err(BackendError::Start(format!(
-                    "image '{image}' is not on this Docker engine (binderd does not pull images)"
-                )))
-            }
-            Ok(Err(e)) => return Err(classify(e, &format!("creating a container from '{image}'"))),
-            Err(_) => return Err(unavailable("creating a container: no answer")),
-        };
+        .await?
+        .ok_or_else(|| {
+            BackendError::Start(format!(
+                "image '{image}' is not on this Docker engine (binderd does not pull images)"
+            ))
+        })?;
         if let (Some(net), Some(binder_net)) = (&self.network, &binder_net) {
             // Reachable on the configured network, services on its own.
             if net != binder_net {
@@ -383,7 +366,7 @@ impl DockerBackend {
             ),
         )
         .await?;
-        let addr = self.address(&created.id, binding.port).await?;
+        let addr = self.address(&created.id, plan.port).await?;
         Ok(Instance {
             handle: created.id,
             addr,
@@ -444,21 +427,27 @@ impl DockerBackend {
             v: true,
             link: false,
         };
-        match tokio::time::timeout(
+        // Gone already, or its removal already in progress (409): done.
+        let gone = |e: &DockerError| {
+            is_not_found(e)
+                || matches!(
+                    e,
+                    DockerError::DockerResponseServerError {
+                        status_code: 409,
+                        ..
+                    }
+                )
+        };
+        super::with_deadline_or_gone(
+            ENGINE,
+            "removing a container",
             CALL_TIMEOUT,
             self.docker.remove_container(id, Some(options)),
+            gone,
+            classify,
         )
         .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_not_found(&e) => Ok(()),
-            // Removal already in progress.
-            Ok(Err(DockerError::DockerResponseServerError {
-                status_code: 409, ..
-            })) => Ok(()),
-            Ok(Err(e)) => Err(classify(e, "removing a container")),
-            Err(_) => Err(unavailable("removing a container: no answer")),
-        }
+        .map(drop)
     }
 
     async fn list_labelled(
@@ -517,20 +506,18 @@ impl Backend for DockerBackend {
         if instance.handle.is_empty() {
             return Ok(false);
         }
-        match tokio::time::timeout(
-            CALL_TIMEOUT,
+        let inspected = timed_or_gone(
+            "inspecting a container",
             self.docker.inspect_container(
                 &instance.handle,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             ),
         )
-        .await
-        {
-            Ok(Ok(c)) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
-            Ok(Err(e)) if is_not_found(&e) => Ok(false),
-            Ok(Err(e)) => Err(classify(e, "inspecting a container")),
-            Err(_) => Err(unavailable("inspecting a container: no answer")),
-        }
+        .await?;
+        Ok(inspected
+            .and_then(|c| c.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false))
     }
 
     async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
@@ -542,17 +529,12 @@ impl Backend for DockerBackend {
                 self.remove(&id).await?;
             }
         }
-        match tokio::time::timeout(
-            CALL_TIMEOUT,
+        timed_or_gone(
+            "removing the binder's network",
             self.docker.remove_network(&network_name(binder_id)),
         )
         .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_not_found(&e) => Ok(()),
-            Ok(Err(e)) => Err(classify(e, "removing the binder's network")),
-            Err(_) => Err(unavailable("removing a network: no answer")),
-        }
+        .map(drop)
     }
 
     async fn list(&self) -> Result<Vec<Discovered>, BackendError> {
@@ -669,10 +651,7 @@ impl Backend for DockerBackend {
             }
             Ok::<_, BackendError>(())
         };
-        match tokio::time::timeout(CALL_TIMEOUT, read).await {
-            Ok(result) => result?,
-            Err(_) => return Err(unavailable("reading logs: no answer")),
-        }
+        super::with_deadline(ENGINE, "reading logs", CALL_TIMEOUT, read, |e, _| e).await?;
         Ok(super::tail_lines(&out, tail))
     }
 }

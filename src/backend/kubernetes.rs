@@ -37,13 +37,12 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::watcher;
 use tokio::sync::broadcast;
 
+use super::plan::{ContainerPlan, LABEL_PORT};
 use super::{
-    fill_template, Backend, BackendError, BackendKind, Discovered, Exit, ExitSink, Instance,
-    StartSpec, LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
+    Backend, BackendError, BackendKind, Discovered, Exit, ExitSink, Instance, StartSpec,
+    LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
 };
 
-const LABEL_ROLE: &str = "binderd.role";
-const LABEL_PORT: &str = "binderd.port";
 /// `[kubernetes]` in the config: where the kubernetes backend puts pods.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,18 +98,13 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 404)
 }
 
+const API_SERVER: &str = "the Kubernetes API server";
+
 async fn timed<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, BackendError> {
-    super::with_deadline(
-        "the Kubernetes API server",
-        what,
-        CALL_TIMEOUT,
-        call,
-        classify,
-    )
-    .await
+    super::with_deadline(API_SERVER, what, CALL_TIMEOUT, call, classify).await
 }
 
 /// What a pod's status says about its start.
@@ -296,45 +290,21 @@ impl KubernetesBackend {
     }
 
     fn pod_for(&self, spec: &StartSpec<'_>, name: &str) -> Result<Pod, BackendError> {
-        let binding = spec.binding;
-        let Some(image) = &binding.image else {
-            return Err(BackendError::Start(
-                "the kubernetes backend needs an 'image'".into(),
-            ));
+        let plan = ContainerPlan::new(spec, &self.owner, "kubernetes")?;
+        let env_vars = |env: &[(String, String)]| -> Vec<EnvVar> {
+            env.iter()
+                .map(|(k, v)| EnvVar {
+                    name: k.clone(),
+                    value: Some(v.clone()),
+                    ..Default::default()
+                })
+                .collect()
         };
-        let labels: BTreeMap<String, String> = BTreeMap::from([
-            (LABEL_OWNER.to_owned(), self.owner.clone()),
-            (LABEL_BINDING.to_owned(), binding.name.clone()),
-            (LABEL_BINDER.to_owned(), spec.binder_id.to_owned()),
-            (LABEL_ROLE.to_owned(), "notebook".to_owned()),
-            (LABEL_PORT.to_owned(), binding.port.to_string()),
-        ]);
-        let mut env: Vec<EnvVar> = binding
-            .env
-            .iter()
-            .map(|(k, v)| EnvVar {
-                name: k.clone(),
-                value: Some(v.clone()),
-                ..Default::default()
-            })
-            .collect();
-        for (k, v) in [
-            ("BINDERD_BINDER_ID", spec.binder_id.to_owned()),
-            ("BINDERD_BINDING", binding.name.clone()),
-            ("BINDERD_PORT", binding.port.to_string()),
-            ("BINDERD_BASE_URL", spec.base_url.to_owned()),
-        ] {
-            env.push(EnvVar {
-                name: k.into(),
-                value: Some(v),
-                ..Default::default()
-            });
-        }
         let mut quantities = BTreeMap::new();
-        if let Some(memory) = &binding.resources.memory {
+        if let Some(memory) = &plan.resources.memory {
             quantities.insert("memory".to_owned(), Quantity(memory.clone()));
         }
-        if let Some(cpu) = &binding.resources.cpu {
+        if let Some(cpu) = &plan.resources.cpu {
             quantities.insert("cpu".to_owned(), Quantity(cpu.clone()));
         }
         let resources = (!quantities.is_empty()).then(|| ResourceRequirements {
@@ -351,18 +321,13 @@ impl KubernetesBackend {
             }),
             ..Default::default()
         };
-        let args: Vec<String> = binding
-            .command
-            .iter()
-            .map(|a| fill_template(a, binding.port, spec.base_url, spec.token))
-            .collect();
         let mut containers = vec![Container {
             name: "notebook".into(),
-            image: Some(image.clone()),
-            args: (!args.is_empty()).then_some(args),
-            env: Some(env),
+            image: Some(plan.image.to_owned()),
+            args: (!plan.args.is_empty()).then(|| plan.args.clone()),
+            env: Some(env_vars(&plan.env)),
             ports: Some(vec![ContainerPort {
-                container_port: i32::from(binding.port),
+                container_port: i32::from(plan.port),
                 name: Some("http".into()),
                 ..Default::default()
             }]),
@@ -370,42 +335,26 @@ impl KubernetesBackend {
             security_context: Some(security.clone()),
             ..Default::default()
         }];
-        for service in &binding.services {
-            let Some(image) = &service.image else {
-                return Err(BackendError::Start(format!(
-                    "service '{}' has no image",
-                    service.name
-                )));
-            };
+        for service in &plan.services {
             containers.push(Container {
-                name: service.name.clone(),
-                image: Some(image.clone()),
-                args: (!service.command.is_empty()).then(|| service.command.clone()),
-                env: Some(
-                    service
-                        .env
-                        .iter()
-                        .map(|(k, v)| EnvVar {
-                            name: k.clone(),
-                            value: Some(v.clone()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                name: service.name.to_owned(),
+                image: Some(service.image.to_owned()),
+                args: (!service.args.is_empty()).then(|| service.args.to_vec()),
+                env: Some(env_vars(&service.env)),
                 security_context: Some(security.clone()),
                 ..Default::default()
             });
         }
-        let host_aliases = (!binding.services.is_empty()).then(|| {
+        let host_aliases = (!plan.services.is_empty()).then(|| {
             vec![HostAlias {
                 ip: "127.0.0.1".into(),
-                hostnames: Some(binding.services.iter().map(|s| s.name.clone()).collect()),
+                hostnames: Some(plan.services.iter().map(|s| s.name.to_owned()).collect()),
             }]
         });
         let mut pod = Pod {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),
-                labels: Some(labels),
+                labels: Some(plan.labels.clone()),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -520,29 +469,24 @@ impl Backend for KubernetesBackend {
     }
 
     async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
-        match tokio::time::timeout(CALL_TIMEOUT, self.pods.get_opt(&instance.handle)).await {
-            Ok(Ok(Some(pod))) => Ok(matches!(progress(&pod), PodProgress::Ready(_))),
-            Ok(Ok(None)) => Ok(false),
-            Ok(Err(e)) => Err(classify(e, "reading a pod")),
-            Err(_) => Err(unavailable("reading a pod: no answer")),
-        }
+        let pod = timed("reading a pod", self.pods.get_opt(&instance.handle)).await?;
+        Ok(pod.is_some_and(|pod| matches!(progress(&pod), PodProgress::Ready(_))))
     }
 
     async fn stop(&self, _binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
         if instance.handle.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(
+        super::with_deadline_or_gone(
+            API_SERVER,
+            "deleting a pod",
             CALL_TIMEOUT,
             self.pods.delete(&instance.handle, &DeleteParams::default()),
+            is_not_found,
+            classify,
         )
         .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if is_not_found(&e) => Ok(()),
-            Ok(Err(e)) => Err(classify(e, "deleting a pod")),
-            Err(_) => Err(unavailable("deleting a pod: no answer")),
-        }
+        .map(drop)
     }
 
     async fn list(&self) -> Result<Vec<Discovered>, BackendError> {

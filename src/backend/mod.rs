@@ -18,6 +18,7 @@ use crate::binding::Binding;
 
 pub mod docker;
 pub mod kubernetes;
+mod plan;
 pub mod process;
 
 /// Builds the backend `kind` names, for binderd's data dir. Its exit
@@ -261,6 +262,26 @@ pub(crate) async fn with_deadline<T, E>(
             limit.as_secs()
         ))),
     }
+}
+
+/// As [`with_deadline`], with the answers `gone` recognises (not found,
+/// already being removed) as `Ok(None)`.
+pub(crate) async fn with_deadline_or_gone<T, E>(
+    service: &str,
+    what: &str,
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    gone: impl FnOnce(&E) -> bool,
+    classify: impl FnOnce(E, &str) -> BackendError,
+) -> Result<Option<T>, BackendError> {
+    let call = async {
+        match call.await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    with_deadline(service, what, limit, call, classify).await
 }
 
 /// Most bytes of output the logs endpoint returns.
