@@ -9,9 +9,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn binding_crud_and_its_errors() {
-    let data = DataDir::new("crud");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::start("crud").await;
     let url = |p: &str| server.url(p);
 
     // Create: admin only on the process backend; anonymous 401; wrong key 401.

@@ -11,10 +11,8 @@ use common::*;
 use http::Method;
 use serde_json::json;
 
-fn docker_config(data: &DataDir) -> binderd::config::Config {
-    let mut config = test_config(data);
+fn docker_backend(config: &mut binderd::config::Config) {
     config.backend = binderd::backend::BackendKind::Docker;
-    config
 }
 
 #[tokio::test]
@@ -22,10 +20,8 @@ async fn containers_are_labelled_limited_proxied_and_have_their_services() {
     if !docker_ready() {
         return;
     }
-    let data = DataDir::new("docker-main");
-    let _cleanup = DockerCleanup(&data);
-    let server = Server::start(docker_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::with_config("docker-main", docker_backend).await;
+    let _cleanup = DockerCleanup::new(&data);
     let mut body = docker_binding("dock", 2, 4);
     body["resources"] = json!({"memory": "64Mi", "cpu": "0.5"});
     body["env"] = json!({"GREETING": "hello"});
@@ -146,10 +142,8 @@ async fn a_killed_pooled_container_is_replaced_and_never_handed_out() {
     if !docker_ready() {
         return;
     }
-    let data = DataDir::new("docker-kill");
-    let _cleanup = DockerCleanup(&data);
-    let server = Server::start(docker_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::with_config("docker-kill", docker_backend).await;
+    let _cleanup = DockerCleanup::new(&data);
     create_binding(&http, &server.url(""), &docker_binding("victims", 2, 4)).await;
     wait_pool(&http, &server.url(""), "victims", 60, |p| {
         p["available"] == 2
@@ -206,10 +200,9 @@ async fn a_missing_image_is_an_error_status_naming_the_image() {
     if !docker_ready() {
         return;
     }
-    let data = DataDir::new("docker-missing");
-    let _cleanup = DockerCleanup(&data);
-    let server = Server::start(docker_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } =
+        Harness::with_config("docker-missing", docker_backend).await;
+    let _cleanup = DockerCleanup::new(&data);
     let mut body = docker_binding("ghost", 1, 2);
     body["image"] = json!("binderd/no-such-image:404");
     create_binding(&http, &server.url(""), &body).await;
@@ -245,7 +238,7 @@ async fn sigkill_then_restart_adopts_containers() {
         return;
     }
     let data = DataDir::new("docker-adopt");
-    let _cleanup = DockerCleanup(&data);
+    let _cleanup = DockerCleanup::new(&data);
     let http = Http::new();
     let mut p = Process::spawn(&data, &["--backend", "docker"], &[]);
     create_binding(&http, &p.url(""), &docker_binding("adopt", 2, 6)).await;
@@ -349,7 +342,7 @@ async fn the_engine_going_away_gives_503s_and_binderd_recovers() {
         return;
     }
     let data = DataDir::new("docker-outage");
-    let _cleanup = DockerCleanup(&data);
+    let _cleanup = DockerCleanup::new(&data);
     let socket = data.0.join("engine.sock");
     let relay = Relay::start(&socket);
     let host = format!("unix://{}", socket.display());
@@ -410,10 +403,11 @@ async fn a_configured_network_is_joined_and_used_by_container_ip() {
         return;
     }
     let data = DataDir::new("docker-net");
-    let _cleanup = DockerCleanup(&data);
+    let _cleanup = DockerCleanup::new(&data);
     let net = format!("binderd-test-net-{}", std::process::id());
     docker(&["network", "create", "--label", "binderd.test=1", &net]);
-    let mut config = docker_config(&data);
+    let mut config = test_config(&data);
+    docker_backend(&mut config);
     config.docker.network = Some(net.clone());
     let server = Server::start(config).await;
     let http = Http::new();
@@ -459,10 +453,8 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
     if !docker_ready() {
         return;
     }
-    let data = DataDir::new("docker-pause");
-    let _cleanup = DockerCleanup(&data);
-    let server = Server::start(docker_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::with_config("docker-pause", docker_backend).await;
+    let _cleanup = DockerCleanup::new(&data);
     create_binding(&http, &server.url(""), &docker_binding("dpause", 1, 2)).await;
     wait_pool(&http, &server.url(""), "dpause", 60, |p| {
         p["available"] == 1
@@ -476,16 +468,6 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
         b["id"].as_str().unwrap().to_owned(),
         b["location"].as_str().unwrap().to_owned(),
     );
-    let put = http
-        .send(
-            Method::PUT,
-            &server.url(&format!("{location}file?name=kept.txt")),
-            &[],
-            "in the container",
-        )
-        .await;
-    assert_eq!(put.status, 200, "{}", put.body);
-
     let logs = http
         .call(
             Method::GET,
@@ -500,11 +482,8 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
         logs.body
     );
 
-    let action = server.url(&format!("/binders/dpause/{id}/actions/pause"));
-    let a = http
-        .post_json(&action, Some(ALICE), &json!({"paused": true}))
-        .await;
-    assert_eq!(a.status, 200, "{}", a.body);
+    let binder = (id.as_str(), location.as_str());
+    write_then_pause(&server, &http, "dpause", binder, "in the container").await;
     let running = docker(&[
         "ps",
         "-q",
@@ -512,20 +491,6 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
         &format!("label=binderd.binder={id}"),
     ]);
     assert!(running.is_empty(), "the container still runs while paused");
-    assert_error(
-        &http
-            .get(&server.url(&format!("{location}api/status")))
-            .await,
-        503,
-    );
-    let a = http
-        .post_json(&action, Some(ALICE), &json!({"paused": false}))
-        .await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.json()["state"], "ready");
-    let file = http
-        .get(&server.url(&format!("{location}file?name=kept.txt")))
-        .await;
-    assert_eq!(file.body, "in the container");
+    resume_then_read(&server, &http, "dpause", binder, "in the container").await;
     server.stop().await;
 }

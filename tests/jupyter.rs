@@ -155,7 +155,7 @@ async fn a_kernel_runs_code_in_a_docker_container() {
     .unwrap();
     assert!(status.success(), "scripts/build-jupyter-image failed");
     let data = DataDir::new("jupyter-docker");
-    let _cleanup = DockerCleanup(&data);
+    let _cleanup = DockerCleanup::new(&data);
     let mut config = test_config(&data);
     config.backend = binderd::backend::BackendKind::Docker;
     let server = Server::start(config).await;

@@ -9,17 +9,14 @@ use common::*;
 use http::Method;
 use serde_json::json;
 
-async fn start(name: &str, cull_ms: u64) -> (DataDir, Server, Http) {
-    let data = DataDir::new(name);
-    let mut config = test_config(&data);
-    config.cull_interval = Duration::from_millis(cull_ms);
-    let server = Server::start(config).await;
-    (data, server, Http::new())
+/// binderd whose culler looks every `cull_ms`.
+async fn start(name: &str, cull_ms: u64) -> Harness {
+    Harness::with_config(name, |c| c.cull_interval = Duration::from_millis(cull_ms)).await
 }
 
 #[tokio::test]
 async fn idle_binders_are_culled_busy_ones_kept_and_the_pool_refills() {
-    let (data, server, http) = start("cull", 100).await;
+    let Harness { data, server, http } = start("cull", 100).await;
     let mut body = standin_binding("cull", 1, 4);
     body["cull"] = json!({"idle_seconds": 2, "max_age_seconds": 60});
     create_binding(&http, &server.url(""), &body).await;
@@ -72,7 +69,7 @@ async fn idle_binders_are_culled_busy_ones_kept_and_the_pool_refills() {
 /// refills; a binder visited once is left to the idle rule.
 #[tokio::test]
 async fn binders_never_visited_are_reclaimed_and_the_pool_refills() {
-    let (data, server, http) = start("unvisited", 100).await;
+    let Harness { data, server, http } = start("unvisited", 100).await;
     let mut body = standin_binding("unvisited", 2, 4);
     body["cull"] = json!({"idle_seconds": 60, "max_age_seconds": 600, "unvisited_seconds": 2});
     create_binding(&http, &server.url(""), &body).await;
@@ -126,7 +123,7 @@ async fn binders_never_visited_are_reclaimed_and_the_pool_refills() {
 
 #[tokio::test]
 async fn old_binders_are_culled_even_when_busy() {
-    let (data, server, http) = start("maxage", 100).await;
+    let Harness { data, server, http } = start("maxage", 100).await;
     let mut body = standin_binding("aged", 0, 2);
     body["cull"] = json!({"idle_seconds": 60, "max_age_seconds": 2});
     create_binding(&http, &server.url(""), &body).await;
@@ -147,7 +144,7 @@ async fn old_binders_are_culled_even_when_busy() {
 
 #[tokio::test]
 async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
-    let (data, server, http) = start("pause", 1000).await;
+    let Harness { data, server, http } = start("pause", 1000).await;
     create_binding(&http, &server.url(""), &standin_binding("pz", 1, 3)).await;
     wait_pool(&http, &server.url(""), "pz", 20, |p| p["available"] == 1).await;
     let b = http
@@ -158,20 +155,9 @@ async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
         b["id"].as_str().unwrap().to_owned(),
         b["location"].as_str().unwrap().to_owned(),
     );
-    let put = http
-        .send(
-            Method::PUT,
-            &server.url(&format!("{location}file?name=notes.txt")),
-            &[],
-            "written before the pause",
-        )
-        .await;
-    assert_eq!(put.status, 200, "{}", put.body);
-    let pid_before = http
-        .get(&server.url(&format!("{location}api/status")))
-        .await
-        .json()["pid"]
-        .clone();
+    let binder = (id.as_str(), location.as_str());
+    let text = "written before the pause";
+    let before = write_then_pause(&server, &http, "pz", binder, text).await;
 
     let action = server.url(&format!("/binders/pz/{id}/actions/pause"));
     assert_error(
@@ -192,18 +178,8 @@ async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
             .await,
         400,
     );
-    let a = http
-        .post_json(&action, Some(ALICE), &json!({"paused": true}))
-        .await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.json()["state"], "paused");
     // The process is gone (no CPU, no memory), the location says paused.
     wait_processes(&data, 1, 10).await; // only the warm pool binder is left
-    let paused = http
-        .get(&server.url(&format!("{location}api/status")))
-        .await;
-    assert_error(&paused, 503);
-    assert!(paused.body.contains("paused"), "{}", paused.body);
     let html = http
         .send(
             Method::GET,
@@ -218,27 +194,18 @@ async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
         html.body
     );
 
-    let a = http
-        .post_json(&action, Some(ALICE), &json!({"paused": false}))
-        .await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.json()["state"], "ready");
-    assert_eq!(a.json()["location"], location.as_str());
-    let status = http
-        .get(&server.url(&format!("{location}api/status")))
-        .await
-        .json();
-    assert_ne!(status["pid"], pid_before, "a new process");
-    let file = http
-        .get(&server.url(&format!("{location}file?name=notes.txt")))
-        .await;
-    assert_eq!(file.body, "written before the pause");
+    let after = resume_then_read(&server, &http, "pz", binder, text).await;
+    assert_ne!(after["pid"], before["pid"], "a new process");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn logs_are_the_owners_and_bounded() {
-    let (_data, server, http) = start("logs", 1000).await;
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = start("logs", 1000).await;
     let mut body = standin_binding("talk", 0, 2);
     body["command"] = json!(["sh", "-c", format!("for i in $(seq 1 50); do echo line $i; done; exec {} --port {{port}} --base-url {{base_url}}", standin())]);
     create_binding(&http, &server.url(""), &body).await;
@@ -284,7 +251,11 @@ async fn logs_are_the_owners_and_bounded() {
 
 #[tokio::test]
 async fn the_event_stream_goes_from_starting_to_ready() {
-    let (_data, server, http) = start("events", 1000).await;
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = start("events", 1000).await;
     let mut body = standin_binding("ev", 0, 2);
     body["command"] = json!([
         standin(),

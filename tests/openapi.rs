@@ -12,9 +12,11 @@ use http::Method;
 
 #[tokio::test]
 async fn every_documented_operation_is_routed() {
-    let data = DataDir::new("openapi-routes");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::start("openapi-routes").await;
     let doc = http.get(&server.url("/openapi.json")).await;
     assert_eq!(doc.status, 200);
     assert_eq!(doc.headers["content-type"], "application/json");

@@ -17,9 +17,7 @@ async fn create(http: &Http, server: &Server, body: serde_json::Value) {
 
 #[tokio::test]
 async fn pool_fills_hands_out_and_refills() {
-    let data = DataDir::new("fill");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::start("fill").await;
     create(&http, &server, standin_binding("fill", 3, 10)).await;
     let base = server.url("");
     wait_pool(&http, &base, "fill", 20, |p| p["available"] == 3).await;
@@ -240,9 +238,11 @@ async fn concurrent_handouts_never_hand_out_twice() {
 
 #[tokio::test]
 async fn empty_pool_answers_202_then_ready_and_503_at_max() {
-    let data = DataDir::new("empty");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::start("empty").await;
     let mut body = standin_binding("cold", 0, 1);
     body["command"] = json!([
         standin(),
@@ -387,11 +387,8 @@ async fn resize_max(http: &Http, server: &Server, name: &str, max: u32) -> u16 {
 
 #[tokio::test]
 async fn deleting_a_binding_leaves_no_process_behind() {
-    let data = DataDir::new("delete");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
-    create(&http, &server, standin_binding("gone", 4, 8)).await;
-    wait_pool(&http, &server.url(""), "gone", 20, |p| p["available"] == 4).await;
+    let Harness { data, server, http } =
+        Harness::with_pool("delete", standin_binding("gone", 4, 8)).await;
     let a = http
         .post_json(&server.url("/binders/gone"), None, &json!({}))
         .await;
@@ -420,9 +417,7 @@ async fn deleting_a_binding_leaves_no_process_behind() {
 
 #[tokio::test]
 async fn a_broken_command_sets_error_status_and_backs_off() {
-    let data = DataDir::new("broken");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::start("broken").await;
     let mut body = standin_binding("broken", 2, 4);
     body["command"] = json!(["/nonexistent/notebook-server", "{port}"]);
     create(&http, &server, body).await;
@@ -475,9 +470,7 @@ async fn a_broken_command_sets_error_status_and_backs_off() {
 
 #[tokio::test]
 async fn a_pooled_process_killed_behind_our_back_is_replaced_not_handed_out() {
-    let data = DataDir::new("killed");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness { data, server, http } = Harness::start("killed").await;
     create(&http, &server, standin_binding("victim", 1, 2)).await;
     let p = wait_pool(&http, &server.url(""), "victim", 20, |p| {
         p["available"] == 1
@@ -510,9 +503,11 @@ async fn a_pooled_process_killed_behind_our_back_is_replaced_not_handed_out() {
 
 #[tokio::test]
 async fn a_container_that_stops_answering_gives_502() {
-    let data = DataDir::new("502");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::start("502").await;
     // The group leader (sleep) lives on; the server in it exits after 1.5 s.
     let script = format!(
         "{} --port {{port}} --base-url {{base_url}} --exit-after-ms 1500 & exec sleep 600",
@@ -551,11 +546,11 @@ async fn websocket_upgrades_pass_through_the_proxy() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let data = DataDir::new("ws");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
-    create(&http, &server, standin_binding("ws", 1, 2)).await;
-    wait_pool(&http, &server.url(""), "ws", 20, |p| p["available"] == 1).await;
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool("ws", standin_binding("ws", 1, 2)).await;
     let a = http
         .call(Method::POST, &server.url("/binders/ws"), None)
         .await;
@@ -580,14 +575,11 @@ async fn websocket_upgrades_pass_through_the_proxy() {
 
 #[tokio::test]
 async fn metrics_count_handouts_and_show_each_pool() {
-    let data = DataDir::new("metrics");
-    let server = Server::start(test_config(&data)).await;
-    let http = Http::new();
-    create(&http, &server, standin_binding("metered", 2, 4)).await;
-    wait_pool(&http, &server.url(""), "metered", 20, |p| {
-        p["available"] == 2
-    })
-    .await;
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool("metrics", standin_binding("metered", 2, 4)).await;
     let a = http
         .call(Method::POST, &server.url("/binders/metered"), None)
         .await;

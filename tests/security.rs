@@ -13,19 +13,26 @@ use http::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn config(data: &DataDir) -> binderd::config::Config {
-    let mut config = test_config(data);
+/// The test keys and carol's.
+fn with_carol(config: &mut binderd::config::Config) {
     config
         .api_keys
         .push(ApiKey::new("carol", CAROL, Role::User));
+}
+
+fn config(data: &DataDir) -> binderd::config::Config {
+    let mut config = test_config(data);
+    with_carol(&mut config);
     config
 }
 
 #[tokio::test]
 async fn the_auth_matrix_holds_on_every_route() {
-    let data = DataDir::new("matrix");
-    let server = Server::start(config(&data)).await;
-    let http = Http::new();
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("matrix", with_carol).await;
     let mut private = standin_binding("priv", 0, 4);
     private["public"] = json!(false);
     private["administrators"] = json!(["carol"]);
@@ -299,9 +306,11 @@ async fn slow_clients_are_cut_off_and_connections_are_capped() {
 
 #[tokio::test]
 async fn hostile_input_gets_clear_errors_never_a_5xx() {
-    let data = DataDir::new("hostile");
-    let server = Server::start(config(&data)).await;
-    let http = Http::new();
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("hostile", with_carol).await;
     let long = "a".repeat(10_000);
     let odd_names = [
         "..",

@@ -34,17 +34,8 @@ impl Pools {
             return; // stopped while it waited for a permit
         }
         let record = pool.record();
-        if binder.state() == State::Starting {
-            if let Err(e) = self
-                .shared
-                .store
-                .put_binder(StoredBinder::from(&*binder))
-                .await
-            {
-                self.fail(&pool, &binder, format!("cannot record the binder: {e}"))
-                    .await;
-                return;
-            }
+        if binder.state() == State::Starting && !self.record_or_fail(&pool, &binder).await {
+            return;
         }
         let base_url = binder.location();
         pool.metrics.starts.increment(1);
@@ -79,18 +70,25 @@ impl Pools {
             }
             return;
         }
-        if let Err(e) = self
-            .shared
-            .store
-            .put_binder(StoredBinder::from(&*binder))
-            .await
-        {
-            self.fail(&pool, &binder, format!("cannot record the binder: {e}"))
-                .await;
+        if !self.record_or_fail(&pool, &binder).await {
             return;
         }
         let timeout = Duration::from_secs(record.binding.start_timeout_seconds);
         self.settle(&pool, &binder, &instance, timeout).await;
+    }
+
+    /// Writes the binder's row; a binder that cannot be recorded fails (a
+    /// crash would lose it). Returns whether it was recorded.
+    async fn record_or_fail(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) -> bool {
+        let row = StoredBinder::from(&**binder);
+        match self.shared.store.put_binder(row).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(pool, binder, format!("cannot record the binder: {e}"))
+                    .await;
+                false
+            }
+        }
     }
 
     /// Waits until a started (or adopted) binder answers, then moves it into
