@@ -33,12 +33,7 @@ async fn containers_are_labelled_limited_proxied_and_have_their_services() {
     create_binding(&http, &server.url(""), &body).await;
     wait_pool(&http, &server.url(""), "dock", 60, |p| p["available"] == 2).await;
 
-    let a = http
-        .call(Method::POST, &server.url("/binders/dock"), None)
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    let id = a.json()["id"].as_str().unwrap().to_owned();
-    let location = a.json()["location"].as_str().unwrap().to_owned();
+    let (id, location) = hand_out(&http, &server.url(""), "dock", None).await;
     // Through binderd's proxy to the container.
     let s = http
         .get(&server.url(&format!("{location}api/status")))
@@ -411,14 +406,8 @@ async fn a_configured_network_is_joined_and_used_by_container_ip() {
     config.docker.network = Some(net.clone());
     let server = Server::start(config).await;
     let http = Http::new();
-    create_binding(&http, &server.url(""), &docker_binding("onnet", 1, 2)).await;
-    wait_pool(&http, &server.url(""), "onnet", 60, |p| p["available"] == 1).await;
-    let a = http
-        .call(Method::POST, &server.url("/binders/onnet"), None)
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    let id = a.json()["id"].as_str().unwrap().to_owned();
-    let location = a.json()["location"].as_str().unwrap().to_owned();
+    create_and_fill(&http, &server.url(""), &docker_binding("onnet", 1, 2)).await;
+    let (id, location) = hand_out(&http, &server.url(""), "onnet", None).await;
     let s = http
         .get(&server.url(&format!("{location}api/status")))
         .await;
@@ -460,14 +449,7 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
         p["available"] == 1
     })
     .await;
-    let b = http
-        .call(Method::POST, &server.url("/binders/dpause"), Some(ALICE))
-        .await
-        .json();
-    let (id, location) = (
-        b["id"].as_str().unwrap().to_owned(),
-        b["location"].as_str().unwrap().to_owned(),
-    );
+    let (id, location) = hand_out(&http, &server.url(""), "dpause", Some(ALICE)).await;
     let logs = http
         .call(
             Method::GET,

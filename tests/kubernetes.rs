@@ -562,13 +562,12 @@ async fn a_pod_deleted_behind_binderds_back_is_replaced_and_never_handed_out() {
     let standin = Standin::start();
     let (server, stop) = binderd(&data, &fake, None).await;
     let http = Http::new();
-    create_binding(
+    create_and_fill(
         &http,
         &server.url(""),
         &binding("gone", "stand-in:1", standin.1, 1),
     )
     .await;
-    wait_pool(&http, &server.url(""), "gone", 20, |p| p["available"] == 1).await;
     let first = fake.pod_names();
     assert_eq!(first.len(), 1);
     fake.delete_behind_binderds_back(&first[0]);

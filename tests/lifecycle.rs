@@ -145,16 +145,8 @@ async fn old_binders_are_culled_even_when_busy() {
 #[tokio::test]
 async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
     let Harness { data, server, http } = start("pause", 1000).await;
-    create_binding(&http, &server.url(""), &standin_binding("pz", 1, 3)).await;
-    wait_pool(&http, &server.url(""), "pz", 20, |p| p["available"] == 1).await;
-    let b = http
-        .call(Method::POST, &server.url("/binders/pz"), Some(ALICE))
-        .await
-        .json();
-    let (id, location) = (
-        b["id"].as_str().unwrap().to_owned(),
-        b["location"].as_str().unwrap().to_owned(),
-    );
+    create_and_fill(&http, &server.url(""), &standin_binding("pz", 1, 3)).await;
+    let (id, location) = hand_out(&http, &server.url(""), "pz", Some(ALICE)).await;
     let binder = (id.as_str(), location.as_str());
     let text = "written before the pause";
     let before = write_then_pause(&server, &http, "pz", binder, text).await;

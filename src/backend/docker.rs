@@ -2,7 +2,7 @@
 //! (bollard), with its attached services beside it on a network of its own.
 //!
 //! - The notebook container publishes the binding's port on 127.0.0.1 with an
-//!   engine-chosen host port, or, with `docker_network` configured, joins that
+//!   engine-chosen host port, or, with `[docker] network` configured, joins that
 //!   network and is reached at its container IP.
 //! - Labels `binderd.owner` (the data dir's key), `binderd.binding`,
 //!   `binderd.binder`, `binderd.role` (`notebook` | `service`) and

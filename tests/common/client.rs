@@ -151,3 +151,36 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `POST {base}/binders/{binding}` as `key`: asserts a warm handout (201)
+/// and returns the binder's id and location.
+pub async fn hand_out(
+    http: &Http,
+    base: &str,
+    binding: &str,
+    key: Option<&str>,
+) -> (String, String) {
+    let a = http
+        .call(Method::POST, &format!("{base}/binders/{binding}"), key)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let doc = a.json();
+    let field = |k: &str| {
+        doc[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {k}: {doc}"))
+            .to_owned()
+    };
+    (field("id"), field("location"))
+}
+
+/// Creates `binding` at `base` (as the admin) and waits until `pool.min`
+/// binders of it are available.
+pub async fn create_and_fill(http: &Http, base: &str, binding: &Value) {
+    create_binding(http, base, binding).await;
+    let name = binding["name"].as_str().expect("the binding has a name");
+    let min = binding["pool"]["min"]
+        .as_u64()
+        .expect("the binding has pool.min");
+    wait_pool(http, base, name, 60, |p| p["available"] == min).await;
+}
