@@ -48,6 +48,18 @@ impl fmt::Display for BindingName {
     }
 }
 
+/// The repository a `repo` URL names, as `host/path` in lower case without
+/// scheme, user, `.git` or trailing slash: `https://github.com/Org/Repo.git`
+/// and `github.com/org/repo/` are both `github.com/org/repo`.
+pub fn repo_key(url: &str) -> String {
+    let s = url.trim();
+    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
+    let s = s.split_once('@').map_or(s, |(_, rest)| rest);
+    let s = s.trim_end_matches('/');
+    let s = s.strip_suffix(".git").unwrap_or(s);
+    s.to_ascii_lowercase()
+}
+
 /// Shortens and escapes user input before it goes into an error message.
 pub fn printable(raw: &str) -> String {
     let mut out: String = raw
@@ -420,6 +432,23 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidBinding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_urls_compare_by_host_and_path() {
+        for url in [
+            "https://github.com/Org/Repo",
+            "https://github.com/org/repo.git",
+            "http://github.com/org/repo/",
+            "github.com/org/repo",
+            "https://user@github.com/org/repo",
+        ] {
+            assert_eq!(repo_key(url), "github.com/org/repo", "{url}");
+        }
+        assert_ne!(
+            repo_key("https://gitlab.com/org/repo"),
+            "github.com/org/repo"
+        );
+    }
 
     fn parse(json: &str) -> Result<Binding, serde_json::Error> {
         serde_json::from_str(json)

@@ -92,6 +92,11 @@ impl RateLimits {
     }
 
     /// The address a request comes from.
+    /// Whether `peer` is a trusted proxy (its forwarded headers are believed).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted.contains(&peer)
+    }
+
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
         if !self.trusted.contains(&peer) {
             return peer;

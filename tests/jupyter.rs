@@ -139,6 +139,60 @@ async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
     server.stop().await;
 }
 
+/// BinderHub's launch API, as its own example client uses it, against a real
+/// Jupyter server whose token is on: `/build/gh/...` streams to `ready`, and
+/// the URL and token in it work for `api/status` and a kernel round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binderhub_client_launches_a_repository_and_runs_code() {
+    let Some(venv) = venv() else { return };
+    let data = DataDir::new("jupyter-hub");
+    let mut config = test_config(&data);
+    config.allow_origin = Some("*".into());
+    let server = Server::start(config).await;
+    let http = Http::new();
+    let mut binding = jupyter_binding(&venv, "requirements", 1);
+    binding["repo"] = json!("https://github.com/binder-examples/requirements");
+    // Jupyter's own token on: the location's token is the server's token.
+    for arg in binding["command"].as_array_mut().unwrap() {
+        if arg == "--IdentityProvider.token=" {
+            *arg = json!("--IdentityProvider.token={token}");
+        }
+    }
+    create_binding(&http, &server.url(""), &binding).await;
+    wait_pool(&http, &server.url(""), "requirements", 90, |p| {
+        p["available"] == 1
+    })
+    .await;
+    let base = server.url("");
+    let result = tokio::task::spawn_blocking(move || {
+        run_client(
+            &venv,
+            &[&base, "binderhub", "gh/binder-examples/requirements/HEAD"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["output"], "42\n", "{result}");
+    assert_eq!(
+        result["phases"],
+        json!(["built", "launching", "ready"]),
+        "{result}"
+    );
+    assert_eq!(
+        result["status_without_token"], 403,
+        "the server checks its token: {result}"
+    );
+    let ready = &result["ready"];
+    assert!(
+        ready["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://{}/user/", server.addr)),
+        "{result}"
+    );
+    server.stop().await;
+}
+
 /// The same round trip with Jupyter in a Docker container: the image is made
 /// here without a registry by scripts/build-jupyter-image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,11 @@ which doubles the slash.
 
     python jupyter_client.py http://127.0.0.1:PORT thebe-page
 
+    python jupyter_client.py http://127.0.0.1:PORT binderhub gh/org/repo/HEAD
+
+"binderhub" follows BinderHub's API: /build's event stream until ready, then
+the url and token from it for api/status and a kernel round trip.
+
 "thebe-page" replays what the tmpnb-era thebe in a browser sends from a page
 on another origin, in its paths and headers: the text/plain spawn, then with
 its server address built as base + '/' + url + '/' (so '//user/{token}//'),
@@ -78,8 +83,41 @@ def thebe_page(base):
     return execute(ws_url, "print(6*7)", origin=PAGE_ORIGIN), server
 
 
-def execute(ws_url, code, origin=None):
-    ws = websocket.create_connection(ws_url, timeout=30, origin=origin)
+def binderhub(base, spec):
+    """BinderHub's API as its own example uses it: read /build's event stream
+    with requests (stream=True) until ready, then use the url and token."""
+    import requests
+    r = requests.get(base + "/build/" + spec, stream=True, timeout=60,
+                     headers={"Origin": PAGE_ORIGIN})
+    assert r.status_code == 200, r.status_code
+    assert r.headers["Content-Type"] == "text/event-stream", r.headers
+    assert r.headers.get("Access-Control-Allow-Origin") in ("*", PAGE_ORIGIN), r.headers
+    events = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[len("data:"):])
+            events.append(event)
+            if event["phase"] in ("ready", "failed"):
+                break
+    r.close()
+    ready = events[-1]
+    assert ready["phase"] == "ready", events
+    url, token = ready["url"], ready["token"]
+    auth = {"Authorization": "token " + token}
+    without = requests.get(url + "api/status", timeout=30).status_code
+    status = requests.get(url + "api/status", headers=auth, timeout=30)
+    assert status.status_code == 200, (status.status_code, status.text)
+    kernel = requests.post(url + "api/kernels", json={"name": "python3"}, headers=auth, timeout=30)
+    assert kernel.status_code == 201, (kernel.status_code, kernel.text)
+    ws_url = "%sapi/kernels/%s/channels?session_id=%s" % (
+        url.replace("http://", "ws://", 1), kernel.json()["id"], uuid.uuid4().hex)
+    text = execute(ws_url, "print(6*7)", headers=["Authorization: token " + token])
+    return {"output": text, "phases": [e["phase"] for e in events], "ready": ready,
+            "status_without_token": without}
+
+
+def execute(ws_url, code, origin=None, headers=None):
+    ws = websocket.create_connection(ws_url, timeout=30, origin=origin, header=headers)
     session = uuid.uuid4().hex
     msg_id = uuid.uuid4().hex
     ws.send(json.dumps({
@@ -122,6 +160,9 @@ def execute(ws_url, code, origin=None):
 
 def main():
     base, mode = sys.argv[1], sys.argv[2]
+    if mode == "binderhub":
+        print(json.dumps(binderhub(base, sys.argv[3])))
+        return
     if mode == "thebe-page":
         text, server = thebe_page(base)
         print(json.dumps({"output": text, "prefix": server[len(base):]}))

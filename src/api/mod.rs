@@ -28,6 +28,7 @@ use crate::proxy::Proxy;
 mod binders;
 mod bindings;
 pub mod error;
+mod launch;
 mod openapi;
 mod pools;
 mod routes;
@@ -131,7 +132,8 @@ async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
             Err(e) => e.into_response(html),
         };
     }
-    let html = false;
+    // Launch links are opened by browsers: their errors are pages.
+    let html = req.uri().path().starts_with("/v2/") && wants_html(&req);
     let mut resp = match route(app, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(html),
@@ -269,6 +271,10 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         (Route::Pool(binding), _) => pools::get(app, &caller, binding),
         (Route::TmpnbSpawn, _) => tmpnb::spawn(app, &caller, req).await,
         (Route::TmpnbStats, _) => tmpnb::stats(app, &caller),
+        (Route::Build(rest), _) => launch::build(app, &caller, rest, &req, peer).await,
+        (Route::Launch(rest), _) => launch::v2(app, &caller, rest, &req, peer).await,
+        (Route::Versions, _) => launch::versions(),
+        (Route::HubHealth, _) => launch::health(app),
         (Route::SpawnRedirect(rest), _) => {
             let query = req.uri().query();
             tmpnb::spawn_redirect(app, &caller, rest, query).await

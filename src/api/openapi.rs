@@ -165,6 +165,18 @@ fn tmpnb_spawn_redirect() {}
 #[utoipa::path(get, path = "/user/{token}/{path}", params(("token" = String, Path), ("path" = String, Path)), responses((status = 200, description = "Whatever the container answers (any method, WebSocket upgrades too)"), (status = 502, description = "The container does not answer", body = ErrorBody), (status = 504, description = "The container took too long", body = ErrorBody), Errors))]
 fn proxy() {}
 
+#[utoipa::path(get, path = "/build/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path, description = "gh, gl or git"), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path, description = "Not matched: a binding serves one image")), responses((status = 200, description = "BinderHub's launch stream: `data: {LaunchEvent}` events (built, launching, then ready with url and token, or failed with a message)", content_type = "text/event-stream", body = LaunchEvent), Errors))]
+fn build() {}
+
+#[utoipa::path(get, path = "/v2/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path), ("urlpath" = Option<String>, Query), ("labpath" = Option<String>, Query), ("filepath" = Option<String>, Query)), responses((status = 302, description = "To the binder's location plus the asked path"), (status = 200, description = "A page that looks again every second while a server starts", content_type = "text/html", body = String), Errors))]
+fn launch() {}
+
+#[utoipa::path(get, path = "/versions", responses((status = 200, body = Versions), Errors))]
+fn versions() {}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HubHealth), (status = 503, description = "A check failed", body = HubHealth), Errors))]
+fn hub_health() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "binderd", description = "Pools of pre-warmed notebook containers, handed out instantly and proxied. Trailing slashes are optional everywhere."),
@@ -176,6 +188,7 @@ fn proxy() {}
         spawn, list_binders, get_binder, delete_binder, pause, logs, events,
         list_pools, get_pool, resize_pool, put_pool,
         tmpnb_spawn, tmpnb_stats, tmpnb_spawn_redirect, proxy,
+        build, launch, versions, hub_health,
     ),
     modifiers(&Security),
 )]

@@ -37,6 +37,14 @@ pub(super) enum Route<'a> {
     TmpnbStats,
     /// tmpnb: `GET /spawn/{path}`, with the path after `/spawn/`.
     SpawnRedirect(&'a str),
+    /// BinderHub: `GET /build/{provider}/{spec}`, with what follows `/build/`.
+    Build(&'a str),
+    /// BinderHub: `GET /v2/{provider}/{spec}`, with what follows `/v2/`.
+    Launch(&'a str),
+    /// BinderHub: `GET /versions`
+    Versions,
+    /// BinderHub: `GET /health`
+    HubHealth,
 }
 
 impl<'a> Route<'a> {
@@ -44,6 +52,12 @@ impl<'a> Route<'a> {
     pub fn parse(path: &'a str) -> Option<Route<'a>> {
         if let Some(rest) = path.strip_prefix("/spawn/") {
             return Some(Route::SpawnRedirect(rest));
+        }
+        if let Some(rest) = path.strip_prefix("/build/") {
+            return Some(Route::Build(rest.trim_end_matches('/')));
+        }
+        if let Some(rest) = path.strip_prefix("/v2/") {
+            return Some(Route::Launch(rest.trim_end_matches('/')));
         }
         let trimmed = path.trim_end_matches('/');
         let mut segments = [""; 6];
@@ -74,6 +88,8 @@ impl<'a> Route<'a> {
             ["api", "spawn"] => Route::TmpnbSpawn,
             ["api", "stats"] => Route::TmpnbStats,
             ["spawn"] => Route::SpawnRedirect(""),
+            ["versions"] => Route::Versions,
+            ["health"] => Route::HubHealth,
             _ => return None,
         })
     }
@@ -91,7 +107,11 @@ impl<'a> Route<'a> {
             | Route::Pools
             | Route::Logs(..)
             | Route::TmpnbStats
-            | Route::SpawnRedirect(_) => "GET, HEAD",
+            | Route::SpawnRedirect(_)
+            | Route::Versions
+            | Route::HubHealth => "GET, HEAD",
+            // A launch hands out a binder: no HEAD.
+            Route::Build(_) | Route::Launch(_) => "GET",
             Route::Bindings | Route::Binders(_) => "GET, HEAD, POST",
             Route::Binding(_) => "GET, HEAD, POST, PUT, DELETE",
             Route::Binder(..) => "GET, HEAD, DELETE",
@@ -106,7 +126,9 @@ impl<'a> Route<'a> {
         self.methods().split(", ").any(|m| m == method.as_str())
     }
 
-    /// Spawn routes go through the spawn rate limits.
+    /// Spawn routes go through the spawn rate limits here; the BinderHub
+    /// launch routes admit their spawns themselves (a refused one is a
+    /// `failed` event, and a page waiting on a start asks again freely).
     pub fn spawns(&self, method: &http::Method) -> bool {
         match self {
             Route::TmpnbSpawn | Route::SpawnRedirect(_) => true,

@@ -192,3 +192,104 @@ pub struct QuotaView {
     #[schema(value_type = Object)]
     pub usage: serde_json::Value,
 }
+
+/// One event of BinderHub's launch stream (`GET /build/...`), with
+/// BinderHub's field names.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LaunchEvent {
+    /// `built`, `launching`, `ready` or `failed`.
+    pub phase: &'static str,
+    pub message: String,
+    #[serde(rename = "imageName", skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// Ready: the server's absolute URL (`.../user/{token}/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Ready: the token the server accepts (`Authorization: token ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binder_ref_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binder_launch_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binder_request: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binder_persistent_request: Option<String>,
+}
+
+impl LaunchEvent {
+    pub fn phase(phase: &'static str, message: impl Into<String>) -> LaunchEvent {
+        LaunchEvent {
+            phase,
+            message: message.into(),
+            image_name: None,
+            url: None,
+            token: None,
+            image: None,
+            repo_url: None,
+            binder_ref_url: None,
+            binder_launch_host: None,
+            binder_request: None,
+            binder_persistent_request: None,
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> LaunchEvent {
+        LaunchEvent::phase("failed", message)
+    }
+
+    pub fn image_name(mut self, image: &str) -> LaunchEvent {
+        self.image_name = Some(image.to_owned());
+        self
+    }
+
+    /// `ready`: where the server is (`base` + its location) and its token.
+    /// `repo` is the repository's `host/path`, `request` the `v2/...` path.
+    pub fn ready(
+        binder: &Binder,
+        base: &str,
+        image: &str,
+        repo: &str,
+        request: &str,
+    ) -> LaunchEvent {
+        let url = format!("{base}{}", binder.location());
+        LaunchEvent {
+            url: Some(url.clone()),
+            token: Some(binder.token.to_string()),
+            image: Some(image.to_owned()),
+            repo_url: Some(format!("https://{repo}")),
+            binder_ref_url: Some(format!("https://{repo}")),
+            binder_launch_host: Some(format!("{base}/")),
+            binder_request: Some(request.to_owned()),
+            binder_persistent_request: Some(request.to_owned()),
+            ..LaunchEvent::phase("ready", format!("server running at {url}\n"))
+        }
+    }
+}
+
+/// `GET /versions`, as BinderHub answers it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Versions {
+    pub builder: &'static str,
+    pub binderhub: &'static str,
+}
+
+/// `GET /health`, as BinderHub answers it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HubHealth {
+    pub ok: bool,
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthCheck {
+    pub service: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

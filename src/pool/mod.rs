@@ -141,6 +141,11 @@ impl Pools {
         self.shared.backend.kind()
     }
 
+    /// Why the backend cannot be reached now (no I/O), or `None`.
+    pub fn backend_unavailable(&self) -> Option<String> {
+        self.shared.backend.unavailable()
+    }
+
     /// A key's quota `spec` and `usage`.
     pub fn quota_report(&self, key: &str) -> serde_json::Value {
         self.shared.quotas.report(key)

@@ -1,0 +1,423 @@
+//! BinderHub's launch API, for the pages and buttons that speak it (modern
+//! thebe, Jupyter Book, MyST, sphinx-thebe, "launch binder" badges):
+//! `GET /build/{provider}/{spec}` (an event stream ending in `ready` with a
+//! URL and token), `GET /v2/{provider}/{spec}` (a browser lands in a
+//! binder), `GET /versions` and `GET /health`.
+//!
+//! binderd serves prebuilt images, so "build" means: find the binding whose
+//! `repo` is that repository and hand out a binder from it, exactly as
+//! `POST /binders/{binding}` does (same auth, quotas, rate limits, warm and
+//! cold paths). The ref in the spec is not matched: a binding serves one
+//! image, whatever ref a link names.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use super::views::{HealthCheck, HubHealth, LaunchEvent, Versions};
+use super::{admit_spawn, json, ApiError, App, Result, VERSION};
+use crate::auth::Caller;
+use crate::binder::State;
+use crate::binding::repo_key;
+use crate::body::{full, Body};
+use crate::pool::{Handout, Pool, PoolError};
+
+/// What a launch link asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Spec {
+    /// `gh`, `gl` or `git`.
+    pub provider: String,
+    /// The repository as [`repo_key`] spells it (`github.com/org/repo`).
+    pub repo: String,
+    /// The ref the link names (not matched: see the module docs).
+    pub reference: String,
+}
+
+impl Spec {
+    /// Parses `{provider}/{spec}`: `gh/org/repo/ref`, `gl/group%2Fproject/ref`
+    /// (or `gl/group/project/ref`), `git/{url-encoded URL}/ref`.
+    pub fn parse(rest: &str) -> std::result::Result<Spec, String> {
+        let (provider, spec) = rest.split_once('/').unwrap_or((rest, ""));
+        let parts: Vec<&str> = spec.split('/').filter(|s| !s.is_empty()).collect();
+        let (repo, reference) = match (provider, parts.as_slice()) {
+            ("gh", [org, repo, reference @ ..]) => {
+                (format!("github.com/{org}/{repo}"), reference.join("/"))
+            }
+            ("gl", [project, reference @ ..]) if project.contains("%2F") => (
+                format!("gitlab.com/{}", decode(project)?),
+                reference.join("/"),
+            ),
+            ("gl", [group, project, reference @ ..]) => {
+                (format!("gitlab.com/{group}/{project}"), reference.join("/"))
+            }
+            ("git", [url, reference @ ..]) => (decode(url)?, reference.join("/")),
+            ("gh" | "gl" | "git", _) => {
+                return Err(format!("'{provider}/{spec}' names no repository"))
+            }
+            _ => {
+                return Err(format!(
+                    "provider '{provider}' is not served here (gh, gl or git)"
+                ))
+            }
+        };
+        Ok(Spec {
+            provider: provider.to_owned(),
+            repo: repo_key(&repo),
+            reference: if reference.is_empty() {
+                "HEAD".into()
+            } else {
+                reference
+            },
+        })
+    }
+}
+
+/// `%XX` decoding of one path segment.
+fn decode(s: &str) -> std::result::Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad escape in '{}'", crate::binding::printable(s)))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the repository is not UTF-8".into())
+}
+
+/// The pool of the binding that serves `spec`'s repository, if this caller
+/// may use it.
+fn pool_for(app: &App, caller: &Caller, spec: &Spec) -> Option<Arc<Pool>> {
+    app.pools.list().into_iter().find(|p| {
+        let record = p.current();
+        record.access().visible_to(caller)
+            && record
+                .binding
+                .repo
+                .as_deref()
+                .is_some_and(|r| repo_key(r) == spec.repo)
+    })
+}
+
+/// Where users reach binderd: `--public-url`, else the request's host (the
+/// forwarded host and scheme only from a trusted proxy).
+fn public_base(app: &App, headers: &HeaderMap, peer: SocketAddr) -> String {
+    if let Some(url) = &app.config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_owned())
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
+    };
+    let trusted = app.limits.trusts(peer.ip());
+    let scheme = trusted
+        .then(|| get("x-forwarded-proto"))
+        .flatten()
+        .filter(|s| s == "http" || s == "https")
+        .unwrap_or_else(|| "http".into());
+    let host = trusted
+        .then(|| get("x-forwarded-host"))
+        .flatten()
+        .or_else(|| get("host"))
+        .unwrap_or_else(|| app.local_addr.to_string());
+    format!("{scheme}://{host}")
+}
+
+/// How long a launch waits for a cold start: the binding's start timeout,
+/// and at least `spawn_wait_seconds`.
+fn start_wait(app: &App, pool: &Pool) -> Duration {
+    let start = Duration::from_secs(pool.current().binding.start_timeout_seconds + 5);
+    start.max(app.config.spawn_wait)
+}
+
+/// The image a binding serves, as the events name it.
+fn image_of(pool: &Pool) -> String {
+    let record = pool.current();
+    record
+        .binding
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("binderd:{}", pool.name))
+}
+
+/// `GET /build/{provider}/{spec}`: BinderHub's event stream. Every outcome,
+/// an unknown repository and a full pool included, is an event: EventSource
+/// clients read nothing else.
+pub(super) async fn build(
+    app: &App,
+    caller: &Caller,
+    rest: &str,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>> {
+    let failed = |message: String| events(vec![LaunchEvent::failed(message)], None);
+    let spec = match Spec::parse(rest) {
+        Ok(spec) => spec,
+        Err(message) => return failed(message),
+    };
+    let Some(pool) = pool_for(app, caller, &spec) else {
+        return failed(format!(
+            "no binding serves the repository {}",
+            crate::binding::printable(&spec.repo)
+        ));
+    };
+    if let Err(e) = admit_spawn(app, caller, req, peer) {
+        return failed(e.to_string());
+    }
+    let image = image_of(&pool);
+    let base = public_base(app, req.headers(), peer);
+    let request = format!("v2/{rest}");
+    let head = vec![
+        LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image),
+        LaunchEvent::phase("launching", "Launching server...\n"),
+    ];
+    let binder = match app.pools.handout(&pool, caller.owner()).await {
+        Ok(Handout::Ready(b)) => {
+            let mut all = head;
+            all.push(LaunchEvent::ready(&b, &base, &image, &spec.repo, &request));
+            return events(all, None);
+        }
+        Ok(Handout::Starting(b)) => b,
+        Err(e @ PoolError::Full { .. }) => return failed(e.to_string()),
+        Err(e) => return failed(ApiError::from(e).to_string()),
+    };
+    // Cold: the stream says where it is and ends when the binder is ready.
+    let wait = start_wait(app, &pool);
+    let pools = app.pools.clone();
+    let tail = async move {
+        match binder.wait_started(wait).await {
+            State::Assigned => LaunchEvent::ready(&binder, &base, &image, &spec.repo, &request),
+            State::Failed => LaunchEvent::failed(format!(
+                "the server failed to start: {}",
+                binder.failure().unwrap_or("unknown reason")
+            )),
+            _ => {
+                pools.stop(&pool, &binder);
+                LaunchEvent::failed(format!(
+                    "no server was ready within {}s: try again",
+                    wait.as_secs()
+                ))
+            }
+        }
+    };
+    events(head, Some(Box::pin(tail)))
+}
+
+type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = LaunchEvent> + Send + Sync>>;
+
+/// `text/event-stream` of `data: {json}` events: `head`, then `tail` when
+/// it resolves.
+fn events(head: Vec<LaunchEvent>, tail: Option<Tail>) -> Result<Response<Body>> {
+    let frame = |event: LaunchEvent| {
+        let doc = serde_json::to_string(&event).unwrap_or_default();
+        Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("data: {doc}\n\n"))))
+    };
+    let tail = stream::iter(tail).then(|t| t);
+    let body = StreamBody::new(stream::iter(head).chain(tail).map(frame));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(BodyExt::boxed(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The path inside the server that BinderHub's query parameters ask for:
+/// `urlpath` as given, `labpath` in JupyterLab, `filepath` in the classic
+/// file view; none: the server's root.
+fn landing(query: &str) -> String {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| decode(&v.replace('+', " ")).ok())
+            .map(|v| v.trim_start_matches('/').to_owned())
+    };
+    if let Some(p) = param("urlpath") {
+        p
+    } else if let Some(p) = param("labpath") {
+        format!("lab/tree/{p}")
+    } else if let Some(p) = param("filepath") {
+        format!("tree/{p}")
+    } else {
+        String::new()
+    }
+}
+
+/// `GET /v2/{provider}/{spec}[?urlpath=...|labpath=...|filepath=...]`: hand
+/// out a binder and send the browser to it. A cold one gets a short page
+/// that looks again every second (`&binder={id}` keeps the handout; no
+/// script, so a strict Content-Security-Policy is fine) until it is ready.
+pub(super) async fn v2(
+    app: &App,
+    caller: &Caller,
+    rest: &str,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>> {
+    let query = req.uri().query().unwrap_or("");
+    let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
+    let pool = pool_for(app, caller, &spec).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no binding serves the repository {}",
+            crate::binding::printable(&spec.repo)
+        ))
+    })?;
+    let waiting = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("binder="))
+        .and_then(|id| app.pools.binder(id))
+        .filter(|e| Arc::ptr_eq(&e.pool, &pool) && e.binder.owner().is_some());
+    let binder = match waiting {
+        Some(entry) => entry.binder,
+        None => {
+            admit_spawn(app, caller, req, peer)?;
+            match app.pools.handout(&pool, caller.owner()).await? {
+                Handout::Ready(b) | Handout::Starting(b) => b,
+            }
+        }
+    };
+    match binder.state() {
+        State::Assigned => {
+            let target = format!("{}{}", binder.location(), landing(query));
+            let location = header::HeaderValue::from_str(&target)
+                .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header(header::LOCATION, location)
+                .body(crate::body::empty())
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        }
+        State::Starting | State::StartingClaimed => {
+            let again: String = query
+                .split('&')
+                .filter(|kv| !kv.is_empty() && !kv.starts_with("binder="))
+                .chain(std::iter::once(format!("binder={}", binder.id).as_str()))
+                .collect::<Vec<_>>()
+                .join("&");
+            let page = format!(
+                "<!doctype html><meta charset=utf-8>\
+                 <meta http-equiv=refresh content=\"1;url=/v2/{rest}?{again}\">\
+                 <title>Starting your server</title>\
+                 <h1>Starting your server</h1>\
+                 <p>{} is starting a server for {}; this page moves on by itself once it answers.</p>\n",
+                escape(&pool.name.to_string()),
+                escape(&spec.repo),
+                rest = escape(rest),
+                again = escape(&again),
+            );
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(full(page))
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        }
+        _ => Err(ApiError::Unavailable {
+            message: format!(
+                "the server failed to start: {}",
+                binder.failure().unwrap_or("it stopped")
+            ),
+            retry_after: 5,
+        }),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /versions`, as BinderHub answers it.
+pub(super) fn versions() -> Result<Response<Body>> {
+    json(
+        StatusCode::OK,
+        &Versions {
+            builder: "binderd (prebuilt images, nothing is built)",
+            binderhub: VERSION,
+        },
+    )
+}
+
+/// `GET /health`, as BinderHub answers it: 200 when every check is ok,
+/// else 503.
+pub(super) fn health(app: &App) -> Result<Response<Body>> {
+    let backend = app.pools.backend_kind().as_str();
+    let unavailable = app.pools.backend_unavailable();
+    let checks = vec![HealthCheck {
+        service: format!("Backend ({backend})"),
+        ok: unavailable.is_none(),
+        message: unavailable,
+    }];
+    let ok = checks.iter().all(|c| c.ok);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &HubHealth { ok, checks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_name_repositories_as_binderhub_spells_them() {
+        let gh = Spec::parse("gh/Org/Repo/HEAD").unwrap();
+        assert_eq!(gh.repo, "github.com/org/repo");
+        assert_eq!(gh.reference, "HEAD");
+        assert_eq!(
+            Spec::parse("gh/org/repo/feature/x").unwrap().reference,
+            "feature/x"
+        );
+        assert_eq!(Spec::parse("gh/org/repo").unwrap().reference, "HEAD");
+        assert_eq!(
+            Spec::parse("gl/group%2Fsub%2Fproject/main").unwrap().repo,
+            "gitlab.com/group/sub/project"
+        );
+        assert_eq!(
+            Spec::parse("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/v1")
+                .unwrap()
+                .repo,
+            "example.org/a/b"
+        );
+        assert!(Spec::parse("gh/only-org").is_err());
+        assert!(Spec::parse("zenodo/10.5281/zenodo.1")
+            .unwrap_err()
+            .contains("not served"));
+        assert!(Spec::parse("git/%zz/v1").is_err());
+    }
+
+    #[test]
+    fn query_parameters_pick_the_landing_path() {
+        assert_eq!(landing("urlpath=lab"), "lab");
+        assert_eq!(
+            landing("urlpath=%2Flab%2Ftree%2Fa.ipynb"),
+            "lab/tree/a.ipynb"
+        );
+        assert_eq!(landing("labpath=x.ipynb"), "lab/tree/x.ipynb");
+        assert_eq!(landing("filepath=dir/y.ipynb"), "tree/dir/y.ipynb");
+        assert_eq!(landing(""), "");
+        assert_eq!(landing("binder=abc"), "");
+    }
+}
