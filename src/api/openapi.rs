@@ -130,7 +130,7 @@ fn pause() {}
 #[utoipa::path(get, path = "/binders/{binding}/{id}/logs", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path), ("tail" = Option<u32>, Query)), security(("api_key" = [])), responses((status = 200, description = "Recent output", content_type = "text/plain", body = String), Errors))]
 fn logs() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = String), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = SseEvent), Errors))]
 fn events() {}
 
 #[utoipa::path(get, path = "/pools", responses((status = 200, body = Vec<PoolView>), Errors))]
@@ -165,7 +165,7 @@ fn tmpnb_spawn_redirect() {}
 #[utoipa::path(get, path = "/user/{token}/{path}", params(("token" = String, Path), ("path" = String, Path)), responses((status = 200, description = "Whatever the container answers (any method, WebSocket upgrades too)"), (status = 502, description = "The container does not answer", body = ErrorBody), (status = 504, description = "The container took too long", body = ErrorBody), Errors))]
 fn proxy() {}
 
-#[utoipa::path(get, path = "/build/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path, description = "gh, gl or git"), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path, description = "Not matched: a binding serves one image")), responses((status = 200, description = "BinderHub's launch stream: `data: {LaunchEvent}` events (built, launching, then ready with url and token, or failed with a message)", content_type = "text/event-stream", body = LaunchEvent), Errors))]
+#[utoipa::path(get, path = "/build/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path, description = "gh, gl or git"), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path, description = "Not matched: a binding serves one image")), responses((status = 200, description = "BinderHub's launch stream: `data: {LaunchEvent}` events (built, launching, then ready with url and token, or failed with a message)", content_type = "text/event-stream", body = SseEvent), Errors))]
 fn build() {}
 
 #[utoipa::path(get, path = "/v2/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path), ("urlpath" = Option<String>, Query), ("labpath" = Option<String>, Query), ("filepath" = Option<String>, Query)), responses((status = 302, description = "To the binder's location plus the asked path"), (status = 200, description = "A page that looks again every second while a server starts", content_type = "text/html", body = String), Errors))]

@@ -293,3 +293,12 @@ pub struct HealthCheck {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// One server-sent event as the OpenAPI document describes an event
+/// stream: its `data` line (JSON) and its type (`message` when unnamed).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SseEvent {
+    /// The event's JSON document.
+    pub data: String,
+    pub event: Option<String>,
+}
