@@ -10,6 +10,9 @@
 //! 2. concurrent, 16 connections: the remaining handouts, and as many
 //!    healthchecks.
 //!
+//! 3. launch, one connection: 50 BinderHub launches (`GET /build/gh/...`,
+//!    read until the stream's `ready` event) against 50 `POST /binders`.
+//!
 //! `cargo bench --bench handout` (N from `BENCH_POOL`, default 600).
 
 use std::time::{Duration, Instant};
@@ -36,6 +39,16 @@ async fn connect(addr: std::net::SocketAddr) -> Sender {
 }
 
 async fn one(sender: &mut Sender, method: &Method, path: &str, expect: u16) -> Duration {
+    fetch(sender, method, path, expect).await.0
+}
+
+/// One request, timed until its whole body arrived; returns the body too.
+async fn fetch(
+    sender: &mut Sender,
+    method: &Method,
+    path: &str,
+    expect: u16,
+) -> (Duration, String) {
     let req = Request::builder()
         .method(method.clone())
         .uri(path)
@@ -46,10 +59,10 @@ async fn one(sender: &mut Sender, method: &Method, path: &str, expect: u16) -> D
     let t = Instant::now();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
     let took = t.elapsed();
     assert_eq!(status, expect, "{method} {path}");
-    took
+    (took, String::from_utf8_lossy(&body).into_owned())
 }
 
 struct Stats {
@@ -154,12 +167,14 @@ async fn main() {
         let _ = stopped.await;
     }));
 
-    // The binding: N stand-ins, no refill room.
+    // The binding: N stand-ins (and the launches' share), no refill room.
+    let pool = n + 2 * LAUNCHES;
     let body = serde_json::json!({
         "name": "bench",
         "command": [env!("CARGO_BIN_EXE_binderd-standin"), "--port", "{port}", "--base-url", "{base_url}"],
+        "repo": "https://github.com/binderd-bench/launch",
         "public": true,
-        "pool": {"min": n, "max": n},
+        "pool": {"min": pool, "max": pool},
     });
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut admin, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -185,7 +200,7 @@ async fn main() {
         let resp = probe.send_request(req).await.unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        if v["available"].as_u64() == Some(n as u64) {
+        if v["available"].as_u64() == Some(pool as u64) {
             break;
         }
         assert!(
@@ -196,9 +211,9 @@ async fn main() {
     }
     let fill = fill_start.elapsed();
     println!(
-        "pool of {n} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)",
+        "pool of {pool} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)",
         fill.as_secs_f64(),
-        n as f64 / fill.as_secs_f64()
+        pool as f64 / fill.as_secs_f64()
     );
     // Let the machine settle after the fill.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -273,6 +288,47 @@ async fn main() {
         us(b.p99) / us(h.p99)
     );
 
+    // 3. BinderHub's launch: the time from opening the event stream to its
+    // `ready` event (a warm binder, so the stream ends there).
+    let build = "/build/gh/binderd-bench/launch/HEAD";
+    let mut sender = connect(addr).await;
+    let mut launches = Vec::with_capacity(LAUNCHES);
+    for _ in 0..LAUNCHES {
+        let (took, body) = fetch(&mut sender, &Method::GET, build, 200).await;
+        assert!(body.contains("\"phase\":\"ready\""), "{body}");
+        launches.push(took);
+    }
+    let launch = stats(launches);
+    let posts = stats(sequential(addr, Method::POST, "/binders/bench", 201, LAUNCHES).await);
+    println!();
+    println!("launch, one connection, {LAUNCHES} each (warm)");
+    println!(
+        "{:<30} {:>10} {:>10} {:>10}",
+        "", "p50 µs", "p99 µs", "max µs"
+    );
+    println!(
+        "{:<30} {:>10.0} {:>10.0} {:>10.0}",
+        "POST /binders",
+        us(posts.p50),
+        us(posts.p99),
+        us(posts.max)
+    );
+    println!(
+        "{:<30} {:>10.0} {:>10.0} {:>10.0}",
+        "GET /build/... to ready",
+        us(launch.p50),
+        us(launch.p99),
+        us(launch.max)
+    );
+    println!(
+        "ratio launch/handout: p50 {:.2}x, p99 {:.2}x (BinderHub: a pod start, seconds)",
+        us(launch.p50) / us(posts.p50),
+        us(launch.p99) / us(posts.p99)
+    );
+
     let _ = stop.send(());
     let _ = server.await;
 }
+
+/// BinderHub launches measured (and handouts as their baseline).
+const LAUNCHES: usize = 50;
