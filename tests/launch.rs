@@ -272,6 +272,42 @@ async fn a_cold_v2_launch_shows_a_page_until_the_server_answers() {
     server.stop().await;
 }
 
+/// Behind a reverse proxy binderd trusts, the URL in `ready` is the one the
+/// reader's browser used.
+#[tokio::test]
+async fn a_trusted_proxy_s_forwarded_host_and_scheme_make_the_url() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("build-proxied", |c| {
+        c.rate_limit.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]
+    })
+    .await;
+    create_and_fill(&http, &server.url(""), &launchable("behind", 1, 3)).await;
+    let a = http
+        .send(
+            Method::GET,
+            &server.url(BUILD),
+            &[
+                ("x-forwarded-host", "binder.example.org"),
+                ("x-forwarded-proto", "https"),
+            ],
+            "",
+        )
+        .await;
+    let ready = events(&a.body).pop().unwrap();
+    assert!(
+        ready["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://binder.example.org/user/"),
+        "{ready}"
+    );
+    assert_eq!(ready["binder_launch_host"], "https://binder.example.org/");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn versions_and_health_answer_as_binderhub() {
     let Harness {
