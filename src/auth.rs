@@ -196,6 +196,23 @@ pub fn owns_binder(caller: &Caller, owner: Option<&Owner>) -> bool {
         || matches!((caller.key_name(), owner), (Some(n), Some(Owner::Key(o))) if n == o)
 }
 
+/// Who may stop a binder: for one handed to nobody in particular (an
+/// anonymous spawn), whoever holds its id, the capability binderd handed out
+/// (so an embedded page can give its binder back when the reader leaves);
+/// for a key's binder, its owner or an admin (401 without a key, 403 with
+/// another).
+pub fn may_stop_binder(caller: &Caller, owner: Option<&Owner>) -> Result<(), AuthError> {
+    if matches!(owner, Some(Owner::Anonymous)) || owns_binder(caller, owner) {
+        return Ok(());
+    }
+    if caller.key_name().is_none() {
+        return Err(AuthError::Required);
+    }
+    Err(AuthError::Forbidden(
+        "only the binder's owner or an admin may stop it".into(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +293,22 @@ mod tests {
         assert!(may_create_binding(&key("alice", Role::User), true).is_err());
         assert!(may_create_binding(&key("alice", Role::User), false).is_ok());
         assert!(may_create_binding(&key("root", Role::Admin), true).is_ok());
+
+        // Stopping: an anonymous binder's id is enough; a key's binder is
+        // its owner's (or an admin's).
+        let anon = Some(&Owner::Anonymous);
+        let alices = Owner::Key("alice".into());
+        assert!(may_stop_binder(&Caller::Anonymous, anon).is_ok());
+        assert!(may_stop_binder(&key("bob", Role::User), anon).is_ok());
+        assert_eq!(
+            may_stop_binder(&Caller::Anonymous, Some(&alices)),
+            Err(AuthError::Required)
+        );
+        assert!(matches!(
+            may_stop_binder(&key("bob", Role::User), Some(&alices)),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert!(may_stop_binder(&key("alice", Role::User), Some(&alices)).is_ok());
+        assert!(may_stop_binder(&key("root", Role::Admin), Some(&alices)).is_ok());
     }
 }

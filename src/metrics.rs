@@ -75,11 +75,46 @@ impl PoolCounters {
     }
 }
 
-/// Installs the recorder (idempotent). Called at start so that counters
-/// recorded before the first scrape are kept.
+/// Installs the recorder (idempotent) and describes every metric (the
+/// `# HELP` lines). Called at start so that counters recorded before the
+/// first scrape are kept.
 pub fn init() {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
     let _ = handle();
+    DESCRIBED.call_once(|| {
+        use metrics::{describe_counter, describe_gauge};
+        describe_counter!(
+            HANDOUTS,
+            "Binders handed out, by binding; warm=true from the pool, false started for the caller"
+        );
+        describe_counter!(STARTS, "Container starts begun, by binding");
+        describe_counter!(FAILED_STARTS, "Container starts that failed, by binding");
+        describe_counter!(
+            CULLED,
+            "Handed-out binders stopped for idleness, age or never being visited, by binding"
+        );
+        describe_counter!(PROXIED, "Requests proxied to binders' containers");
+        describe_counter!(RESPONSES, "API answers, by HTTP status");
+        for (gauge, help) in POOL_GAUGES {
+            describe_gauge!(gauge, help);
+        }
+    });
 }
+
+/// The pool gauges and their help, set at scrape time.
+const POOL_GAUGES: [(&str, &str); 5] = [
+    (
+        "binderd_pool_available",
+        "Warm binders ready to hand out, by binding",
+    ),
+    (
+        "binderd_pool_running",
+        "Live binders (warm, starting, handed out, paused), by binding",
+    ),
+    ("binderd_pool_starting", "Binders starting, by binding"),
+    ("binderd_pool_min", "The pool's minPool, by binding"),
+    ("binderd_pool_max", "The pool's maxPool, by binding"),
+];
 
 /// One pool's sizes at scrape time.
 #[derive(Debug, Clone, Copy)]
@@ -94,11 +129,10 @@ pub struct PoolGauges {
 /// The Prometheus text page, with each binding's pool gauges brought up to date.
 pub fn render(pools: impl IntoIterator<Item = (String, PoolGauges)>) -> String {
     for (name, g) in pools {
-        metrics::gauge!("binderd_pool_available", "binding" => name.clone()).set(g.available);
-        metrics::gauge!("binderd_pool_running", "binding" => name.clone()).set(g.running);
-        metrics::gauge!("binderd_pool_starting", "binding" => name.clone()).set(g.starting);
-        metrics::gauge!("binderd_pool_min", "binding" => name.clone()).set(g.min);
-        metrics::gauge!("binderd_pool_max", "binding" => name).set(g.max);
+        let values = [g.available, g.running, g.starting, g.min, g.max];
+        for ((gauge, _), value) in POOL_GAUGES.iter().zip(values) {
+            metrics::gauge!(*gauge, "binding" => name.clone()).set(value);
+        }
     }
     handle().render()
 }

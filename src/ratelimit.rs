@@ -39,8 +39,9 @@ impl RateLimitConfig {
     fn default_anon() -> u32 {
         60
     }
+    /// A classroom behind one NAT address clicking at once: 100 spawns.
     fn default_anon_burst() -> u32 {
-        20
+        100
     }
     fn default_global() -> u32 {
         200

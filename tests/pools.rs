@@ -372,6 +372,26 @@ async fn tmpnb_routes_work_for_thebe_and_url_hits() {
         loc.starts_with("/user/") && loc.ends_with("/tree/notebooks?x=1"),
         "{loc}"
     );
+
+    // Several bindings and no default: /api/stats answers the totals over
+    // those the caller can see (tmpnb-era monitors call it bare).
+    let other = standin_binding("other", 0, 5);
+    create(&http, &server, other).await;
+    let mut hidden = standin_binding("hidden", 0, 7);
+    hidden["public"] = json!(false);
+    create(&http, &server, hidden).await;
+    let stats = http.get(&server.url("/api/stats")).await;
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    assert_eq!(stats.json()["capacity"], 3 + 5, "{}", stats.body);
+    let as_admin = http
+        .call(Method::GET, &server.url("/api/stats"), Some(ADMIN))
+        .await
+        .json();
+    assert_eq!(as_admin["capacity"], 3 + 5 + 7, "{as_admin}");
+    assert!(as_admin["container_image"]
+        .as_str()
+        .unwrap()
+        .contains("http.server"));
     server.stop().await;
 }
 
@@ -619,5 +639,16 @@ async fn metrics_count_handouts_and_show_each_pool() {
         page.body
     );
     assert!(has("binderd_proxied_requests_total"), "{}", page.body);
+    // Every metric says what it is.
+    let metrics: std::collections::BTreeSet<&str> = page
+        .body
+        .lines()
+        .filter(|l| l.starts_with("binderd_"))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    assert!(metrics.len() >= 8, "{metrics:?}");
+    for metric in metrics {
+        assert!(has(&format!("# HELP {metric} ")), "no help for {metric}");
+    }
     server.stop().await;
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::views::{BinderView, Stopping};
 use super::{binding_name, json, read_json, ApiError, App, Result};
-use crate::auth::{owns_binder, AuthError, Caller};
+use crate::auth::{may_stop_binder, owns_binder, AuthError, Caller};
 use crate::binder::{is_secret_shaped, Binder, State};
 use crate::body::Body;
 use crate::pool::{Handout, Pool};
@@ -82,16 +82,10 @@ pub(super) fn get(app: &App, raw: &str, id: &str) -> Result<Response<Body>> {
     json(StatusCode::OK, &render(&binder))
 }
 
+/// `DELETE /binders/{binding}/{id}`: see [`may_stop_binder`] for who may.
 pub(super) fn delete(app: &App, caller: &Caller, raw: &str, id: &str) -> Result<Response<Body>> {
-    if caller.key_name().is_none() {
-        return Err(AuthError::Required.into());
-    }
     let binder = find(app, raw, id)?;
-    if !owns_binder(caller, binder.owner()) {
-        return Err(ApiError::Forbidden(
-            "only the binder's owner or an admin may stop it".into(),
-        ));
-    }
+    may_stop_binder(caller, binder.owner())?;
     if let Some(entry) = app.pools.binder(id) {
         app.pools.stop(&entry.pool, &binder);
     }

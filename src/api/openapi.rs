@@ -116,7 +116,7 @@ fn list_binders() {}
 #[utoipa::path(get, path = "/binders/{binding}/{id}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, body = BinderView), Errors))]
 fn get_binder() {}
 
-#[utoipa::path(delete, path = "/binders/{binding}/{id}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), security(("api_key" = [])), responses((status = 202, body = Stopping), Errors))]
+#[utoipa::path(delete, path = "/binders/{binding}/{id}", description = "A key's binder: its owner or an admin. An anonymous binder: whoever holds its id.", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), security(("api_key" = []), ()), responses((status = 202, body = Stopping), Errors))]
 fn delete_binder() {}
 
 #[derive(utoipa::ToSchema)]

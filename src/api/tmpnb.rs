@@ -127,23 +127,41 @@ pub(super) async fn spawn_redirect(
     Ok(resp)
 }
 
-/// `GET /api/stats`.
+/// `GET /api/stats`: the default binding's pool; without a default, the
+/// totals over every binding this caller can see (tmpnb-era monitors call
+/// it bare), with their images joined.
 pub(super) fn stats(app: &App, caller: &Caller) -> Result<Response<Body>> {
-    let pool = default_pool(app, caller, None)?;
-    let counts = pool.counts();
-    let record = pool.record();
-    let image = record
-        .binding
-        .image
-        .clone()
-        .unwrap_or_else(|| record.binding.command.join(" "));
+    let pools = match &app.config.default_binding {
+        Some(name) => vec![visible_pool(app, caller, name.as_str())?],
+        None => app
+            .pools
+            .list()
+            .into_iter()
+            .filter(|p| p.current().access().visible_to(caller))
+            .collect(),
+    };
+    let (mut available, mut capacity) = (0, 0);
+    let mut images = Vec::with_capacity(pools.len());
+    for pool in &pools {
+        let counts = pool.counts();
+        available += counts.available;
+        capacity += counts.max;
+        let record = pool.current();
+        images.push(
+            record
+                .binding
+                .image
+                .clone()
+                .unwrap_or_else(|| record.binding.command.join(" ")),
+        );
+    }
     json(
         StatusCode::OK,
         &Stats {
-            available: counts.available,
-            capacity: counts.max,
+            available,
+            capacity,
             version: VERSION,
-            container_image: image,
+            container_image: images.join(", "),
         },
     )
 }
