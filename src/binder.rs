@@ -106,6 +106,9 @@ pub struct Binder {
     pub token: Token,
     pub binding: BindingName,
     pub created_at: u64,
+    /// The generation of its binding's template it was started from (a
+    /// `PUT` starts a new one; see `Pool::generation`).
+    pub generation: u64,
     state: AtomicU8,
     /// Replaced when a paused binder resumes (it may get a new address).
     instance: arc_swap::ArcSwapOption<Instance>,
@@ -155,6 +158,7 @@ impl Binder {
             token,
             binding,
             created_at,
+            generation: 0,
             state: AtomicU8::new(state as u8),
             instance: arc_swap::ArcSwapOption::empty(),
             owner: OnceLock::new(),
@@ -165,6 +169,12 @@ impl Binder {
             changed: tokio::sync::Notify::new(),
             charge: OnceLock::new(),
         }
+    }
+
+    /// The same binder, of template generation `generation`.
+    pub fn of_generation(mut self, generation: u64) -> Binder {
+        self.generation = generation;
+        self
     }
 
     pub fn state(&self) -> State {

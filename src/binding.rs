@@ -230,7 +230,7 @@ pub struct Service {
     pub params: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSize {
     #[serde(default = "PoolSize::default_min")]
@@ -239,6 +239,15 @@ pub struct PoolSize {
     #[serde(default = "PoolSize::default_max")]
     #[schema(minimum = 1, maximum = 10000)]
     pub max: u32,
+    /// The share of handouts to serve warm, in (0, 1]: binderd then sizes
+    /// the warm pool itself between `min` and `max` (see `pool::demand`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub warm_target: Option<f64>,
+    /// With `warm_target`: how long the pool stays grown after its last
+    /// rise before it shrinks back (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_seconds: Option<u64>,
 }
 
 impl PoolSize {
@@ -255,6 +264,8 @@ impl Default for PoolSize {
         PoolSize {
             min: Self::default_min(),
             max: Self::default_max(),
+            warm_target: None,
+            cooldown_seconds: None,
         }
     }
 }
@@ -349,6 +360,13 @@ impl Binding {
                 "'pool.max' is {}; this server allows at most {max_pool_limit}",
                 self.pool.max
             ));
+        }
+        if let Some(w) = self.pool.warm_target {
+            if !(w > 0.0 && w <= 1.0) {
+                return bad(format!(
+                    "'pool.warm_target' is {w}; it is the share of handouts to serve warm, in (0, 1]"
+                ));
+            }
         }
         if self.pool.min > self.pool.max {
             return bad(format!(
@@ -491,11 +509,19 @@ mod tests {
         assert!(b.validate(false, 100).is_ok());
 
         let mut b = ok();
-        b.pool = PoolSize { min: 5, max: 2 };
+        b.pool = PoolSize {
+            min: 5,
+            max: 2,
+            ..PoolSize::default()
+        };
         assert!(b.validate(true, 100).unwrap_err().0.contains("pool.min"));
 
         let mut b = ok();
-        b.pool = PoolSize { min: 1, max: 101 };
+        b.pool = PoolSize {
+            min: 1,
+            max: 101,
+            ..PoolSize::default()
+        };
         assert!(b.validate(true, 100).unwrap_err().0.contains("at most 100"));
 
         let mut b = ok();

@@ -17,11 +17,23 @@ pub const FAILED_STARTS: &str = "binderd_failed_starts_total";
 pub const CULLED: &str = "binderd_culled_total";
 pub const PROXIED: &str = "binderd_proxied_requests_total";
 pub const RESPONSES: &str = "binderd_api_responses_total";
+pub const HANDOUT_SECONDS: &str = "binderd_handout_seconds";
+pub const READY_SECONDS: &str = "binderd_time_to_ready_seconds";
+pub const WARM_SHARE: &str = "binderd_pool_warm_share";
+
+/// Histogram buckets (seconds): from a warm handout's tens of microseconds
+/// to a slow image's minute.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
 
 fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
             .install_recorder()
             .unwrap_or_else(|e| {
                 // Another recorder owns the process (an embedding program):
@@ -59,6 +71,9 @@ pub struct PoolCounters {
     pub starts: metrics::Counter,
     pub failed_starts: metrics::Counter,
     pub culled: metrics::Counter,
+    pub warm_handout_seconds: metrics::Histogram,
+    pub cold_handout_seconds: metrics::Histogram,
+    pub time_to_ready: metrics::Histogram,
 }
 
 impl PoolCounters {
@@ -70,7 +85,10 @@ impl PoolCounters {
             cold_handouts: metrics::counter!(HANDOUTS, "binding" => b.clone(), "warm" => "false"),
             starts: metrics::counter!(STARTS, "binding" => b.clone()),
             failed_starts: metrics::counter!(FAILED_STARTS, "binding" => b.clone()),
-            culled: metrics::counter!(CULLED, "binding" => b),
+            culled: metrics::counter!(CULLED, "binding" => b.clone()),
+            warm_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "true"),
+            cold_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "false"),
+            time_to_ready: metrics::histogram!(READY_SECONDS, "binding" => b),
         }
     }
 }
@@ -82,7 +100,7 @@ pub fn init() {
     static DESCRIBED: std::sync::Once = std::sync::Once::new();
     let _ = handle();
     DESCRIBED.call_once(|| {
-        use metrics::{describe_counter, describe_gauge};
+        use metrics::{describe_counter, describe_gauge, describe_histogram};
         describe_counter!(
             HANDOUTS,
             "Binders handed out, by binding; warm=true from the pool, false started for the caller"
@@ -95,6 +113,16 @@ pub fn init() {
         );
         describe_counter!(PROXIED, "Requests proxied to binders' containers");
         describe_counter!(RESPONSES, "API answers, by HTTP status");
+        describe_histogram!(
+            HANDOUT_SECONDS,
+            metrics::Unit::Seconds,
+            "Time to hand out a binder (warm: from the pool; cold: until a start is under way), by binding"
+        );
+        describe_histogram!(
+            READY_SECONDS,
+            metrics::Unit::Seconds,
+            "Time from a container's start to its first HTTP answer, by binding"
+        );
         for (gauge, help) in POOL_GAUGES {
             describe_gauge!(gauge, help);
         }
@@ -102,7 +130,7 @@ pub fn init() {
 }
 
 /// The pool gauges and their help, set at scrape time.
-const POOL_GAUGES: [(&str, &str); 5] = [
+const POOL_GAUGES: [(&str, &str); 7] = [
     (
         "binderd_pool_available",
         "Warm binders ready to hand out, by binding",
@@ -114,6 +142,14 @@ const POOL_GAUGES: [(&str, &str); 5] = [
     ("binderd_pool_starting", "Binders starting, by binding"),
     ("binderd_pool_min", "The pool's minPool, by binding"),
     ("binderd_pool_max", "The pool's maxPool, by binding"),
+    (
+        "binderd_pool_target",
+        "The warm pool size aimed at now (minPool, or more while demand asks), by binding",
+    ),
+    (
+        WARM_SHARE,
+        "The share of handouts served warm from the pool so far, by binding",
+    ),
 ];
 
 /// One pool's sizes at scrape time.
@@ -124,12 +160,22 @@ pub struct PoolGauges {
     pub starting: u32,
     pub min: u32,
     pub max: u32,
+    pub target: u32,
+    pub warm_share: f64,
 }
 
 /// The Prometheus text page, with each binding's pool gauges brought up to date.
 pub fn render(pools: impl IntoIterator<Item = (String, PoolGauges)>) -> String {
     for (name, g) in pools {
-        let values = [g.available, g.running, g.starting, g.min, g.max];
+        let values = [
+            f64::from(g.available),
+            f64::from(g.running),
+            f64::from(g.starting),
+            f64::from(g.min),
+            f64::from(g.max),
+            f64::from(g.target),
+            g.warm_share,
+        ];
         for ((gauge, _), value) in POOL_GAUGES.iter().zip(values) {
             metrics::gauge!(*gauge, "binding" => name.clone()).set(value);
         }

@@ -297,7 +297,7 @@ fn metrics_page(app: &App) -> String {
         app.pools
             .list()
             .iter()
-            .map(|pool| (pool.name.to_string(), pool.counts().into())),
+            .map(|pool| (pool.name.to_string(), (&**pool).into())),
     )
 }
 

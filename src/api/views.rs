@@ -83,6 +83,13 @@ pub struct PoolView {
     pub min_pool: u32,
     #[serde(rename = "maxPool")]
     pub max_pool: u32,
+    /// The warm pool size binderd aims at now: `minPool`, or more while
+    /// demand asks for it (`pool.warm_target`).
+    #[serde(rename = "targetPool")]
+    pub target_pool: u32,
+    /// Warm binders made from the current template (below `available`
+    /// while a `PUT` rolls out).
+    pub updated: u32,
 }
 
 impl PoolView {
@@ -95,6 +102,8 @@ impl PoolView {
             starting: c.starting,
             min_pool: c.min,
             max_pool: c.max,
+            target_pool: pool.target(),
+            updated: pool.updated(),
         }
     }
 }

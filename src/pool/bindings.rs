@@ -73,9 +73,15 @@ impl Pools {
         if created {
             self.spawn_reconciler(pool.clone());
         } else {
-            // Warm binders were made from the old template: replace them.
+            // Warm binders were made from the old template: replace them by
+            // surge (new ones first), so warm handouts go on throughout.
             pool.start_succeeded();
-            self.drain_idle(&pool, 0);
+            pool.generation.fetch_add(1, Ordering::AcqRel);
+            pool.stale.store(
+                pool.counters.get(&pool.counters.available),
+                Ordering::Release,
+            );
+            pool.rolling.store(true, Ordering::Release);
             pool.wake.notify_one();
         }
         Ok((pool, created))

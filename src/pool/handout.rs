@@ -35,14 +35,25 @@ impl Pools {
     /// (batched with every other handout waiting at that moment). No backend
     /// call and no lock held across the await.
     pub async fn handout(&self, pool: &Arc<Pool>, owner: Owner) -> Result<Handout, PoolError> {
+        let began = tokio::time::Instant::now();
         let charge =
             self.shared
                 .quotas
                 .try_charge(&owner, &pool.current().binding.resources, true)?;
         let result = self.handout_charged(pool, owner, charge.clone()).await;
-        if result.is_err() {
-            if let Some(c) = charge {
-                c.release();
+        match &result {
+            Ok(Handout::Ready(_)) => pool
+                .metrics
+                .warm_handout_seconds
+                .record(began.elapsed().as_secs_f64()),
+            Ok(Handout::Starting(_)) => pool
+                .metrics
+                .cold_handout_seconds
+                .record(began.elapsed().as_secs_f64()),
+            Err(_) => {
+                if let Some(c) = charge {
+                    c.release();
+                }
             }
         }
         result
@@ -85,6 +96,7 @@ impl Pools {
             }
             return Err(e.into());
         }
+        pool.handed_out(found == Found::Warm);
         Ok(match found {
             Found::Warm => {
                 self.watch_for_culling(&binder);
@@ -107,10 +119,10 @@ impl Pools {
         if let Some(binder) = pool.ready.pop_transition(&pool.counters, State::Assigned) {
             // Refill at once, but wake the reconciler only if it has work:
             // its counts are what `fill` reads.
-            if pool.counters.wants_more(
-                pool.min.load(Ordering::Acquire),
-                pool.max.load(Ordering::Acquire),
-            ) {
+            if pool
+                .counters
+                .wants_more(pool.target(), pool.max.load(Ordering::Acquire))
+            {
                 pool.wake.notify_one();
             }
             return Ok((binder, Found::Warm));
@@ -120,7 +132,10 @@ impl Pools {
         }
         let max = pool.max.load(Ordering::Acquire);
         if pool.counters.try_reserve(max) {
-            let binder = Arc::new(Binder::new(pool.name.clone(), State::StartingClaimed));
+            let binder = Arc::new(
+                Binder::new(pool.name.clone(), State::StartingClaimed)
+                    .of_generation(pool.generation()),
+            );
             pool.counters.entered(State::StartingClaimed);
             return Ok((binder, Found::Cold));
         }

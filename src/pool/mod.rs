@@ -35,6 +35,7 @@ use crate::upstream::Upstream;
 pub mod allocator;
 mod bindings;
 mod cull;
+pub mod demand;
 mod handout;
 mod lifecycle;
 #[allow(clippy::module_inception)]

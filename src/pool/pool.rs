@@ -4,7 +4,7 @@
 //! [`Pool::take_down`], which keep the counters in step and wake anyone
 //! waiting on the binder.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use arc_swap::ArcSwap;
@@ -48,14 +48,17 @@ pub struct PoolCounts {
     pub max: u32,
 }
 
-impl From<PoolCounts> for crate::metrics::PoolGauges {
-    fn from(c: PoolCounts) -> Self {
+impl From<&Pool> for crate::metrics::PoolGauges {
+    fn from(pool: &Pool) -> Self {
+        let c = pool.counts();
         crate::metrics::PoolGauges {
             available: c.available,
             running: c.running,
             starting: c.starting,
             min: c.min,
             max: c.max,
+            target: pool.target(),
+            warm_share: pool.warm_share(),
         }
     }
 }
@@ -66,6 +69,21 @@ pub struct Pool {
     pub(super) record: ArcSwap<BindingRecord>,
     pub(super) min: AtomicU32,
     pub(super) max: AtomicU32,
+    /// The warm pool size the reconciler aims at: `min`, or more while
+    /// demand asks for it (`pool.warm_target`).
+    pub(super) target: AtomicU32,
+    /// Handouts so far, warm and all: the demand estimate and the share
+    /// served warm read them.
+    pub(super) handouts: AtomicU64,
+    pub(super) warm_handouts: AtomicU64,
+    /// Measured time from start to ready, averaged (µs; 0: none yet).
+    pub(super) ready_us: AtomicU64,
+    /// The template's generation: a `PUT` starts a new one and a rollout,
+    /// which replaces the older warm binders (see `reconciler::roll`).
+    pub(super) generation: AtomicU64,
+    pub(super) rolling: AtomicBool,
+    /// Warm binders of an older generation, as the rollout last counted.
+    pub(super) stale: AtomicU32,
     pub counters: Counters,
     pub(super) ready: ReadyQueue,
     /// Wakes the reconciler: a handout, a failure, a resize.
@@ -87,6 +105,13 @@ impl Pool {
             record: ArcSwap::from_pointee(record),
             min: AtomicU32::new(size.min),
             max: AtomicU32::new(size.max),
+            target: AtomicU32::new(size.min),
+            handouts: AtomicU64::new(0),
+            warm_handouts: AtomicU64::new(0),
+            ready_us: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            rolling: AtomicBool::new(false),
+            stale: AtomicU32::new(0),
             counters: Counters::default(),
             ready: ReadyQueue::default(),
             wake: Notify::new(),
@@ -115,6 +140,62 @@ impl Pool {
             starting: c.get(&c.starting) + c.get(&c.starting_claimed),
             min: self.min.load(Ordering::Acquire),
             max: self.max.load(Ordering::Acquire),
+        }
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Warm binders made from the current template.
+    pub fn updated(&self) -> u32 {
+        let available = self.counters.get(&self.counters.available);
+        if self.rolling.load(Ordering::Acquire) {
+            available.saturating_sub(self.stale.load(Ordering::Acquire))
+        } else {
+            available
+        }
+    }
+
+    /// The warm pool size aimed at now (`targetPool`).
+    pub fn target(&self) -> u32 {
+        self.target.load(Ordering::Acquire)
+    }
+
+    /// The share of handouts served warm so far (1 before any).
+    pub fn warm_share(&self) -> f64 {
+        let all = self.handouts.load(Ordering::Relaxed);
+        let warm = self.warm_handouts.load(Ordering::Relaxed);
+        if all == 0 {
+            1.0
+        } else {
+            warm as f64 / all as f64
+        }
+    }
+
+    /// Counts one handout.
+    pub(super) fn handed_out(&self, warm: bool) {
+        self.handouts.fetch_add(1, Ordering::Relaxed);
+        if warm {
+            self.warm_handouts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes in one measured start (start to ready) into the average.
+    pub(super) fn note_ready(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let _ = self
+            .ready_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |avg| {
+                Some(if avg == 0 { us } else { (avg * 3 + us) / 4 })
+            });
+    }
+
+    /// The averaged time from start to ready (a first guess before any).
+    pub fn time_to_ready(&self) -> std::time::Duration {
+        match self.ready_us.load(Ordering::Acquire) {
+            0 => super::demand::FIRST_GUESS,
+            us => std::time::Duration::from_micros(us),
         }
     }
 

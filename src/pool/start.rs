@@ -26,6 +26,7 @@ impl Pools {
         let Ok(_permit) = self.shared.start_permits.clone().acquire_owned().await else {
             return;
         };
+        let began = Instant::now();
         if pool.retired.is_cancelled() {
             // The binding was deleted after this binder was registered.
             self.stop(&pool, &binder);
@@ -75,6 +76,11 @@ impl Pools {
         }
         let timeout = Duration::from_secs(record.binding.start_timeout_seconds);
         self.settle(&pool, &binder, &instance, timeout).await;
+        if matches!(binder.state(), State::Idle | State::Assigned) {
+            let took = began.elapsed();
+            pool.note_ready(took);
+            pool.metrics.time_to_ready.record(took.as_secs_f64());
+        }
     }
 
     /// Writes the binder's row; a binder that cannot be recorded fails (a
