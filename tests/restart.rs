@@ -246,3 +246,80 @@ async fn bindings_from_files_exist_at_start_and_resizes_persist() {
     assert_eq!(pool["minPool"], 2);
     assert_eq!(pool["maxPool"], 3);
 }
+
+/// A crash in the middle of a rush, three times over: every binder a client
+/// got a 201 for is still assigned after the restart and answers at its
+/// location, no binder went to two clients, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_rush_loses_no_handout() {
+    let data = DataDir::new("rush-kill");
+    let http = Http::new();
+    let mut p = Process::spawn(&data, &[], &[]);
+    create_and_fill(&http, &p.url(""), &standin_binding("rushed", 30, 300)).await;
+    let mut received: Vec<(String, String)> = Vec::new();
+    for round in 0..3 {
+        let url = p.url("/binders/rushed");
+        let rush: Vec<_> = (0..40)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    Http::new()
+                        .try_send(Method::POST, &url, &[], bytes::Bytes::new())
+                        .await
+                })
+            })
+            .collect();
+        // Killed while the rush is under way (some answered, some not).
+        tokio::time::sleep(Duration::from_millis(3 + 4 * round)).await;
+        p.sigkill();
+        let mut answered = 0;
+        for task in rush {
+            // Cut off by the kill: no answer, no claim.
+            let Ok(Ok(a)) = task.await else { continue };
+            if a.status == 201 {
+                let doc = a.json();
+                let id = doc["id"].as_str().unwrap().to_owned();
+                let location = doc["location"].as_str().unwrap().to_owned();
+                received.push((id, location));
+                answered += 1;
+            }
+        }
+        eprintln!("round {round}: {answered} handouts answered before the kill");
+
+        let extra: &[&str] = if round == 2 {
+            &["--cleanup-on-exit"]
+        } else {
+            &[]
+        };
+        p = Process::spawn(&data, extra, &[]);
+        let ids: HashSet<&str> = received.iter().map(|(id, _)| id.as_str()).collect();
+        let places: HashSet<&str> = received.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(ids.len(), received.len(), "a binder went to two clients");
+        assert_eq!(
+            places.len(),
+            received.len(),
+            "a location went to two clients"
+        );
+        for (id, location) in &received {
+            let got = http.get(&p.url(&format!("/binders/rushed/{id}"))).await;
+            assert_eq!(got.status, 200, "{id}: {}", got.body);
+            assert_eq!(got.json()["state"], "ready", "{}", got.body);
+            assert_eq!(got.json()["location"], location.as_str());
+            let s = http.get(&p.url(&format!("{location}api/status"))).await;
+            assert_eq!(s.status, 200, "{location}: {}", s.body);
+            assert_eq!(s.json()["binder"], id.as_str());
+        }
+        wait_pool(&http, &p.url(""), "rushed", 30, |v| v["available"] == 30).await;
+    }
+    assert!(
+        !received.is_empty(),
+        "no handout was answered before a kill"
+    );
+    // The last binderd stops everything on SIGTERM: no process is left.
+    Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_exit(&mut p), Some(0));
+    wait_processes(&data, 0, 20).await;
+}

@@ -49,6 +49,20 @@ impl Http {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Http::send`] for a server that may go away mid-request (a SIGKILL
+    /// test): the failure instead of a panic.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, String> {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -56,16 +70,21 @@ impl Http {
         let req = req.body(Full::new(body.into())).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
-            .expect("request timed out")
-            .expect("request failed");
+            .map_err(|_| "request timed out".to_owned())?
+            .map_err(|e| format!("request failed: {e:?}"))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Answer {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e:?}"))?
+            .to_bytes();
+        Ok(Answer {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        })
     }
 
     /// A request without a body, with an API key or none.
