@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 /// Time constant of the handout-rate average: recent enough for a rush,
 /// smooth enough not to chase single clicks.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// The time to ready assumed before the first start was measured.
 pub const FIRST_GUESS: Duration = Duration::from_secs(2);
 
