@@ -323,3 +323,72 @@ async fn sigkill_in_the_middle_of_a_rush_loses_no_handout() {
     assert_eq!(wait_exit(&mut p), Some(0));
     wait_processes(&data, 0, 20).await;
 }
+
+/// An operator can follow a session: each lifecycle event once at info, as
+/// one JSON object a line with `--log-format json`; nothing per warm handout.
+#[tokio::test]
+async fn lifecycle_events_are_logged_once_each_as_json_lines() {
+    let data = DataDir::new("logs-json");
+    let http = Http::new();
+    let mut p = Process::spawn(&data, &["--log-format", "json"], &[]);
+    // Two warm handouts from a pool of two (no room to refill), then two
+    // refusals at maxPool; one cold handout from an empty pool.
+    create_and_fill(&http, &p.url(""), &standin_binding("followed", 2, 2)).await;
+    create_binding(&http, &p.url(""), &standin_binding("cold", 0, 1)).await;
+    let (id, _) = hand_out(&http, &p.url(""), "followed", None).await;
+    hand_out(&http, &p.url(""), "followed", None).await;
+    for _ in 0..2 {
+        let full = http
+            .call(Method::POST, &p.url("/binders/followed"), None)
+            .await;
+        assert_eq!(full.status, 503, "{}", full.body);
+    }
+    let cold = http.call(Method::POST, &p.url("/binders/cold"), None).await;
+    assert_eq!(cold.status, 202, "{}", cold.body);
+    let stop = http
+        .call(
+            Method::DELETE,
+            &p.url(&format!("/binders/followed/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(stop.status, 202);
+    eventually(10, "the stop is logged", || {
+        let log = p.log.clone();
+        async move {
+            std::fs::read_to_string(log)
+                .unwrap()
+                .contains("binder stopped")
+        }
+    })
+    .await;
+    p.sigkill();
+    let text = std::fs::read_to_string(&p.log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["fields"]["message"].as_str())
+        .collect();
+    let count = |m: &str| messages.iter().filter(|x| x.contains(m)).count();
+    assert_eq!(count("binding created"), 2, "{messages:?}");
+    assert_eq!(
+        count("pool is at maxPool"),
+        1,
+        "once, not per refusal: {messages:?}"
+    );
+    assert_eq!(count("binder stopped"), 1, "{messages:?}");
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+    // The cold handout is told, the two warm ones are not.
+    assert_eq!(count("handed out cold"), 1, "{messages:?}");
+    assert_eq!(
+        count("handed out"),
+        count("handed out cold"),
+        "{messages:?}"
+    );
+    assert!(!text.contains("secret-key"), "a key in the log");
+}

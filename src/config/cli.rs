@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Kubernetes backend: the namespace for pods.
     #[arg(long, env = "BINDERD_KUBERNETES_NAMESPACE")]
     pub kubernetes_namespace: Option<String>,
+    /// text | json (one JSON object a line, for log shippers).
+    #[arg(long, env = "BINDERD_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// Stop every container on shutdown instead of keeping them for adoption.
     #[arg(long, env = "BINDERD_CLEANUP_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
     pub cleanup_on_exit: Option<bool>,
@@ -79,6 +82,7 @@ impl ServeArgs {
         over(self.allow_origin, &mut file.allow_origin);
         over(self.default_binding, &mut file.default_binding);
         over(self.cleanup_on_exit, &mut file.cleanup_on_exit);
+        over(self.log_format, &mut file.log_format);
         over(self.docker_network, &mut file.docker.network);
         over(self.kubernetes_namespace, &mut file.kubernetes.namespace);
     }

@@ -25,6 +25,7 @@ pub(super) struct FileConfig {
     pub allow_origin: Option<String>,
     pub default_binding: Option<String>,
     pub cleanup_on_exit: Option<bool>,
+    pub log_format: Option<String>,
     /// The first spelling of `[docker] network`, still read.
     docker_network: Option<String>,
     pub spawn_wait_seconds: Option<u64>,

@@ -64,6 +64,8 @@ pub struct Config {
     /// How often the culler looks for idle and old binders.
     pub cull_interval: Duration,
     pub cleanup_on_exit: bool,
+    /// Logs as text lines, or one JSON object a line.
+    pub log_json: bool,
     pub docker: DockerConfig,
     pub api_keys: Vec<ApiKey>,
     /// Per-key quotas, by key name.
@@ -95,6 +97,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             cull_interval: Duration::from_secs(5),
             cleanup_on_exit: false,
+            log_json: false,
             docker: DockerConfig::default(),
             api_keys: Vec::new(),
             quotas: HashMap::new(),
@@ -149,6 +152,16 @@ impl Config {
             .map(|n| BindingName::parse(&n).map_err(|e| invalid(format!("default_binding: {e}"))))
             .transpose()?;
         cfg.cleanup_on_exit = file.cleanup_on_exit.unwrap_or(false);
+        cfg.log_json = match file.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "unknown log_format '{}' (text or json)",
+                    crate::binding::printable(other)
+                )))
+            }
+        };
         cfg.docker = file.docker;
         cfg.kubernetes = file.kubernetes;
         if let Some(s) = file.spawn_wait_seconds {

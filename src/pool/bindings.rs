@@ -70,6 +70,14 @@ impl Pools {
         pool.min.store(size.min, Ordering::Release);
         pool.max.store(size.max, Ordering::Release);
         pool.record.store(Arc::new(record));
+        tracing::info!(
+            binding = %name,
+            owner = %pool.current().owner,
+            min = size.min,
+            max = size.max,
+            "{}",
+            if created { "binding created" } else { "binding replaced: rolling its warm binders over" }
+        );
         if created {
             self.spawn_reconciler(pool.clone());
         } else {
@@ -104,6 +112,7 @@ impl Pools {
             });
         }
         self.shared.store.delete_binding(name.as_str()).await?;
+        tracing::info!(binding = %name, assigned, "binding deleted: stopping its binders");
         self.shared
             .pools
             .remove_if(name, |_, p| Arc::ptr_eq(p, &pool));

@@ -104,6 +104,7 @@ impl Pools {
                 Handout::Ready(binder)
             }
             Found::Cold => {
+                tracing::info!(binder = %binder.id, binding = %pool.name, "no warm binder: handed out cold, starting");
                 self.spawn_start(pool.clone(), binder.clone());
                 pool.metrics.cold_handouts.increment(1);
                 Handout::Starting(binder)
@@ -141,10 +142,16 @@ impl Pools {
         }
         match self.claim_starting(pool) {
             Some(binder) => Ok((binder, Found::Claimed)),
-            None => Err(PoolError::Full {
-                name: pool.name.clone(),
-                max,
-            }),
+            None => {
+                // Once per time it fills up, not per refused request.
+                if !pool.full_logged.swap(true, Ordering::AcqRel) {
+                    tracing::info!(binding = %pool.name, max, "pool is at maxPool: spawns are refused until a binder stops");
+                }
+                Err(PoolError::Full {
+                    name: pool.name.clone(),
+                    max,
+                })
+            }
         }
     }
 

@@ -63,7 +63,9 @@ impl Pools {
                 tracing::warn!(binder = %binder.id, error = %e, "stop failed");
             }
         }
-        pool.force(binder, State::Stopped);
+        let was = pool.force(binder, State::Stopped);
+        tracing::info!(binder = %binder.id, binding = %pool.name, was = was.public_name(), "binder stopped");
+        pool.full_logged.store(false, Ordering::Release);
         self.forget(binder).await;
         pool.wake.notify_one();
     }

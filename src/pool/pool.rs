@@ -84,6 +84,8 @@ pub struct Pool {
     pub(super) rolling: AtomicBool,
     /// Warm binders of an older generation, as the rollout last counted.
     pub(super) stale: AtomicU32,
+    /// "At maxPool" was logged since the last binder stopped.
+    pub(super) full_logged: AtomicBool,
     pub counters: Counters,
     pub(super) ready: ReadyQueue,
     /// Wakes the reconciler: a handout, a failure, a resize.
@@ -112,6 +114,7 @@ impl Pool {
             generation: AtomicU64::new(0),
             rolling: AtomicBool::new(false),
             stale: AtomicU32::new(0),
+            full_logged: AtomicBool::new(false),
             counters: Counters::default(),
             ready: ReadyQueue::default(),
             wake: Notify::new(),

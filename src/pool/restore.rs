@@ -154,6 +154,7 @@ impl Pools {
                     tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
                 }
             }
+            tracing::info!(binder = %binder.id, binding = %pool.name, state = state.public_name(), "adopted");
             if matches!(state, State::Assigned | State::Paused) {
                 report.assigned += 1;
                 self.watch_for_culling(&binder);

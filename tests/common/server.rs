@@ -128,6 +128,8 @@ impl Server {
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where its stderr (the log) goes.
+    pub log: PathBuf,
 }
 
 impl Process {
@@ -150,7 +152,7 @@ impl Process {
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap();
         let addr = wait_for_listen_line(&log);
-        Process { child, addr }
+        Process { child, addr, log }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -174,7 +176,10 @@ fn wait_for_listen_line(log: &Path) -> SocketAddr {
     for _ in 0..300 {
         if let Ok(text) = std::fs::read_to_string(log) {
             if let Some(rest) = text.split("listening on http://").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
                 return addr.parse().unwrap();
             }
         }
