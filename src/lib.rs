@@ -15,6 +15,8 @@
 //! - [`auth`]: API keys, callers and the permission rules.
 //! - [`quota`], [`ratelimit`]: admission (per-key quotas, spawn rate limits).
 //! - [`metrics`]: Prometheus counters and gauges for `GET /metrics`.
+//! - [`cli`], [`admin`]: the command line, and the operator's commands that
+//!   speak to a running binderd over HTTP.
 //! - [`binding`], [`binder`]: the two nouns, templates and containers.
 
 #![forbid(unsafe_code)]
@@ -25,12 +27,14 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod binder;
 pub mod binding;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod pool;

@@ -7,10 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use binderd::config::{Cli, Command, Config};
+use binderd::cli::{Cli, Run};
+use binderd::config::Config;
 
 /// sysexits EX_USAGE: bad flags or config.
 const EXIT_CONFIG: u8 = 64;
+
+/// The admin commands' usage errors (they print the usage).
+const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -18,6 +22,11 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
+        }
+        // Only `serve` promises one line and 64; elsewhere, the usage.
+        Err(e) if std::env::args().nth(1).as_deref() != Some("serve") => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
         }
         Err(e) => {
             let text = e.to_string();
@@ -29,7 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command.into_run() {
+        Run::Admin(command, target) => return admin(command, target),
+        Run::Serve(args) => *args,
+    };
     let config = match Config::load(args, std::env::var("BINDERD_API_KEYS").ok()) {
         Ok(config) => config,
         Err(e) => {
@@ -70,6 +82,28 @@ fn serve(config: Config) -> Result<(), (u8, anyhow::Error)> {
             .await
             .map_err(|e| (e.exit_code(), anyhow::Error::new(e)))
     })
+}
+
+/// Runs an admin command against a running binderd.
+fn admin(command: binderd::admin::Admin, target: binderd::admin::Target) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("binderd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(binderd::admin::run(&target, command, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("binderd: {e}");
+            ExitCode::from(e.code)
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -20,6 +20,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("pool", 4),
     ("proxy", 4),
     ("api", 5),
+    ("admin", 5),
+    ("cli", 6),
 ];
 
 fn layer(module: &str) -> Option<u32> {

@@ -1,28 +1,11 @@
-//! The command line: `binderd serve` and its flags, each with its
-//! `BINDERD_*` environment variable (clap reads both).
+//! `binderd serve`'s flags, each with its `BINDERD_*` environment variable
+//! (clap reads both). The whole command line is `crate::cli`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use super::file::FileConfig;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "binderd",
-    version,
-    about = "Pools of pre-warmed notebook containers"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server.
-    Serve(ServeArgs),
-}
 
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {

@@ -23,7 +23,7 @@ mod cli;
 mod file;
 mod keys;
 
-pub use cli::{Cli, Command, ServeArgs};
+pub use cli::ServeArgs;
 use file::FileConfig;
 
 pub const DEFAULT_CONFIG_FILE: &str = "config/binderd.toml";

@@ -1,0 +1,191 @@
+//! The admin CLI (`binderd bindings|apply|pools|binders|spawn`), the real
+//! binary against a running binderd: every command, its JSON output parsed
+//! back, and the exit codes (0 done, 2 usage, 3 unauthorized or forbidden,
+//! 4 not found, 5 conflict or full, 1 anything else).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// `binderd ARGS --url URL` with `key` in `BINDERD_API_KEY`.
+async fn cli(url: &str, key: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(binderd_bin());
+    cmd.args(args)
+        .arg("--url")
+        .arg(url)
+        .env_remove("BINDERD_API_KEY");
+    if let Some(key) = key {
+        cmd.env("BINDERD_API_KEY", key);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_answers_with_tables_json_and_exit_codes() {
+    let Harness { data, server, http } = Harness::start("cli").await;
+    let url = server.url("");
+    let admin = Some(ADMIN);
+
+    // apply -f: the TOML of config/bindings/, the name from the file.
+    let file = data.0.join("Notes.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "command = [\"{}\", \"--port\", \"{{port}}\", \"--base-url\", \"{{base_url}}\"]\n\
+             public = true\npool = {{ min = 1, max = 3 }}\n",
+            standin()
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let r = cli(&url, admin, &["apply", "-f", path]).await;
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "binding 'notes' created"),
+        "{}",
+        r.stderr
+    );
+    let r = cli(&url, admin, &["apply", "-f", path]).await;
+    assert_eq!(r.stdout.trim(), "binding 'notes' replaced", "{}", r.stderr);
+    // No key: 401 → 3; a TOML error names line and column → 2.
+    let r = cli(&url, None, &["apply", "-f", path]).await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let broken = data.0.join("broken.toml");
+    std::fs::write(&broken, "public = true\ncommand = [\"x\"\n").unwrap();
+    let r = cli(&url, admin, &["apply", "-f", broken.to_str().unwrap()]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("line 2") || r.stderr.contains("line 3"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+
+    // bindings list / get.
+    let r = cli(&url, admin, &["bindings", "list"]).await;
+    assert!(
+        r.stdout.starts_with("NAME") && r.stdout.contains("notes"),
+        "{}",
+        r.stdout
+    );
+    let r = cli(&url, admin, &["bindings", "list", "--output", "json"]).await;
+    assert_eq!(r.json()[0]["name"], "notes");
+    let r = cli(
+        &url,
+        admin,
+        &["bindings", "get", "notes", "--output", "json"],
+    )
+    .await;
+    assert_eq!(r.json()["pool"]["max"], 3);
+    let r = cli(&url, admin, &["bindings", "get", "nothing"]).await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+
+    // pools.
+    wait_pool(&http, &url, "notes", 20, |p| p["available"] == 1).await;
+    let r = cli(&url, admin, &["pools", "resize", "notes", "--max", "4"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = cli(&url, admin, &["pools", "list", "--output", "json"]).await;
+    assert_eq!(r.json()[0]["maxPool"], 4);
+    let r = cli(&url, admin, &["pools", "resize", "notes"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // spawn, then the binder's life.
+    let r = cli(&url, admin, &["spawn", "notes"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let spawned = r.stdout.trim().to_owned();
+    assert!(spawned.starts_with(&format!("{url}/user/")), "{spawned}");
+    let r = cli(&url, admin, &["binders", "list", "--output", "json"]).await;
+    let id = r.json()[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    let r = cli(&url, admin, &["binders", "list"]).await;
+    assert!(
+        r.stdout.starts_with("ID") && r.stdout.contains(&id),
+        "{}",
+        r.stdout
+    );
+    let r = cli(&url, admin, &["binders", "logs", &id]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("binderd-standin"), "{}", r.stdout);
+    let r = cli(&url, admin, &["binders", "pause", &id]).await;
+    assert_eq!(
+        r.stdout.trim(),
+        format!("binder {id} paused"),
+        "{}",
+        r.stderr
+    );
+    let r = cli(&url, admin, &["binders", "resume", &id]).await;
+    assert_eq!(
+        r.stdout.trim(),
+        format!("binder {id} ready"),
+        "{}",
+        r.stderr
+    );
+    // In use: deleting the binding is a conflict (5) unless forced.
+    let r = cli(&url, admin, &["bindings", "delete", "notes"]).await;
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let r = cli(&url, admin, &["binders", "stop", &id]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = cli(
+        &url,
+        admin,
+        &["binders", "stop", "0123456789abcdef0123456789abcdef"],
+    )
+    .await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+
+    // A slow start: spawn waits (progress bar) and still prints the URL; a
+    // full pool is 5.
+    let slow = data.0.join("slow.toml");
+    std::fs::write(
+        &slow,
+        format!(
+            "command = [\"sh\", \"-c\", \"sleep 1; exec {} --port {{port}} --base-url {{base_url}}\"]\n\
+             public = true\npool = {{ min = 0, max = 1 }}\n",
+            standin()
+        ),
+    )
+    .unwrap();
+    let r = cli(&url, admin, &["apply", "-f", slow.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = cli(&url, admin, &["spawn", "slow", "--output", "json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["state"], "ready");
+    let r = cli(&url, admin, &["spawn", "slow"]).await;
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let r = cli(&url, admin, &["bindings", "delete", "slow", "--force"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // Usage: an unknown command prints the usage, exit 2; a binderd that
+    // does not answer names the URL, exit 1.
+    let r = cli(&url, admin, &["frobnicate"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("Usage"), "{}", r.stderr);
+    let r = cli("http://127.0.0.1:9", admin, &["pools", "list"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("http://127.0.0.1:9"), "{}", r.stderr);
+    assert!(!r.stderr.contains(ADMIN) && !r.stdout.contains(ADMIN));
+    server.stop().await;
+}
