@@ -27,6 +27,7 @@ use crate::proxy::Proxy;
 
 mod binders;
 mod bindings;
+mod dashboard;
 pub mod error;
 mod launch;
 mod openapi;
@@ -234,7 +235,10 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
     }
     let query = || req.uri().query().unwrap_or("");
     match (route, method) {
+        // A browser asking for `/` gets the dashboard; JSON clients as before.
+        (Route::Root, _) if wants_html(&req) => dashboard::serve("index.html"),
         (Route::Root, _) => json(StatusCode::OK, &views::Root::new(VERSION)),
+        (Route::Asset(file), _) => dashboard::serve(file),
         (Route::Healthcheck, _) => json(
             StatusCode::OK,
             &views::Health {

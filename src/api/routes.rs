@@ -45,6 +45,8 @@ pub(super) enum Route<'a> {
     Versions,
     /// BinderHub: `GET /health`
     HubHealth,
+    /// The dashboard's script and style (`/dashboard.js`, `/dashboard.css`).
+    Asset(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -90,6 +92,7 @@ impl<'a> Route<'a> {
             ["spawn"] => Route::SpawnRedirect(""),
             ["versions"] => Route::Versions,
             ["health"] => Route::HubHealth,
+            [file @ ("dashboard.js" | "dashboard.css")] => Route::Asset(file),
             _ => return None,
         })
     }
@@ -109,7 +112,8 @@ impl<'a> Route<'a> {
             | Route::TmpnbStats
             | Route::SpawnRedirect(_)
             | Route::Versions
-            | Route::HubHealth => "GET, HEAD",
+            | Route::HubHealth
+            | Route::Asset(_) => "GET, HEAD",
             // A launch hands out a binder: no HEAD.
             Route::Build(_) | Route::Launch(_) => "GET",
             Route::Bindings | Route::Binders(_) => "GET, HEAD, POST",

@@ -90,6 +90,12 @@ pub struct PoolView {
     /// Warm binders made from the current template (below `available`
     /// while a `PUT` rolls out).
     pub updated: u32,
+    /// The share of handouts served warm so far (1 before any).
+    #[serde(rename = "warmShare")]
+    pub warm_share: f64,
+    /// Recent warm handout latency, averaged (µs; 0 before any).
+    #[serde(rename = "handoutMicros")]
+    pub handout_micros: u64,
 }
 
 impl PoolView {
@@ -104,6 +110,8 @@ impl PoolView {
             max_pool: c.max,
             target_pool: pool.target(),
             updated: pool.updated(),
+            warm_share: pool.warm_share(),
+            handout_micros: pool.handout_micros(),
         }
     }
 }

@@ -42,10 +42,11 @@ impl Pools {
                 .try_charge(&owner, &pool.current().binding.resources, true)?;
         let result = self.handout_charged(pool, owner, charge.clone()).await;
         match &result {
-            Ok(Handout::Ready(_)) => pool
-                .metrics
-                .warm_handout_seconds
-                .record(began.elapsed().as_secs_f64()),
+            Ok(Handout::Ready(_)) => {
+                let took = began.elapsed();
+                pool.metrics.warm_handout_seconds.record(took.as_secs_f64());
+                pool.note_handout(took);
+            }
             Ok(Handout::Starting(_)) => pool
                 .metrics
                 .cold_handout_seconds

@@ -84,6 +84,8 @@ pub struct Pool {
     pub(super) rolling: AtomicBool,
     /// Warm binders of an older generation, as the rollout last counted.
     pub(super) stale: AtomicU32,
+    /// Recent warm handout latency, averaged (µs; 0: none yet).
+    pub(super) handout_us: AtomicU64,
     /// "At maxPool" was logged since the last binder stopped.
     pub(super) full_logged: AtomicBool,
     pub counters: Counters,
@@ -115,6 +117,7 @@ impl Pool {
             rolling: AtomicBool::new(false),
             stale: AtomicU32::new(0),
             full_logged: AtomicBool::new(false),
+            handout_us: AtomicU64::new(0),
             counters: Counters::default(),
             ready: ReadyQueue::default(),
             wake: Notify::new(),
@@ -182,6 +185,20 @@ impl Pool {
         if warm {
             self.warm_handouts.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Recent warm handout latency, averaged (µs; 0 before any).
+    pub fn handout_micros(&self) -> u64 {
+        self.handout_us.load(Ordering::Relaxed)
+    }
+
+    /// Takes in one warm handout's latency.
+    pub(super) fn note_handout(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let avg = self.handout_us.load(Ordering::Relaxed);
+        let next = if avg == 0 { us } else { (avg * 7 + us) / 8 };
+        // A lost update under contention only skips one sample.
+        self.handout_us.store(next, Ordering::Relaxed);
     }
 
     /// Takes in one measured start (start to ready) into the average.

@@ -1,0 +1,163 @@
+// binderd's dashboard: the same API every client uses, polled; an API key
+// typed into the page is kept in this tab's sessionStorage, never in a URL.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const key = () => sessionStorage.getItem("binderd-key") || "";
+
+function headers(json) {
+  const h = {};
+  if (key()) h["Authorization"] = "Bearer " + key();
+  if (json) h["Content-Type"] = "application/json";
+  return h;
+}
+
+async function api(method, path, body) {
+  const resp = await fetch(path, {
+    method,
+    headers: headers(body !== undefined),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await resp.text();
+  let doc = null;
+  try { doc = JSON.parse(text); } catch (_) { doc = text; }
+  if (!resp.ok) {
+    const msg = doc && doc.error ? doc.error.message : "HTTP " + resp.status;
+    throw new Error(msg);
+  }
+  return doc;
+}
+
+function say(text, kind) {
+  const m = $("#message");
+  m.textContent = text;
+  m.className = kind || "";
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function age(unix) {
+  if (!unix) return "-";
+  const s = Math.max(0, Math.round(Date.now() / 1000 - unix));
+  return s < 120 ? s + " s" : Math.round(s / 60) + " min";
+}
+
+async function resize(name, minInput, maxInput) {
+  const body = {};
+  if (minInput.value !== "") body.minPool = Number(minInput.value);
+  if (maxInput.value !== "") body.maxPool = Number(maxInput.value);
+  try {
+    await api("POST", "/pools/" + encodeURIComponent(name), body);
+    say("pool " + name + " resized", "ok");
+    refresh();
+  } catch (e) {
+    say("resize refused: " + e.message, "error");
+  }
+}
+
+async function refreshPools() {
+  const pools = await api("GET", "/pools");
+  const body = $("#pools tbody");
+  body.replaceChildren();
+  for (const p of pools) {
+    const row = body.insertRow();
+    row.dataset.name = p.name;
+    cell(row, p.name, "name");
+    cell(row, p.available, "available");
+    cell(row, p.starting, "starting");
+    cell(row, p.running, "running");
+    cell(row, p.minPool, "min");
+    cell(row, p.maxPool, "max");
+    cell(row, p.targetPool, "target");
+    cell(row, Math.round(100 * p.warmShare) + " %", "warm");
+    cell(row, p.handoutMicros ? (p.handoutMicros / 1000).toFixed(2) + " ms" : "-", "latency");
+    const td = row.insertCell();
+    const min = Object.assign(document.createElement("input"), { type: "number", min: 0, placeholder: "min", className: "new-min" });
+    const max = Object.assign(document.createElement("input"), { type: "number", min: 1, placeholder: "max", className: "new-max" });
+    const go = Object.assign(document.createElement("button"), { textContent: "Resize", className: "resize" });
+    go.addEventListener("click", () => resize(p.name, min, max));
+    td.append(min, " ", max, " ", go);
+  }
+  $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+async function act(binding, id, what) {
+  try {
+    if (what === "stop") {
+      await api("DELETE", `/binders/${binding}/${id}`);
+    } else if (what === "logs") {
+      const resp = await fetch(`/binders/${binding}/${id}/logs?tail=200`, { headers: headers(false) });
+      const logs = $("#logs");
+      logs.textContent = await resp.text();
+      logs.hidden = false;
+      return;
+    } else {
+      await api("POST", `/binders/${binding}/${id}/actions/pause`, { paused: what === "pause" });
+    }
+    say("binder " + id.slice(0, 8) + ": " + what, "ok");
+    refresh();
+  } catch (e) {
+    say(what + " refused: " + e.message, "error");
+  }
+}
+
+async function refreshBinders(pools) {
+  const section = $("#binders-section");
+  section.hidden = !key();
+  if (!key()) return;
+  const body = $("#binders tbody");
+  const rows = [];
+  for (const p of pools) {
+    try {
+      for (const b of await api("GET", "/binders/" + encodeURIComponent(p))) rows.push(b);
+    } catch (_) { /* not this key's to list */ }
+  }
+  body.replaceChildren();
+  for (const b of rows) {
+    const row = body.insertRow();
+    cell(row, b.id.slice(0, 12), "name");
+    cell(row, b.binding);
+    cell(row, b.state);
+    cell(row, age(b.assigned_at || b.created_at));
+    cell(row, b.last_activity ? age(b.last_activity) + " ago" : "-");
+    const td = row.insertCell();
+    for (const what of ["pause", "resume", "stop", "logs"]) {
+      const btn = Object.assign(document.createElement("button"), { textContent: what });
+      btn.addEventListener("click", () => act(b.binding, b.id, what));
+      td.append(btn, " ");
+    }
+  }
+}
+
+async function refresh() {
+  try {
+    await refreshPools();
+    const names = [...document.querySelectorAll("#pools tbody tr")].map((r) => r.dataset.name);
+    await refreshBinders(names);
+  } catch (e) {
+    say("cannot read the pools: " + e.message, "error");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#key").value = key();
+  $("#key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem("binderd-key", $("#key").value.trim());
+    say(key() ? "key in use (this tab only)" : "no key", "ok");
+    refresh();
+  });
+  $("#forget").addEventListener("click", () => {
+    sessionStorage.removeItem("binderd-key");
+    $("#key").value = "";
+    say("key forgotten", "ok");
+    refresh();
+  });
+  refresh();
+  setInterval(refresh, 1000);
+});

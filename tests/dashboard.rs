@@ -1,0 +1,120 @@
+//! The dashboard in a real headless Chromium (Debian's chromium and
+//! chromium-driver, which `.ci/run` installs), driven by selenium from the
+//! test venv (tests/dashboard_browser.py): it loads with no console errors,
+//! shows a pool's counts, follows a handout made by another client, refuses
+//! a resize without a key with a visible message, and resizes with the
+//! admin key (checked through the API). Also: the page and its files come
+//! with a strict Content-Security-Policy, and JSON clients of `/` are
+//! answered as before. Without chromium these tests fail unless
+//! BINDERD_SKIP_BROWSER=1.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use http::Method;
+
+fn browser_ready() -> Option<PathBuf> {
+    if std::env::var("BINDERD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("skipping: BINDERD_SKIP_BROWSER=1");
+        return None;
+    }
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing (apt-get install chromium chromium-driver; or BINDERD_SKIP_BROWSER=1)"
+        );
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
+        .output()
+        .expect("scripts/jupyter-venv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_a_real_browser() {
+    let Some(venv) = browser_ready() else { return };
+    let Harness { data, server, http } =
+        Harness::with_pool("dashboard", standin_binding("dash", 2, 6)).await;
+    let base = server.url("");
+    let shot = data.0.join("dashboard.png");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboard_browser.py");
+    let out = {
+        let (venv, base, shot) = (venv.clone(), base.clone(), shot.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(venv.join("bin/python"))
+                .args([script, &base, ADMIN, shot.to_str().unwrap()])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["title"], "binderd", "{report}");
+    assert!(
+        report["refused"].as_str().unwrap().contains("401")
+            || report["refused"].as_str().unwrap().contains("key"),
+        "{report}"
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "no screenshot"
+    );
+    let pool = http.get(&server.url("/pools/dash")).await.json();
+    assert_eq!(pool["minPool"], 3, "{pool}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_page_is_for_browsers_and_locked_down() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::start("dashboard-csp").await;
+    let page = http
+        .send(
+            Method::GET,
+            &server.url("/"),
+            &[("accept", "text/html")],
+            "",
+        )
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(
+        !page.body.contains("<script>") && !page.body.contains("style="),
+        "inline code"
+    );
+    for (file, kind) in [("/dashboard.js", "javascript"), ("/dashboard.css", "css")] {
+        let a = http.get(&server.url(file)).await;
+        assert_eq!(a.status, 200);
+        assert!(a.headers["content-type"].to_str().unwrap().contains(kind));
+    }
+    // JSON clients of `/` are answered as before.
+    let root = http.get(&server.url("/")).await.json();
+    assert_eq!(root["name"], "binderd");
+    server.stop().await;
+}

@@ -1,0 +1,95 @@
+"""The dashboard in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by selenium), against a running binderd with a
+binding `dash` (minPool 2) and the admin key given on the command line.
+
+    python dashboard_browser.py http://127.0.0.1:PORT ADMIN_KEY [SCREENSHOT.png]
+
+Prints a JSON report; exits non-zero on the first check that fails.
+"""
+
+import json
+import sys
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+base, admin_key = sys.argv[1], sys.argv[2]
+shot = sys.argv[3] if len(sys.argv) > 3 else None
+
+
+def api(method, path, key=None, body=None):
+    req = urllib.request.Request(base + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if key:
+        req.add_header("Authorization", "Bearer " + key)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def until(what, check, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception:  # the page is still rendering
+            pass
+        time.sleep(0.1)
+    raise SystemExit("timed out waiting: " + what)
+
+
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+    options.add_argument(arg)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+report = {}
+try:
+    driver.get(base + "/")
+    row = '#pools tbody tr[data-name="dash"]'
+    cell = lambda name: driver.find_element(By.CSS_SELECTOR, row + " td." + name).text
+    until("the pool's counts", lambda: cell("available") == "2")
+    report["title"] = driver.title
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    if errors:
+        raise SystemExit("console errors on load: %r" % errors)
+    # Another client takes a binder: the page follows without a reload.
+    running_before = int(cell("running"))
+    api("POST", "/binders/dash")
+    until("the counts to change", lambda: int(cell("running")) == running_before + 1)
+    report["running"] = [running_before, running_before + 1]
+    # A resize without a key is refused, visibly.
+    driver.find_element(By.CSS_SELECTOR, row + " input.new-min").send_keys("3")
+    driver.find_element(By.CSS_SELECTOR, row + " button.resize").click()
+    message = until("the refusal", lambda: "refused" in driver.find_element(By.ID, "message").text
+                    and driver.find_element(By.ID, "message"))
+    assert "error" in message.get_attribute("class"), message.get_attribute("class")
+    report["refused"] = message.text
+    assert api("GET", "/pools/dash")["minPool"] == 2
+    # With the admin key (kept in this tab's sessionStorage) it works.
+    driver.find_element(By.ID, "key").send_keys(admin_key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    until("the key in use", lambda: "key in use" in driver.find_element(By.ID, "message").text)
+    assert admin_key not in driver.current_url
+    min_input = driver.find_element(By.CSS_SELECTOR, row + " input.new-min")
+    min_input.clear()
+    min_input.send_keys("3")
+    driver.find_element(By.CSS_SELECTOR, row + " button.resize").click()
+    until("the resize", lambda: api("GET", "/pools/dash")["minPool"] == 3)
+    until("the page to show it", lambda: cell("min") == "3")
+    # With a key the binders show, with their buttons.
+    until("the binders table", lambda: driver.find_element(By.ID, "binders-section").is_displayed()
+          and len(driver.find_elements(By.CSS_SELECTOR, "#binders tbody tr")) >= 1)
+    report["binders"] = len(driver.find_elements(By.CSS_SELECTOR, "#binders tbody tr"))
+    if shot:
+        driver.save_screenshot(shot)
+    print(json.dumps(report))
+finally:
+    driver.quit()
