@@ -65,6 +65,16 @@ fn arrivals(n: usize, span: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Kills the servers a replay started, even if it panics.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        ProcessBackend::kill_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Outcome {
     warm: usize,
     total: usize,
@@ -78,6 +88,7 @@ async fn replay(name: &str, warm_target: Option<f64>, span: f64, n: usize) -> Ou
     let data_dir =
         std::env::temp_dir().join(format!("binderd-demand-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
+    let _cleanup = Cleanup(data_dir.clone());
     let mut config = Config::new(&data_dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.rate_limit.anonymous_per_minute = 0;
@@ -183,8 +194,6 @@ async fn replay(name: &str, warm_target: Option<f64>, span: f64, n: usize) -> Ou
     let (p50, p99) = (at(0.5), at(0.99));
     let _ = stop.send(());
     let _ = server.await;
-    ProcessBackend::kill_all(&data_dir);
-    let _ = std::fs::remove_dir_all(&data_dir);
     Outcome {
         warm,
         total: n,

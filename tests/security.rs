@@ -109,6 +109,19 @@ async fn the_auth_matrix_holds_on_every_route() {
         }
     };
     assert_eq!(listed(ALICE).await, 1);
+    let mine = http
+        .call(Method::GET, &server.url("/binders/pub"), Some(ALICE))
+        .await
+        .json();
+    assert_eq!(mine[0]["owner"], "alice", "{mine}");
+    let by_id = http
+        .get(&server.url(&format!("/binders/pub/{id}")))
+        .await
+        .json();
+    assert!(
+        by_id.get("owner").is_none(),
+        "the owner is not for anyone with the id: {by_id}"
+    );
     assert_eq!(listed(BOB).await, 0);
     assert_eq!(listed(ADMIN).await, 1);
     check(

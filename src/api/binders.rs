@@ -51,6 +51,10 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
         .map(|b| {
             let mut doc = render(b);
             doc.uri = Some(format!("/binders/{}/{}", pool.name, b.id));
+            doc.owner = b.owner().map(|o| match o {
+                crate::auth::Owner::Key(name) => name.clone(),
+                crate::auth::Owner::Anonymous => "anonymous".to_owned(),
+            });
             doc
         })
         .collect();

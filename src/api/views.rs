@@ -45,6 +45,10 @@ pub struct BinderView {
     /// `/binders/{binding}/{id}`, in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// Whom it was handed to (an API key's name, or `anonymous`), in the
+    /// lists a key reads; never in the document anyone with the id reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The state again, in event streams (BinderHub's name for it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<&'static str>,
@@ -64,6 +68,7 @@ impl BinderView {
             last_activity: shown.then(|| binder.last_activity()),
             reason: binder.failure().map(str::to_owned),
             uri: None,
+            owner: None,
             phase: None,
         }
     }

@@ -122,6 +122,7 @@ async function refreshBinders(pools) {
     const row = body.insertRow();
     cell(row, b.id.slice(0, 12), "name");
     cell(row, b.binding);
+    cell(row, b.owner || "-");
     cell(row, b.state);
     cell(row, age(b.assigned_at || b.created_at));
     cell(row, b.last_activity ? age(b.last_activity) + " ago" : "-");
