@@ -258,18 +258,15 @@ pub async fn run(target: &Target, command: Admin, out: &mut dyn Write) -> Result
             } else {
                 table(
                     out,
-                    &["NAME", "PUBLIC", "MIN", "MAX", "STATUS", "OWNER"],
+                    &[
+                        ("NAME", "name"),
+                        ("PUBLIC", "public"),
+                        ("MIN", "pool/min"),
+                        ("MAX", "pool/max"),
+                        ("STATUS", "status"),
+                        ("OWNER", "owner"),
+                    ],
                     docs,
-                    |b| {
-                        vec![
-                            text(&b["name"]),
-                            text(&b["public"]),
-                            text(&b["pool"]["min"]),
-                            text(&b["pool"]["max"]),
-                            text(&b["status"]),
-                            text(&b["owner"]),
-                        ]
-                    },
                 );
             }
         }
@@ -315,26 +312,15 @@ pub async fn run(target: &Target, command: Admin, out: &mut dyn Write) -> Result
                 table(
                     out,
                     &[
-                        "NAME",
-                        "AVAILABLE",
-                        "STARTING",
-                        "RUNNING",
-                        "MIN",
-                        "MAX",
-                        "TARGET",
+                        ("NAME", "name"),
+                        ("AVAILABLE", "available"),
+                        ("STARTING", "starting"),
+                        ("RUNNING", "running"),
+                        ("MIN", "minPool"),
+                        ("MAX", "maxPool"),
+                        ("TARGET", "targetPool"),
                     ],
                     docs,
-                    |p| {
-                        vec![
-                            text(&p["name"]),
-                            text(&p["available"]),
-                            text(&p["starting"]),
-                            text(&p["running"]),
-                            text(&p["minPool"]),
-                            text(&p["maxPool"]),
-                            text(&p["targetPool"]),
-                        ]
-                    },
                 );
             }
         }
@@ -392,17 +378,14 @@ pub async fn run(target: &Target, command: Admin, out: &mut dyn Write) -> Result
             } else {
                 table(
                     out,
-                    &["ID", "BINDING", "STATE", "ASSIGNED", "LAST ACTIVITY"],
+                    &[
+                        ("ID", "id"),
+                        ("BINDING", "binding"),
+                        ("STATE", "state"),
+                        ("ASSIGNED", "assigned_at"),
+                        ("LAST ACTIVITY", "last_activity"),
+                    ],
                     docs,
-                    |b| {
-                        vec![
-                            text(&b["id"]),
-                            text(&b["binding"]),
-                            text(&b["state"]),
-                            text(&b["assigned_at"]),
-                            text(&b["last_activity"]),
-                        ]
-                    },
                 );
             }
         }
@@ -584,10 +567,22 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Prints `docs` (a JSON array) as aligned columns.
-fn table(out: &mut dyn Write, head: &[&str], docs: Value, row: impl Fn(&Value) -> Vec<String>) {
-    let rows: Vec<Vec<String>> = docs.as_array().into_iter().flatten().map(row).collect();
-    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+/// Prints `docs` (a JSON array) as aligned columns: each column a heading
+/// and the field it shows (`pool/min` reads `doc["pool"]["min"]`).
+fn table(out: &mut dyn Write, columns: &[(&str, &str)], docs: Value) {
+    let field = |doc: &Value, path: &str| path.split('/').fold(doc, |v, k| &v[k]).clone();
+    let rows: Vec<Vec<String>> = docs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            columns
+                .iter()
+                .map(|(_, path)| text(&field(d, path)))
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.len()).collect();
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -606,7 +601,7 @@ fn table(out: &mut dyn Write, head: &[&str], docs: Value, row: impl Fn(&Value) -
     let _ = writeln!(
         out,
         "{}",
-        line(head.iter().map(|h| h.to_string()).collect())
+        line(columns.iter().map(|(h, _)| h.to_string()).collect())
     );
     for r in rows {
         let _ = writeln!(out, "{}", line(r));

@@ -100,17 +100,26 @@ fn decode(s: &str) -> std::result::Result<String, String> {
 }
 
 /// The pool of the binding that serves `spec`'s repository, if this caller
-/// may use it.
-fn pool_for(app: &App, caller: &Caller, spec: &Spec) -> Option<Arc<Pool>> {
-    app.pools.list().into_iter().find(|p| {
-        let record = p.current();
-        record.access().visible_to(caller)
-            && record
-                .binding
-                .repo
-                .as_deref()
-                .is_some_and(|r| repo_key(r) == spec.repo)
-    })
+/// may use it; else what to tell them.
+fn pool_for(app: &App, caller: &Caller, spec: &Spec) -> std::result::Result<Arc<Pool>, String> {
+    app.pools
+        .list()
+        .into_iter()
+        .find(|p| {
+            let record = p.current();
+            record.access().visible_to(caller)
+                && record
+                    .binding
+                    .repo
+                    .as_deref()
+                    .is_some_and(|r| repo_key(r) == spec.repo)
+        })
+        .ok_or_else(|| {
+            format!(
+                "no binding serves the repository {}",
+                crate::binding::printable(&spec.repo)
+            )
+        })
 }
 
 /// Where users reach binderd: `--public-url`, else the request's host (the
@@ -172,11 +181,9 @@ pub(super) async fn build(
         Ok(spec) => spec,
         Err(message) => return failed(message),
     };
-    let Some(pool) = pool_for(app, caller, &spec) else {
-        return failed(format!(
-            "no binding serves the repository {}",
-            crate::binding::printable(&spec.repo)
-        ));
+    let pool = match pool_for(app, caller, &spec) {
+        Ok(pool) => pool,
+        Err(message) => return failed(message),
     };
     if let Err(e) = admit_spawn(app, caller, req, peer) {
         return failed(e.to_string());
@@ -274,12 +281,7 @@ pub(super) async fn v2(
 ) -> Result<Response<Body>> {
     let query = req.uri().query().unwrap_or("");
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
-    let pool = pool_for(app, caller, &spec).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no binding serves the repository {}",
-            crate::binding::printable(&spec.repo)
-        ))
-    })?;
+    let pool = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
     let waiting = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("binder="))
