@@ -124,6 +124,18 @@ pub struct Binder {
     pub changed: tokio::sync::Notify,
     /// What it costs its key's quota; released when it stops.
     charge: OnceLock<Arc<crate::quota::Charge>>,
+    /// The kernel started (and warmed up) in it while it waited in the pool,
+    /// until the first client asking for a kernel takes it.
+    warm_kernel: arc_swap::ArcSwapOption<WarmKernel>,
+}
+
+/// A running kernel in a pooled binder (see `crate::kernel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmKernel {
+    /// The kernel's id in the server (`api/kernels/{id}`).
+    pub id: String,
+    /// Its kernel spec's name.
+    pub name: String,
 }
 
 impl std::fmt::Debug for Binder {
@@ -168,6 +180,7 @@ impl Binder {
             visited: AtomicBool::new(true),
             changed: tokio::sync::Notify::new(),
             charge: OnceLock::new(),
+            warm_kernel: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -287,6 +300,32 @@ impl Binder {
         self.last_activity.load(Ordering::Relaxed)
     }
 
+    /// Keeps a kernel started in it for the first client that asks.
+    pub fn set_warm_kernel(&self, kernel: WarmKernel) {
+        self.warm_kernel.store(Some(Arc::new(kernel)));
+    }
+
+    /// Whether a warm kernel waits for its first client (one atomic load).
+    pub fn has_warm_kernel(&self) -> bool {
+        self.warm_kernel.load().is_some()
+    }
+
+    /// Takes the warm kernel if it is of kernel spec `name` (`None`: any).
+    /// Of racing callers, at most one gets it.
+    pub fn take_warm_kernel(&self, name: Option<&str>) -> Option<Arc<WarmKernel>> {
+        let current = self.warm_kernel.load_full()?;
+        if name.is_some_and(|n| n != current.name) {
+            return None;
+        }
+        let previous = self
+            .warm_kernel
+            .compare_and_swap(&Some(current.clone()), None::<Arc<WarmKernel>>);
+        match &*previous {
+            Some(p) if Arc::ptr_eq(p, &current) => Some(current),
+            _ => None,
+        }
+    }
+
     /// `/user/{token}/`
     pub fn location(&self) -> String {
         format!("/user/{}/", self.token)
@@ -296,6 +335,27 @@ impl Binder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warm_kernel_is_taken_once_and_only_by_its_name() {
+        let b = Binder::new(BindingName::parse("x").unwrap(), State::Idle);
+        assert!(b.take_warm_kernel(None).is_none());
+        b.set_warm_kernel(WarmKernel {
+            id: "k1".into(),
+            name: "python3".into(),
+        });
+        assert!(b.take_warm_kernel(Some("ir")).is_none(), "another name");
+        assert!(b.has_warm_kernel());
+        let racers: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| b.take_warm_kernel(None)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(racers.iter().filter(|k| k.is_some()).count(), 1);
+        assert_eq!(racers.iter().flatten().next().unwrap().id, "k1");
+        assert!(!b.has_warm_kernel());
+    }
 
     #[test]
     fn secrets_are_128_bit_hex_and_distinct() {

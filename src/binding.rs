@@ -117,6 +117,10 @@ pub struct Binding {
     pub notebooks: Option<String>,
     #[serde(default)]
     pub pool: PoolSize,
+    /// A Jupyter kernel kept running (and warmed up) in every pooled binder,
+    /// given to the first client that asks for one after the handout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Kernel>,
     #[serde(default)]
     pub cull: Cull,
     #[serde(default)]
@@ -148,6 +152,20 @@ pub struct Binding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub message: Option<serde_json::Value>,
+}
+
+/// A warm kernel: started through the server's Jupyter API once the server
+/// answers, `warmup` run in it, before the binder counts as available.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// The kernel spec's name, as `GET api/kernelspecs` lists it.
+    #[schema(example = "python3")]
+    pub name: String,
+    /// Code run in the kernel before handout (e.g. `import numpy`); what it
+    /// defines is there for the first cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<String>,
 }
 
 /// Memory and CPU limits, as Kubernetes writes them (`512Mi`, `0.5`).
@@ -394,6 +412,25 @@ impl Binding {
         }
         self.resources.memory_bytes()?;
         self.resources.cpu_nanos()?;
+        if let Some(kernel) = &self.kernel {
+            let ok = !kernel.name.is_empty()
+                && kernel.name.len() <= 128
+                && kernel
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return bad(format!(
+                    "invalid kernel.name '{}': kernel names are letters, digits, '.', '_' and '-'",
+                    printable(&kernel.name)
+                ));
+            }
+            if let Some(code) = &kernel.warmup {
+                if code.contains('\0') || code.len() > 64 * 1024 {
+                    return bad("'kernel.warmup' holds a NUL byte or is longer than 64 KiB".into());
+                }
+            }
+        }
         for admin in &self.administrators {
             check_text("administrators", admin)?;
         }
@@ -535,6 +572,19 @@ mod tests {
         let mut b = ok();
         b.command.push("a\0b".into());
         assert!(b.validate(true, 100).is_err());
+
+        for (kernel, fine) in [
+            (r#"{"name":"python3","warmup":"import numpy"}"#, true),
+            (r#"{"name":"ir"}"#, true),
+            (r#"{"name":""}"#, false),
+            (r#"{"name":"py/../x"}"#, false),
+            (r#"{"name":"python3","warmup":"a\u0000b"}"#, false),
+        ] {
+            let mut b = ok();
+            b.kernel = Some(serde_json::from_str(kernel).unwrap());
+            assert_eq!(b.validate(true, 100).is_ok(), fine, "{kernel}");
+        }
+        assert!(parse(r#"{"name":"x","command":["a"],"kernel":{"name":"p","colour":1}}"#).is_err());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`metrics`]: Prometheus counters and gauges for `GET /metrics`.
 //! - [`cli`], [`admin`]: the command line, and the operator's commands that
 //!   speak to a running binderd over HTTP.
+//! - [`kernel`]: Jupyter kernels spoken to by binderd (warm kernels, the
+//!   server's own activity for culling).
 //! - [`binding`], [`binder`]: the two nouns, templates and containers.
 
 #![forbid(unsafe_code)]
@@ -36,6 +38,7 @@ pub mod binding;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod kernel;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -20,6 +20,7 @@ pub const RESPONSES: &str = "binderd_api_responses_total";
 pub const HANDOUT_SECONDS: &str = "binderd_handout_seconds";
 pub const READY_SECONDS: &str = "binderd_time_to_ready_seconds";
 pub const WARM_SHARE: &str = "binderd_pool_warm_share";
+pub const WARM_KERNELS: &str = "binderd_warm_kernels_given_total";
 
 /// Histogram buckets (seconds): from a warm handout's tens of microseconds
 /// to a slow image's minute.
@@ -71,6 +72,7 @@ pub struct PoolCounters {
     pub starts: metrics::Counter,
     pub failed_starts: metrics::Counter,
     pub culled: metrics::Counter,
+    pub warm_kernels_given: metrics::Counter,
     pub warm_handout_seconds: metrics::Histogram,
     pub cold_handout_seconds: metrics::Histogram,
     pub time_to_ready: metrics::Histogram,
@@ -86,6 +88,7 @@ impl PoolCounters {
             starts: metrics::counter!(STARTS, "binding" => b.clone()),
             failed_starts: metrics::counter!(FAILED_STARTS, "binding" => b.clone()),
             culled: metrics::counter!(CULLED, "binding" => b.clone()),
+            warm_kernels_given: metrics::counter!(WARM_KERNELS, "binding" => b.clone()),
             warm_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "true"),
             cold_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "false"),
             time_to_ready: metrics::histogram!(READY_SECONDS, "binding" => b),
@@ -112,6 +115,10 @@ pub fn init() {
             "Handed-out binders stopped for idleness, age or never being visited, by binding"
         );
         describe_counter!(PROXIED, "Requests proxied to binders' containers");
+        describe_counter!(
+            WARM_KERNELS,
+            "Kernel requests answered with the kernel warmed up before the handout, by binding"
+        );
         describe_counter!(RESPONSES, "API answers, by HTTP status");
         describe_histogram!(
             HANDOUT_SECONDS,
@@ -121,7 +128,7 @@ pub fn init() {
         describe_histogram!(
             READY_SECONDS,
             metrics::Unit::Seconds,
-            "Time from a container's start to its first HTTP answer, by binding"
+            "Time from a container's start until it is ready (its first HTTP answer, and its warm kernel if the binding has one), by binding"
         );
         for (gauge, help) in POOL_GAUGES {
             describe_gauge!(gauge, help);
@@ -130,7 +137,7 @@ pub fn init() {
 }
 
 /// The pool gauges and their help, set at scrape time.
-const POOL_GAUGES: [(&str, &str); 7] = [
+const POOL_GAUGES: [(&str, &str); 8] = [
     (
         "binderd_pool_available",
         "Warm binders ready to hand out, by binding",
@@ -150,6 +157,10 @@ const POOL_GAUGES: [(&str, &str); 7] = [
         WARM_SHARE,
         "The share of handouts served warm from the pool so far, by binding",
     ),
+    (
+        "binderd_pool_warm_binder_memory_bytes",
+        "Resident memory of a pooled binder (server and warm kernel), last sampled when one became ready; 0 when the backend cannot tell, by binding",
+    ),
 ];
 
 /// One pool's sizes at scrape time.
@@ -162,6 +173,7 @@ pub struct PoolGauges {
     pub max: u32,
     pub target: u32,
     pub warm_share: f64,
+    pub warm_binder_memory: u64,
 }
 
 /// The Prometheus text page, with each binding's pool gauges brought up to date.
@@ -175,6 +187,7 @@ pub fn render(pools: impl IntoIterator<Item = (String, PoolGauges)>) -> String {
             f64::from(g.max),
             f64::from(g.target),
             g.warm_share,
+            g.warm_binder_memory as f64,
         ];
         for ((gauge, _), value) in POOL_GAUGES.iter().zip(values) {
             metrics::gauge!(*gauge, "binding" => name.clone()).set(value);

@@ -14,7 +14,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::binder::Binder;
@@ -69,7 +68,7 @@ impl Proxy {
     /// is sent, else the whole `/user/{token}{rest}`.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         binder: &Arc<Binder>,
         strip_prefix: bool,
         rest: &str,
@@ -106,7 +105,7 @@ impl Proxy {
         append_forwarded_for(&mut parts.headers, client_addr);
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body.boxed());
+        let upstream_req = Request::from_parts(parts, body);
 
         let sent = tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.upstream.send(upstream_req));
         let mut resp = match sent.await {

@@ -15,6 +15,15 @@ which doubles the slash.
 
     python jupyter_client.py http://127.0.0.1:PORT binderhub gh/org/repo/HEAD
 
+    python jupyter_client.py http://127.0.0.1:PORT kernel /user/TOKEN/ CODE
+    python jupyter_client.py http://127.0.0.1:PORT session /user/TOKEN/ CODE
+    python jupyter_client.py http://127.0.0.1:PORT start /user/TOKEN/ CODE
+
+"kernel" and "session" list the kernels already running, ask for one the
+way the classic notebook (POST api/kernels) or JupyterLab (POST
+api/sessions) does, run CODE in it and print what they saw; "start" only
+sends CODE to a new kernel and leaves it running.
+
 "binderhub" follows BinderHub's API: /build's event stream until ready, then
 the url and token from it for api/status and a kernel round trip.
 
@@ -116,10 +125,46 @@ def binderhub(base, spec):
             "status_without_token": without}
 
 
-def execute(ws_url, code, origin=None, headers=None):
-    ws = websocket.create_connection(ws_url, timeout=30, origin=origin, header=headers)
+def get(url):
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def warm_kernel(base, mode, prefix, code):
+    before = [k["id"] for k in get(base + prefix + "api/kernels")]
+    if mode == "session":
+        status, doc = post(base + prefix + "api/sessions", json.dumps({
+            "path": "Untitled.ipynb", "name": "Untitled.ipynb", "type": "notebook",
+            "kernel": {"name": "python3"}}))
+        assert status == 201, (status, doc)
+        kernel = doc["kernel"]
+        location = None
+    else:
+        req = urllib.request.Request(base + prefix + "api/kernels", data=b'{"name": "python3"}',
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status, kernel, location = resp.status, json.loads(resp.read()), resp.headers.get("Location")
+        assert status == 201, (status, kernel)
+    ws_url = "%s%sapi/kernels/%s/channels" % (base.replace("http://", "ws://", 1), prefix, kernel["id"])
+    if mode == "start":
+        ws = send_execute(websocket.create_connection(ws_url, timeout=30), code)
+        while True:   # until the kernel says it is busy with it
+            msg = json.loads(ws.recv())
+            if (msg.get("parent_header", {}).get("msg_id") == ws.msg_id
+                    and msg["header"]["msg_type"] == "status"
+                    and msg["content"]["execution_state"] == "busy"):
+                break
+        ws.close()
+        return {"id": kernel["id"], "before": before}
+    text = execute(ws_url, code)
+    return {"id": kernel["id"], "before": before, "location": location, "output": text}
+
+
+def send_execute(ws, code):
+    """Sends one execute_request; returns the socket and the message id."""
     session = uuid.uuid4().hex
     msg_id = uuid.uuid4().hex
+    ws.msg_id = msg_id
     ws.send(json.dumps({
         "header": {
             "msg_id": msg_id,
@@ -141,6 +186,12 @@ def execute(ws_url, code, origin=None, headers=None):
         "channel": "shell",
         "buffers": [],
     }))
+    return ws
+
+
+def execute(ws_url, code, origin=None, headers=None):
+    ws = websocket.create_connection(ws_url, timeout=30, origin=origin, header=headers)
+    msg_id = send_execute(ws, code).msg_id
     out = []
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -162,6 +213,9 @@ def main():
     base, mode = sys.argv[1], sys.argv[2]
     if mode == "binderhub":
         print(json.dumps(binderhub(base, sys.argv[3])))
+        return
+    if mode in ("kernel", "session", "start"):
+        print(json.dumps(warm_kernel(base, mode, sys.argv[3], sys.argv[4])))
         return
     if mode == "thebe-page":
         text, server = thebe_page(base)

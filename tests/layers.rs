@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("binder", 2),
     ("config", 2),
     ("store", 3),
+    ("kernel", 3),
     ("pool", 4),
     ("proxy", 4),
     ("api", 5),

@@ -101,6 +101,14 @@ pub struct PoolView {
     /// Recent warm handout latency, averaged (µs; 0 before any).
     #[serde(rename = "handoutMicros")]
     pub handout_micros: u64,
+    /// Resident memory of one pooled binder (its server, and its warm kernel
+    /// if the binding has one), sampled when a binder becomes ready (at
+    /// most every 30 s); absent until then, or when the backend cannot tell.
+    #[serde(
+        rename = "warmBinderMemoryBytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warm_binder_memory_bytes: Option<u64>,
 }
 
 impl PoolView {
@@ -117,6 +125,7 @@ impl PoolView {
             updated: pool.updated(),
             warm_share: pool.warm_share(),
             handout_micros: pool.handout_micros(),
+            warm_binder_memory_bytes: pool.warm_binder_memory(),
         }
     }
 }

@@ -520,6 +520,30 @@ impl Backend for DockerBackend {
             .unwrap_or(false))
     }
 
+    /// As `docker stats` shows it: the cgroup's usage less its inactive
+    /// page cache.
+    async fn memory(&self, _binder_id: &str, instance: &Instance) -> Option<u64> {
+        use futures_util::StreamExt;
+        let options = bollard::query_parameters::StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = self.docker.stats(&instance.handle, Some(options));
+        let first = tokio::time::timeout(Duration::from_secs(10), stats.next()).await;
+        let memory = first.ok()??.ok()?.memory_stats?;
+        let usage = memory.usage?;
+        let cache = memory
+            .stats
+            .as_ref()
+            .and_then(|s| {
+                s.get("inactive_file")
+                    .or_else(|| s.get("total_inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        Some(usage.saturating_sub(cache))
+    }
+
     async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
         if !instance.handle.is_empty() {
             self.remove(&instance.handle).await?;

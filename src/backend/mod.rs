@@ -193,6 +193,12 @@ pub trait Backend: Send + Sync + 'static {
         instance: &Instance,
     ) -> Result<Instance, BackendError>;
 
+    /// Resident memory of a running binder, all its processes together
+    /// (the server and its kernels), when the backend can tell.
+    async fn memory(&self, _binder_id: &str, _instance: &Instance) -> Option<u64> {
+        None
+    }
+
     /// The container's recent output: the last `tail` lines, at most
     /// [`MAX_LOG_BYTES`].
     async fn logs(

@@ -4,7 +4,10 @@
 //! here), `{base_url}` and `{token}` filled in, in its own process group (so a
 //! SIGKILL of binderd leaves it running, to be adopted), in a working
 //! directory of its own under the data dir, with stdout and stderr kept in a
-//! log file. Its "labels" are `BINDERD_*` environment variables, which
+//! log file. `env` values get the same placeholders plus `{workdir}` (that
+//! working directory), and `TMPDIR` is `{workdir}/tmp` unless the binding
+//! sets it, so a stopped binder leaves nothing of its own outside the data
+//! dir (its working directory goes when it stops). Its "labels" are `BINDERD_*` environment variables, which
 //! `/proc/{pid}/environ` shows; that is how [`Backend::list`] finds this
 //! binderd's processes after a restart and how `stop` makes sure a pid still
 //! belongs to the binder before signalling it (pids are reused). Linux only.
@@ -140,6 +143,20 @@ fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, pgrp))
 }
 
+/// Resident set size of a pid, from `/proc/{pid}/status` (`VmRSS`, kB).
+fn resident_bytes(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn alive(pid: i32) -> bool {
     matches!(stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
 }
@@ -215,11 +232,21 @@ impl ProcessBackend {
             .write(true)
             .truncate(!resume)
             .open(self.log_path(spec.binder_id))?;
+        // Temporary files go with the binder: a `tmp/` of its own in its
+        // working dir (removed when it stops), unless the binding says where.
+        let tmp = workdir.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let workdir_text = workdir.to_string_lossy();
+        let env = spec.binding.env.iter().map(|(k, v)| {
+            let v = fill_template(v, port, spec.base_url, spec.token);
+            (k, v.replace("{workdir}", &workdir_text))
+        });
         let mut command = Command::new(program);
         command
             .args(rest)
             .current_dir(&workdir)
-            .envs(&spec.binding.env)
+            .env("TMPDIR", &tmp)
+            .envs(env)
             .env(ENV_OWNER, &self.owner)
             .env(ENV_BINDING, &spec.binding.name)
             .env(ENV_BINDER, spec.binder_id)
@@ -292,6 +319,17 @@ impl Backend for ProcessBackend {
 
     async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
         Ok(parse_pid(instance).is_some_and(|pid| alive(pid.as_raw()) && self.is_ours(pid, None)))
+    }
+
+    /// The sum over every process carrying the binder's label (its kernels
+    /// inherit it, whatever session they start).
+    async fn memory(&self, binder_id: &str, _instance: &Instance) -> Option<u64> {
+        let found = self.scan(Some(binder_id));
+        let sizes: Vec<u64> = found
+            .iter()
+            .filter_map(|(pid, _)| resident_bytes(*pid))
+            .collect();
+        (!sizes.is_empty()).then(|| sizes.iter().sum())
     }
 
     async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {

@@ -7,13 +7,16 @@
 //! what is due, re-reads the binder (traffic may have moved its due time), and
 //! either stops it or pushes it back with its new due time. So a tick costs
 //! O(due · log n), not a scan of every binder. Warm binders that were never
-//! handed out are never culled; paused ones only for age.
+//! handed out are never culled; paused ones only for age. For a binding with
+//! a `kernel`, a binder idle by the proxy's count is culled only once its
+//! server says so too: no kernel executing, no activity of its own since.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Entry, Pools};
+use super::{Entry, Pool, Pools};
 use crate::binder::{now_unix, Binder, BinderId, State};
 use crate::binding::Cull;
 
@@ -80,34 +83,107 @@ impl Pools {
             let Some(Entry { pool, binder }) = self.binder(&id) else {
                 continue;
             };
-            let cull = pool.record().binding.cull;
-            match due(&binder, &cull) {
-                Some(at) if at <= now => {
-                    let assigned = binder.state() == State::Assigned;
-                    let reason = if assigned
-                        && !binder.visited()
-                        && cull.unvisited_seconds > 0
-                        && now >= binder.assigned_at().saturating_add(cull.unvisited_seconds)
-                    {
-                        format!(
-                            "reclaimed: handed out and never visited for {}s",
-                            cull.unvisited_seconds
-                        )
-                    } else if assigned
-                        && now >= binder.last_activity().saturating_add(cull.idle_seconds)
-                    {
-                        format!("culled: no traffic for {}s", cull.idle_seconds)
-                    } else {
-                        format!("culled: older than {}s", cull.max_age_seconds)
-                    };
-                    tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
-                    binder.set_failure(reason);
-                    pool.metrics.culled.increment(1);
-                    self.stop(&pool, &binder);
-                }
+            let binding = pool.record().binding.clone();
+            match due(&binder, &binding.cull) {
+                Some(at) if at <= now => match why(&binder, &binding.cull, now) {
+                    // The proxy saw no traffic, but a kernel may be busy (a
+                    // long computation sends nothing): ask the server first.
+                    Why::Idle if binding.kernel.is_some() => {
+                        self.spawn_activity_check(pool, binder, binding.strip_prefix);
+                    }
+                    why => self.cull_now(&pool, &binder, why.reason(&binding.cull)),
+                },
                 Some(at) => heap.push(Reverse((at, id))),
                 None => {}
             }
+        }
+    }
+
+    fn cull_now(&self, pool: &Arc<Pool>, binder: &Arc<Binder>, reason: String) {
+        tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
+        binder.set_failure(reason);
+        pool.metrics.culled.increment(1);
+        self.stop(pool, binder);
+    }
+
+    /// For a binding with a kernel: the server's own activity counts (a
+    /// busy kernel, or its `last_activity`); only a binder idle by both
+    /// measures is culled, else it is watched again from its new due time.
+    fn spawn_activity_check(&self, pool: Arc<Pool>, binder: Arc<Binder>, strip_prefix: bool) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Some(instance) = binder.instance() {
+                let base = if strip_prefix {
+                    "/".to_owned()
+                } else {
+                    binder.location()
+                };
+                let server = crate::kernel::Server {
+                    upstream: &this.shared.upstream,
+                    addr: instance.addr,
+                    base: &base,
+                };
+                let seen = tokio::time::timeout(ACTIVITY_CHECK_TIMEOUT, server.activity()).await;
+                if let Ok(Ok(activity)) = seen {
+                    let now = now_unix();
+                    let last = if activity.busy {
+                        Some(now)
+                    } else {
+                        activity.last_activity.map(|t| t.min(now))
+                    };
+                    if let Some(t) = last.filter(|t| *t > binder.last_activity()) {
+                        binder.set_last_activity(t);
+                    }
+                }
+            }
+            let cull = pool.record().binding.cull;
+            let now = now_unix();
+            match due(&binder, &cull) {
+                Some(at) if at <= now => {
+                    this.cull_now(&pool, &binder, why(&binder, &cull, now).reason(&cull))
+                }
+                Some(_) => this.watch_for_culling(&binder),
+                None => {}
+            }
+        });
+    }
+}
+
+/// How long the server may take to say whether it is busy.
+const ACTIVITY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which rule makes a due binder go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Unvisited,
+    Idle,
+    Old,
+}
+
+fn why(binder: &Binder, cull: &Cull, now: u64) -> Why {
+    let assigned = binder.state() == State::Assigned;
+    if assigned
+        && !binder.visited()
+        && cull.unvisited_seconds > 0
+        && now >= binder.assigned_at().saturating_add(cull.unvisited_seconds)
+    {
+        Why::Unvisited
+    } else if assigned && now >= binder.last_activity().saturating_add(cull.idle_seconds) {
+        Why::Idle
+    } else {
+        Why::Old
+    }
+}
+
+impl Why {
+    fn reason(self, cull: &Cull) -> String {
+        match self {
+            Why::Unvisited => format!(
+                "reclaimed: handed out and never visited for {}s",
+                cull.unvisited_seconds
+            ),
+            Why::Idle => format!("culled: no traffic for {}s", cull.idle_seconds),
+            Why::Old => format!("culled: older than {}s", cull.max_age_seconds),
         }
     }
 }

@@ -59,6 +59,7 @@ impl From<&Pool> for crate::metrics::PoolGauges {
             max: c.max,
             target: pool.target(),
             warm_share: pool.warm_share(),
+            warm_binder_memory: pool.warm_binder_memory().unwrap_or(0),
         }
     }
 }
@@ -86,6 +87,10 @@ pub struct Pool {
     pub(super) stale: AtomicU32,
     /// Recent warm handout latency, averaged (µs; 0: none yet).
     pub(super) handout_us: AtomicU64,
+    /// Resident bytes of a pooled binder, last sampled (0: not yet, or the
+    /// backend cannot tell), and when (unix seconds).
+    pub(super) warm_memory: AtomicU64,
+    pub(super) memory_sampled_at: AtomicU64,
     /// "At maxPool" was logged since the last binder stopped.
     pub(super) full_logged: AtomicBool,
     pub counters: Counters,
@@ -117,6 +122,8 @@ impl Pool {
             rolling: AtomicBool::new(false),
             stale: AtomicU32::new(0),
             full_logged: AtomicBool::new(false),
+            warm_memory: AtomicU64::new(0),
+            memory_sampled_at: AtomicU64::new(0),
             handout_us: AtomicU64::new(0),
             counters: Counters::default(),
             ready: ReadyQueue::default(),
@@ -185,6 +192,11 @@ impl Pool {
         if warm {
             self.warm_handouts.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Resident memory of a pooled binder, as last sampled.
+    pub fn warm_binder_memory(&self) -> Option<u64> {
+        Some(self.warm_memory.load(Ordering::Relaxed)).filter(|b| *b > 0)
     }
 
     /// Recent warm handout latency, averaged (µs; 0 before any).

@@ -1,5 +1,6 @@
 //! Starting one binder: record it, ask the backend, wait until its port
-//! answers HTTP (`settle`), then queue it as warm or give it to the caller
+//! answers HTTP (`settle`) and, for a binding with a `kernel`, until that
+//! kernel runs warmed up in it (`crate::kernel`), then queue it as warm or give it to the caller
 //! who claimed it. Adopted and resumed binders settle the same way.
 
 use std::sync::atomic::Ordering;
@@ -12,6 +13,9 @@ use super::{Pool, Pools};
 use crate::backend::{Instance, StartSpec};
 use crate::binder::{now_unix, Binder, State};
 use crate::store::StoredBinder;
+
+/// How often (seconds) a pool's binder memory is sampled, at most.
+const MEMORY_SAMPLE_EVERY: u64 = 30;
 
 impl Pools {
     pub(crate) fn spawn_start(&self, pool: Arc<Pool>, binder: Arc<Binder>) {
@@ -83,6 +87,36 @@ impl Pools {
         }
     }
 
+    /// Asks the backend what a binder just made ready holds in memory, at
+    /// most once per [`MEMORY_SAMPLE_EVERY`] per pool, off the start path.
+    fn sample_memory(&self, pool: &Arc<Pool>, binder: &Arc<Binder>, instance: &Instance) {
+        let now = now_unix();
+        let last = pool.memory_sampled_at.load(Ordering::Relaxed);
+        if last != 0 && now < last + MEMORY_SAMPLE_EVERY {
+            return;
+        }
+        let claimed = pool.memory_sampled_at.compare_exchange(
+            last,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if claimed.is_err() {
+            return;
+        }
+        let (this, pool, id, instance) = (
+            self.clone(),
+            pool.clone(),
+            binder.id.clone(),
+            instance.clone(),
+        );
+        tokio::spawn(async move {
+            if let Some(bytes) = this.shared.backend.memory(&id, &instance).await {
+                pool.warm_memory.store(bytes, Ordering::Relaxed);
+            }
+        });
+    }
+
     /// Writes the binder's row; a binder that cannot be recorded fails (a
     /// crash would lose it). Returns whether it was recorded.
     async fn record_or_fail(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) -> bool {
@@ -133,6 +167,30 @@ impl Pools {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+        // A binding with a kernel: the binder is ready once that kernel runs
+        // in it, warmed up. Not for a resumed binder (its owner had kernels
+        // of their own).
+        if let Some(kernel) = &record.binding.kernel {
+            if binder.assigned_at() == 0 {
+                let server = crate::kernel::Server {
+                    upstream: &self.shared.upstream,
+                    addr: instance.addr,
+                    base: &path,
+                };
+                match server.warm(kernel, deadline).await {
+                    Ok(warm) => binder.set_warm_kernel(warm),
+                    Err(e) => {
+                        if matches!(binder.state(), State::Starting | State::StartingClaimed) {
+                            self.fail(pool, binder, e.to_string()).await;
+                        }
+                        return;
+                    }
+                }
+                if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
+                    return;
+                }
+            }
+        }
         // Recorded as idle before it becomes Idle: so before any handout can
         // record "assigned" (which this "idle" must never overwrite), and so
         // that the pool never counts it available while it is not yet in the
@@ -152,6 +210,7 @@ impl Pools {
         if pool.transition(binder, State::Starting, State::Idle) {
             pool.start_succeeded();
             pool.ready.push(binder.clone());
+            self.sample_memory(pool, binder, instance);
         } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
             pool.start_succeeded();
             // A resumed binder keeps its handout time (max age counts from

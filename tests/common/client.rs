@@ -171,6 +171,25 @@ where
     }
 }
 
+/// Polls `check` until it gives a value, failing after `secs` with `what`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `POST {base}/binders/{binding}` as `key`: asserts a warm handout (201)
 /// and returns the binder's id and location.
 pub async fn hand_out(

@@ -1,6 +1,7 @@
 //! Test harness, by concern: `server` (binderd in-process or as the real
 //! binary, data dirs), `client` (HTTP to it, waits, checks), `engine` (the
-//! Docker engine's test image and cleanup), and here the keys, the stand-in
+//! Docker engine's test image and cleanup), `jupyter` (the real Jupyter
+//! venv, binding and client), and here the keys, the stand-in
 //! binding and [`Harness`], the opening most tests share.
 
 #![allow(dead_code, unused_imports)]
@@ -9,10 +10,12 @@ use serde_json::Value;
 
 mod client;
 mod engine;
+mod jupyter;
 mod server;
 
 pub use self::client::*;
 pub use self::engine::*;
+pub use self::jupyter::*;
 pub use self::server::*;
 
 pub const ADMIN: &str = "admin-secret-key";

@@ -1,0 +1,519 @@
+//! Jupyter kernels, spoken to by binderd itself: warm kernels for pooled
+//! binders (start one through the server's REST API, run the binding's
+//! warm-up code in it over the kernel's WebSocket channels), the server's own
+//! activity for culling, and the small rules by which the proxy gives a warm
+//! kernel to the first client that asks for one.
+//!
+//! The REST calls go through [`Upstream`] (the connection the readiness
+//! probe opened is reused); the channels are one WebSocket per warm-up, in
+//! the Jupyter messaging protocol's JSON form (the one every client speaks
+//! without a subprotocol). Calls that only look (`api/kernelspecs`,
+//! `api/kernels`) pass `no_track_activity`, so binderd's own looking never
+//! counts as the reader's activity.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::binder::{random_secret, WarmKernel};
+use crate::binding::Kernel;
+use crate::body::{empty, full};
+use crate::upstream::Upstream;
+
+/// Largest server answer read (kernel models and lists are a few KiB).
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("the server has no Jupyter API (GET {path} answered {status})")]
+    NoJupyter { path: String, status: String },
+    #[error("the server has no kernel named '{name}' (it has: {known})")]
+    NoSuchKernel { name: String, known: String },
+    #[error("cannot start kernel '{name}': the server answered {status}: {message}")]
+    Start {
+        name: String,
+        status: u16,
+        message: String,
+    },
+    #[error("kernel '{name}' warm-up raised {ename}: {evalue}")]
+    Raised {
+        name: String,
+        ename: String,
+        evalue: String,
+    },
+    #[error("the kernel's channels closed before it was idle again")]
+    Closed,
+    #[error("talking to the server: {0}")]
+    Http(String),
+    #[error("kernel WebSocket: {0}")]
+    WebSocket(String),
+    #[error("kernel '{name}' was not warm within the start timeout")]
+    Timeout { name: String },
+}
+
+/// The server at `addr`, with its API under `base` (`/user/{token}/`, or `/`
+/// when the binding strips the prefix).
+#[derive(Clone, Copy)]
+pub struct Server<'a> {
+    pub upstream: &'a Upstream,
+    pub addr: SocketAddr,
+    pub base: &'a str,
+}
+
+impl Server<'_> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Bytes), KernelError> {
+        let uri = format!("http://{}{}{}", self.addr, self.base, path);
+        let builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::USER_AGENT, "binderd-kernels");
+        let req = match body {
+            Some(v) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(full(v.to_string())),
+            None => builder.body(empty()),
+        }
+        .map_err(|e| KernelError::Http(e.to_string()))?;
+        let resp = self
+            .upstream
+            .send(req)
+            .await
+            .map_err(|e| KernelError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| KernelError::Http(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Starts kernel `kernel.name`, runs its warm-up, and answers once it is
+    /// idle. Kernels already running in the server (left by a binderd that
+    /// crashed while warming it) are shut down first: a pooled binder holds
+    /// exactly one, the warm one.
+    pub async fn warm(
+        &self,
+        kernel: &Kernel,
+        deadline: Instant,
+    ) -> Result<WarmKernel, KernelError> {
+        let timeout = || KernelError::Timeout {
+            name: kernel.name.clone(),
+        };
+        let steps = async {
+            self.check_spec(&kernel.name).await?;
+            for id in self.kernel_ids().await? {
+                self.call(Method::DELETE, &format!("api/kernels/{id}"), None)
+                    .await?;
+            }
+            let id = self.start(&kernel.name).await?;
+            let code = kernel.warmup.as_deref().unwrap_or("");
+            let mut channels = Channels::connect(self.addr, self.base, &id).await?;
+            let outcome = channels.execute(code).await?;
+            channels.close().await;
+            match outcome.error {
+                Some((ename, evalue)) => Err(KernelError::Raised {
+                    name: kernel.name.clone(),
+                    ename,
+                    evalue,
+                }),
+                None => Ok(WarmKernel {
+                    id,
+                    name: kernel.name.clone(),
+                }),
+            }
+        };
+        tokio::time::timeout_at(deadline, steps)
+            .await
+            .map_err(|_| timeout())?
+    }
+
+    /// Refuses a kernel name the server does not have, and a server that
+    /// has no Jupyter API at all, with a message saying which.
+    async fn check_spec(&self, name: &str) -> Result<(), KernelError> {
+        let path = "api/kernelspecs?no_track_activity=1";
+        let (status, body) = self.call(Method::GET, path, None).await?;
+        let specs: Option<Value> = serde_json::from_slice(&body).ok();
+        let Some(specs) = specs
+            .filter(|_| status.is_success())
+            .and_then(|v| v.get("kernelspecs").cloned())
+            .and_then(|v| v.as_object().cloned())
+        else {
+            return Err(KernelError::NoJupyter {
+                path: format!("{}api/kernelspecs", self.base),
+                status: if status.is_success() {
+                    format!("{status} without a kernelspecs list")
+                } else {
+                    status.to_string()
+                },
+            });
+        };
+        if specs.contains_key(name) {
+            return Ok(());
+        }
+        let mut known: Vec<&str> = specs.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        Err(KernelError::NoSuchKernel {
+            name: name.to_owned(),
+            known: known.join(", "),
+        })
+    }
+
+    async fn kernel_ids(&self) -> Result<Vec<String>, KernelError> {
+        Ok(self
+            .kernels()
+            .await?
+            .iter()
+            .filter_map(|k| k.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    async fn kernels(&self) -> Result<Vec<Value>, KernelError> {
+        let (status, body) = self
+            .call(Method::GET, "api/kernels?no_track_activity=1", None)
+            .await?;
+        if !status.is_success() {
+            return Err(KernelError::Http(format!(
+                "GET api/kernels answered {status}"
+            )));
+        }
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(list)) => Ok(list),
+            _ => Err(KernelError::Http("GET api/kernels: not a list".into())),
+        }
+    }
+
+    async fn start(&self, name: &str) -> Result<String, KernelError> {
+        let (status, body) = self
+            .call(Method::POST, "api/kernels", Some(&json!({ "name": name })))
+            .await?;
+        let model: Option<Value> = serde_json::from_slice(&body).ok();
+        let id = model
+            .as_ref()
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str);
+        match id {
+            Some(id) if status.is_success() => Ok(id.to_owned()),
+            _ => Err(KernelError::Start {
+                name: name.to_owned(),
+                status: status.as_u16(),
+                message: model
+                    .as_ref()
+                    .and_then(|m| m.get("message"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect()),
+            }),
+        }
+    }
+
+    /// The server's own view of activity: whether a kernel is executing,
+    /// and its `last_activity` (kernels' messages and API calls).
+    pub async fn activity(&self) -> Result<Activity, KernelError> {
+        let busy = self.kernels().await?.iter().any(|k| {
+            matches!(
+                k.get("execution_state").and_then(Value::as_str),
+                Some("busy" | "starting")
+            )
+        });
+        // `api/status` is not itself counted as activity by the server.
+        let (status, body) = self.call(Method::GET, "api/status", None).await?;
+        let last_activity = status
+            .is_success()
+            .then(|| serde_json::from_slice::<Value>(&body).ok())
+            .flatten()
+            .and_then(|v| {
+                v.get("last_activity")
+                    .and_then(Value::as_str)
+                    .and_then(parse_utc)
+            });
+        Ok(Activity {
+            busy,
+            last_activity,
+        })
+    }
+}
+
+/// What the server says of its own activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// A kernel is executing (or still starting).
+    pub busy: bool,
+    /// Unix seconds of the server's `last_activity`, if it said.
+    pub last_activity: Option<u64>,
+}
+
+/// One kernel's WebSocket channels (`api/kernels/{id}/channels`).
+pub struct Channels {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    session: String,
+}
+
+/// What one `execute_request` gave.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Stream output (stdout and stderr) in order.
+    pub output: String,
+    /// `(ename, evalue)` when the code raised.
+    pub error: Option<(String, String)>,
+}
+
+impl Channels {
+    /// Opens the channels of kernel `id` of the server at `addr` + `base`.
+    pub async fn connect(addr: SocketAddr, base: &str, id: &str) -> Result<Channels, KernelError> {
+        let session = random_secret().to_string();
+        let url = format!("ws://{addr}{base}api/kernels/{id}/channels?session_id={session}");
+        Channels::connect_url(&url, session).await
+    }
+
+    /// Opens the channels at a full `ws://` URL (e.g. through binderd).
+    pub async fn connect_url(url: &str, session: String) -> Result<Channels, KernelError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| KernelError::WebSocket(e.to_string()))?;
+        Ok(Channels { ws, session })
+    }
+
+    /// Runs `code` and waits until the kernel is idle again after it:
+    /// both its `execute_reply` and its `status: idle` have come.
+    pub async fn execute(&mut self, code: &str) -> Result<Outcome, KernelError> {
+        let msg_id = random_secret().to_string();
+        let request = json!({
+            "header": {
+                "msg_id": msg_id,
+                "username": "binderd",
+                "session": self.session,
+                "msg_type": "execute_request",
+                "version": "5.3",
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": {
+                "code": code,
+                "silent": false,
+                "store_history": false,
+                "user_expressions": {},
+                "allow_stdin": false,
+                "stop_on_error": true,
+            },
+            "channel": "shell",
+            "buffers": [],
+        });
+        self.ws
+            .send(Message::text(request.to_string()))
+            .await
+            .map_err(|e| KernelError::WebSocket(e.to_string()))?;
+        let mut outcome = Outcome::default();
+        let (mut replied, mut idle) = (false, false);
+        while !(replied && idle) {
+            let msg = match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(_))) | None => return Err(KernelError::Closed),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(KernelError::WebSocket(e.to_string())),
+            };
+            let Ok(msg) = serde_json::from_str::<Value>(&msg) else {
+                continue;
+            };
+            if msg["parent_header"]["msg_id"].as_str() != Some(msg_id.as_str()) {
+                continue;
+            }
+            let content = &msg["content"];
+            match msg["header"]["msg_type"].as_str() {
+                Some("stream") => {
+                    outcome
+                        .output
+                        .push_str(content["text"].as_str().unwrap_or(""));
+                }
+                Some("execute_reply") => {
+                    replied = true;
+                    if content["status"].as_str() == Some("error") {
+                        outcome.error = Some(error_of(content));
+                    }
+                }
+                Some("error") if outcome.error.is_none() => {
+                    outcome.error = Some(error_of(content));
+                }
+                Some("status") => idle |= content["execution_state"].as_str() == Some("idle"),
+                _ => {}
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Closes the channels (the kernel keeps running).
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
+
+fn error_of(content: &Value) -> (String, String) {
+    let field = |k: &str| content[k].as_str().unwrap_or("").to_owned();
+    (field("ename"), field("evalue"))
+}
+
+/// A proxied request that may be given the warm kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// `POST api/kernels`: answered with the warm kernel's model.
+    Kernel,
+    /// `POST api/sessions`: the session is made on the warm kernel.
+    Session,
+}
+
+/// Whether `method` + `rest` (the path after the location) starts a kernel.
+pub fn asks_for_kernel(method: &Method, rest: &str) -> Option<Ask> {
+    if method != Method::POST {
+        return None;
+    }
+    match rest.trim_end_matches('/') {
+        "/api/kernels" => Some(Ask::Kernel),
+        "/api/sessions" => Some(Ask::Session),
+        _ => None,
+    }
+}
+
+/// The kernel name a request body asks for: `Ok(None)` for "the default"
+/// (no name), `Err(())` when it is not a request the warm kernel can serve
+/// (not a JSON object, or a session naming a kernel id of its own).
+#[allow(clippy::result_unit_err)]
+pub fn requested_name(ask: Ask, body: &Value) -> Result<Option<&str>, ()> {
+    let obj = body.as_object().ok_or(())?;
+    let kernel = match ask {
+        Ask::Kernel => obj,
+        Ask::Session => match obj.get("kernel") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(k)) => {
+                if k.get("id").is_some_and(|id| !id.is_null()) {
+                    return Err(());
+                }
+                k
+            }
+            Some(_) => return Err(()),
+        },
+    };
+    match kernel.get("name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(()),
+    }
+}
+
+/// Makes a session request name the warm kernel (the server then attaches
+/// the session to it instead of starting one).
+pub fn attach_session(body: &mut Value, kernel: &WarmKernel) {
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "kernel".into(),
+            json!({ "id": kernel.id, "name": kernel.name }),
+        );
+    }
+}
+
+/// Unix seconds of a UTC ISO 8601 time as Jupyter writes it
+/// (`2026-11-28T20:55:11.123456Z`, or with `+00:00`).
+pub fn parse_utc(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+    // days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_posts_to_kernels_and_sessions_ask() {
+        assert_eq!(
+            asks_for_kernel(&Method::POST, "/api/kernels"),
+            Some(Ask::Kernel)
+        );
+        assert_eq!(
+            asks_for_kernel(&Method::POST, "/api/kernels/"),
+            Some(Ask::Kernel)
+        );
+        assert_eq!(
+            asks_for_kernel(&Method::POST, "/api/sessions"),
+            Some(Ask::Session)
+        );
+        assert_eq!(asks_for_kernel(&Method::GET, "/api/kernels"), None);
+        assert_eq!(
+            asks_for_kernel(&Method::POST, "/api/kernels/abc/restart"),
+            None
+        );
+        assert_eq!(asks_for_kernel(&Method::POST, "/x/api/kernels"), None);
+    }
+
+    #[test]
+    fn names_are_read_as_jupyter_clients_send_them() {
+        let k = |v: Value| requested_name(Ask::Kernel, &v).map(|n| n.map(str::to_owned));
+        let s = |v: Value| requested_name(Ask::Session, &v).map(|n| n.map(str::to_owned));
+        assert_eq!(k(json!({})), Ok(None));
+        assert_eq!(k(json!({"name": "python3"})), Ok(Some("python3".into())));
+        assert_eq!(k(json!({"name": ""})), Ok(None));
+        assert_eq!(k(json!([1])), Err(()));
+        assert_eq!(k(json!({"name": 3})), Err(()));
+        let lab = json!({"path": "a.ipynb", "type": "notebook", "name": "", "kernel": {"name": "python3"}});
+        assert_eq!(s(lab), Ok(Some("python3".into())));
+        assert_eq!(s(json!({"path": "a.ipynb"})), Ok(None));
+        assert_eq!(
+            s(json!({"kernel": {"id": "k9"}})),
+            Err(()),
+            "its own kernel"
+        );
+        let mut body = json!({"path": "a.ipynb", "kernel": {"name": "python3"}});
+        attach_session(
+            &mut body,
+            &WarmKernel {
+                id: "k1".into(),
+                name: "python3".into(),
+            },
+        );
+        assert_eq!(body["kernel"], json!({"id": "k1", "name": "python3"}));
+        assert_eq!(body["path"], "a.ipynb");
+    }
+
+    #[test]
+    fn jupyter_times_parse_to_unix_seconds() {
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_utc("2026-11-28T20:55:11.123456Z"),
+            Some(1_795_899_311)
+        );
+        assert_eq!(parse_utc("2000-02-29T12:00:00+00:00"), Some(951_825_600));
+        assert_eq!(parse_utc("2026-11-28T20:55:11"), None, "no zone");
+        assert_eq!(parse_utc("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_utc("garbage"), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! Real Jupyter for the end-to-end tests: the venv from scripts/jupyter-venv
+//! (jupyter-server and ipykernel from PyPI, cached), the documented binding,
+//! and tests/jupyter_client.py, a real client library's round trips.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::json;
+
+pub fn venv() -> Option<PathBuf> {
+    if std::env::var("BINDERD_SKIP_JUPYTER").as_deref() == Ok("1") {
+        eprintln!("skipping: BINDERD_SKIP_JUPYTER=1");
+        return None;
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
+        .output()
+        .expect("scripts/jupyter-venv");
+    assert!(
+        out.status.success(),
+        "scripts/jupyter-venv failed (set BINDERD_SKIP_JUPYTER=1 to skip): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+}
+
+/// The binding this project documents for Jupyter on the process backend
+/// (`examples/bindings/jupyter.json`, as the README shows it): no Jupyter
+/// token (the 128-bit location is the secret, as with tmpnb) so that
+/// thebe-style pages work; XSRF off for the same reason. Here `jupyter` comes
+/// from the test venv, and the tests may run as root.
+pub fn jupyter_binding(venv: &std::path::Path, name: &str, min: u32) -> serde_json::Value {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/bindings/jupyter.json"
+    );
+    let mut binding: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    let command = binding["command"].as_array_mut().unwrap();
+    assert_eq!(command[0], "jupyter");
+    command[0] = json!(venv.join("bin/jupyter").to_str().unwrap());
+    command.push(json!("--allow-root"));
+    binding["name"] = json!(name);
+    binding["pool"] = json!({"min": min, "max": 4});
+    binding
+}
+
+pub fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(venv.join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/jupyter_client.py"
+        ))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
