@@ -145,35 +145,14 @@ async fn a_kernel_runs_code_in_a_docker_container() {
     if !docker_ready() {
         return;
     }
-    let status = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/build-jupyter-image"
-    ))
-    .status()
-    .unwrap();
-    assert!(status.success(), "scripts/build-jupyter-image failed");
+    build_jupyter_image();
     let data = DataDir::new("jupyter-docker");
     let _cleanup = DockerCleanup::new(&data);
     let mut config = test_config(&data);
     config.backend = binderd::backend::BackendKind::Docker;
     let server = Server::start(config).await;
     let http = Http::new();
-    let binding = json!({
-        "name": "dockernb",
-        "image": "binderd/jupyter:test",
-        "command": [
-            "--port={port}", "--ServerApp.ip=0.0.0.0", "--ServerApp.base_url={base_url}",
-            "--IdentityProvider.token=", "--ServerApp.password=",
-            "--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_origin=*",
-            "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0",
-            "--ServerApp.open_browser=False", "--allow-root",
-        ],
-        "port": 8888,
-        "resources": {"memory": "512Mi"},
-        "public": true,
-        "pool": {"min": 1, "max": 2},
-        "start_timeout_seconds": 90,
-    });
+    let binding = docker_jupyter_binding("dockernb");
     create_binding(&http, &server.url(""), &binding).await;
     wait_pool(&http, &server.url(""), "dockernb", 120, |p| {
         p["available"] == 1

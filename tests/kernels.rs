@@ -249,3 +249,36 @@ async fn a_busy_kernel_keeps_its_binder_from_the_idle_culler() {
     assert_eq!(state(busy_id.clone()).await, "ready");
     server.stop().await;
 }
+
+/// The same on the Docker backend: the warm kernel runs in the container,
+/// and `docker stats` gives the pool's memory figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_binder_hands_out_its_warm_kernel() {
+    let Some(venv) = venv() else { return };
+    if !docker_ready() {
+        return;
+    }
+    build_jupyter_image();
+    let data = DataDir::new("kernels-docker");
+    let _cleanup = DockerCleanup::new(&data);
+    let mut config = test_config(&data);
+    config.backend = binderd::backend::BackendKind::Docker;
+    let server = Server::start(config).await;
+    let http = Http::new();
+    let base = server.url("");
+    let mut binding = docker_jupyter_binding("dockerwarm");
+    binding["kernel"] = json!({"name": "python3", "warmup": "x = 41"});
+    create_binding(&http, &base, &binding).await;
+    wait_pool(&http, &base, "dockerwarm", 120, |p| p["available"] == 1).await;
+    let (_, location) = hand_out(&http, &base, "dockerwarm", None).await;
+    let got = client(&venv, &base, &["session", &location, "print(x + 1)"]).await;
+    assert_eq!(got["output"], "42\n", "{got}");
+    assert_eq!(got["before"], json!([got["id"]]), "the warm kernel: {got}");
+    let bytes = wait_for(30, "a memory sample", || async {
+        let p = http.get(&format!("{base}/pools/dockerwarm")).await.json();
+        p["warmBinderMemoryBytes"].as_u64()
+    })
+    .await;
+    assert!(bytes > 20_000_000, "server and kernel: {bytes} bytes");
+    server.stop().await;
+}

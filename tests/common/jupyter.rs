@@ -61,3 +61,35 @@ pub fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Builds binderd/jupyter:test (no registry: scripts/build-jupyter-image;
+/// a no-op when it is up to date).
+pub fn build_jupyter_image() {
+    let status = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-jupyter-image"
+    ))
+    .status()
+    .unwrap();
+    assert!(status.success(), "scripts/build-jupyter-image failed");
+}
+
+/// A Jupyter binding on the Docker backend, from binderd/jupyter:test.
+pub fn docker_jupyter_binding(name: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "image": "binderd/jupyter:test",
+        "command": [
+            "--port={port}", "--ServerApp.ip=0.0.0.0", "--ServerApp.base_url={base_url}",
+            "--IdentityProvider.token=", "--ServerApp.password=",
+            "--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_origin=*",
+            "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False", "--allow-root",
+        ],
+        "port": 8888,
+        "resources": {"memory": "512Mi"},
+        "public": true,
+        "pool": {"min": 1, "max": 2},
+        "start_timeout_seconds": 90,
+    })
+}
