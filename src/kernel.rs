@@ -282,7 +282,8 @@ impl Channels {
 
     /// Opens the channels at a full `ws://` URL (e.g. through binderd).
     pub async fn connect_url(url: &str, session: String) -> Result<Channels, KernelError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        // Nagle off: a frame's header and payload must not wait for an ACK.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| KernelError::WebSocket(e.to_string()))?;
         Ok(Channels { ws, session })

@@ -1,0 +1,316 @@
+//! Time to the first output: from `POST /binders/{b}` to the output of
+//! `print(6*7)` read over the kernel's WebSocket, all through binderd's
+//! proxy, with a real Jupyter server and ipykernel on the process backend.
+//! The client does what the classic notebook and thebe do: hand out, `POST
+//! {location}api/kernels`, open the kernel's channels, execute.
+//!
+//! Four pools in one run, each warm (every handout served from the pool,
+//! refilled before the next one):
+//!
+//! - (a) no warm kernel: the client's POST starts the kernel (the usual way);
+//! - (b) a warm kernel (`kernel = {name = "python3"}`);
+//! - (c) a warm kernel whose warm-up imports pandas (from PyPI);
+//! - (a+) no warm kernel, the first cell imports pandas itself: what (c)
+//!   saves a reader.
+//!
+//! Prints p50/p99 per pool, the ratios, and each pool's resident memory of
+//! one pooled binder as binderd reports it (`warmBinderMemoryBytes`).
+//!
+//! `cargo bench --bench kernels` (`BENCH_KERNELS_HANDOUTS`, default 20).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use binderd::auth::{ApiKey, Role};
+use binderd::backend::process::ProcessBackend;
+use binderd::config::Config;
+use binderd::kernel::Channels;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+const KEY: &str = "bench-admin-key";
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+async fn call(http: &Http, method: Method, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", KEY);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let resp = http
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Kills the servers the bench started, even if it panics.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        ProcessBackend::kill_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn venv() -> PathBuf {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
+        .output()
+        .expect("scripts/jupyter-venv");
+    assert!(out.status.success(), "scripts/jupyter-venv failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The documented Jupyter binding, with this venv's `jupyter`.
+fn binding(venv: &std::path::Path, name: &str, kernel: Option<Value>) -> Value {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/bindings/jupyter.json"
+    );
+    let mut b: Value = serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    b["command"][0] = json!(venv.join("bin/jupyter").to_str().unwrap());
+    b["command"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("--allow-root"));
+    b["name"] = json!(name);
+    b["pool"] = json!({"min": 2, "max": 4});
+    if let Some(k) = kernel {
+        b["kernel"] = k;
+    }
+    b
+}
+
+async fn wait_full(http: &Http, base: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, p) = call(http, Method::GET, &format!("{base}/pools/{name}"), None).await;
+        if p["available"] == 2 && p["starting"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pool {name} did not fill: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One reader: handout → kernel → first output. Returns the time taken,
+/// each step's (handout, kernel request, channels open, execute) and the
+/// binder's id.
+async fn first_output(
+    http: &Http,
+    base: &str,
+    name: &str,
+    code: &str,
+) -> (Duration, [Duration; 4], String) {
+    let began = Instant::now();
+    let mut marks = [began; 4];
+    let (status, doc) = call(http, Method::POST, &format!("{base}/binders/{name}"), None).await;
+    assert_eq!(status, 201, "{doc}");
+    let location = doc["location"].as_str().unwrap().to_owned();
+    marks[0] = Instant::now();
+    let (status, kernel) = call(
+        http,
+        Method::POST,
+        &format!("{base}{location}api/kernels"),
+        Some(&json!({"name": "python3"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{kernel}");
+    let id = kernel["id"].as_str().unwrap();
+    marks[1] = Instant::now();
+    let ws = format!(
+        "{}{location}api/kernels/{id}/channels?session_id=bench",
+        base.replacen("http://", "ws://", 1)
+    );
+    let mut channels = Channels::connect_url(&ws, "bench".into()).await.unwrap();
+    marks[2] = Instant::now();
+    let outcome = channels.execute(code).await.unwrap();
+    marks[3] = Instant::now();
+    let took = began.elapsed();
+    assert_eq!(outcome.output, "42\n", "{outcome:?}");
+    channels.close().await;
+    let steps = [
+        marks[0] - began,
+        marks[1] - marks[0],
+        marks[2] - marks[1],
+        marks[3] - marks[2],
+    ];
+    (took, steps, doc["id"].as_str().unwrap().to_owned())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Row {
+    label: &'static str,
+    p50: Duration,
+    p99: Duration,
+    memory: Option<u64>,
+}
+
+fn main() {
+    let handouts: usize = std::env::var("BENCH_KERNELS_HANDOUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let venv = venv();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let data_dir =
+        std::env::temp_dir().join(format!("binderd-bench-kernels-{}", std::process::id()));
+    let _cleanup = Cleanup(data_dir.clone());
+    let rows = rt.block_on(async {
+        let mut config = Config::new(&data_dir);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.rate_limit.anonymous_per_minute = 0;
+        config.rate_limit.global_per_second = 0;
+        config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(binderd::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let http: Http = Client::builder(TokioExecutor::new()).build_http();
+        let print = "print(6*7)";
+        let heavy = "import pandas\nprint(6*7)";
+        let pools: [(&'static str, &str, Option<Value>, &str); 4] = [
+            ("(a) no warm kernel", "plain", None, print),
+            (
+                "(b) warm kernel",
+                "warm",
+                Some(json!({"name": "python3"})),
+                print,
+            ),
+            (
+                "(c) warm kernel, warm-up imports pandas",
+                "pandas",
+                Some(json!({"name": "python3", "warmup": "import pandas"})),
+                print,
+            ),
+            (
+                "(a+) no warm kernel, first cell imports pandas",
+                "plain2",
+                None,
+                heavy,
+            ),
+        ];
+        let mut rows = Vec::new();
+        for (label, name, kernel, code) in pools {
+            let (status, doc) = call(
+                &http,
+                Method::POST,
+                &format!("{base}/bindings"),
+                Some(&binding(&venv, name, kernel)),
+            )
+            .await;
+            assert_eq!(status, 201, "{doc}");
+            let mut times = Vec::new();
+            let mut steps: [Vec<Duration>; 4] = Default::default();
+            for _ in 0..handouts {
+                wait_full(&http, &base, name).await;
+                let (took, step, id) = first_output(&http, &base, name, code).await;
+                times.push(took);
+                for (all, one) in steps.iter_mut().zip(step) {
+                    all.push(one);
+                }
+                call(
+                    &http,
+                    Method::DELETE,
+                    &format!("{base}/binders/{name}/{id}"),
+                    None,
+                )
+                .await;
+            }
+            times.sort();
+            let medians: Vec<String> = steps
+                .iter_mut()
+                .map(|s| {
+                    s.sort();
+                    format!("{:.1}", percentile(s, 0.5).as_secs_f64() * 1e3)
+                })
+                .collect();
+            println!(
+                "{label}: median ms per step: handout {}, kernel request {}, channels open {}, execute {}",
+                medians[0], medians[1], medians[2], medians[3]
+            );
+            let (_, pool) = call(&http, Method::GET, &format!("{base}/pools/{name}"), None).await;
+            let row = Row {
+                label,
+                p50: percentile(&times, 0.5),
+                p99: percentile(&times, 0.99),
+                memory: pool["warmBinderMemoryBytes"].as_u64(),
+            };
+            println!(
+                "{:<48} p50 {:>8.1} ms  p99 {:>8.1} ms  pooled binder {}",
+                row.label,
+                row.p50.as_secs_f64() * 1e3,
+                row.p99.as_secs_f64() * 1e3,
+                row.memory.map_or("?".to_owned(), |b| format!(
+                    "{:.0} MiB",
+                    b as f64 / 1048576.0
+                ))
+            );
+            // Stop this pool before the next one is measured.
+            call(
+                &http,
+                Method::DELETE,
+                &format!("{base}/bindings/{name}?force=true"),
+                None,
+            )
+            .await;
+            rows.push(row);
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        rows
+    });
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!("\nfirst output after the handout, {handouts} handouts per pool, p50 (p99):");
+    println!("| pool | p50 | p99 | pooled binder RSS |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} ms | {:.1} ms | {} |",
+            r.label,
+            ms(r.p50),
+            ms(r.p99),
+            r.memory.map_or("?".to_owned(), |b| format!(
+                "{:.0} MiB",
+                b as f64 / 1048576.0
+            ))
+        );
+    }
+    let (a, b, c, a_plus) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+    println!(
+        "\n(b) vs (a): {:.1}x sooner at p50 ({:.1}x at p99)   target ≥ 10x, (b) p50 < 100 ms",
+        ratio(a.p50, b.p50),
+        ratio(a.p99, b.p99)
+    );
+    println!(
+        "(c) / (b): {:.2}x at p50   target ≤ 1.5x;   (a+) vs (c): {:.1}x sooner",
+        ratio(c.p50, b.p50),
+        ratio(a_plus.p50, c.p50)
+    );
+}
