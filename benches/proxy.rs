@@ -1,18 +1,23 @@
-//! The proxy's cost: HTTP throughput and latency of `GET {location}api/status`
-//! through binderd vs straight to the same stand-in server, and WebSocket
-//! round trips through binderd vs straight to it, all in one run.
+//! The proxy's cost against the proxy a user could put there instead: HTTP
+//! throughput and latency of `GET {location}api/status` straight to a
+//! stand-in server, through nginx (Debian's package, started here with a
+//! config written here: two workers, upstream keepalive, WebSocket upgrade)
+//! and through binderd (the release binary, its own process like nginx), at
+//! 1, 32 and 256 keep-alive connections; then WebSocket echo round trips
+//! through each. All three proxy the same stand-in; the load generator is
+//! this process. Prints ratios to nginx, and each proxy's CPU per request.
 //!
-//! `cargo bench --bench proxy` (`BENCH_REQUESTS` default 20000,
-//! `BENCH_CONNECTIONS` default 32, `BENCH_WS_MESSAGES` default 2000).
+//! `cargo bench --bench proxy` (`BENCH_REQUESTS` per run, default 20000;
+//! `BENCH_ROUNDS`, default 3; `BENCH_CONNECTIONS`, default `1,32,256`;
+//! `BENCH_WS_MESSAGES`, default 2000). Without nginx on the PATH (or in
+//! /usr/sbin) its column is skipped: `apt-get install nginx-light`.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use binderd::auth::{ApiKey, Role};
 use binderd::backend::process::ProcessBackend;
-use binderd::config::Config;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
@@ -74,7 +79,9 @@ async fn load(addr: SocketAddr, path: String, n: usize, conns: usize) -> (f64, V
 }
 
 async fn ws_round_trips(url: &str, n: usize) -> Vec<Duration> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .unwrap();
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let text = format!("ping {i}");
@@ -89,74 +96,182 @@ async fn ws_round_trips(url: &str, n: usize) -> Vec<Duration> {
     lat
 }
 
-/// The pid of the stand-in started with `--port {port}`.
-fn standin_pid(port: u16) -> String {
-    let port = port.to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args
-            .windows(2)
-            .any(|w| w[0] == b"--port" && w[1] == port.as_bytes())
-        {
-            return entry.file_name().to_string_lossy().into_owned();
-        }
-    }
-    panic!("no stand-in on port {port}");
-}
-
-/// `load`, also returning the CPU µs per request of this process (the load
-/// generator, and binderd when it is in the path) and of the stand-in.
-async fn load_cpu(
-    addr: SocketAddr,
-    path: String,
-    n: usize,
-    conns: usize,
-    standin: &str,
-) -> (f64, Vec<Duration>, f64, f64) {
-    let (me0, s0) = (cpu_seconds("self"), cpu_seconds(standin));
-    let (rps, lat) = load(addr, path, n, conns).await;
-    let per = |d: f64| d / n as f64 * 1e6;
-    let me = per(cpu_seconds("self") - me0);
-    let st = per(cpu_seconds(standin) - s0);
-    (rps, lat, me, st)
-}
-
 fn pct(v: &[Duration], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6
 }
 
+/// Kills the stand-in binderd started (its data dir is `{0}/data`) and
+/// removes the folder, even if the bench panics.
 struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        ProcessBackend::kill_all(&self.0);
+        ProcessBackend::kill_all(&self.0.join("data"));
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-#[tokio::main]
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// Kills a child process on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers too.
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// nginx as a user would put it in front of one server: two workers (this
+/// machine's cores), HTTP/1.1 keepalive to the upstream, upgrades passed.
+fn start_nginx(dir: &std::path::Path, port: u16, upstream: SocketAddr) -> Option<Child> {
+    let binary = nginx_binary()?;
+    std::fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
+           upstream standin {{ server {upstream}; keepalive 256; keepalive_requests 1000000; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 1000000;\n    location / {{\n\
+               proxy_pass http://standin;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Host $host;\n\
+               proxy_set_header Upgrade $http_upgrade;\n\
+               proxy_set_header Connection $connection_upgrade;\n\
+               proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+               proxy_read_timeout 300s;\n    }}\n  }}\n}}\n"
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let child = std::process::Command::new(binary)
+        .arg("-c")
+        .arg(&file)
+        .arg("-p")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(Child(child))
+}
+
+/// Every pid whose parent is `parent`, and `parent` itself.
+fn family(parent: u32) -> Vec<String> {
+    let mut out = vec![parent.to_string()];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        if after.split_whitespace().nth(1) == Some(parent.to_string().as_str()) {
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+fn cpu_of(pids: &[String]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(p)).sum()
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// The proxy's processes (none for the direct path).
+    pids: Vec<String>,
+}
+
+/// One load run against `t`: throughput, sorted latencies, proxy CPU µs
+/// per request.
+async fn run(t: &Target, path: &str, n: usize, conns: usize) -> (f64, Vec<Duration>, f64) {
+    let c0 = cpu_of(&t.pids);
+    let (rps, lat) = load(t.addr, path.to_owned(), n, conns).await;
+    let cpu = (cpu_of(&t.pids) - c0) / n as f64 * 1e6;
+    (rps, lat, cpu)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = env("BENCH_REQUESTS", 20_000);
-    let conns = env("BENCH_CONNECTIONS", 32);
+    let rounds = env("BENCH_ROUNDS", 3).max(1);
     let ws_n = env("BENCH_WS_MESSAGES", 2_000);
+    let conn_counts: Vec<usize> = std::env::var("BENCH_CONNECTIONS")
+        .unwrap_or_else(|_| "1,32,256".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let data_dir = std::env::temp_dir().join(format!("binderd-bench-proxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).unwrap();
     let _cleanup = Cleanup(data_dir.clone());
-    let mut config = Config::new(&data_dir);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    // Measuring binderd's own path: no rate limits.
-    config.rate_limit.anonymous_per_minute = 0;
-    config.rate_limit.global_per_second = 0;
-    config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(binderd::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+
+    // binderd, the release binary, as an operator runs it.
+    std::fs::create_dir_all(data_dir.join("no-bindings")).unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = data_dir.join("binderd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\nbindings_dir = \"{}\"\n[rate_limit]\nanonymous_per_minute = 0\nglobal_per_second = 0\n",
+            data_dir.join("data").display(),
+            data_dir.join("no-bindings").display()
+        ),
+    )
+    .unwrap();
+    let binderd = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_binderd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("BINDERD_API_KEYS", format!("admin:{KEY}:admin"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the binderd binary"),
+    );
+    wait_listening(addr).await;
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut admin, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -187,13 +302,29 @@ async fn main() {
     let _ = resp.into_body().collect().await;
     admin.ready().await.unwrap();
     let resp = admin
-        .send_request(send("POST", "/api/spawn/", String::new()))
+        .send_request(send("POST", "/binders/proxied", String::new()))
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let doc: serde_json::Value =
+    assert!(resp.status() == 201 || resp.status() == 202);
+    let mut doc: serde_json::Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    let location = doc["url"].as_str().unwrap().to_owned();
+    // A cold start (202): wait until it is ready.
+    while doc["state"] != "ready" {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        admin.ready().await.unwrap();
+        let id = doc["id"].as_str().unwrap().to_owned();
+        let resp = admin
+            .send_request(send(
+                "GET",
+                &format!("/binders/proxied/{id}"),
+                String::new(),
+            ))
+            .await
+            .unwrap();
+        doc =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    }
+    let location = doc["location"].as_str().unwrap().to_owned();
     let mut probe = connect(addr).await;
     let req = Request::get(format!("{location}api/status"))
         .header("host", "bench")
@@ -214,77 +345,112 @@ async fn main() {
     let direct: SocketAddr = format!("127.0.0.1:{}", status["port"]).parse().unwrap();
     let path = format!("{location}api/status");
 
-    // Warm both paths, then measure direct, proxied, direct again.
-    load(direct, path.clone(), 2_000, conns).await;
-    load(addr, path.clone(), 2_000, conns).await;
-    let standin = standin_pid(direct.port());
-    let (d1, d_lat, d_me1, d_st1) = load_cpu(direct, path.clone(), n, conns, &standin).await;
-    let (p_rps, p_lat, p_me, p_st) = load_cpu(addr, path.clone(), n, conns, &standin).await;
-    let (d2, _, d_me2, d_st2) = load_cpu(direct, path.clone(), n, conns, &standin).await;
-    let d_rps = (d1 + d2) / 2.0;
-    let (d_me, d_st) = ((d_me1 + d_me2) / 2.0, (d_st1 + d_st2) / 2.0);
-    println!("HTTP GET {{location}}api/status, {n} requests over {conns} connections");
+    let nginx_port = free_port();
+    let nginx = start_nginx(&data_dir.join("nginx"), nginx_port, direct);
+    let nginx_addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().unwrap();
+    if nginx.is_some() {
+        wait_listening(nginx_addr).await;
+    } else {
+        println!("nginx not found: its column is skipped (apt-get install nginx-light)");
+    }
+    let mut targets = vec![Target {
+        name: "direct (stand-in)",
+        addr: direct,
+        pids: Vec::new(),
+    }];
+    if let Some(nginx) = &nginx {
+        targets.push(Target {
+            name: "nginx",
+            addr: nginx_addr,
+            pids: family(nginx.0.id()),
+        });
+    }
+    targets.push(Target {
+        name: "binderd",
+        addr,
+        pids: vec![binderd.0.id().to_string()],
+    });
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>22}",
-        "", "req/s", "p50 µs", "p99 µs", "CPU µs/req: bench, stand-in"
+        "HTTP GET {{location}}api/status through each, {n} requests per run, {rounds} rounds (median req/s; latencies of all rounds)"
     );
     println!(
-        "{:<24} {:>10.0} {:>10.0} {:>10.0} {:>14.1} {:>9.1}",
-        "direct (stand-in)",
-        d_rps,
-        pct(&d_lat, 0.5),
-        pct(&d_lat, 0.99),
-        d_me,
-        d_st
+        "{:<6} {:<20} {:>9} {:>8} {:>8} {:>12}  {:>22}",
+        "conns", "", "req/s", "p50 µs", "p99 µs", "proxy CPU µs", "vs nginx: req/s p50 p99"
     );
-    println!(
-        "{:<24} {:>10.0} {:>10.0} {:>10.0} {:>14.1} {:>9.1}",
-        "through binderd",
-        p_rps,
-        pct(&p_lat, 0.5),
-        pct(&p_lat, 0.99),
-        p_me,
-        p_st
-    );
-    // The bench process is the load generator plus binderd: binderd's part is
-    // what it costs beyond the direct run's.
-    let binderd = p_me - d_me;
-    println!(
-        "binderd's proxying: {:.1} CPU µs per request = {:.2}x the stand-in's own serving ({:.1} µs); \
-         all CPU per request {:.1} µs direct vs {:.1} µs proxied",
-        binderd,
-        binderd / d_st,
-        d_st,
-        d_me + d_st,
-        p_me + p_st
-    );
-    println!(
-        "proxied/direct throughput: {:.2}x   (target ≥ 0.80x)",
-        p_rps / d_rps
-    );
+    for &conns in &conn_counts {
+        let mut results: Vec<(Vec<f64>, Vec<Duration>, Vec<f64>)> =
+            targets.iter().map(|_| Default::default()).collect();
+        for t in &targets {
+            load(t.addr, path.clone(), 2_000.min(n), conns).await;
+        }
+        for round in 0..rounds {
+            // Alternate the order, so no target always runs first.
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..targets.len()).collect()
+            } else {
+                (0..targets.len()).rev().collect()
+            };
+            for i in order {
+                let (rps, lat, cpu) = run(&targets[i], &path, n, conns).await;
+                results[i].0.push(rps);
+                results[i].1.extend(lat);
+                results[i].2.push(cpu);
+            }
+        }
+        let summary: Vec<(f64, f64, f64, f64)> = results
+            .into_iter()
+            .map(|(rps, mut lat, cpu)| {
+                lat.sort();
+                (median(rps), pct(&lat, 0.5), pct(&lat, 0.99), median(cpu))
+            })
+            .collect();
+        let nginx_row = targets.iter().position(|t| t.name == "nginx");
+        for (t, s) in targets.iter().zip(&summary) {
+            let vs = match nginx_row {
+                Some(i) if t.name != "nginx" => {
+                    let g = summary[i];
+                    format!("{:.2}x {:.2}x {:.2}x", s.0 / g.0, s.1 / g.1, s.2 / g.2)
+                }
+                _ => String::new(),
+            };
+            let cpu = if t.pids.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", s.3)
+            };
+            println!(
+                "{:<6} {:<20} {:>9.0} {:>8.0} {:>8.0} {:>12}  {:>22}",
+                conns, t.name, s.0, s.1, s.2, cpu, vs
+            );
+        }
+    }
 
     let ws_path = format!("{location}ws");
-    ws_round_trips(&format!("ws://{direct}{ws_path}"), 200).await;
-    ws_round_trips(&format!("ws://{addr}{ws_path}"), 200).await;
-    let d = ws_round_trips(&format!("ws://{direct}{ws_path}"), ws_n).await;
-    let p = ws_round_trips(&format!("ws://{addr}{ws_path}"), ws_n).await;
     println!();
     println!("WebSocket echo round trip, {ws_n} messages one at a time");
-    println!("{:<24} {:>10} {:>10}", "", "p50 µs", "p99 µs");
-    println!(
-        "{:<24} {:>10.0} {:>10.0}",
-        "direct (stand-in)",
-        pct(&d, 0.5),
-        pct(&d, 0.99)
-    );
-    println!(
-        "{:<24} {:>10.0} {:>10.0}",
-        "through binderd",
-        pct(&p, 0.5),
-        pct(&p, 0.99)
-    );
-    println!("proxied/direct p50: {:.2}x", pct(&p, 0.5) / pct(&d, 0.5));
-
-    let _ = stop.send(());
-    let _ = server.await;
+    println!("{:<20} {:>8} {:>8}", "", "p50 µs", "p99 µs");
+    let mut ws_rows = Vec::new();
+    for t in &targets {
+        let url = format!("ws://{}{ws_path}", t.addr);
+        ws_round_trips(&url, 200).await;
+        let lat = ws_round_trips(&url, ws_n).await;
+        println!(
+            "{:<20} {:>8.0} {:>8.0}",
+            t.name,
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
+        ws_rows.push((t.name, pct(&lat, 0.5)));
+    }
+    if let (Some(g), Some(b)) = (
+        ws_rows.iter().find(|r| r.0 == "nginx"),
+        ws_rows.iter().find(|r| r.0 == "binderd"),
+    ) {
+        println!(
+            "binderd/nginx WebSocket p50: {:.2}x (target ≤ 1.10x)",
+            b.1 / g.1
+        );
+    }
+    drop(nginx);
+    drop(binderd);
 }
