@@ -18,55 +18,20 @@
 //!
 //! `cargo bench --bench kernels` (`BENCH_KERNELS_HANDOUTS`, default 20).
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use binderd::auth::{ApiKey, Role};
-use binderd::backend::process::ProcessBackend;
 use binderd::config::Config;
 use binderd::kernel::Channels;
-use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use http::Method;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-
-const KEY: &str = "bench-admin-key";
-
-type Http = Client<HttpConnector, Full<Bytes>>;
-
-async fn call(http: &Http, method: Method, url: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", KEY);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let resp = http
-        .request(req.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-/// Kills the servers the bench started, even if it panics.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        ProcessBackend::kill_all(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::{call, Cleanup, Http, KEY};
 
 fn venv() -> PathBuf {
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))

@@ -1,5 +1,7 @@
-//! Shared by the benches: a backend whose "containers" cost nothing, so that
-//! binderd's own handout path can be measured at sustained rates. Every
+//! Shared by the benches: the admin key and a JSON call to binderd, the
+//! clean-up of the processes a bench started, and a backend whose
+//! "containers" cost nothing, so that binderd's own handout path can be
+//! measured at sustained rates. Every
 //! instance is the same stand-in server; each binder still has its own token
 //! and goes through start, readiness check, handout and the store like any
 //! other. BENCHMARKS.md says where this backend is used.
@@ -10,7 +12,51 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use binderd::backend::process::ProcessBackend;
 use binderd::backend::{Backend, BackendError, BackendKind, Discovered, Instance, StartSpec};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use serde_json::Value;
+
+pub const KEY: &str = "bench-admin-key";
+
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// One JSON call to binderd as the admin: the status and the parsed answer
+/// (`Null` when it is not JSON).
+pub async fn call(http: &Http, method: Method, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", KEY);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let resp = http
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Kills every process binderd started for the data dir `{0}` and removes
+/// it, even if the bench panics.
+pub struct Cleanup(pub std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        ProcessBackend::kill_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 pub struct SharedServerBackend {
     pub addr: SocketAddr,
