@@ -127,6 +127,8 @@ pub struct Binder {
     /// The kernel started (and warmed up) in it while it waited in the pool,
     /// until the first client asking for a kernel takes it.
     warm_kernel: arc_swap::ArcSwapOption<WarmKernel>,
+    /// Its kept-alive connections for the proxy.
+    pub conns: Arc<crate::upstream::Conns>,
 }
 
 /// A running kernel in a pooled binder (see `crate::kernel`).
@@ -181,6 +183,7 @@ impl Binder {
             changed: tokio::sync::Notify::new(),
             charge: OnceLock::new(),
             warm_kernel: arc_swap::ArcSwapOption::empty(),
+            conns: Arc::default(),
         }
     }
 
