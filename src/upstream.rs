@@ -26,8 +26,10 @@ use tokio::time::Instant;
 
 use crate::body::{empty, Body};
 
-/// Idle connections a binder keeps, at most.
-const MAX_IDLE_PER_BINDER: usize = 32;
+/// Idle connections a binder keeps, at most (as nginx's `keepalive 256`
+/// would for one upstream; fewer and a burst of clients churns
+/// connections, each answer closing one and each request opening one).
+const MAX_IDLE_PER_BINDER: usize = 256;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a container may take.
@@ -81,14 +83,19 @@ impl Conn {
 
     /// Drives it until it takes a new request; false if it closed.
     async fn ready(&mut self) -> bool {
-        let wait = std::future::poll_fn(|cx| {
+        use futures_util::FutureExt;
+        let mut poll = |cx: &mut Context<'_>| {
             self.drive(cx);
             if self.closed {
                 return Poll::Ready(false);
             }
             self.sender.poll_ready(cx).map(|r| r.is_ok())
-        });
-        tokio::time::timeout(Duration::from_secs(1), wait)
+        };
+        // Almost always ready at once: no timer for that case.
+        if let Some(ready) = std::future::poll_fn(&mut poll).now_or_never() {
+            return ready;
+        }
+        tokio::time::timeout(Duration::from_secs(1), std::future::poll_fn(poll))
             .await
             .unwrap_or(false)
     }
@@ -123,6 +130,12 @@ impl Conns {
         }
         conn.idle_since = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
+            // The oldest are at the front: drop the expired ones.
+            let expired = idle
+                .iter()
+                .take_while(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT)
+                .count();
+            idle.drain(..expired);
             if idle.len() < MAX_IDLE_PER_BINDER {
                 idle.push(conn);
             }
@@ -350,8 +363,8 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
         assert_eq!(conns.idle(), 1);
 
-        // Many at once: each its own connection, at most 32 kept after.
-        let answers = futures_util::future::join_all((0..64).map(|_| async {
+        // Many at once: each its own connection, at most 256 kept after.
+        let answers = futures_util::future::join_all((0..300).map(|_| async {
             let resp = upstream.send_kept(&conns, addr, get("/")).await.unwrap();
             resp.into_body().collect().await.unwrap().to_bytes().len()
         }))
