@@ -16,13 +16,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use binderd::auth::{ApiKey, Role};
-use binderd::config::Config;
 use http::Method;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use support::{call, Cleanup, Http, KEY};
+use support::{call, Binderd, Cleanup, Http};
 
 /// Arrival times (seconds from the start) for `n` readers over `span`: a
 /// triangular rate, zero at both ends and highest in the middle.
@@ -54,18 +52,8 @@ async fn replay(name: &str, warm_target: Option<f64>, span: f64, n: usize) -> Ou
         std::env::temp_dir().join(format!("binderd-demand-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let _cleanup = Cleanup(data_dir.clone());
-    let mut config = Config::new(&data_dir);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.rate_limit.anonymous_per_minute = 0;
-    config.rate_limit.global_per_second = 0;
-    config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
-    config.start_concurrency = 32;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(binderd::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let server = Binderd::start(&data_dir, |c| c.start_concurrency = 32).await;
+    let base = server.base.clone();
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
     let mut pool = json!({"min": 2, "max": 250});
     if let Some(w) = warm_target {
@@ -157,8 +145,7 @@ async fn replay(name: &str, warm_target: Option<f64>, span: f64, n: usize) -> Ou
     waits.sort();
     let at = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
     let (p50, p99) = (at(0.5), at(0.99));
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
     Outcome {
         warm,
         total: n,

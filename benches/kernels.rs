@@ -24,14 +24,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use binderd::auth::{ApiKey, Role};
-use binderd::config::Config;
 use binderd::kernel::Channels;
 use http::Method;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use support::{call, Cleanup, Http, KEY};
+use support::{call, Binderd, Cleanup, Http};
 
 fn venv() -> PathBuf {
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
@@ -145,17 +143,8 @@ fn main() {
         std::env::temp_dir().join(format!("binderd-bench-kernels-{}", std::process::id()));
     let _cleanup = Cleanup(data_dir.clone());
     let rows = rt.block_on(async {
-        let mut config = Config::new(&data_dir);
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.rate_limit.anonymous_per_minute = 0;
-        config.rate_limit.global_per_second = 0;
-        config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(binderd::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = Binderd::start(&data_dir, |_| {}).await;
+        let base = server.base.clone();
         let http: Http = Client::builder(TokioExecutor::new()).build_http();
         let print = "print(6*7)";
         let heavy = "import pandas\nprint(6*7)";
@@ -246,8 +235,7 @@ fn main() {
             .await;
             rows.push(row);
         }
-        let _ = stop.send(());
-        let _ = server.await;
+        server.stop().await;
         rows
     });
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

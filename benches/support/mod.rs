@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use binderd::auth::{ApiKey, Role};
 use binderd::backend::process::ProcessBackend;
 use binderd::backend::{Backend, BackendError, BackendKind, Discovered, Instance, StartSpec};
+use binderd::config::Config;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -23,6 +25,38 @@ use serde_json::Value;
 pub const KEY: &str = "bench-admin-key";
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// binderd in this process on a free loopback port, without rate limits,
+/// with the admin key [`KEY`].
+pub struct Binderd {
+    pub base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), binderd::Error>>,
+}
+
+impl Binderd {
+    /// Starts it; `tune` adjusts the configuration first.
+    pub async fn start(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Binderd {
+        let mut config = Config::new(data_dir);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.rate_limit.anonymous_per_minute = 0;
+        config.rate_limit.global_per_second = 0;
+        config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
+        tune(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(binderd::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Binderd { base, stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
 
 /// One JSON call to binderd as the admin: the status and the parsed answer
 /// (`Null` when it is not JSON).
