@@ -27,15 +27,8 @@ fn browser_ready() -> Option<PathBuf> {
             "{tool} is missing (apt-get install chromium chromium-driver; or BINDERD_SKIP_BROWSER=1)"
         );
     }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
-        .output()
-        .expect("scripts/jupyter-venv");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    // selenium lives in the test venv.
+    venv()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
