@@ -300,7 +300,7 @@ impl Upstream {
         };
         match tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await {
             Ok(Ok(resp)) => {
-                // Drain so the connection can be reused by the proxy.
+                // Drain, so the pooled connection can serve the next probe.
                 let _ = tokio::time::timeout(PROBE_TIMEOUT, resp.into_body().collect()).await;
                 true
             }
