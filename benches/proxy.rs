@@ -44,15 +44,19 @@ async fn connect(addr: SocketAddr) -> http1::SendRequest<Empty<Bytes>> {
     sender
 }
 
-/// `n` GETs of `path` over `conns` keep-alive connections.
+/// `n` GETs of `path` over `conns` keep-alive connections, timed from
+/// when every connection is open (a burst of connects is not what is
+/// measured: on loopback a SYN dropped in it costs a one-second retry).
 async fn load(addr: SocketAddr, path: String, n: usize, conns: usize) -> (f64, Vec<Duration>) {
     let mut tasks = Vec::new();
-    let t = Instant::now();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(conns + 1));
     for i in 0..conns {
         let share = n / conns + usize::from(i < n % conns);
         let path = path.clone();
+        let start = start.clone();
         tasks.push(tokio::spawn(async move {
             let mut sender = connect(addr).await;
+            start.wait().await;
             let mut lat = Vec::with_capacity(share);
             for _ in 0..share {
                 sender.ready().await.unwrap();
@@ -69,6 +73,8 @@ async fn load(addr: SocketAddr, path: String, n: usize, conns: usize) -> (f64, V
             lat
         }));
     }
+    start.wait().await;
+    let t = Instant::now();
     let mut all = Vec::with_capacity(n);
     for task in tasks {
         all.extend(task.await.unwrap());

@@ -1,26 +1,21 @@
-//! The HTTP client towards containers: the pool's readiness probe and the
-//! proxy's upgrade requests use a pooled client; the proxy's plain requests
-//! use [`Conns`], each binder's own kept-alive HTTP/1 connections, driven in
-//! the task of the request that uses them (no pool checkout, no hop to a
-//! connection task and back for every request): the request's future polls
-//! the connection until the answer's head comes, then the answer's body polls
-//! it while it streams, and gives the connection back when the body ended.
+//! The HTTP client towards containers: the pool's readiness probe, the
+//! proxy's upgrade requests and its less common requests use a pooled hyper
+//! client; the proxy's fast path (see `proxy::fast`) uses [`Conns`], each
+//! binder's own kept-alive upstream TCP connections, driven by the task of
+//! the client connection that uses them (no pool checkout, no hop to a
+//! connection task and back for a request or a chunk).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -29,116 +24,55 @@ use crate::body::{empty, Body};
 /// Idle connections a binder keeps, at most (as nginx's `keepalive 256`
 /// would for one upstream; fewer and a burst of clients churns
 /// connections, each answer closing one and each request opening one).
-const MAX_IDLE_PER_BINDER: usize = 256;
+pub const MAX_IDLE_PER_BINDER: usize = 256;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a container may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a kept-connection request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("connecting: {0}")]
-    Connect(std::io::Error),
-    #[error("connecting: timed out")]
-    ConnectTimeout,
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
-
-type Connection = http1::Connection<TokioIo<TcpStream>, Body>;
-
-/// One upstream connection, and whether its driver has finished (closed).
-struct Conn {
-    sender: http1::SendRequest<Body>,
-    driver: Pin<Box<Connection>>,
-    closed: bool,
+struct Idle {
+    stream: TcpStream,
     addr: SocketAddr,
-    idle_since: Instant,
+    since: Instant,
 }
 
-impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn, SendError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| SendError::ConnectTimeout)?
-            .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Conn {
-            sender,
-            driver: Box::pin(driver),
-            closed: false,
-            addr,
-            idle_since: Instant::now(),
-        })
-    }
-
-    /// Polls the connection's driver once (reads, writes, state changes).
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
-            self.closed = true;
-        }
-    }
-
-    /// Drives it until it takes a new request; false if it closed.
-    async fn ready(&mut self) -> bool {
-        use futures_util::FutureExt;
-        let mut poll = |cx: &mut Context<'_>| {
-            self.drive(cx);
-            if self.closed {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        };
-        // Almost always ready at once: no timer for that case.
-        if let Some(ready) = std::future::poll_fn(&mut poll).now_or_never() {
-            return ready;
-        }
-        tokio::time::timeout(Duration::from_secs(1), std::future::poll_fn(poll))
-            .await
-            .unwrap_or(false)
-    }
-}
-
-/// A binder's idle upstream connections.
+/// A binder's idle upstream connections, each at a request boundary (the
+/// last answer read to its end, nothing more pending).
 #[derive(Default)]
 pub struct Conns {
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<Idle>>,
 }
 
 impl Conns {
-    /// The most recently used live connection to `addr`, if any; stale ones
-    /// are dropped (closed) on the way.
-    fn take(&self, addr: SocketAddr) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            if conn.addr == addr
-                && !conn.closed
-                && !conn.sender.is_closed()
-                && conn.idle_since.elapsed() < IDLE_TIMEOUT
-            {
-                return Some(conn);
+    /// The most recently used live connection to `addr`, if any; stale
+    /// ones (expired, closed by the container, or with unasked-for bytes)
+    /// are dropped on the way.
+    pub fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            if idle.addr == addr && idle.since.elapsed() < IDLE_TIMEOUT && is_quiet(&idle.stream) {
+                return Some(idle.stream);
             }
         }
-        None
     }
 
-    fn give_back(&self, mut conn: Conn) {
-        if conn.closed || conn.sender.is_closed() {
+    /// Keeps `stream` for the next request to `addr` (if there is room).
+    pub fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+        let Ok(mut idle) = self.idle.lock() else {
             return;
-        }
-        conn.idle_since = Instant::now();
-        if let Ok(mut idle) = self.idle.lock() {
-            // The oldest are at the front: drop the expired ones.
-            let expired = idle
-                .iter()
-                .take_while(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT)
-                .count();
-            idle.drain(..expired);
-            if idle.len() < MAX_IDLE_PER_BINDER {
-                idle.push(conn);
-            }
+        };
+        // The oldest are at the front: drop the expired ones.
+        let expired = idle
+            .iter()
+            .take_while(|c| c.since.elapsed() >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE_PER_BINDER {
+            idle.push(Idle {
+                stream,
+                addr,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -148,58 +82,24 @@ impl Conns {
     }
 }
 
-/// A response body that drives its connection while it streams and gives
-/// the connection back to its binder's [`Conns`] once it has ended.
-struct KeptBody {
-    inner: Incoming,
-    conn: Option<Conn>,
-    home: Arc<Conns>,
+/// True if an idle connection has nothing to read: neither an end (the
+/// container closed it) nor bytes nobody asked for. Costs no system call
+/// unless the runtime saw it become readable.
+fn is_quiet(stream: &TcpStream) -> bool {
+    if stream.readable().now_or_never().is_none() {
+        return true;
+    }
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-impl KeptBody {
-    fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.home.give_back(conn);
-        }
-    }
-}
-
-impl hyper::body::Body for KeptBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(conn) = this.conn.as_mut() {
-            conn.drive(cx);
-        }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.finish();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for KeptBody {
-    fn drop(&mut self) {
-        // Read to the end: reusable. Dropped halfway (the client went away):
-        // the connection closes with it.
-        if self.inner.is_end_stream() {
-            self.finish();
-        }
-    }
+/// Opens a new connection to a container (Nagle off).
+pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// How long one readiness check may take.
@@ -219,72 +119,19 @@ impl Upstream {
     pub fn new() -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .build(connector);
         Upstream { client }
     }
 
-    /// Sends one request to a container.
+    /// Sends one request (absolute URI) to a container.
     pub async fn send(
         &self,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(req).await
-    }
-
-    /// Sends `req` (origin-form URI) to `addr` on one of `conns`' kept
-    /// connections, or a new one, driving it in this task. A request that
-    /// a reused connection could not take (it had closed meanwhile) is sent
-    /// again on a new one; nothing is sent twice.
-    pub async fn send_kept(
-        &self,
-        conns: &Arc<Conns>,
-        addr: SocketAddr,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-                req.headers_mut().insert(header::HOST, host);
-            }
-        }
-        loop {
-            let kept = match conns.take(addr) {
-                Some(mut conn) => conn.ready().await.then_some(conn),
-                None => None,
-            };
-            let reused = kept.is_some();
-            let mut conn = match kept {
-                Some(conn) => conn,
-                None => Conn::open(addr).await?,
-            };
-            let answer = {
-                let mut sending = std::pin::pin!(conn.sender.try_send_request(req));
-                std::future::poll_fn(|cx| {
-                    conn.drive(cx);
-                    sending.as_mut().poll(cx)
-                })
-                .await
-            };
-            match answer {
-                Ok(resp) => {
-                    let home = conns.clone();
-                    return Ok(resp.map(|inner| {
-                        KeptBody {
-                            inner,
-                            conn: Some(conn),
-                            home,
-                        }
-                        .boxed()
-                    }));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
-            }
-        }
     }
 
     /// True if something at `addr` answers `GET path` with any HTTP response.
@@ -312,87 +159,48 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A local HTTP/1 server counting the connections it accepted; paths
-    /// starting with `/close` answer with `Connection: close`.
-    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let close = req.uri().path().starts_with("/close");
-                        let mut resp = Response::new(crate::body::full(vec![b'x'; 100_000]));
-                        if close {
-                            resp.headers_mut()
-                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    fn get(path: &str) -> Request<Body> {
-        Request::get(path).body(empty()).unwrap()
-    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
-    async fn kept_connections_are_reused_bounded_and_replaced_when_closed() {
-        let (addr, accepted) = server().await;
-        let upstream = Upstream::new();
-        let conns = Arc::new(Conns::default());
-        for _ in 0..50 {
-            let resp = upstream.send_kept(&conns, addr, get("/")).await.unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body.len(), 100_000);
+    async fn idle_connections_are_bounded_and_dead_ones_not_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Conns::default();
+        let mut served = Vec::new();
+        for _ in 0..MAX_IDLE_PER_BINDER + 4 {
+            let client = connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            served.push(server);
+            conns.give_back(addr, client);
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
-        assert_eq!(conns.idle(), 1);
+        assert_eq!(conns.idle(), MAX_IDLE_PER_BINDER);
+        served.truncate(MAX_IDLE_PER_BINDER); // the ones not kept
 
-        // Many at once: each its own connection, at most 256 kept after.
-        let answers = futures_util::future::join_all((0..300).map(|_| async {
-            let resp = upstream.send_kept(&conns, addr, get("/")).await.unwrap();
-            resp.into_body().collect().await.unwrap().to_bytes().len()
-        }))
-        .await;
-        assert!(answers.iter().all(|n| *n == 100_000));
-        assert!(conns.idle() <= MAX_IDLE_PER_BINDER, "{}", conns.idle());
-
-        // A body dropped halfway closes its connection instead of keeping it.
+        // A connection the container closed, or one with stray bytes, is not
+        // handed out; a quiet one is.
+        let mut quiet = served.pop().unwrap();
+        drop(served.pop()); // the newest but one: closed
+        let mut noisy = served.pop().unwrap();
+        noisy.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The newest kept one is the one whose server end is `quiet`.
+        let mut got = conns.take(addr).unwrap();
+        got.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        quiet.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
         let before = conns.idle();
-        let resp = upstream.send_kept(&conns, addr, get("/")).await.unwrap();
-        let mut body = resp.into_body();
-        let _first = body.frame().await;
-        drop(body);
-        assert_eq!(conns.idle(), before - 1, "taken and not given back");
+        let next = conns.take(addr).unwrap();
+        assert_eq!(
+            conns.idle(),
+            before - 3,
+            "the closed and the noisy one were dropped"
+        );
+        drop((next, noisy));
 
-        // The server closes after each answer: every request still succeeds.
-        let conns = Arc::new(Conns::default());
-        let opened = accepted.load(Ordering::SeqCst);
-        for _ in 0..5 {
-            let resp = upstream
-                .send_kept(&conns, addr, get("/close"))
-                .await
-                .unwrap();
-            assert_eq!(
-                resp.into_body().collect().await.unwrap().to_bytes().len(),
-                100_000
-            );
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), opened + 5);
+        // Another address's connections are not handed out for this one.
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(conns.take(other).is_none());
+        assert_eq!(conns.idle(), 0, "looking dropped the mismatched ones");
     }
 }

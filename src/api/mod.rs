@@ -29,6 +29,7 @@ mod binders;
 mod bindings;
 mod dashboard;
 pub mod error;
+mod fast;
 mod launch;
 mod openapi;
 mod pools;
@@ -68,6 +69,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         .header_read_timeout(app.config.header_read_timeout);
     // Connections beyond the cap wait in the kernel's listen backlog.
     let slots = Arc::new(tokio::sync::Semaphore::new(app.config.max_connections));
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let accept = async {
@@ -89,22 +92,34 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _ = conn.await;
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            // Plain proxied requests first; the rest of the connection, if
+            // anything else comes, is hyper's.
+            if let Some(io) = fast::serve(&app, stream, peer, &stopping).await {
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
             drop(slot);
         });
     }
     drop(listener);
     let grace = app.config.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
+    // Idle fast-path connections close; busy ones finish their request.
+    stopping.cancel();
+    connections.close();
+    let all_closed = async {
+        tokio::join!(graceful.shutdown(), connections.wait());
+    };
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = all_closed => {}
         _ = tokio::time::sleep_until(deadline) => {
             tracing::warn!("shutdown grace of {}s passed with connections still open", grace.as_secs());
         }

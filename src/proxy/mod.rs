@@ -20,6 +20,8 @@ use crate::binder::Binder;
 use crate::body::{empty, Body};
 use crate::upstream::Upstream;
 
+pub mod fast;
+
 /// How long the container may take to start answering a proxied request.
 const UPSTREAM_HEADERS_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -89,14 +91,9 @@ impl Proxy {
             None => path,
         };
         let upgrade = upgrade_protocol(req.headers());
-        // Plain requests go on the binder's kept connections (origin-form
-        // URI); upgrades through the pooled client (absolute URI).
-        let uri: Uri = if upgrade.is_some() {
-            format!("http://{}{}", instance.addr, path_and_query).parse()
-        } else {
-            path_and_query.parse()
-        }
-        .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+        let uri: Uri = format!("http://{}{}", instance.addr, path_and_query)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
 
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -112,19 +109,6 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
 
-        if upgrade.is_none() {
-            let sent = self
-                .upstream
-                .send_kept(&binder.conns, instance.addr, upstream_req);
-            let resp = match tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, sent).await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => return Err(ProxyError::Unreachable(error_chain(&e))),
-                Err(_) => return Err(ProxyError::Timeout),
-            };
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            return Ok(Response::from_parts(parts, body));
-        }
         let sent = tokio::time::timeout(UPSTREAM_HEADERS_TIMEOUT, self.upstream.send(upstream_req));
         let mut resp = match sent.await {
             Ok(Ok(resp)) => resp,
