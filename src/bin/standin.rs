@@ -1,9 +1,12 @@
 //! `binderd-standin`: a tiny HTTP server that plays the notebook in tests and
 //! benches. It starts in milliseconds and serves under its base URL:
 //!
-//! - `GET {base_url}api/status` → `{"status":"ok","binder":...,"pid":...}`
+//! - `GET {base_url}api/status` → `{"status":"ok","binder":...,"pid":...,
+//!   "port":...,"connections":...}` (connections accepted so far)
 //! - `POST {base_url}echo` → the request body, streamed back
 //! - `GET {base_url}ws` → a WebSocket that echoes every message
+//! - `GET {base_url}chunks?n=N&ms=M` → a chunked body of N lines (`part i`),
+//!   M milliseconds apart (streaming through the proxy, observed)
 //! - `GET {base_url}fetch?url=http://host:port/path` → status and body of that
 //!   URL, fetched from inside the container (attached services by name)
 //! - `GET {base_url}file?name=x` / `PUT {base_url}file?name=x` → read/write a
@@ -32,6 +35,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The port actually listened on (reported by `api/status`).
 static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+/// Connections accepted so far.
+static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Opts {
     port: u16,
@@ -104,6 +109,7 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
     };
     match (req.method(), rest) {
         (&Method::GET, "ws") => websocket(req),
+        (&Method::GET, "chunks") => chunks(req.uri().query().unwrap_or("")),
         (&Method::GET, "fetch") => fetch(req.uri().query().unwrap_or("")).await,
         (&Method::GET, "file") | (&Method::PUT, "file") => file(req).await,
         (&Method::GET, "api/status") => json(
@@ -113,6 +119,7 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
                 "binder": binder,
                 "pid": std::process::id(),
                 "port": PORT.get(),
+                "connections": ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
             }),
         ),
         (&Method::POST, "echo") => {
@@ -142,6 +149,30 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
             )
         }
     }
+}
+
+/// `n` lines, `ms` apart, as a chunked body (no length known up front).
+fn chunks(query: &str) -> Response<Body> {
+    let arg = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let n = arg("n").unwrap_or(3).min(10_000);
+    let gap = Duration::from_millis(arg("ms").unwrap_or(0).min(10_000));
+    let parts = futures_util::stream::unfold(0, move |i| async move {
+        if i >= n {
+            return None;
+        }
+        if i > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        let frame = hyper::body::Frame::data(Bytes::from(format!("part {i}\n")));
+        Some((Ok::<_, hyper::Error>(frame), i + 1))
+    });
+    Response::new(http_body_util::StreamBody::new(parts).boxed())
 }
 
 /// Echoes WebSocket messages until the client closes.
@@ -310,6 +341,7 @@ async fn main() {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let service =
                 service_fn(move |req| async move { Ok::<_, Infallible>(handle(base, req).await) });

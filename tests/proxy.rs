@@ -1,0 +1,260 @@
+//! The proxy's fast path, spoken to over raw TCP: pipelined requests, bodies
+//! both ways, HEAD, chunked answers streamed as they come, kept upstream
+//! connections, `Connection: close`, and the hand-over to hyper when a
+//! request on the same connection is not a plain proxied one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `write!` into a byte vector.
+macro_rules! write {
+    ($out:expr, $($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut $out, format_args!($($arg)*)).unwrap()
+    };
+}
+
+/// One answer read off a raw connection.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// When each part of the body arrived (one per read).
+    arrivals: Vec<(Instant, usize)>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+}
+
+/// Reads more into `buf`; panics at the end of the stream.
+async fn more(conn: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    assert!(n > 0, "the connection closed mid-answer");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// Reads one answer (to a request of `method`) from `conn`, `buf` holding
+/// what was read already; leaves in `buf` what follows it.
+async fn answer(conn: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Answer {
+    let (status, headers, head_len) = loop {
+        let mut h = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut h);
+        if let httparse::Status::Complete(n) = r.parse(buf).unwrap() {
+            let headers = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect::<Vec<_>>();
+            break (r.code.unwrap(), headers, n);
+        }
+        more(conn, buf).await;
+    };
+    buf.drain(..head_len);
+    let mut a = Answer {
+        status,
+        headers,
+        body: Vec::new(),
+        arrivals: Vec::new(),
+    };
+    if method == "HEAD" || status == 204 || status == 304 {
+        return a;
+    }
+    if let Some(len) = a.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        while buf.len() < len {
+            more(conn, buf).await;
+        }
+        a.body = buf.drain(..len).collect();
+        return a;
+    }
+    assert_eq!(a.header("transfer-encoding"), Some("chunked"), "framing");
+    loop {
+        let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+            more(conn, buf).await;
+            continue;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+        while buf.len() < line_end + 2 + size + 2 {
+            more(conn, buf).await;
+        }
+        buf.drain(..line_end + 2);
+        a.body.extend(buf.drain(..size));
+        buf.drain(..2);
+        if size == 0 {
+            return a;
+        }
+        a.arrivals.push((Instant::now(), size));
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_bodies_and_the_hand_over_share_one_connection() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool("fastpath", standin_binding("fast", 1, 2)).await;
+    let made = http
+        .call(Method::POST, &server.url("/binders/fast"), None)
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    let loc = made.json()["location"].as_str().unwrap().to_owned();
+
+    // Six requests in one write: four for the binder (one with a body larger
+    // than any buffer), then an API call, then the binder again (hyper's).
+    let upload: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut asks = Vec::new();
+    write!(asks, "GET {loc}api/status HTTP/1.1\r\nHost: t\r\n\r\n");
+    write!(
+        asks,
+        "POST {loc}echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        upload.len()
+    );
+    asks.extend_from_slice(&upload);
+    write!(asks, "HEAD {loc}api/status HTTP/1.1\r\nHost: t\r\n\r\n");
+    write!(
+        asks,
+        "GET {loc}h?q=1 HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.0.0.1\r\n\
+         Authorization: {ADMIN}\r\nConnection: x-drop\r\nX-Drop: 1\r\nX-Keep: 2\r\n\r\n"
+    );
+    write!(asks, "GET /healthcheck HTTP/1.1\r\nHost: t\r\n\r\n");
+    write!(asks, "GET {loc}after?x=2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&asks).await.unwrap();
+    let mut buf = Vec::new();
+
+    let status = answer(&mut conn, &mut buf, "GET").await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["binder"], id.as_str());
+    let echo = answer(&mut conn, &mut buf, "POST").await;
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.body.len(), upload.len());
+    assert!(echo.body == upload, "the body came back changed");
+    let head = answer(&mut conn, &mut buf, "HEAD").await;
+    assert_eq!(head.status, 200);
+    assert!(head.header("content-length").is_some());
+    let seen = answer(&mut conn, &mut buf, "GET").await.json();
+    assert_eq!(seen["path"], format!("{loc}h"));
+    assert_eq!(seen["query"], "q=1");
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1", "{seen}");
+    assert!(
+        h.get("authorization").is_none(),
+        "binderd's key leaked: {seen}"
+    );
+    assert!(h.get("x-drop").is_none(), "{seen}");
+    assert!(h.get("connection").is_none(), "{seen}");
+    assert_eq!(h["x-keep"], "2");
+    assert_eq!(h["host"], "t");
+    let health = answer(&mut conn, &mut buf, "GET").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "available");
+    let after = answer(&mut conn, &mut buf, "GET").await;
+    assert_eq!(after.json()["path"], format!("{loc}after"));
+    assert_eq!(after.json()["query"], "x=2");
+    assert!(buf.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_answers_stream_and_upstream_connections_are_kept() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool("fastchunks", standin_binding("chunky", 1, 2)).await;
+    let made = http
+        .call(Method::POST, &server.url("/binders/chunky"), None)
+        .await;
+    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let get = |path: &str| format!("GET {loc}{path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes();
+
+    // Thirty requests one after another: one upstream connection serves
+    // them (the stand-in counts what it accepted).
+    conn.write_all(&get("api/status")).await.unwrap();
+    let before = answer(&mut conn, &mut buf, "GET").await.json()["connections"]
+        .as_u64()
+        .unwrap();
+    for _ in 0..30 {
+        conn.write_all(&get("api/status")).await.unwrap();
+        assert_eq!(answer(&mut conn, &mut buf, "GET").await.status, 200);
+    }
+    conn.write_all(&get("api/status")).await.unwrap();
+    let after = answer(&mut conn, &mut buf, "GET").await.json()["connections"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after <= before + 1,
+        "{} upstream connections for 31 requests",
+        after - before
+    );
+
+    // A chunked answer, parts 800 ms apart: the first is relayed as soon as
+    // it comes (long before the last is sent), and the connection goes on.
+    let asked = Instant::now();
+    conn.write_all(&get("chunks?n=3&ms=800")).await.unwrap();
+    let chunks = answer(&mut conn, &mut buf, "GET").await;
+    assert_eq!(chunks.status, 200);
+    assert_eq!(chunks.body, b"part 0\npart 1\npart 2\n");
+    let (first, _) = chunks.arrivals[0];
+    let (last, _) = *chunks.arrivals.last().unwrap();
+    assert!(
+        last - asked >= Duration::from_millis(1600),
+        "parts came early"
+    );
+    assert!(
+        last - first >= Duration::from_millis(1000),
+        "the first part waited for the rest: {:?} then {:?}",
+        first - asked,
+        last - asked
+    );
+    conn.write_all(&get("api/status")).await.unwrap();
+    assert_eq!(answer(&mut conn, &mut buf, "GET").await.status, 200);
+
+    // `Connection: close`: answered so, then closed.
+    conn.write_all(
+        format!("GET {loc}api/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let last = answer(&mut conn, &mut buf, "GET").await;
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest))
+        .await
+        .expect("closed after the answer")
+        .unwrap();
+    assert!(rest.is_empty());
+    server.stop().await;
+}
