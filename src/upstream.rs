@@ -47,31 +47,35 @@ impl Conns {
     /// The most recently used live connection to `addr`, if any; stale
     /// ones (expired, closed by the container, or with unasked-for bytes)
     /// are dropped on the way.
-    pub fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
-            if idle.addr == addr && idle.since.elapsed() < IDLE_TIMEOUT && is_quiet(&idle.stream) {
+            if idle.addr == addr
+                && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
+                && is_quiet(&idle.stream)
+            {
                 return Some(idle.stream);
             }
         }
     }
 
     /// Keeps `stream` for the next request to `addr` (if there is room).
-    pub fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+    /// `now` may be a moment ago (the request's start: one clock read).
+    pub fn give_back(&self, addr: SocketAddr, stream: TcpStream, now: Instant) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
         // The oldest are at the front: drop the expired ones.
         let expired = idle
             .iter()
-            .take_while(|c| c.since.elapsed() >= IDLE_TIMEOUT)
+            .take_while(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE_PER_BINDER {
             idle.push(Idle {
                 stream,
                 addr,
-                since: Instant::now(),
+                since: now,
             });
         }
     }
@@ -171,7 +175,7 @@ mod tests {
             let client = connect(addr).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
             served.push(server);
-            conns.give_back(addr, client);
+            conns.give_back(addr, client, Instant::now());
         }
         assert_eq!(conns.idle(), MAX_IDLE_PER_BINDER);
         served.truncate(MAX_IDLE_PER_BINDER); // the ones not kept
@@ -184,13 +188,13 @@ mod tests {
         noisy.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The newest kept one is the one whose server end is `quiet`.
-        let mut got = conns.take(addr).unwrap();
+        let mut got = conns.take(addr, Instant::now()).unwrap();
         got.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         quiet.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         let before = conns.idle();
-        let next = conns.take(addr).unwrap();
+        let next = conns.take(addr, Instant::now()).unwrap();
         assert_eq!(
             conns.idle(),
             before - 3,
@@ -200,7 +204,7 @@ mod tests {
 
         // Another address's connections are not handed out for this one.
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!(conns.take(other).is_none());
+        assert!(conns.take(other, Instant::now()).is_none());
         assert_eq!(conns.idle(), 0, "looking dropped the mismatched ones");
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ApiError, App};
 use crate::binder::{is_secret_shaped, State};
 use crate::pool::Entry;
-use crate::proxy::fast::{connection_tokens, is_hop_by_hop, After, Outgoing};
+use crate::proxy::fast::{connection_tokens, is_hop_by_hop, After, Outgoing, Scratch};
 use crate::proxy::split_user_path;
 
 /// Longest request head taken on the fast path (hyper takes longer ones).
@@ -44,19 +44,27 @@ pub(super) async fn serve(
     peer: SocketAddr,
     stopping: &CancellationToken,
 ) -> Option<Replay> {
-    let mut inbuf = BytesMut::with_capacity(8 * 1024);
-    let mut upbuf = BytesMut::new();
+    let mut scratch = Scratch::default();
+    // What this connection adds to `X-Forwarded-For`, written once.
+    let forwarded = format!("{}\r\n\r\n", peer.ip());
     let timeout = app.config.header_read_timeout;
-    let sleep = tokio::time::sleep(timeout);
-    tokio::pin!(sleep);
+    // One timer and one cancellation wait for the connection's life: each
+    // request only pushes the deadline later.
+    let head_due = tokio::time::sleep(timeout);
+    let stopped = stopping.cancelled();
+    tokio::pin!(head_due, stopped);
     loop {
         // Slow-loris: a head must arrive whole within the timeout.
-        sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+        let now = tokio::time::Instant::now();
+        head_due.as_mut().reset(now + timeout);
         let go = loop {
+            let inbuf = &mut scratch.inbuf;
             if !inbuf.is_empty() {
-                match plan(app, &inbuf, peer) {
+                match plan(app, inbuf, &mut scratch.head, forwarded.as_bytes()) {
                     Plan::Partial if inbuf.len() < MAX_HEAD => {}
-                    Plan::Partial | Plan::HandOver => return Some(Replay::new(inbuf, stream)),
+                    Plan::Partial | Plan::HandOver => {
+                        return Some(Replay::new(std::mem::take(inbuf), stream))
+                    }
                     Plan::Go(go) => break go,
                 }
             }
@@ -64,24 +72,18 @@ pub(super) async fn serve(
             let idle = inbuf.is_empty();
             tokio::select! {
                 biased;
-                read = stream.read_buf(&mut inbuf) => match read {
+                read = stream.read_buf(inbuf) => match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
-                _ = &mut sleep => return None,
-                _ = stopping.cancelled(), if idle => return None,
+                _ = &mut head_due => return None,
+                _ = &mut stopped, if idle => return None,
             }
         };
-        inbuf.advance(go.head_len);
+        scratch.inbuf.advance(go.head_len);
         let exchanged = app
             .proxy
-            .exchange(
-                &mut stream,
-                &mut inbuf,
-                &mut upbuf,
-                go.req,
-                &go.entry.binder,
-            )
+            .exchange(&mut stream, &mut scratch, go.req, &go.entry.binder, now)
             .await;
         match exchanged {
             Ok(After::KeepAlive) => {}
@@ -112,8 +114,9 @@ struct Go {
 /// request, rewrites it for the container: the path without the prefix
 /// when the binding strips it, hop-by-hop headers (and those `Connection`
 /// names) and binderd's own key left out, the client's address added to
-/// `X-Forwarded-For`.
-fn plan(app: &App, buf: &[u8], peer: SocketAddr) -> Plan {
+/// `X-Forwarded-For` (`forwarded`, which ends the head). The head goes
+/// into `out`.
+fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -> Plan {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut headers);
     let head_len = match r.parse(buf) {
@@ -159,7 +162,7 @@ fn plan(app: &App, buf: &[u8], peer: SocketAddr) -> Plan {
     let client_close = named.iter().any(|t| t.eq_ignore_ascii_case("close"));
 
     let strip = entry.pool.current().binding.strip_prefix;
-    let mut out = Vec::with_capacity(head_len + 64);
+    out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(if strip { rest } else { path }.as_bytes());
@@ -218,11 +221,10 @@ fn plan(app: &App, buf: &[u8], peer: SocketAddr) -> Plan {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}\r\n\r\n", peer.ip());
+    out.extend_from_slice(forwarded);
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS");
     Plan::Go(Go {
         req: Outgoing {
-            head: out,
             body_len: body_len.unwrap_or(0),
             head_method: method == "HEAD",
             idempotent,

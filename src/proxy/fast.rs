@@ -7,8 +7,10 @@
 //! buffered whole; the buffers are the connection's own, reused.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::{Buf, BytesMut};
+use tokio::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,10 +24,34 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Headers an answer may have.
 const MAX_ANSWER_HEADERS: usize = 128;
 
-/// A request ready to go: its rewritten head and how its body is framed.
-pub struct Outgoing {
-    /// Request line and headers, ending with the empty line.
+/// A client connection's buffers and timer, made once and reused by each
+/// of its requests (no allocation, no timer registered per request: a
+/// tokio timer pushed later is an atomic store).
+pub struct Scratch {
+    /// What was read from the client and not yet used.
+    pub inbuf: BytesMut,
+    /// The container's side.
+    upbuf: BytesMut,
+    /// The request's head, rewritten for the container (the caller writes
+    /// it, request line to the empty line); then the answer's.
     pub head: Vec<u8>,
+    /// When the container must have answered by.
+    answer_due: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            inbuf: BytesMut::with_capacity(8 * 1024),
+            upbuf: BytesMut::new(),
+            head: Vec::with_capacity(1024),
+            answer_due: Box::pin(tokio::time::sleep(UPSTREAM_HEADERS_TIMEOUT)),
+        }
+    }
+}
+
+/// How a request in [`Scratch::head`] goes on.
+pub struct Outgoing {
     /// `Content-Length` of the body (0 without one).
     pub body_len: u64,
     /// `HEAD`: the answer has no body whatever its headers say.
@@ -56,56 +82,61 @@ enum Framing {
 }
 
 impl Proxy {
-    /// Sends `req` to `binder`'s container and relays the answer to
-    /// `client`. `inbuf` holds what was read from the client after the
-    /// request's head (the body's start, perhaps the next request);
-    /// `upbuf` is scratch space for the container's side. An error means
-    /// nothing was written to the client.
+    /// Sends the request in `scratch.head` to `binder`'s container and
+    /// relays the answer to `client`. `scratch.inbuf` holds what was read
+    /// from the client after the request's head (the body's start, perhaps
+    /// the next request). An error means nothing was written to the client.
     pub async fn exchange(
         &self,
         client: &mut TcpStream,
-        inbuf: &mut BytesMut,
-        upbuf: &mut BytesMut,
-        mut req: Outgoing,
+        scratch: &mut Scratch,
+        req: Outgoing,
         binder: &Binder,
+        now: Instant,
     ) -> Result<After, ProxyError> {
         binder.touch();
         crate::metrics::count_proxied();
-        let Some(instance) = binder.instance() else {
+        let Some(addr) = binder.instance().map(|i| i.addr) else {
             return Err(ProxyError::Unreachable("no container".into()));
         };
-        let addr = instance.addr;
-        let sent = tokio::time::timeout(
-            UPSTREAM_HEADERS_TIMEOUT,
-            send(client, inbuf, upbuf, &mut req, binder, addr),
-        );
-        let (upstream, head_len) = match sent.await {
-            Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(ProxyError::Timeout),
+        let Scratch {
+            inbuf,
+            upbuf,
+            head,
+            answer_due,
+        } = scratch;
+        answer_due.as_mut().reset(now + UPSTREAM_HEADERS_TIMEOUT);
+        let sent = tokio::select! {
+            biased;
+            sent = send(client, inbuf, upbuf, head, &req, binder, addr, now) => sent?,
+            _ = answer_due.as_mut() => return Err(ProxyError::Timeout),
         };
-        relay(client, upstream, upbuf, head_len, req, binder, addr).await
+        let (upstream, head_len) = sent;
+        relay(client, upstream, upbuf, head, head_len, &req, binder, addr, now).await
     }
 }
 
 /// Sends the request (on a kept connection, or a new one when there is
 /// none or a kept one was closed under it) and reads until an answer's
 /// head (not 1xx) is in `upbuf`; interim 1xx answers are relayed.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     client: &mut TcpStream,
     inbuf: &mut BytesMut,
     upbuf: &mut BytesMut,
-    req: &mut Outgoing,
+    head: &mut Vec<u8>,
+    req: &Outgoing,
     binder: &Binder,
     addr: SocketAddr,
+    now: Instant,
 ) -> Result<(TcpStream, usize), ProxyError> {
     let unreachable = |e: std::io::Error| ProxyError::Unreachable(e.to_string());
     // The body's start goes with the head, in one write.
     let first = (req.body_len as usize).min(inbuf.len());
-    req.head.extend_from_slice(&inbuf[..first]);
+    head.extend_from_slice(&inbuf[..first]);
     inbuf.advance(first);
     let mut rest = req.body_len - first as u64;
-    let mut kept = binder.conns.take(addr);
+    let mut kept = binder.conns.take(addr, now);
     loop {
         let reused = kept.is_some();
         let mut upstream = match kept.take() {
@@ -115,7 +146,7 @@ async fn send(
         // A kept connection the container closed a moment ago fails here or
         // at the first read: such a request, whole in hand, goes again.
         let again = reused && rest == 0 && req.idempotent;
-        if let Err(e) = upstream.write_all(&req.head).await {
+        if let Err(e) = upstream.write_all(head).await {
             if again {
                 continue;
             }
@@ -190,16 +221,18 @@ async fn send(
 
 /// Writes the answer's rewritten head and relays its body; gives the
 /// upstream connection back when it ended cleanly at the answer's end.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut TcpStream,
     mut upstream: TcpStream,
     upbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
     head_len: usize,
-    mut req: Outgoing,
+    req: &Outgoing,
     binder: &Binder,
     addr: SocketAddr,
+    now: Instant,
 ) -> Result<After, ProxyError> {
-    let out = &mut req.head;
     out.clear();
     let (mut framing, upstream_keeps) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
@@ -241,8 +274,13 @@ async fn relay(
         };
         let until_close = matches!(framing, Framing::UntilClose);
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(code.to_string().as_bytes());
-        out.push(b' ');
+        // httparse takes exactly three digits.
+        out.extend_from_slice(&[
+            b'0' + (code / 100 % 10) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+            b' ',
+        ]);
         out.extend_from_slice(answer.reason.unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
         for h in answer.headers.iter() {
@@ -310,7 +348,7 @@ async fn relay(
     }
     // Bytes past the answer's end were never asked for: not reusable.
     if clean && upstream_keeps && upbuf.is_empty() {
-        binder.conns.give_back(addr, upstream);
+        binder.conns.give_back(addr, upstream, now);
     }
     Ok(if client_keeps && clean {
         After::KeepAlive
