@@ -258,3 +258,50 @@ async fn chunked_answers_stream_and_upstream_connections_are_kept() {
     assert!(rest.is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn websockets_tunnel_whether_first_on_a_connection_or_after_an_api_call() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool("fastws", standin_binding("ws", 1, 2)).await;
+    let made = http
+        .call(Method::POST, &server.url("/binders/ws"), None)
+        .await;
+    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let url = format!("ws://{}{loc}ws", server.addr);
+
+    // First on its connection: the fast path's tunnel. After an API call on
+    // the same connection: hyper's.
+    let fresh = TcpStream::connect(server.addr).await.unwrap();
+    let mut reused = TcpStream::connect(server.addr).await.unwrap();
+    reused
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(answer(&mut reused, &mut buf, "GET").await.status, 200);
+    assert!(buf.is_empty());
+    for stream in [fresh, reused] {
+        let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), stream)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..10 {
+            let text = format!("message {i} {}", "x".repeat(i * 7000));
+            ws.send(Message::text(text.clone())).await.unwrap();
+            let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), text);
+        }
+        ws.close(None).await.unwrap();
+    }
+    server.stop().await;
+}

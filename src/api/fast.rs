@@ -1,12 +1,12 @@
 //! Every client connection starts here. While its requests are plain
 //! HTTP/1.1 requests for an assigned binder (`/user/{token}/...`, a
-//! `Content-Length` body or none, no upgrade, no warm kernel to give), they
+//! `Content-Length` body or none), they
 //! are read with `httparse`, their heads rewritten in place of hyper's
 //! request and header maps, and handed to [`Proxy::exchange`], which relays
-//! the answer byte for byte: nginx's way, with no per-request allocation
-//! beyond the binder lookup. The first request that is anything else (an
-//! API call, a WebSocket, a paused binder, a chunked upload, HTTP/2, a bad
-//! head) hands the whole connection, with what was read of it, to hyper
+//! the answer byte for byte (or, for a WebSocket the container accepts,
+//! joins the two connections): nginx's way, with no per-request allocation.
+//! The first request that is anything else (an API call, a paused binder, a
+//! warm kernel to give, a chunked upload, HTTP/2, a bad head) hands the whole connection, with what was read of it, to hyper
 //! and the routes in [`super::handle`], which answer it as they always
 //! have, errors included.
 //!
@@ -156,9 +156,21 @@ fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -> Plan {
         }
     }
     let named = connection_tokens(r.headers);
-    if named.iter().any(|t| t.eq_ignore_ascii_case("upgrade")) {
-        return Plan::HandOver;
-    }
+    // An upgrade (a WebSocket) keeps its `Connection: upgrade` and
+    // `Upgrade` for the container; the connection becomes a tunnel if the
+    // container agrees.
+    let upgrade = if named.iter().any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        match r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        {
+            Some(h) => Some(h.value),
+            None => return Plan::HandOver,
+        }
+    } else {
+        None
+    };
     let client_close = named.iter().any(|t| t.eq_ignore_ascii_case("close"));
 
     let strip = entry.pool.current().binding.strip_prefix;
@@ -216,6 +228,14 @@ fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -> Plan {
     if !host {
         return Plan::HandOver; // HTTP/1.1 needs one: hyper answers
     }
+    if let Some(protocol) = upgrade {
+        if body_len.is_some_and(|n| n > 0) {
+            return Plan::HandOver;
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(protocol);
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(b"X-Forwarded-For: ");
     if let Some(prev) = forwarded_for {
         out.extend_from_slice(prev);
@@ -229,6 +249,7 @@ fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -> Plan {
             head_method: method == "HEAD",
             idempotent,
             client_close,
+            upgrade: upgrade.is_some(),
         },
         entry,
         head_len,

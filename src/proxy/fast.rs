@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use bytes::{Buf, BytesMut};
-use tokio::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::{Proxy, ProxyError, UPSTREAM_HEADERS_TIMEOUT};
 use crate::binder::Binder;
@@ -61,6 +61,9 @@ pub struct Outgoing {
     pub idempotent: bool,
     /// The client asked to close after this answer.
     pub client_close: bool,
+    /// An upgrade request (`Connection: upgrade`, `Upgrade: x` in the head):
+    /// a 101 answer turns both connections into one tunnel.
+    pub upgrade: bool,
 }
 
 /// What became of the client connection once an answer was relayed.
@@ -112,7 +115,10 @@ impl Proxy {
             _ = answer_due.as_mut() => return Err(ProxyError::Timeout),
         };
         let (upstream, head_len) = sent;
-        relay(client, upstream, upbuf, head, head_len, &req, binder, addr, now).await
+        relay(
+            client, upstream, inbuf, upbuf, head, head_len, &req, binder, addr, now,
+        )
+        .await
     }
 }
 
@@ -189,6 +195,9 @@ async fn send(
             match answer.parse(upbuf) {
                 Ok(httparse::Status::Complete(len)) => {
                     let code = answer.code.unwrap_or(0);
+                    if code == 101 && req.upgrade {
+                        return Ok((upstream, len));
+                    }
                     if code == 101 {
                         return Err(ProxyError::Unreachable(
                             "the container switched protocols unasked".into(),
@@ -225,6 +234,7 @@ async fn send(
 async fn relay(
     client: &mut TcpStream,
     mut upstream: TcpStream,
+    inbuf: &mut BytesMut,
     upbuf: &mut BytesMut,
     out: &mut Vec<u8>,
     head_len: usize,
@@ -233,6 +243,17 @@ async fn relay(
     addr: SocketAddr,
     now: Instant,
 ) -> Result<After, ProxyError> {
+    // httparse checked the status line: "HTTP/1.x NNN".
+    if req.upgrade && upbuf.get(9..12) == Some(b"101".as_slice()) {
+        // Switched: the answer's head as it came, then whatever either
+        // side sent early, then the tunnel, until one side closes.
+        let early = std::mem::take(inbuf);
+        if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
+            return Ok(After::Close);
+        }
+        super::join(client.split(), upstream.split(), binder).await;
+        return Ok(After::Close);
+    }
     out.clear();
     let (mut framing, upstream_keeps) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];

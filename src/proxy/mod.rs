@@ -145,8 +145,18 @@ where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
+    join(tokio::io::split(a), tokio::io::split(b), binder).await;
+}
+
+/// [`tunnel`] on two connections' read and write halves.
+async fn join<AR, AW, BR, BW>(a: (AR, AW), b: (BR, BW), binder: &Binder)
+where
+    AR: tokio::io::AsyncRead + Unpin,
+    AW: tokio::io::AsyncWrite + Unpin,
+    BR: tokio::io::AsyncRead + Unpin,
+    BW: tokio::io::AsyncWrite + Unpin,
+{
+    let ((mut a_read, mut a_write), (mut b_read, mut b_write)) = (a, b);
     let up = pump(&mut a_read, &mut b_write, binder);
     let down = pump(&mut b_read, &mut a_write, binder);
     tokio::pin!(up, down);
