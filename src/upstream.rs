@@ -30,6 +30,24 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a container may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Kept connections are shared by the requests of one event loop only
+/// (a socket belongs to the loop whose reactor registered it): each loop
+/// has its own shelf in every binder's [`Conns`].
+const SHELVES: usize = 16;
+
+thread_local! {
+    static SHELF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Says which event loop this thread runs (its shelf in every [`Conns`]).
+pub fn set_loop_index(i: usize) {
+    SHELF.with(|s| s.set(i % SHELVES));
+}
+
+fn shelf() -> usize {
+    SHELF.with(|s| s.get())
+}
+
 struct Idle {
     stream: TcpStream,
     addr: SocketAddr,
@@ -37,10 +55,12 @@ struct Idle {
 }
 
 /// A binder's idle upstream connections, each at a request boundary (the
-/// last answer read to its end, nothing more pending).
+/// last answer read to its end, nothing more pending), on one shelf per
+/// event loop (up to [`MAX_IDLE_PER_BINDER`] each, as nginx's `keepalive`
+/// is per worker).
 #[derive(Default)]
 pub struct Conns {
-    idle: Mutex<Vec<Idle>>,
+    shelves: [Mutex<Vec<Idle>>; SHELVES],
 }
 
 impl Conns {
@@ -49,7 +69,7 @@ impl Conns {
     /// are dropped on the way.
     pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
         loop {
-            let idle = self.idle.lock().ok()?.pop()?;
+            let idle = self.shelves[shelf()].lock().ok()?.pop()?;
             if idle.addr == addr
                 && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
                 && is_quiet(&idle.stream)
@@ -62,7 +82,7 @@ impl Conns {
     /// Keeps `stream` for the next request to `addr` (if there is room).
     /// `now` may be a moment ago (the request's start: one clock read).
     pub fn give_back(&self, addr: SocketAddr, stream: TcpStream, now: Instant) {
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.shelves[shelf()].lock() else {
             return;
         };
         // The oldest are at the front: drop the expired ones.
@@ -80,9 +100,12 @@ impl Conns {
         }
     }
 
-    /// How many idle connections are kept now.
+    /// How many idle connections are kept now, on every shelf.
     pub fn idle(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.shelves
+            .iter()
+            .map(|s| s.lock().map_or(0, |i| i.len()))
+            .sum()
     }
 }
 

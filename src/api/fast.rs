@@ -299,6 +299,19 @@ impl Replay {
     fn new(read: BytesMut, stream: TcpStream) -> Replay {
         Replay { read, stream }
     }
+
+    /// Out of this runtime's reactor, to move to another.
+    pub(super) fn into_std(self) -> std::io::Result<(BytesMut, std::net::TcpStream)> {
+        Ok((self.read, self.stream.into_std()?))
+    }
+
+    /// Into the current runtime's reactor.
+    pub(super) fn from_std(read: BytesMut, stream: std::net::TcpStream) -> std::io::Result<Replay> {
+        Ok(Replay {
+            read,
+            stream: TcpStream::from_std(stream)?,
+        })
+    }
 }
 
 impl AsyncRead for Replay {

@@ -37,6 +37,7 @@ mod routes;
 mod tmpnb;
 mod user;
 pub mod views;
+mod workers;
 
 use routes::Route;
 
@@ -71,6 +72,14 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let slots = Arc::new(tokio::sync::Semaphore::new(app.config.max_connections));
     let stopping = tokio_util::sync::CancellationToken::new();
     let connections = tokio_util::task::TaskTracker::new();
+    let workers = match workers::Workers::start() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the proxy's event loops");
+            return;
+        }
+    };
+    let main = tokio::runtime::Handle::current();
     tokio::pin!(shutdown);
     loop {
         let accept = async {
@@ -91,23 +100,50 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // The socket moves to an event loop's reactor.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let stopping = stopping.clone();
-        connections.spawn(async move {
-            // Plain proxied requests first; the rest of the connection, if
-            // anything else comes, is hyper's.
-            if let Some(io) = fast::serve(&app, stream, peer, &stopping).await {
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                let _ = watcher.watch(conn.into_owned()).await;
-            }
-            drop(slot);
-        });
+        let connections_ = connections.clone();
+        let main = main.clone();
+        workers.run(Box::new(move || {
+            Box::pin(connections_.clone().track_future(async move {
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    return;
+                };
+                // Plain proxied requests first, on this event loop; the rest
+                // of the connection, if anything else comes, is hyper's, on
+                // the main runtime.
+                let Some(io) = fast::serve(&app, stream, peer, &stopping).await else {
+                    return;
+                };
+                let Ok((read, stream)) = io.into_std() else {
+                    return;
+                };
+                connections_.spawn_on(
+                    async move {
+                        let Ok(io) = fast::Replay::from_std(read, stream) else {
+                            return;
+                        };
+                        let service = service_fn(move |req| {
+                            let app = app.clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await)
+                            }
+                        });
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                        drop(slot);
+                    },
+                    &main,
+                );
+            }))
+        }));
     }
     drop(listener);
     let grace = app.config.shutdown_grace;
@@ -129,6 +165,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     app.proxy
         .close_tunnels(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
+    // The event loops end; anything still on them is dropped.
+    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
 }
 
 /// Whether the client would rather read HTML (a browser).
