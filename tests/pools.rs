@@ -563,38 +563,6 @@ async fn a_container_that_stops_answering_gives_502() {
 }
 
 #[tokio::test]
-async fn websocket_upgrades_pass_through_the_proxy() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
-    let Harness {
-        data: _data,
-        server,
-        http,
-    } = Harness::with_pool("ws", standin_binding("ws", 1, 2)).await;
-    let a = http
-        .call(Method::POST, &server.url("/binders/ws"), None)
-        .await;
-    let location = a.json()["location"].as_str().unwrap().to_owned();
-    let url = format!("ws://{}{location}ws", server.addr);
-    let (mut ws, resp) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    for i in 0..20 {
-        let text = format!("message {i} {}", "x".repeat(i * 1000));
-        ws.send(Message::text(text.clone())).await.unwrap();
-        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.into_text().unwrap().as_str(), text);
-    }
-    ws.close(None).await.unwrap();
-    drop(ws);
-    server.stop().await;
-}
-
-#[tokio::test]
 async fn metrics_count_handouts_and_show_each_pool() {
     let Harness {
         data: _data,

@@ -114,19 +114,35 @@ async fn answer(conn: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Answer
     }
 }
 
-#[tokio::test]
-async fn pipelined_requests_bodies_and_the_hand_over_share_one_connection() {
-    let Harness {
-        data: _data,
-        server,
-        http,
-    } = Harness::with_pool("fastpath", standin_binding("fast", 1, 2)).await;
-    let made = http
-        .call(Method::POST, &server.url("/binders/fast"), None)
+/// binderd with a stand-in pool named `binding`, and one binder handed
+/// out of it: the harness and the binder's document.
+async fn handed_out(test: &str, binding: &str) -> (Harness, serde_json::Value) {
+    let h = Harness::with_pool(test, standin_binding(binding, 1, 2)).await;
+    let made = h
+        .http
+        .call(
+            Method::POST,
+            &h.server.url(&format!("/binders/{binding}")),
+            None,
+        )
         .await;
     assert_eq!(made.status, 201, "{}", made.body);
-    let id = made.json()["id"].as_str().unwrap().to_owned();
-    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let doc = made.json();
+    (h, doc)
+}
+
+#[tokio::test]
+async fn pipelined_requests_bodies_and_the_hand_over_share_one_connection() {
+    let (
+        Harness {
+            data: _data,
+            server,
+            ..
+        },
+        made,
+    ) = handed_out("fastpath", "fast").await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    let loc = made["location"].as_str().unwrap().to_owned();
 
     // Six requests in one write: four for the binder (one with a body larger
     // than any buffer), then an API call, then the binder again (hyper's).
@@ -186,15 +202,15 @@ async fn pipelined_requests_bodies_and_the_hand_over_share_one_connection() {
 
 #[tokio::test]
 async fn chunked_answers_stream_and_upstream_connections_are_kept() {
-    let Harness {
-        data: _data,
-        server,
-        http,
-    } = Harness::with_pool("fastchunks", standin_binding("chunky", 1, 2)).await;
-    let made = http
-        .call(Method::POST, &server.url("/binders/chunky"), None)
-        .await;
-    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let (
+        Harness {
+            data: _data,
+            server,
+            ..
+        },
+        made,
+    ) = handed_out("fastchunks", "chunky").await;
+    let loc = made["location"].as_str().unwrap().to_owned();
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     let mut buf = Vec::new();
     let get = |path: &str| format!("GET {loc}{path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes();
@@ -264,15 +280,15 @@ async fn websockets_tunnel_whether_first_on_a_connection_or_after_an_api_call() 
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let Harness {
-        data: _data,
-        server,
-        http,
-    } = Harness::with_pool("fastws", standin_binding("ws", 1, 2)).await;
-    let made = http
-        .call(Method::POST, &server.url("/binders/ws"), None)
-        .await;
-    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let (
+        Harness {
+            data: _data,
+            server,
+            ..
+        },
+        made,
+    ) = handed_out("fastws", "ws").await;
+    let loc = made["location"].as_str().unwrap().to_owned();
     let url = format!("ws://{}{loc}ws", server.addr);
 
     // First on its connection: the fast path's tunnel. After an API call on
