@@ -321,3 +321,75 @@ async fn websockets_tunnel_whether_first_on_a_connection_or_after_an_api_call() 
     }
     server.stop().await;
 }
+
+/// A server that answers each connection once, says nothing of closing,
+/// and closes a moment (0–3 ms) later: every kept connection dies under
+/// binderd, sometimes just as it is reused.
+const ONE_ANSWER_PER_CONNECTION: &str = r#"
+import random, socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+n = 0
+while True:
+    c, _ = s.accept()
+    got = b""
+    while b"\r\n\r\n" not in got:
+        d = c.recv(65536)
+        if not d:
+            break
+        got += d
+    if got:
+        n += 1
+        body = b"served %d" % n
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(random.random() * 0.003)
+    c.close()
+"#;
+
+#[tokio::test]
+async fn kept_connections_the_container_closed_are_not_reused_or_are_retried() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool(
+        "fastclosed",
+        serde_json::json!({
+            "name": "oneshot",
+            "command": ["python3", "-c", ONE_ANSWER_PER_CONNECTION, "{port}"],
+            "public": true,
+            "pool": {"min": 1, "max": 1},
+            "start_timeout_seconds": 10,
+        }),
+    )
+    .await;
+    let made = http
+        .call(Method::POST, &server.url("/binders/oneshot"), None)
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut last = 0;
+    for i in 0..60 {
+        conn.write_all(format!("GET {loc}x HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let a = answer(&mut conn, &mut buf, "GET").await;
+        let body = String::from_utf8_lossy(&a.body).into_owned();
+        assert_eq!(a.status, 200, "request {i}: {body}");
+        let n: u64 = body.strip_prefix("served ").unwrap().parse().unwrap();
+        assert!(
+            n > last,
+            "request {i} was answered by an old answer: {body}"
+        );
+        last = n;
+        if i % 3 == 0 {
+            // Now and then, give the close time to arrive first.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    server.stop().await;
+}

@@ -150,14 +150,18 @@ async fn send(
             None => crate::upstream::connect(addr).await.map_err(unreachable)?,
         };
         // A kept connection the container closed a moment ago fails here or
-        // at the first read: such a request, whole in hand, goes again.
-        let again = reused && rest == 0 && req.idempotent;
+        // at the first read. Refused at the first write, the request was
+        // not taken: it goes again on a new connection (nothing more was
+        // read from the client yet). Cut off before any answer byte, only
+        // an idempotent request whole in hand goes again (the container may
+        // have acted on it).
         if let Err(e) = upstream.write_all(head).await {
-            if again {
+            if reused {
                 continue;
             }
             return Err(unreachable(e));
         }
+        let again = reused && rest == 0 && req.idempotent;
         while rest > 0 {
             inbuf.reserve(READ_CHUNK);
             let n = client.read_buf(inbuf).await.map_err(unreachable)?;
