@@ -393,3 +393,52 @@ async fn kept_connections_the_container_closed_are_not_reused_or_are_retried() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_to_a_dead_container_gets_its_502_not_a_reset() {
+    // The group leader (sleep) lives on; the server in it exits after 1.5 s.
+    let script = format!(
+        "{} --port {{port}} --base-url {{base_url}} --exit-after-ms 1500 & exec sleep 600",
+        standin()
+    );
+    let mut binding = standin_binding("gone", 1, 1);
+    binding["command"] = serde_json::json!(["sh", "-c", script]);
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_pool("fastdead", binding).await;
+    let made = http
+        .call(Method::POST, &server.url("/binders/gone"), None)
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let loc = made.json()["location"].as_str().unwrap().to_owned();
+    let status = server.url(&format!("{loc}api/status"));
+    wait_for(10, "the stand-in to exit", || async {
+        (http.get(&status).await.status == 502).then_some(())
+    })
+    .await;
+
+    // Python's urllib writes the whole body before it reads the answer.
+    let upload = r#"
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=b"x" * (4 << 20), method="POST")
+try:
+    urllib.request.urlopen(req, timeout=10)
+    print("no error")
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", upload, &server.url(&format!("{loc}upload"))])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("502 ") && said.contains("not answering"),
+        "urllib saw: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}

@@ -287,7 +287,26 @@ async fn write_error(stream: &mut TcpStream, e: ApiError, html: bool) {
     out.extend_from_slice(&body);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
+    // A lingering close: a client still writing its body (Python's urllib
+    // writes it all before it reads) would get a reset instead of the
+    // answer if unread bytes were left when the socket closes.
+    let mut sink = [0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let linger = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
 }
+
+/// How long, and how much, an error answer's close waits for the client's
+/// unread body.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
 
 /// A connection handed to hyper: what was read of it first, then the rest.
 pub(super) struct Replay {

@@ -397,19 +397,20 @@ pub fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h str> {
 }
 
 /// RFC 9110 §7.6.1 connection-specific headers, and the old ones like them.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
 pub fn is_hop_by_hop(name: &str) -> bool {
-    const HOP: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 fn last_coding_is_chunked(value: &[u8]) -> bool {
