@@ -529,13 +529,7 @@ async fn a_container_that_stops_answering_gives_502() {
         server,
         http,
     } = Harness::start("502").await;
-    // The group leader (sleep) lives on; the server in it exits after 1.5 s.
-    let script = format!(
-        "{} --port {{port}} --base-url {{base_url}} --exit-after-ms 1500 & exec sleep 600",
-        standin()
-    );
-    let mut body = standin_binding("flaky", 1, 1);
-    body["command"] = json!(["sh", "-c", script]);
+    let body = standin_binding_that_stops_answering("flaky", 1500);
     create(&http, &server, body).await;
     wait_pool(&http, &server.url(""), "flaky", 20, |p| p["available"] == 1).await;
     let a = http

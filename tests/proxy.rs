@@ -396,13 +396,7 @@ async fn kept_connections_the_container_closed_are_not_reused_or_are_retried() {
 
 #[tokio::test]
 async fn an_upload_to_a_dead_container_gets_its_502_not_a_reset() {
-    // The group leader (sleep) lives on; the server in it exits after 1.5 s.
-    let script = format!(
-        "{} --port {{port}} --base-url {{base_url}} --exit-after-ms 1500 & exec sleep 600",
-        standin()
-    );
-    let mut binding = standin_binding("gone", 1, 1);
-    binding["command"] = serde_json::json!(["sh", "-c", script]);
+    let binding = standin_binding_that_stops_answering("gone", 1500);
     let Harness {
         data: _data,
         server,

@@ -35,6 +35,19 @@ pub fn standin_binding(name: &str, min: u32, max: u32) -> Value {
     })
 }
 
+/// A stand-in binding whose server exits `after_ms` after it starts while
+/// its process group (a `sleep`) lives on: the container is there, nothing
+/// answers.
+pub fn standin_binding_that_stops_answering(name: &str, after_ms: u64) -> Value {
+    let script = format!(
+        "{} --port {{port}} --base-url {{base_url}} --exit-after-ms {after_ms} & exec sleep 600",
+        standin()
+    );
+    let mut binding = standin_binding(name, 1, 1);
+    binding["command"] = serde_json::json!(["sh", "-c", script]);
+    binding
+}
+
 /// A test's binderd: its data dir, the server and a client. Destructure it
 /// (`let Harness { data, server, http } = ...`) to keep each by name.
 pub struct Harness {
