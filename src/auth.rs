@@ -104,6 +104,13 @@ impl Keys {
         Keys { keys }
     }
 
+    /// True if an `Authorization` value carries one of binderd's own keys
+    /// (the proxy keeps those from containers).
+    pub fn is_own_key(&self, header: &[u8]) -> bool {
+        self.authenticate(Some(header))
+            .is_ok_and(|c| c.key_name().is_some())
+    }
+
     /// Reads `Authorization: <key>`, `Bearer <key>` or `token <key>`.
     /// No header is an anonymous caller; a header with an unknown key is 401.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Caller, AuthError> {

@@ -209,12 +209,7 @@ fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -> Plan {
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             forwarded_for.get_or_insert(h.value);
             continue;
-        } else if name.eq_ignore_ascii_case("authorization")
-            && app
-                .keys
-                .authenticate(Some(h.value))
-                .is_ok_and(|c| c.key_name().is_some())
-        {
+        } else if name.eq_ignore_ascii_case("authorization") && app.keys.is_own_key(h.value) {
             continue; // binderd's own key is not the container's business
         }
         if is_hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {

@@ -53,11 +53,7 @@ pub(super) async fn proxy(
     }
     // binderd's own key is not the container's business.
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
-        if app
-            .keys
-            .authenticate(Some(auth.as_bytes()))
-            .is_ok_and(|c| c.key_name().is_some())
-        {
+        if app.keys.is_own_key(auth.as_bytes()) {
             req.headers_mut().remove(header::AUTHORIZATION);
         }
     }
