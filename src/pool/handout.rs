@@ -1,7 +1,7 @@
-//! The handout: a warm binder if the queue has one (pop + one CAS, then the
-//! store's commit), else one started for the caller, else, at `maxPool`, one
-//! already starting for the pool. Never a backend call; no lock held across
-//! the await.
+//! The handout: a warm binder if the queue has one (pop + one CAS, then one
+//! line appended to the store's journal), else one started for the caller,
+//! else, at `maxPool`, one already starting for the pool. Never a backend
+//! call; no lock held across an await.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,9 +31,9 @@ enum Found {
 impl Pools {
     /// Hands out a binder of `pool` to `owner`.
     ///
-    /// The hot path: pop + compare-and-swap, then one awaited store commit
-    /// (batched with every other handout waiting at that moment). No backend
-    /// call and no lock held across the await.
+    /// The hot path: pop + compare-and-swap, then one journal append (the
+    /// handout is durable when it returns; SQLite follows off this path).
+    /// No backend call and no await on a warm binder.
     pub async fn handout(&self, pool: &Arc<Pool>, owner: Owner) -> Result<Handout, PoolError> {
         let began = tokio::time::Instant::now();
         let charge =
@@ -74,7 +74,7 @@ impl Pools {
                 binder.set_assigned_at(now);
                 binder.set_last_activity(now);
                 binder.changed.notify_waiters();
-                self.shared.store.assign(&binder.id, owner, now).await
+                self.shared.store.record_handout(&binder.id, owner, now)
             }
             Found::Cold => {
                 self.register(pool, &binder);

@@ -8,8 +8,17 @@
 //! in one transaction, then acknowledges each. So a burst of handouts costs
 //! one commit, and nothing on the async side ever holds a database lock.
 //!
+//! A warm handout does not wait for that commit: it is made durable by one
+//! line appended to the handout journal ([`journal`]), which the writer
+//! then folds into SQLite like any other write, and which the next start
+//! replays.
+//!
 //! The store is read once, at start ([`Store::open`]); afterwards binderd's
 //! in-memory state is the truth for reads and the store only follows it.
+
+mod journal;
+
+use journal::{Assigned, Journal};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +34,10 @@ use crate::binder::{Binder, State};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
+/// How long the writer lets journaled handouts gather before committing
+/// them (a write someone waits for, arriving meanwhile, waits this much
+/// longer at most).
+const JOURNAL_GATHER: Duration = Duration::from_millis(2);
 /// How often the checkpointer looks at the WAL.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
 /// A checkpoint runs once the writer has been idle this long...
@@ -138,15 +151,8 @@ enum Op {
     PutBinding(StoredBinding),
     DeleteBinding(String),
     PutBinder(StoredBinder),
-    Assign {
-        id: String,
-        owner: Owner,
-        assigned_at: u64,
-    },
-    Claim {
-        id: String,
-        owner: Owner,
-    },
+    Assign(Assigned),
+    Claim { id: String, owner: Owner },
     SetBinderState(String, State),
     DeleteBinder(String),
     SetPoolSize(String, u32, u32),
@@ -154,13 +160,17 @@ enum Op {
 
 struct Job {
     op: Op,
-    done: oneshot::Sender<Result<(), String>>,
+    /// Who waits for the commit; `None` for a journaled handout.
+    done: Option<oneshot::Sender<Result<(), String>>>,
+    /// The journal line this write repeats (0: none).
+    line: u64,
 }
 
-/// Handle to the writer thread. Cheap to clone.
+/// Handle to the writer thread and the handout journal. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::UnboundedSender<Job>,
+    journal: Arc<Journal>,
 }
 
 const SCHEMA: &str = "
@@ -205,7 +215,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        replay_journal(&conn, data_dir)?;
         let loaded = load(&conn)?;
+        let journal = Arc::new(Journal::create(data_dir)?);
         // Checkpoints copy the WAL back into the database and fsync it. Done
         // by the writer at commit time they stall every handout waiting on
         // that commit, so the writer never does them. A thread of their own
@@ -220,9 +232,10 @@ impl Store {
         let commits = Arc::new(Commits::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let written = commits.clone();
+        let rotated = journal.clone();
         std::thread::Builder::new()
             .name("binderd-store".into())
-            .spawn(move || writer(conn, rx, &written))?;
+            .spawn(move || writer(conn, rx, &written, &rotated))?;
         let alive = tx.downgrade();
         std::thread::Builder::new()
             .name("binderd-checkpoint".into())
@@ -240,13 +253,17 @@ impl Store {
                     }
                 }
             })?;
-        Ok((Store { tx }, loaded))
+        Ok((Store { tx, journal }, loaded))
     }
 
     async fn submit(&self, op: Op) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Job { op, done })
+            .send(Job {
+                op,
+                done: Some(done),
+                line: 0,
+            })
             .map_err(|_| StoreError::Closed)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
@@ -268,13 +285,38 @@ impl Store {
         self.submit(Op::PutBinder(binder)).await
     }
 
-    /// Records a handout. Returns once it is committed.
-    pub async fn assign(&self, id: &str, owner: Owner, assigned_at: u64) -> Result<(), StoreError> {
-        self.submit(Op::Assign {
+    /// Records a warm handout: durable when this returns (one line appended
+    /// to the journal), committed to SQLite soon after by the writer. No
+    /// waiting: this is the handout's hot path.
+    pub fn record_handout(
+        &self,
+        id: &str,
+        owner: Owner,
+        assigned_at: u64,
+    ) -> Result<(), StoreError> {
+        let record = Assigned {
             id: id.to_owned(),
             owner,
             assigned_at,
-        })
+        };
+        self.journal.append(record, |record, line| {
+            // A stopped writer loses nothing: the line is replayed at start.
+            let _ = self.tx.send(Job {
+                op: Op::Assign(record),
+                done: None,
+                line,
+            });
+        })?;
+        Ok(())
+    }
+
+    /// Records a handout. Returns once it is committed.
+    pub async fn assign(&self, id: &str, owner: Owner, assigned_at: u64) -> Result<(), StoreError> {
+        self.submit(Op::Assign(Assigned {
+            id: id.to_owned(),
+            owner,
+            assigned_at,
+        }))
         .await
     }
 
@@ -423,11 +465,11 @@ fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
             ])?;
             rows.insert(b.id.clone(), conn.last_insert_rowid());
         }
-        Op::Assign {
+        Op::Assign(Assigned {
             id,
             owner,
             assigned_at,
-        } => {
+        }) => {
             let owner = serde_json::to_string(owner).ok();
             let state = state_name(State::Assigned);
             let by_rowid = match rows.get(id) {
@@ -470,8 +512,62 @@ fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The writer thread: commit whatever is waiting, in one transaction.
-fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, commits: &Commits) {
+fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Applies the journal a previous run left (its handouts may not all have
+/// reached SQLite), then removes it. A line only turns a binder recorded as
+/// idle or starting into an assigned one, so it never undoes a later change
+/// (a handed-out binder is never idle again) and applying it twice is the
+/// same as once.
+fn replay_journal(conn: &Connection, dir: &Path) -> Result<(), StoreError> {
+    let records = journal::read(dir)?;
+    if !records.is_empty() {
+        let tx = conn.unchecked_transaction()?;
+        let mut changed = 0;
+        for r in &records {
+            changed += tx
+                .prepare_cached(
+                    "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4
+                     WHERE id = ?1 AND state IN (?5, ?6)",
+                )?
+                .execute(params![
+                    r.id,
+                    state_name(State::Assigned),
+                    serde_json::to_string(&r.owner).ok(),
+                    r.assigned_at as i64,
+                    state_name(State::Idle),
+                    state_name(State::Starting)
+                ])?;
+        }
+        tx.commit()?;
+        tracing::info!(lines = records.len(), changed, "handout journal replayed");
+    }
+    journal::remove(dir)?;
+    Ok(())
+}
+
+/// The writer thread: commit whatever is waiting, in one transaction. It
+/// also keeps the journal short: rotated past its size limit, and the old
+/// one removed once every line in it is committed.
+fn writer(
+    mut conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    commits: &Commits,
+    journal: &Journal,
+) {
+    // The last journal line committed; the last line of the rotated-out
+    // journal, while it exists; whether a journaled write failed (its line
+    // must then stay until the next start replays it).
+    let mut committed_line = 0;
+    let mut old_journal_ends: Option<u64> = None;
+    let mut journal_failed = false;
     let mut rows = Rows::new();
     if let Ok(mut stmt) = conn.prepare("SELECT id, rowid FROM binders") {
         if let Ok(found) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -482,11 +578,13 @@ fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, commits: &
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch);
+        if batch.iter().all(|job| job.done.is_none()) {
+            // Only journaled handouts, already durable and answered: let
+            // more gather (one commit, one wake-up for many) rather than
+            // commit each as it comes and take the CPU the handouts need.
+            std::thread::sleep(JOURNAL_GATHER);
+            drain(&mut rx, &mut batch);
         }
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
         let committed = conn.transaction().and_then(|tx| {
@@ -506,7 +604,28 @@ fn writer(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>, commits: &
                 Ok(()) => result,
                 Err(e) => Err(format!("commit failed: {e}")),
             };
-            let _ = job.done.send(result);
+            if job.line > 0 {
+                match &result {
+                    Ok(()) => committed_line = committed_line.max(job.line),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record a handout in SQLite; the journal keeps it until the next start");
+                        journal_failed = true;
+                    }
+                }
+            }
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            }
+        }
+        if journal_failed {
+            continue;
+        }
+        if old_journal_ends.is_some_and(|end| committed_line >= end) {
+            journal.remove_old();
+            old_journal_ends = None;
+        }
+        if old_journal_ends.is_none() && journal.bytes() >= journal::ROTATE_BYTES {
+            old_journal_ends = journal.rotate();
         }
     }
 }
@@ -653,6 +772,123 @@ mod tests {
             read_binder_state(&dir, "id5").unwrap().as_deref(),
             Some("assigned")
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A warm handout is durable when `record_handout` returns: its line is
+    /// in the journal file, and that line alone (SQLite still saying
+    /// "idle", as after a crash before the writer's commit) makes the next
+    /// start see the binder assigned. A line never undoes a later change.
+    #[tokio::test]
+    async fn journaled_handouts_are_durable_before_sqlite_has_them() {
+        let dir =
+            std::env::temp_dir().join(format!("binderd-journal-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let (store, _) = Store::open(&dir).unwrap();
+            for id in ["j1", "j2", "j3", "j4"] {
+                store.put_binder(binder(id)).await.unwrap();
+            }
+            store
+                .record_handout("j1", Owner::Key("bob".into()), 500)
+                .unwrap();
+            let lines = journal::read(&dir).unwrap();
+            assert_eq!(lines.len(), 1, "not in the journal when the call returned");
+            assert_eq!(lines[0].id, "j1");
+        }
+        // What a crash before the writer's commit leaves: lines in the journal
+        // for binders SQLite still has as idle (j2), starting (j3), paused
+        // since (j4: a later change the line must not undo), or gone (j9).
+        let conn = Connection::open(dir.join("binderd.sqlite3")).unwrap();
+        conn.execute_batch(
+            "UPDATE binders SET state = 'idle', owner = NULL, assigned_at = 0;
+             UPDATE binders SET state = 'starting' WHERE id = 'j3';
+             UPDATE binders SET state = 'paused', assigned_at = 7 WHERE id = 'j4';",
+        )
+        .unwrap();
+        drop(conn);
+        let journal = Journal::create(&dir).unwrap();
+        for (id, at) in [("j2", 501), ("j3", 502), ("j4", 503), ("j9", 504)] {
+            let record = Assigned {
+                id: id.into(),
+                owner: Owner::Anonymous,
+                assigned_at: at,
+            };
+            journal.append(record, |_, _| {}).unwrap();
+        }
+        drop(journal);
+        let (_store, loaded) = Store::open(&dir).unwrap();
+        let get = |id: &str| loaded.binders.iter().find(|b| b.id == id).unwrap();
+        // The journal is removed only once replayed at a start: j1's line,
+        // written by `record_handout` above, is replayed onto the row this
+        // test set back to idle.
+        assert_eq!(get("j1").state, State::Assigned);
+        assert_eq!(get("j1").owner, Some(Owner::Key("bob".into())));
+        assert_eq!(get("j1").assigned_at, 500);
+        assert_eq!(
+            (get("j2").state, get("j2").assigned_at),
+            (State::Assigned, 501)
+        );
+        assert_eq!(
+            (get("j3").state, get("j3").assigned_at),
+            (State::Assigned, 502)
+        );
+        assert_eq!((get("j4").state, get("j4").assigned_at), (State::Paused, 7));
+        assert_eq!(loaded.binders.len(), 4);
+        assert!(
+            journal::read(&dir).unwrap().is_empty(),
+            "replayed journal left behind"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Under a stream of handouts the journal is rotated and the old one
+    /// removed once committed, and every handout is in SQLite after a
+    /// reopen.
+    #[tokio::test]
+    async fn the_journal_stays_short_and_loses_nothing() {
+        let dir =
+            std::env::temp_dir().join(format!("binderd-journal-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let n = 400;
+        {
+            let (store, _) = Store::open(&dir).unwrap();
+            for i in 0..n {
+                store.put_binder(binder(&format!("r{i}"))).await.unwrap();
+            }
+            for i in 0..n {
+                store
+                    .record_handout(&format!("r{i}"), Owner::Anonymous, 1000 + i)
+                    .unwrap();
+                if i % 50 == 49 {
+                    // Let the writer catch up now and then, as a real load does.
+                    store.set_pool_size("b", 1, 2).await.unwrap();
+                }
+            }
+            store.set_pool_size("b", 1, 2).await.unwrap();
+            let size = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len());
+            assert!(
+                size("binderd.journal").unwrap() < 2 * journal::ROTATE_BYTES,
+                "never rotated"
+            );
+            assert!(
+                size("binderd.journal.1").is_err(),
+                "old journal kept after its commit"
+            );
+            assert!(
+                journal::read(&dir).unwrap().len() < n as usize,
+                "every line still in the journal"
+            );
+        }
+        // SQLite alone (the journal removed) has them all.
+        std::fs::remove_file(dir.join("binderd.journal")).unwrap();
+        let (_store, loaded) = Store::open(&dir).unwrap();
+        let assigned = loaded
+            .binders
+            .iter()
+            .filter(|b| b.state == State::Assigned)
+            .count();
+        assert_eq!(assigned, n as usize);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
