@@ -319,7 +319,7 @@ async fn main() {
     h.print();
     b.print();
     println!(
-        "ratio: throughput {:.2}x (target ≥ 0.70x), p99 {:.2}x (target ≤ 1.5x), CPU per request {:.2}x",
+        "ratio: throughput {:.2}x (target ≥ 0.80x), p99 {:.2}x (target ≤ 1.3x), CPU per request {:.2}x",
         b.rps() / h.rps(),
         pct(&b.lat, 0.99) / pct(&h.lat, 0.99),
         b.cpu_us() / h.cpu_us()

@@ -331,7 +331,11 @@ impl Binder {
 
     /// `/user/{token}/`
     pub fn location(&self) -> String {
-        format!("/user/{}/", self.token)
+        let mut at = String::with_capacity(7 + self.token.len());
+        at.push_str("/user/");
+        at.push_str(&self.token);
+        at.push('/');
+        at
     }
 }
 

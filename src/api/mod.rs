@@ -412,7 +412,9 @@ fn binding_name(raw: &str) -> Result<BindingName> {
 }
 
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>> {
-    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Sized for a binder's document at once (no regrowth on the handout).
+    let mut body = Vec::with_capacity(384);
+    serde_json::to_writer(&mut body, value).map_err(|e| ApiError::Internal(e.to_string()))?;
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

@@ -26,7 +26,8 @@ pub struct ErrorDetail {
 /// A binder as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BinderView {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: crate::binder::BinderId,
     pub binding: String,
     /// `starting`, `ready`, `paused`, `stopping`, `stopped` or `failed`.
     pub state: &'static str,
@@ -59,7 +60,7 @@ impl BinderView {
         let state = binder.state();
         let shown = matches!(state, State::Assigned | State::Paused);
         BinderView {
-            id: binder.id.to_string(),
+            id: binder.id.clone(),
             binding: binder.binding.to_string(),
             state: state.public_name(),
             created_at: binder.created_at,

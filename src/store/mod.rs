@@ -37,7 +37,7 @@ const MAX_BATCH: usize = 4096;
 /// How long the writer lets journaled handouts gather before committing
 /// them (a write someone waits for, arriving meanwhile, waits this much
 /// longer at most).
-const JOURNAL_GATHER: Duration = Duration::from_millis(2);
+const JOURNAL_GATHER: Duration = Duration::from_millis(5);
 /// How often the checkpointer looks at the WAL.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
 /// A checkpoint runs once the writer has been idle this long...
@@ -198,11 +198,19 @@ CREATE TABLE IF NOT EXISTS pool_sizes (
 );
 ";
 
-fn state_name(state: State) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// The name a state is stored under (its serde name, which the store also
+/// reads back through serde).
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Starting => "starting",
+        State::StartingClaimed => "starting_claimed",
+        State::Idle => "idle",
+        State::Assigned => "assigned",
+        State::Stopping => "stopping",
+        State::Stopped => "stopped",
+        State::Failed => "failed",
+        State::Paused => "paused",
+    }
 }
 
 impl Store {
@@ -412,9 +420,9 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
 
 /// Binder id → SQLite rowid, kept by the writer so that a handout updates its
 /// row by rowid (one integer b-tree descent) rather than through the id index
-/// (a string-keyed descent through random pages, then the table). A stale
-/// entry costs nothing but speed: every rowid update also checks the id and
-/// falls back to the index when it matches no row.
+/// (a string-keyed descent through random pages, then the table). The writer
+/// makes every insert and delete of a binder row, and updates the map with
+/// each, so an entry is always its binder's current row.
 type Rows = std::collections::HashMap<String, i64>;
 
 fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
@@ -472,13 +480,15 @@ fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
         }) => {
             let owner = serde_json::to_string(owner).ok();
             let state = state_name(State::Assigned);
+            // The map follows every insert and delete (this thread makes
+            // them all), so its rowid is this binder's row.
             let by_rowid = match rows.get(id) {
                 Some(row) => conn
                     .prepare_cached(
-                        "UPDATE binders SET state = ?3, owner = ?4, assigned_at = ?5
-                         WHERE rowid = ?1 AND id = ?2",
+                        "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4
+                         WHERE rowid = ?1",
                     )?
-                    .execute(params![row, id, state, owner, *assigned_at as i64])?,
+                    .execute(params![row, state, owner, *assigned_at as i64])?,
                 None => 0,
             };
             if by_rowid == 0 {
@@ -510,6 +520,17 @@ fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the id → rowid map back from the table.
+fn read_rows(conn: &Connection, rows: &mut Rows) {
+    rows.clear();
+    if let Ok(mut stmt) = conn.prepare("SELECT id, rowid FROM binders") {
+        if let Ok(found) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        {
+            rows.extend(found.flatten());
+        }
+    }
 }
 
 fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) {
@@ -569,12 +590,7 @@ fn writer(
     let mut old_journal_ends: Option<u64> = None;
     let mut journal_failed = false;
     let mut rows = Rows::new();
-    if let Ok(mut stmt) = conn.prepare("SELECT id, rowid FROM binders") {
-        if let Ok(found) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        {
-            rows.extend(found.flatten());
-        }
-    }
+    read_rows(&conn, &mut rows);
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -593,8 +609,10 @@ fn writer(
             }
             tx.commit()
         });
-        if committed.is_ok() {
-            commits.committed();
+        match &committed {
+            Ok(()) => commits.committed(),
+            // Rolled back: the map may name rows that were never made.
+            Err(_) => read_rows(&conn, &mut rows),
         }
         for (job, result) in batch
             .drain(..)
@@ -644,6 +662,25 @@ pub fn read_binder_state(data_dir: &Path, id: &str) -> Result<Option<String>, St
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+
+    #[test]
+    fn states_are_stored_under_their_serde_names() {
+        use State::*;
+        let all = [
+            Starting,
+            StartingClaimed,
+            Idle,
+            Assigned,
+            Stopping,
+            Stopped,
+            Failed,
+            Paused,
+        ];
+        for state in all {
+            let serde = serde_json::to_value(state).unwrap();
+            assert_eq!(serde.as_str(), Some(state_name(state)), "{state:?}");
+        }
+    }
 
     #[test]
     fn checkpoints_wait_for_an_idle_writer_or_a_long_wal() {
