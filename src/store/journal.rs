@@ -77,7 +77,8 @@ struct Inner {
     bytes: u64,
     /// Lines appended since start (the last one's number).
     appended: u64,
-    /// A write failed partway: the next line starts on a new one.
+    /// A write failed partway and its part could not be cut off: the next
+    /// line starts on a new one.
     torn: bool,
     line: Vec<u8>,
 }
@@ -127,11 +128,22 @@ impl Journal {
         }
         record.write_line(&mut inner.line);
         if let Err(e) = (&inner.file).write_all(&inner.line) {
-            inner.torn = true;
+            // The handout is refused, so no part of its line may stay: cut
+            // the file back to the last whole line.
+            if let Err(cut) = inner.file.set_len(inner.bytes) {
+                tracing::error!(error = %cut, "cannot cut a failed handout journal line");
+                inner.torn = true;
+            }
             return Err(e);
         }
-        inner.torn = false;
         inner.bytes += inner.line.len() as u64;
+        if inner.torn {
+            // The file also holds the failed part: its length is the truth.
+            inner.torn = false;
+            if let Ok(meta) = inner.file.metadata() {
+                inner.bytes = meta.len();
+            }
+        }
         inner.appended += 1;
         queue(record, inner.appended);
         Ok(())
