@@ -701,8 +701,7 @@ mod tests {
     /// copy of it without the WAL has them).
     #[tokio::test]
     async fn idle_commits_are_checkpointed_into_the_database_file() {
-        let dir = std::env::temp_dir().join(format!("binderd-ckpt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("ckpt");
         let (store, _) = Store::open(&dir).unwrap();
         store.put_binder(binder("ck1")).await.unwrap();
         let copy = dir.join("copy.sqlite3");
@@ -720,6 +719,13 @@ mod tests {
         }
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An empty data dir of this test's own.
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("binderd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 
     fn binder(id: &str) -> StoredBinder {
@@ -740,8 +746,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_survive_reopen_and_batch_concurrently() {
-        let dir = std::env::temp_dir().join(format!("binderd-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("store");
         {
             let (store, loaded) = Store::open(&dir).unwrap();
             assert!(loaded.bindings.is_empty());
@@ -818,9 +823,7 @@ mod tests {
     /// start see the binder assigned. A line never undoes a later change.
     #[tokio::test]
     async fn journaled_handouts_are_durable_before_sqlite_has_them() {
-        let dir =
-            std::env::temp_dir().join(format!("binderd-journal-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("journal-store");
         {
             let (store, _) = Store::open(&dir).unwrap();
             for id in ["j1", "j2", "j3", "j4"] {
@@ -884,9 +887,7 @@ mod tests {
     /// reopen.
     #[tokio::test]
     async fn the_journal_stays_short_and_loses_nothing() {
-        let dir =
-            std::env::temp_dir().join(format!("binderd-journal-rotate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("journal-rotate");
         let n = 400;
         {
             let (store, _) = Store::open(&dir).unwrap();
