@@ -25,8 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::SegQueue;
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use tokio::sync::oneshot;
 
 use crate::auth::Owner;
 use crate::backend::Instance;
@@ -34,10 +36,12 @@ use crate::binder::{Binder, State};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
-/// How long the writer lets journaled handouts gather before committing
-/// them (a write someone waits for, arriving meanwhile, waits this much
-/// longer at most).
-const JOURNAL_GATHER: Duration = Duration::from_millis(5);
+/// How often the writer folds journaled handouts into SQLite while they come
+/// (they never wake it; a write someone waits for does, and takes them
+/// along)...
+const JOURNAL_GATHER: Duration = Duration::from_millis(10);
+/// ...and while none came in its last round.
+const JOURNAL_QUIET: Duration = Duration::from_millis(250);
 /// How often the checkpointer looks at the WAL.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
 /// A checkpoint runs once the writer has been idle this long...
@@ -52,6 +56,8 @@ struct Commits {
     /// When the last commit ended, in milliseconds since `epoch`.
     last_ms: AtomicU64,
     epoch: Instant,
+    /// The writer has stopped (every `Store` is gone).
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Commits {
@@ -60,6 +66,7 @@ impl Default for Commits {
             pending: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -169,7 +176,10 @@ struct Job {
 /// Handle to the writer thread and the handout journal. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::UnboundedSender<Job>,
+    /// Writes someone waits for: each wakes the writer.
+    tx: mpsc::Sender<Job>,
+    /// Journaled handouts, in line order: they wake nobody.
+    journaled: Arc<SegQueue<Job>>,
     journal: Arc<Journal>,
 }
 
@@ -238,17 +248,19 @@ impl Store {
         let checkpointer = Connection::open(data_dir.join("binderd.sqlite3"))?;
         checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
         let commits = Arc::new(Commits::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let written = commits.clone();
-        let rotated = journal.clone();
+        let (tx, rx) = mpsc::channel();
+        let journaled = Arc::new(SegQueue::new());
+        let (written, rotated, queued) = (commits.clone(), journal.clone(), journaled.clone());
         std::thread::Builder::new()
             .name("binderd-store".into())
-            .spawn(move || writer(conn, rx, &written, &rotated))?;
-        let alive = tx.downgrade();
+            .spawn(move || {
+                writer(conn, &rx, &queued, &written, &rotated);
+                written.stopped.store(true, Ordering::Release);
+            })?;
         std::thread::Builder::new()
             .name("binderd-checkpoint".into())
             .spawn(move || {
-                while alive.upgrade().is_some() {
+                while !commits.stopped.load(Ordering::Acquire) {
                     std::thread::sleep(CHECKPOINT_POLL);
                     let pending = commits.pending.load(Ordering::Acquire);
                     if commits.checkpoint_due(pending) {
@@ -261,7 +273,14 @@ impl Store {
                     }
                 }
             })?;
-        Ok((Store { tx, journal }, loaded))
+        Ok((
+            Store {
+                tx,
+                journaled,
+                journal,
+            },
+            loaded,
+        ))
     }
 
     async fn submit(&self, op: Op) -> Result<(), StoreError> {
@@ -308,8 +327,7 @@ impl Store {
             assigned_at,
         };
         self.journal.append(record, |record, line| {
-            // A stopped writer loses nothing: the line is replayed at start.
-            let _ = self.tx.send(Job {
+            self.journaled.push(Job {
                 op: Op::Assign(record),
                 done: None,
                 line,
@@ -533,15 +551,6 @@ fn read_rows(conn: &Connection, rows: &mut Rows) {
     }
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
-    }
-}
-
 /// Applies the journal a previous run left (its handouts may not all have
 /// reached SQLite), then removes it. A line only turns a binder recorded as
 /// idle or starting into an assigned one, so it never undoes a later change
@@ -579,7 +588,8 @@ fn replay_journal(conn: &Connection, dir: &Path) -> Result<(), StoreError> {
 /// one removed once every line in it is committed.
 fn writer(
     mut conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    rx: &mpsc::Receiver<Job>,
+    journaled: &SegQueue<Job>,
     commits: &Commits,
     journal: &Journal,
 ) {
@@ -592,15 +602,43 @@ fn writer(
     let mut rows = Rows::new();
     read_rows(&conn, &mut rows);
     let mut batch: Vec<Job> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        drain(&mut rx, &mut batch);
-        if batch.iter().all(|job| job.done.is_none()) {
-            // Only journaled handouts, already durable and answered: let
-            // more gather (one commit, one wake-up for many) rather than
-            // commit each as it comes and take the CPU the handouts need.
-            std::thread::sleep(JOURNAL_GATHER);
-            drain(&mut rx, &mut batch);
+    let mut waited: Vec<Job> = Vec::new();
+    let mut quiet = true;
+    loop {
+        // Woken by a write someone waits for, else by the clock: journaled
+        // handouts (already durable and answered) gather meanwhile, so one
+        // commit takes many and no handout pays for a wake-up.
+        let wait = if quiet { JOURNAL_QUIET } else { JOURNAL_GATHER };
+        let closed = match rx.recv_timeout(wait) {
+            Ok(job) => {
+                waited.push(job);
+                while waited.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => waited.push(job),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        // Journaled handouts first: a write someone waits for may follow a
+        // handout (a pause, a delete), never the reverse — the writes a
+        // binder's start awaits are all done before it can be handed out.
+        while batch.len() < MAX_BATCH {
+            match journaled.pop() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        quiet = batch.is_empty();
+        batch.append(&mut waited);
+        if batch.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
         }
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
         let committed = conn.transaction().and_then(|tx| {
@@ -909,10 +947,17 @@ mod tests {
                 size("binderd.journal").unwrap() < 2 * journal::ROTATE_BYTES,
                 "never rotated"
             );
-            assert!(
-                size("binderd.journal.1").is_err(),
-                "old journal kept after its commit"
-            );
+            // The writer removes it after the batch that commits its last
+            // line (acknowledged before that): a later batch sees it gone.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while size("binderd.journal.1").is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "old journal kept after its commit"
+                );
+                store.set_pool_size("b", 1, 2).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             assert!(
                 journal::read(&dir).unwrap().len() < n as usize,
                 "every line still in the journal"
