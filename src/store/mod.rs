@@ -39,7 +39,7 @@ const MAX_BATCH: usize = 4096;
 /// How often the writer folds journaled handouts into SQLite while they come
 /// (they never wake it; a write someone waits for does, and takes them
 /// along)...
-const JOURNAL_GATHER: Duration = Duration::from_millis(10);
+const JOURNAL_GATHER: Duration = Duration::from_millis(2);
 /// ...and while none came in its last round.
 const JOURNAL_QUIET: Duration = Duration::from_millis(250);
 /// How often the checkpointer looks at the WAL.
