@@ -44,6 +44,17 @@ def until(what, check, timeout=15):
     raise SystemExit("timed out waiting: " + what)
 
 
+def click(driver, selector):
+    """Clicks what `selector` finds, finding it again if the page re-rendered
+    it in between (a stale element)."""
+
+    def attempt():
+        driver.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    until("a click on " + selector, attempt)
+
+
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
 for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
@@ -67,7 +78,7 @@ try:
     report["running"] = [running_before, running_before + 1]
     # A resize without a key is refused, visibly.
     driver.find_element(By.CSS_SELECTOR, row + " input.new-min").send_keys("3")
-    driver.find_element(By.CSS_SELECTOR, row + " button.resize").click()
+    click(driver, row + " button.resize")
     message = until("the refusal", lambda: "refused" in driver.find_element(By.ID, "message").text
                     and driver.find_element(By.ID, "message"))
     assert "error" in message.get_attribute("class"), message.get_attribute("class")
@@ -75,13 +86,13 @@ try:
     assert api("GET", "/pools/dash")["minPool"] == 2
     # With the admin key (kept in this tab's sessionStorage) it works.
     driver.find_element(By.ID, "key").send_keys(admin_key)
-    driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    click(driver, "#key-form button[type=submit]")
     until("the key in use", lambda: "key in use" in driver.find_element(By.ID, "message").text)
     assert admin_key not in driver.current_url
     min_input = driver.find_element(By.CSS_SELECTOR, row + " input.new-min")
     min_input.clear()
     min_input.send_keys("3")
-    driver.find_element(By.CSS_SELECTOR, row + " button.resize").click()
+    click(driver, row + " button.resize")
     until("the resize", lambda: api("GET", "/pools/dash")["minPool"] == 3)
     until("the page to show it", lambda: cell("min") == "3")
     # With a key the binders show, with their buttons.
