@@ -96,7 +96,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store's writer has stopped")]
     Closed,
-    #[error("cannot create data dir: {0}")]
+    #[error("data dir I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
