@@ -74,7 +74,7 @@ impl Pools {
                 binder.set_assigned_at(now);
                 binder.set_last_activity(now);
                 binder.changed.notify_waiters();
-                self.shared.store.record_handout(&binder.id, owner, now)
+                self.shared.store.record_handout(&binder.id, &owner, now)
             }
             Found::Cold => {
                 self.register(pool, &binder);

@@ -36,19 +36,29 @@ const OLD_NAME: &str = "binderd.journal.1";
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Assigned {
     pub id: String,
-    pub owner: Owner,
+    /// The owner as the JSON the store keeps: made once, for the journal
+    /// line and for the writer's row alike.
+    pub owner: String,
     pub assigned_at: u64,
 }
 
 impl Assigned {
+    pub fn new(id: &str, owner: &Owner, assigned_at: u64) -> Assigned {
+        Assigned {
+            id: id.to_owned(),
+            // serde_json escapes control characters: the owner is one line.
+            owner: serde_json::to_string(owner).unwrap_or_else(|_| "null".into()),
+            assigned_at,
+        }
+    }
+
     fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"assign\t");
         out.extend_from_slice(self.id.as_bytes());
         out.push(b'\t');
-        out.extend_from_slice(self.assigned_at.to_string().as_bytes());
+        let _ = write!(out, "{}", self.assigned_at);
         out.push(b'\t');
-        // serde_json escapes control characters: the owner is one line.
-        let _ = serde_json::to_writer(&mut *out, &self.owner);
+        out.extend_from_slice(self.owner.as_bytes());
         out.push(b'\n');
     }
 
@@ -59,13 +69,14 @@ impl Assigned {
         }
         let id = fields.next()?;
         let assigned_at = fields.next()?.parse().ok()?;
-        let owner = serde_json::from_str(fields.next()?).ok()?;
+        let owner = fields.next()?;
+        serde_json::from_str::<Owner>(owner).ok()?;
         if id.is_empty() || id.contains(char::is_whitespace) {
             return None;
         }
         Some(Assigned {
             id: id.to_owned(),
-            owner,
+            owner: owner.to_owned(),
             assigned_at,
         })
     }
@@ -232,15 +243,12 @@ mod tests {
     }
 
     fn record(i: u64) -> Assigned {
-        Assigned {
-            id: format!("b{i}"),
-            owner: if i % 2 == 0 {
-                Owner::Anonymous
-            } else {
-                Owner::Key(format!("tab\tand\nnewline {i}"))
-            },
-            assigned_at: 1_000 + i,
-        }
+        let owner = if i % 2 == 0 {
+            Owner::Anonymous
+        } else {
+            Owner::Key(format!("tab\tand\nnewline {i}"))
+        };
+        Assigned::new(&format!("b{i}"), &owner, 1_000 + i)
     }
 
     #[test]
