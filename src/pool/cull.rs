@@ -20,6 +20,32 @@ use super::{Entry, Pool, Pools};
 use crate::binder::{now_unix, Binder, BinderId, State};
 use crate::binding::Cull;
 
+/// How many binders the culler takes in before it lets the other tasks of
+/// its thread run: a tick after a rush of handouts has tens of thousands to
+/// take in (at a few hundred ns each), which in one go would hold up every
+/// request waiting on that thread for milliseconds.
+const CULL_CHUNK: usize = 512;
+
+/// Moves the binders handed out since the last tick from `inbox` into
+/// `heap`, with their due time (`due_of`; those it gives none are not
+/// watched), yielding every [`CULL_CHUNK`].
+async fn take_inbox(
+    inbox: &crossbeam_queue::SegQueue<BinderId>,
+    heap: &mut BinaryHeap<Reverse<(u64, BinderId)>>,
+    mut due_of: impl FnMut(&BinderId) -> Option<u64>,
+) {
+    let mut taken = 0;
+    while let Some(id) = inbox.pop() {
+        if let Some(at) = due_of(&id) {
+            heap.push(Reverse((at, id)));
+        }
+        taken += 1;
+        if taken % CULL_CHUNK == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// When `binder` is due, or `None` when it is not subject to culling.
 pub(crate) fn due(binder: &Binder, cull: &Cull) -> Option<u64> {
     let aged = binder.assigned_at().saturating_add(cull.max_age_seconds);
@@ -59,27 +85,31 @@ impl Pools {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    while let Some(id) = self.shared.cull_inbox.pop() {
-                        if let Some(Entry { pool, binder }) = self.binder(&id) {
-                            if let Some(at) = due(&binder, &pool.record().binding.cull) {
-                                heap.push(Reverse((at, id)));
-                            }
-                        }
-                    }
-                    self.cull_due(&mut heap);
+                    take_inbox(&self.shared.cull_inbox, &mut heap, |id| {
+                        let Entry { pool, binder } = self.binder(id)?;
+                        due(&binder, &pool.record().binding.cull)
+                    })
+                    .await;
+                    self.cull_due(&mut heap).await;
                 }
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Stops what is due in `heap`; pushes back what has moved.
-    fn cull_due(&self, heap: &mut BinaryHeap<Reverse<(u64, BinderId)>>) {
+    /// Stops what is due in `heap`; pushes back what has moved. A chunk at
+    /// a time, like [`take_inbox`].
+    async fn cull_due(&self, heap: &mut BinaryHeap<Reverse<(u64, BinderId)>>) {
         let now = now_unix();
+        let mut popped = 0;
         while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(Reverse((_, id))) = heap.pop() else {
                 break;
             };
+            popped += 1;
+            if popped % CULL_CHUNK == 0 {
+                tokio::task::yield_now().await;
+            }
             let Some(Entry { pool, binder }) = self.binder(&id) else {
                 continue;
             };
@@ -192,6 +222,37 @@ impl Why {
 mod tests {
     use super::*;
     use crate::binding::BindingName;
+
+    /// A tick after a rush takes its binders in a chunk at a time: the
+    /// thread's other tasks (requests) run in between.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_inbox_is_taken_in_chunks_letting_other_tasks_run() {
+        let n = CULL_CHUNK * 3 + 1;
+        let inbox = Arc::new(crossbeam_queue::SegQueue::new());
+        for i in 0..n {
+            inbox.push(BinderId::from(format!("b{i}")));
+        }
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (left, saw) = (inbox.clone(), seen.clone());
+        let other = tokio::spawn(async move {
+            loop {
+                saw.lock().unwrap().push(left.len());
+                if left.is_empty() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut heap = BinaryHeap::new();
+        take_inbox(&inbox, &mut heap, |id| (id.as_ref() != "b0").then_some(7)).await;
+        other.await.unwrap();
+        assert_eq!(heap.len(), n - 1, "b0 has no due time, so is not watched");
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().any(|left| *left > 0 && *left < n),
+            "the other task only ran before or after: {seen:?}"
+        );
+    }
 
     #[test]
     fn due_is_the_earlier_of_idle_and_age_and_skips_pool_binders() {
