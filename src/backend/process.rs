@@ -1,7 +1,7 @@
 //! The `process` backend: each binder is a local process group.
 //!
 //! The binding's `command` runs with `{port}` (a free loopback port chosen
-//! here), `{base_url}` and `{token}` filled in, in its own process group (so a
+//! here, from 20000–32767: below the ephemeral range, see [`PORTS`]), `{base_url}` and `{token}` filled in, in its own process group (so a
 //! SIGKILL of binderd leaves it running, to be adopted), in a working
 //! directory of its own under the data dir, with stdout and stderr kept in a
 //! log file. `env` values get the same placeholders plus `{workdir}` (that
@@ -100,9 +100,44 @@ impl ProcessBackend {
     }
 }
 
+/// Where a binder's `{port}` comes from: below Linux's default ephemeral
+/// range (32768–60999). The port is free when it is picked, but the server
+/// binds it only once it has started (a second or more for a real one);
+/// a port from the ephemeral range could meanwhile be given to any outgoing
+/// connection — binderd's own readiness checks and proxied requests make
+/// thousands — and the server would then fail to start.
+const PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// The next port to try, as an offset into [`PORTS`]: one cursor for the
+/// whole process, starting at a random place, so concurrent starts (of one
+/// backend or several) never pick the same port while a server is still
+/// on its way to binding it.
+fn next_port() -> u16 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let len = u32::from(PORTS.end - PORTS.start);
+    let next = NEXT.get_or_init(|| rand::random::<u32>().into());
+    let offset = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % len;
+    PORTS.start + offset as u16
+}
+
+/// A loopback port nothing is bound to (a live binder's server holds its
+/// own, so it is skipped).
 fn free_port() -> Result<u16, BackendError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+    free_port_from(next_port)
+}
+
+fn free_port_from(mut next: impl FnMut() -> u16) -> Result<u16, BackendError> {
+    for _ in PORTS {
+        let port = next();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(BackendError::Start(format!(
+        "no free loopback port in {}–{}",
+        PORTS.start,
+        PORTS.end - 1
+    )))
 }
 
 fn parse_pid(instance: &Instance) -> Option<Pid> {
@@ -439,6 +474,28 @@ mod tests {
         .unwrap();
         b.validate(true, 100).unwrap();
         b
+    }
+
+    #[test]
+    fn ports_come_from_below_the_ephemeral_range_once_each_and_held_ones_are_skipped() {
+        let mut held = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let port = free_port().unwrap();
+            assert!(PORTS.contains(&port), "{port}");
+            assert!(seen.insert(port), "{port} picked twice");
+            // Held, as a started server holds its port.
+            held.push(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
+        }
+        let taken = held[0].local_addr().unwrap().port();
+        let free = free_port().unwrap();
+        drop(TcpListener::bind((Ipv4Addr::LOCALHOST, free)).unwrap());
+        let mut offered = [taken, free].into_iter();
+        assert_eq!(
+            free_port_from(|| offered.next().unwrap()).unwrap(),
+            free,
+            "a port something holds is passed over"
+        );
     }
 
     #[tokio::test]
