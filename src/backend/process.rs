@@ -1,7 +1,8 @@
 //! The `process` backend: each binder is a local process group.
 //!
 //! The binding's `command` runs with `{port}` (a free loopback port chosen
-//! here, from 20000–32767: below the ephemeral range, see [`PORTS`]), `{base_url}` and `{token}` filled in, in its own process group (so a
+//! here, from 20000–32767, below the ephemeral range: see [`PORTS`]),
+//! `{base_url}` and `{token}` filled in, in its own process group (so a
 //! SIGKILL of binderd leaves it running, to be adopted), in a working
 //! directory of its own under the data dir, with stdout and stderr kept in a
 //! log file. `env` values get the same placeholders plus `{workdir}` (that
