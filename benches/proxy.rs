@@ -433,13 +433,31 @@ async fn main() {
 
     let ws_path = format!("{location}ws");
     println!();
-    println!("WebSocket echo round trip, {ws_n} messages one at a time");
+    println!(
+        "WebSocket echo round trip, {ws_n} messages one at a time per round, {rounds} rounds in alternating order"
+    );
     println!("{:<20} {:>8} {:>8}", "", "p50 µs", "p99 µs");
+    let ws_urls: Vec<String> = targets
+        .iter()
+        .map(|t| format!("ws://{}{ws_path}", t.addr))
+        .collect();
+    for url in &ws_urls {
+        ws_round_trips(url, 200).await;
+    }
+    let mut ws_lat: Vec<Vec<Duration>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        for i in order {
+            ws_lat[i].extend(ws_round_trips(&ws_urls[i], ws_n).await);
+        }
+    }
     let mut ws_rows = Vec::new();
-    for t in &targets {
-        let url = format!("ws://{}{ws_path}", t.addr);
-        ws_round_trips(&url, 200).await;
-        let lat = ws_round_trips(&url, ws_n).await;
+    for (t, mut lat) in targets.iter().zip(ws_lat) {
+        lat.sort();
         println!(
             "{:<20} {:>8.0} {:>8.0}",
             t.name,
