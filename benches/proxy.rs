@@ -102,6 +102,16 @@ async fn ws_round_trips(url: &str, n: usize) -> Vec<Duration> {
     lat
 }
 
+/// The targets' order in a round: reversed every other round, so no target
+/// always runs first (and the machine's drift falls on all alike).
+fn alternating(round: usize, targets: usize) -> Vec<usize> {
+    if round % 2 == 0 {
+        (0..targets).collect()
+    } else {
+        (0..targets).rev().collect()
+    }
+}
+
 fn pct(v: &[Duration], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6
 }
@@ -390,13 +400,7 @@ async fn main() {
             load(t.addr, path.clone(), 2_000.min(n), conns).await;
         }
         for round in 0..rounds {
-            // Alternate the order, so no target always runs first.
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..targets.len()).collect()
-            } else {
-                (0..targets.len()).rev().collect()
-            };
-            for i in order {
+            for i in alternating(round, targets.len()) {
                 let (rps, lat, cpu) = run(&targets[i], &path, n, conns).await;
                 results[i].0.push(rps);
                 results[i].1.extend(lat);
@@ -446,12 +450,7 @@ async fn main() {
     }
     let mut ws_lat: Vec<Vec<Duration>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        let order: Vec<usize> = if round % 2 == 0 {
-            (0..targets.len()).collect()
-        } else {
-            (0..targets.len()).rev().collect()
-        };
-        for i in order {
+        for i in alternating(round, targets.len()) {
             ws_lat[i].extend(ws_round_trips(&ws_urls[i], ws_n).await);
         }
     }
