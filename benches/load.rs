@@ -527,11 +527,7 @@ async fn spawn_directly(cmd: &str, n: usize, concurrency: usize) -> Duration {
         let cmd = cmd.to_owned();
         tasks.push(tokio::spawn(async move {
             let _p = permits.acquire_owned().await.unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = support::free_port();
             let child = tokio::process::Command::new(cmd)
                 .args(["--port", &port.to_string(), "--base-url", "/"])
                 .stdout(std::process::Stdio::null())

@@ -24,7 +24,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use support::cpu_seconds;
+use support::{cpu_seconds, free_port};
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "bench-admin-key";
@@ -125,15 +125,6 @@ impl Drop for Cleanup {
         ProcessBackend::kill_all(&self.0.join("data"));
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_listening(addr: SocketAddr) {

@@ -26,6 +26,15 @@ pub const KEY: &str = "bench-admin-key";
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
+/// A free loopback port (bound, then released), for a server a bench starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// binderd in this process on a free loopback port, without rate limits,
 /// with the admin key [`KEY`].
 pub struct Binderd {
@@ -174,11 +183,7 @@ pub struct Standin(pub std::process::Child, pub SocketAddr);
 
 impl Standin {
     pub fn start() -> Standin {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_binderd-standin"))
             .args(["--port", &port.to_string(), "--base-url", "/"])
             .stdout(std::process::Stdio::null())
