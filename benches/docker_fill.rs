@@ -172,6 +172,7 @@ async fn main() {
         std::env::temp_dir().join(format!("binderd-bench-docker-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut config = Config::new(&data_dir);
+    config.process.helper = Some(env!("CARGO_BIN_EXE_binderd").into());
     config.listen = "127.0.0.1:0".parse().unwrap();
     // Measuring binderd's own path: no rate limits.
     config.rate_limit.anonymous_per_minute = 0;

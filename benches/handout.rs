@@ -154,6 +154,7 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&data_dir);
     let _cleanup = Cleanup(data_dir.clone());
     let mut config = Config::new(&data_dir);
+    config.process.helper = Some(env!("CARGO_BIN_EXE_binderd").into());
     config.listen = "127.0.0.1:0".parse().unwrap();
     // Measuring binderd's own path: no rate limits.
     config.rate_limit.anonymous_per_minute = 0;

@@ -202,6 +202,7 @@ impl Series {
 
 fn config(dir: &std::path::Path) -> Config {
     let mut config = Config::new(dir);
+    config.process.helper = Some(env!("CARGO_BIN_EXE_binderd").into());
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
     config.rate_limit.anonymous_per_minute = 0;
@@ -225,7 +226,15 @@ async fn start(config: Config, backend: Arc<dyn Backend>) -> Running {
 /// binderd on the real process backend, cleaning up its processes on stop.
 async fn start_process(mut config: Config) -> Running {
     let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-    let backend = Arc::new(ProcessBackend::new(&config.data_dir, exits_tx).unwrap());
+    let backend = Arc::new(
+        ProcessBackend::with_config(
+            &config.data_dir,
+            config.process.clone(),
+            config.limits,
+            exits_tx,
+        )
+        .unwrap(),
+    );
     config.cleanup_on_exit = true;
     start_with(config, backend, exits_rx).await
 }

@@ -107,6 +107,10 @@ pub struct Binding {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub resources: Resources,
+    /// Linux capabilities given back to the container (Docker, Kubernetes);
+    /// every other one is dropped. Only those of [`GRANTABLE_CAPABILITIES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,65 +172,78 @@ pub struct Kernel {
     pub warmup: Option<String>,
 }
 
-/// Memory and CPU limits, as Kubernetes writes them (`512Mi`, `0.5`).
+/// Memory, CPU, process and open-file limits, as Kubernetes writes them
+/// (`512Mi`, `0.5`). What is left out comes from the server's `[limits]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "512Mi")]
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0.5")]
     pub cpu: Option<String>,
+    /// Processes and threads at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// Open files per process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<u32>,
 }
 
 impl Resources {
-    /// `memory` in bytes: `512Mi`, `1Gi`, `256M`, `1G`, `100k`, `512m` (Docker's
-    /// spelling of megabytes) or plain bytes.
-    pub fn memory_bytes(&self) -> Result<Option<i64>, InvalidBinding> {
-        let Some(raw) = self.memory.as_deref() else {
-            return Ok(None);
-        };
-        let bad = || InvalidBinding(format!("invalid resources.memory '{}'", printable(raw)));
-        let split = raw
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(raw.len());
-        let (number, unit) = raw.split_at(split);
-        let number: f64 = number.parse().map_err(|_| bad())?;
-        let factor: f64 = match unit {
-            "" => 1.0,
-            "k" | "K" => 1e3,
-            "Ki" | "kb" | "KB" => 1024.0,
-            "M" | "m" => 1e6,
-            "Mi" | "mb" | "MB" => 1024.0 * 1024.0,
-            "G" | "g" => 1e9,
-            "Gi" | "gb" | "GB" => 1024.0 * 1024.0 * 1024.0,
-            "T" => 1e12,
-            "Ti" => 1024f64.powi(4),
-            _ => return Err(bad()),
-        };
-        let bytes = number * factor;
-        if !(4.0 * 1024.0 * 1024.0..=1024f64.powi(5)).contains(&bytes) {
-            return Err(InvalidBinding(format!(
-                "resources.memory '{}' must be between 4Mi and 1Pi",
-                printable(raw)
-            )));
+    /// Checks every field as a new binding must have it: Kubernetes
+    /// quantities, no ambiguous memory spelling.
+    pub fn check(&self) -> Result<(), InvalidBinding> {
+        let err = |e: crate::limits::InvalidQuantity| InvalidBinding(e.0);
+        if let Some(m) = &self.memory {
+            crate::limits::memory("resources.memory", m).map_err(err)?;
         }
-        Ok(Some(bytes as i64))
+        if let Some(c) = &self.cpu {
+            crate::limits::cpu("resources.cpu", c).map_err(err)?;
+        }
+        crate::limits::check_binding_counts(self.pids, self.nofile).map_err(err)
     }
 
-    /// `cpu` in billionths of a CPU: `0.5`, `2`, `500m`.
-    pub fn cpu_nanos(&self) -> Result<Option<i64>, InvalidBinding> {
-        let Some(raw) = self.cpu.as_deref() else {
-            return Ok(None);
-        };
-        let bad = || InvalidBinding(format!("invalid resources.cpu '{}'", printable(raw)));
-        let cpus: f64 = match raw.strip_suffix('m') {
-            Some(milli) => milli.parse::<f64>().map_err(|_| bad())? / 1000.0,
-            None => raw.parse().map_err(|_| bad())?,
-        };
-        if !(0.001..=1024.0).contains(&cpus) {
-            return Err(bad());
+    /// `memory` in bytes (a stored binding's old spelling as it was read
+    /// then), or `None` when not given.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let raw = self.memory.as_deref()?;
+        crate::limits::memory("resources.memory", raw)
+            .ok()
+            .or_else(|| crate::limits::legacy_memory(raw))
+    }
+
+    /// `cpu` in thousandths of a CPU, or `None` when not given.
+    pub fn millicpus(&self) -> Option<u64> {
+        crate::limits::cpu("resources.cpu", self.cpu.as_deref()?).ok()
+    }
+
+    /// What these resources ask for, in numbers.
+    pub fn wanted(&self) -> crate::limits::Wanted {
+        crate::limits::Wanted {
+            memory_bytes: self.memory_bytes(),
+            millicpus: self.millicpus(),
+            pids: self.pids,
+            nofile: self.nofile,
         }
-        Ok(Some((cpus * 1e9) as i64))
+    }
+
+    /// Rewrites a memory value in a spelling binderd no longer accepts
+    /// (`512m`: 512 MB to Docker, 0.512 bytes to Kubernetes) into the bytes
+    /// it meant when it was stored, and says so; `None` when nothing changed.
+    pub fn upgrade_legacy(&mut self) -> Option<String> {
+        let raw = self.memory.clone()?;
+        if crate::limits::memory("resources.memory", &raw).is_ok() {
+            return None;
+        }
+        let bytes = crate::limits::legacy_memory(&raw)?;
+        self.memory = Some(bytes.to_string());
+        Some(format!(
+            "resources.memory '{}' is read as {bytes} bytes, as before; write it as a Kubernetes quantity (e.g. '{}Mi')",
+            printable(&raw),
+            bytes >> 20
+        ))
     }
 }
 
@@ -246,6 +263,39 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub params: BTreeMap<String, serde_json::Value>,
+    /// Capabilities given back to this service (a database image that
+    /// starts as root and changes user needs `CHOWN`, `SETUID`, `SETGID`,
+    /// `DAC_OVERRIDE`, `FOWNER`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+/// The capabilities a binding may give back: what images commonly need to
+/// start as root and step down, none that reach past the container.
+pub const GRANTABLE_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+];
+
+fn check_capabilities(field: &str, caps: &[String]) -> Result<(), InvalidBinding> {
+    for cap in caps {
+        let name = cap.strip_prefix("CAP_").unwrap_or(cap);
+        if !GRANTABLE_CAPABILITIES.contains(&name) {
+            return Err(InvalidBinding(format!(
+                "{field}: '{}' cannot be given back; allowed: {}",
+                printable(cap),
+                GRANTABLE_CAPABILITIES.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -409,9 +459,10 @@ impl Binding {
                 ))
             })?;
             check_env(&service.env)?;
+            check_capabilities("services.capabilities", &service.capabilities)?;
         }
-        self.resources.memory_bytes()?;
-        self.resources.cpu_nanos()?;
+        check_capabilities("capabilities", &self.capabilities)?;
+        self.resources.check()?;
         if let Some(kernel) = &self.kernel {
             let ok = !kernel.name.is_empty()
                 && kernel.name.len() <= 128
@@ -588,22 +639,32 @@ mod tests {
     }
 
     #[test]
-    fn resources_parse_kubernetes_and_docker_spellings() {
+    fn resources_are_kubernetes_quantities_and_old_spellings_keep_their_meaning() {
         let r = |m: &str, c: &str| Resources {
             memory: Some(m.into()),
             cpu: Some(c.into()),
+            ..Resources::default()
         };
-        assert_eq!(r("512Mi", "0.5").memory_bytes().unwrap(), Some(512 << 20));
-        assert_eq!(r("1G", "1").memory_bytes().unwrap(), Some(1_000_000_000));
-        assert_eq!(r("64m", "1").memory_bytes().unwrap(), Some(64_000_000));
-        assert_eq!(r("1Gi", "500m").cpu_nanos().unwrap(), Some(500_000_000));
-        assert_eq!(r("1Gi", "2").cpu_nanos().unwrap(), Some(2_000_000_000));
+        assert_eq!(r("512Mi", "0.5").memory_bytes(), Some(512 << 20));
+        assert_eq!(r("1G", "1").memory_bytes(), Some(1_000_000_000));
+        assert_eq!(r("1Gi", "500m").millicpus(), Some(500));
+        assert!(r("512Mi", "0.5").check().is_ok());
+        let e = r("512m", "1").check().unwrap_err().0;
+        assert!(e.contains("'512Mi'"), "{e}");
         for bad in ["lots", "1Q", "-5Mi", "1", "99999Ti"] {
-            assert!(r(bad, "1").memory_bytes().is_err(), "{bad}");
+            assert!(r(bad, "1").check().is_err(), "{bad}");
         }
         for bad in ["fast", "0", "-1", "5000"] {
-            assert!(r("1Gi", bad).cpu_nanos().is_err(), "{bad}");
+            assert!(r("1Gi", bad).check().is_err(), "{bad}");
         }
+        // A stored `512m` is still 512 MB, and is rewritten so to say so.
+        let mut old = r("512m", "1");
+        assert_eq!(old.memory_bytes(), Some(512_000_000));
+        let said = old.upgrade_legacy().unwrap();
+        assert!(said.contains("512000000 bytes"), "{said}");
+        assert_eq!(old.memory.as_deref(), Some("512000000"));
+        assert!(old.check().is_ok());
+        assert!(old.upgrade_legacy().is_none());
     }
 
     #[test]

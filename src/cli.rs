@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::admin::{Admin, BindersCommand, BindingsCommand, PoolsCommand, Target};
+use crate::backend::process::sandbox::SandboxArgs;
 use crate::config::ServeArgs;
 
 #[derive(Debug, Parser)]
@@ -57,11 +58,15 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// (internal) The process backend's helper inside a binder's sandbox.
+    #[command(hide = true)]
+    Sandbox(SandboxArgs),
 }
 
 /// What the command line asks for.
 pub enum Run {
     Serve(Box<ServeArgs>),
+    Sandbox(SandboxArgs),
     Admin(Admin, Target),
 }
 
@@ -69,6 +74,7 @@ impl Command {
     pub fn into_run(self) -> Run {
         let (admin, target) = match self {
             Command::Serve(args) => return Run::Serve(Box::new(args)),
+            Command::Sandbox(args) => return Run::Sandbox(args),
             Command::Bindings { command, target } => (Admin::Bindings(command), target),
             Command::Apply { file, target } => (Admin::Apply { file }, target),
             Command::Pools { command, target } => (Admin::Pools(command), target),

@@ -39,6 +39,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod kernel;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -90,14 +91,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
-    let backend = backend::connect(
-        config.backend,
-        &config.data_dir,
-        &config.docker,
-        &config.kubernetes,
-        exits_tx,
-    )
-    .await?;
+    let settings = backend::Settings {
+        docker: config.docker.clone(),
+        kubernetes: config.kubernetes.clone(),
+        process: config.process.clone(),
+        limits: config.limits,
+    };
+    let backend = backend::connect(config.backend, &config.data_dir, &settings, exits_tx).await?;
     run_with_backend(config, listener, shutdown, backend, exits_rx).await
 }
 

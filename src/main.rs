@@ -40,9 +40,14 @@ fn main() -> ExitCode {
     };
     let args = match cli.command.into_run() {
         Run::Admin(command, target) => return admin(command, target),
+        Run::Sandbox(args) => return binderd::backend::process::sandbox::main(args),
         Run::Serve(args) => *args,
     };
-    let config = match Config::load(args, std::env::var("BINDERD_API_KEYS").ok()) {
+    // The keys live in binderd's memory only: nothing it starts inherits
+    // them (binders start from a cleared environment as well).
+    let api_keys = std::env::var("BINDERD_API_KEYS").ok();
+    std::env::remove_var("BINDERD_API_KEYS");
+    let config = match Config::load(args, api_keys) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("binderd: {e}");

@@ -38,17 +38,24 @@ struct Limits {
 
 impl QuotaSpec {
     fn limits(&self) -> Result<Limits, InvalidBinding> {
-        let r = Resources {
-            memory: self.memory.clone(),
-            cpu: self.cpu.clone(),
-        };
+        let err = |e: crate::limits::InvalidQuantity| InvalidBinding(e.0);
         if self.binders.is_some_and(|b| b < 0) {
             return Err(InvalidBinding("quota.binders must not be negative".into()));
         }
         Ok(Limits {
             binders: self.binders,
-            memory: r.memory_bytes()?,
-            cpu: r.cpu_nanos()?,
+            memory: self
+                .memory
+                .as_deref()
+                .map(|m| crate::limits::memory("quota.memory", m).map(|b| b as i64))
+                .transpose()
+                .map_err(err)?,
+            cpu: self
+                .cpu
+                .as_deref()
+                .map(|c| crate::limits::cpu("quota.cpu", c).map(|m| m as i64 * 1_000_000))
+                .transpose()
+                .map_err(err)?,
         })
     }
 }
@@ -131,8 +138,8 @@ impl Quotas {
         let Owner::Key(key) = owner else {
             return Ok(None);
         };
-        let memory = resources.memory_bytes().ok().flatten().unwrap_or(0);
-        let cpu = resources.cpu_nanos().ok().flatten().unwrap_or(0);
+        let memory = resources.memory_bytes().unwrap_or(0) as i64;
+        let cpu = resources.millicpus().unwrap_or(0) as i64 * 1_000_000;
         let usage = self.usage_of(key);
         let binders = usage.binders.fetch_add(1, Ordering::AcqRel) + 1;
         let mem = usage.memory.fetch_add(memory, Ordering::AcqRel) + memory;
@@ -210,7 +217,7 @@ mod tests {
     fn res(memory: &str) -> Resources {
         Resources {
             memory: Some(memory.into()),
-            cpu: None,
+            ..Resources::default()
         }
     }
 

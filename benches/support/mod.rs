@@ -47,6 +47,7 @@ impl Binderd {
     /// Starts it; `tune` adjusts the configuration first.
     pub async fn start(data_dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Binderd {
         let mut config = Config::new(data_dir);
+        config.process.helper = Some(env!("CARGO_BIN_EXE_binderd").into());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.rate_limit.anonymous_per_minute = 0;
         config.rate_limit.global_per_second = 0;
@@ -122,6 +123,13 @@ impl SharedServerBackend {
 impl Backend for SharedServerBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Process
+    }
+
+    fn isolation(&self) -> binderd::backend::Isolation {
+        binderd::backend::Isolation {
+            level: "none",
+            message: "the bench's one shared server".into(),
+        }
     }
     async fn start(&self, _spec: StartSpec<'_>) -> Result<Instance, BackendError> {
         Ok(Instance {

@@ -48,9 +48,23 @@ pub(super) async fn create(
     may_create_binding(caller, app.config.backend.runs_on_host())?;
     let binding: Binding = read_json(app, req).await?;
     let binding = name_from_path(binding, path_name)?;
+    may_raise_limits(app, caller, &binding)?;
     let owner = caller.key_name().unwrap_or_default();
     let (pool, _) = app.pools.put_binding(binding, owner, false).await?;
     json(StatusCode::CREATED, &render(&pool))
+}
+
+/// A binding may lower the server's `[limits]` with any key; raising them
+/// takes an admin key (403 naming each limit).
+fn may_raise_limits(app: &App, caller: &Caller, binding: &Binding) -> Result<()> {
+    let raised = app.config.limits.raised_by(binding.resources.wanted());
+    if raised.is_empty() || caller.is_admin() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "only admin keys may raise limits: {}",
+        raised.join("; ")
+    )))
 }
 
 /// The body's name must agree with the path's; a body without one takes it.
@@ -113,6 +127,7 @@ pub(super) async fn put(
     may_create_binding(caller, app.config.backend.runs_on_host())?;
     let binding: Binding = read_json(app, req).await?;
     let binding = name_from_path(binding, Some(raw_name))?;
+    may_raise_limits(app, caller, &binding)?;
     let owner = caller.key_name().unwrap_or_default();
     if visible.is_none() && app.pools.get(&name).is_some() {
         // Exists but hidden from this caller: do not reveal or replace it.

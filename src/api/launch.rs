@@ -376,7 +376,14 @@ pub(super) fn health(app: &App) -> Result<Response<Body>> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(status, &HubHealth { ok, checks })
+    json(
+        status,
+        &HubHealth {
+            ok,
+            checks,
+            isolation: app.pools.isolation(),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -290,7 +290,10 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
     match (route, method) {
         // A browser asking for `/` gets the dashboard; JSON clients as before.
         (Route::Root, _) if wants_html(&req) => dashboard::serve("index.html"),
-        (Route::Root, _) => json(StatusCode::OK, &views::Root::new(VERSION)),
+        (Route::Root, _) => json(
+            StatusCode::OK,
+            &views::Root::new(VERSION, app.pools.isolation()),
+        ),
         (Route::Asset(file), _) => dashboard::serve(file),
         (Route::Healthcheck, _) => json(
             StatusCode::OK,

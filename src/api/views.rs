@@ -136,14 +136,17 @@ impl PoolView {
 pub struct Root {
     pub name: &'static str,
     pub version: &'static str,
+    /// How binders are kept from binderd, the host and each other.
+    pub isolation: crate::backend::Isolation,
     pub routes: [&'static str; 9],
 }
 
 impl Root {
-    pub fn new(version: &'static str) -> Root {
+    pub fn new(version: &'static str, isolation: crate::backend::Isolation) -> Root {
         Root {
             name: "binderd",
             version,
+            isolation,
             routes: [
                 "/bindings",
                 "/binders/{binding}",
@@ -316,6 +319,8 @@ pub struct Versions {
 pub struct HubHealth {
     pub ok: bool,
     pub checks: Vec<HealthCheck>,
+    /// How binders are kept apart; `level: none` means trusted code only.
+    pub isolation: crate::backend::Isolation,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -16,6 +16,13 @@
 //!   backend reports itself unavailable.
 //! - Images are never pulled: a missing image is a failed start whose message
 //!   names the image.
+//! - Every container, notebook and service, runs hardened ([`hardened`]):
+//!   the `[limits]` (or its binding's) memory with swap no larger, CPU,
+//!   pids and open files, every capability dropped (a binding adds back only
+//!   the ones it names), `no-new-privileges`, logs capped. A notebook not on
+//!   a binder network of its own joins `binderd-{owner}`, a bridge binderd
+//!   makes with inter-container traffic off, so binders cannot reach each
+//!   other directly; binderd reaches them through their published port.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,13 +32,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use bollard::Docker;
+
+use crate::limits::Limits;
 use futures_util::StreamExt;
 
 use super::plan::{self, ContainerPlan, LABEL_PORT, LABEL_ROLE, ROLE_NOTEBOOK, ROLE_SERVICE};
@@ -56,6 +65,10 @@ pub struct DockerBackend {
     docker: Docker,
     owner: String,
     network: Option<String>,
+    /// The bridge (inter-container traffic off) notebooks without services
+    /// join when no `[docker] network` is configured.
+    shared_net: String,
+    limits: Limits,
     /// Whether the engine answers, as the event stream last saw it.
     availability: Arc<super::Availability>,
 }
@@ -116,9 +129,11 @@ impl DockerBackend {
     /// answers; an engine that does not is `BackendError::Unavailable`.
     pub async fn connect(
         data_dir: &std::path::Path,
-        network: Option<String>,
+        config: DockerConfig,
+        limits: Limits,
         exits: ExitSink,
     ) -> Result<DockerBackend, BackendError> {
+        let network = config.network;
         let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
         let docker =
             match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
@@ -127,14 +142,60 @@ impl DockerBackend {
                 Err(_) => return Err(unavailable("no answer in 10s")),
             };
         timed("ping", docker.ping()).await?;
+        let owner = super::owner_key(data_dir);
         let backend = DockerBackend {
             docker,
-            owner: super::owner_key(data_dir),
+            shared_net: format!("binderd-{}", &owner[..owner.len().min(12)]),
+            owner,
             network,
+            limits,
             availability: Arc::default(),
         };
+        if backend.network.is_none() {
+            backend.ensure_shared_net().await?;
+        }
         backend.follow_events(exits);
         Ok(backend)
+    }
+
+    /// Makes the shared notebook network unless it exists: a bridge with
+    /// inter-container traffic off.
+    async fn ensure_shared_net(&self) -> Result<(), BackendError> {
+        let existing = timed_or_gone(
+            "inspecting the binders' network",
+            self.docker.inspect_network(
+                &self.shared_net,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            ),
+        )
+        .await?;
+        if existing.is_some() {
+            return Ok(());
+        }
+        let made = self
+            .docker
+            .create_network(NetworkCreateRequest {
+                name: self.shared_net.clone(),
+                driver: Some("bridge".into()),
+                options: Some(HashMap::from([(
+                    "com.docker.network.bridge.enable_icc".to_owned(),
+                    "false".to_owned(),
+                )])),
+                labels: Some(HashMap::from([(
+                    LABEL_OWNER.to_owned(),
+                    self.owner.clone(),
+                )])),
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(_) => Ok(()),
+            // Made meanwhile by another start of the same data dir.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(classify(e, "creating the binders' network")),
+        }
     }
 
     fn label_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
@@ -223,9 +284,7 @@ impl DockerBackend {
                 labels: Some(labels.into_iter().collect()),
                 host_config: Some(HostConfig {
                     network_mode: Some(network.to_owned()),
-                    privileged: Some(false),
-                    security_opt: Some(vec!["no-new-privileges".into()]),
-                    ..Default::default()
+                    ..hardened(&self.limits, service.capabilities)
                 }),
                 networking_config: Some(NetworkingConfig {
                     endpoints_config: Some(HashMap::from([(
@@ -291,18 +350,12 @@ impl DockerBackend {
         }
         let port_key = format!("{}/tcp", plan.port);
         let publish = self.network.is_none();
-        let network_mode = binder_net.clone().or_else(|| self.network.clone());
+        let network_mode = binder_net
+            .clone()
+            .or_else(|| self.network.clone())
+            .or_else(|| Some(self.shared_net.clone()));
+        let limits = self.limits.with(plan.resources.wanted());
         let host_config = HostConfig {
-            memory: plan
-                .resources
-                .memory_bytes()
-                .map_err(|e| BackendError::Start(e.0))?,
-            nano_cpus: plan
-                .resources
-                .cpu_nanos()
-                .map_err(|e| BackendError::Start(e.0))?,
-            privileged: Some(false),
-            security_opt: Some(vec!["no-new-privileges".into()]),
             network_mode: network_mode.clone(),
             port_bindings: publish.then(|| {
                 HashMap::from([(
@@ -313,7 +366,7 @@ impl DockerBackend {
                     }]),
                 )])
             }),
-            ..Default::default()
+            ..hardened(&limits, plan.capabilities)
         };
         let image = plan.image;
         let body = ContainerCreateBody {
@@ -470,6 +523,36 @@ fn short(binder_id: &str) -> &str {
     &binder_id[..binder_id.len().min(12)]
 }
 
+/// The host config every container of binderd's starts from: its limits
+/// (swap no larger than memory: `MemorySwap` counts both), every capability
+/// dropped but `capabilities`, no new privileges, logs capped.
+pub fn hardened(limits: &Limits, capabilities: &[String]) -> HostConfig {
+    let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+    HostConfig {
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some(limits.nano_cpus()),
+        pids_limit: Some(i64::from(limits.pids)),
+        ulimits: Some(vec![ResourcesUlimits {
+            name: Some("nofile".into()),
+            soft: Some(i64::from(limits.nofile)),
+            hard: Some(i64::from(limits.nofile)),
+        }]),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: (!capabilities.is_empty()).then(|| capabilities.to_vec()),
+        privileged: Some(false),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), "10m".to_owned()),
+                ("max-file".to_owned(), "2".to_owned()),
+            ])),
+        }),
+        ..Default::default()
+    }
+}
+
 fn network_name(binder_id: &str) -> String {
     format!("binderd-net-{binder_id}")
 }
@@ -478,6 +561,19 @@ fn network_name(binder_id: &str) -> String {
 impl Backend for DockerBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Docker
+    }
+
+    fn isolation(&self) -> super::Isolation {
+        super::Isolation {
+            level: "containers",
+            message: format!(
+                "each binder a container with limits, no capabilities and no new privileges, {}",
+                match &self.network {
+                    None => format!("on '{}' (inter-container traffic off)", self.shared_net),
+                    Some(net) => format!("on the configured network '{net}' (its own rules apply)"),
+                }
+            ),
+        }
     }
 
     fn unavailable(&self) -> Option<String> {

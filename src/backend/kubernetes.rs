@@ -4,10 +4,16 @@
 //!   `binderd.binding`, `binderd.binder`, `binderd.role` and `binderd.port`;
 //!   the handed-out state lives in binderd's store, as with Docker.
 //! - The pod runs the binding's `image` (`command` as its `args`), `env`,
-//!   `resources` as both requests and limits, a restrictive security context
-//!   (no privilege escalation, all capabilities dropped, the runtime's seccomp
-//!   profile, no service-account token), `restartPolicy: Never` (a crashed
-//!   binder is replaced, not restarted in place).
+//!   its memory and CPU (the binding's `resources` over the `[limits]`, in
+//!   bytes and millicpus, so they mean what they mean to binderd) as both
+//!   requests and limits on every container, and a security context that
+//!   passes the "restricted" Pod Security Standard ([`restricted`]): not
+//!   root (uid 1000, group 100 unless the pod template says otherwise), no
+//!   privilege escalation, every capability dropped (`NET_BIND_SERVICE` may
+//!   be given back, nothing else), the runtime's seccomp profile, no
+//!   service-account token; `restartPolicy: Never` (a crashed binder is
+//!   replaced, not restarted in place). Pids per pod are the kubelet's
+//!   `podPidsLimit`, not a pod field.
 //! - Attached `services` are extra containers in the same pod: they share its
 //!   network (reachable on localhost, and by their name through `hostAliases`)
 //!   and its lifetime, so nothing else (Services, NetworkPolicies) has to be
@@ -28,6 +34,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::StreamExt;
+
+use crate::limits::Limits;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HostAlias, Pod, PodSecurityContext, PodSpec,
     ResourceRequirements, SeccompProfile, SecurityContext,
@@ -71,6 +79,8 @@ const FATAL_WAITING: &[&str] = &[
 pub struct KubernetesBackend {
     pods: Api<Pod>,
     owner: String,
+    /// `[limits]`, every container's unless its binding says otherwise.
+    limits: Limits,
     /// Merged over every pod's spec (node selectors, tolerations, pull
     /// secrets, runtime class, ...).
     pod_template: Option<serde_json::Value>,
@@ -192,12 +202,44 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+/// A container's security context under the "restricted" Pod Security
+/// Standard: not root, no privilege escalation, the runtime's seccomp
+/// profile, every capability dropped but `NET_BIND_SERVICE` if asked for
+/// (the only one that standard lets a pod add).
+pub fn restricted(capabilities: &[String]) -> Result<SecurityContext, BackendError> {
+    let mut add = Vec::new();
+    for cap in capabilities {
+        let name = cap.strip_prefix("CAP_").unwrap_or(cap);
+        if name != "NET_BIND_SERVICE" {
+            return Err(BackendError::Start(format!(
+                "capability '{name}' is not allowed on Kubernetes (the restricted Pod Security Standard adds only NET_BIND_SERVICE)"
+            )));
+        }
+        add.push(name.to_owned());
+    }
+    Ok(SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: (!add.is_empty()).then_some(add),
+        }),
+        ..Default::default()
+    })
+}
+
 impl KubernetesBackend {
     /// In-cluster config or kubeconfig (kube's defaults), then [`Self::new`].
     pub async fn connect(
         data_dir: &std::path::Path,
         namespace: Option<String>,
         pod_template: Option<serde_json::Value>,
+        limits: Limits,
         exits: ExitSink,
     ) -> Result<KubernetesBackend, BackendError> {
         let client = kube::Client::try_default().await.map_err(unavailable)?;
@@ -208,7 +250,8 @@ impl KubernetesBackend {
             super::owner_key(data_dir),
             pod_template,
             exits,
-        );
+        )
+        .with_limits(limits);
         // One cheap call: a missing namespace or no permission is clear now.
         timed(
             "listing pods",
@@ -216,6 +259,12 @@ impl KubernetesBackend {
         )
         .await?;
         Ok(backend)
+    }
+
+    /// The same backend with other `[limits]`.
+    pub fn with_limits(mut self, limits: Limits) -> KubernetesBackend {
+        self.limits = limits;
+        self
     }
 
     /// A backend on `client` (tests pass a mock), watching our pods.
@@ -230,6 +279,7 @@ impl KubernetesBackend {
         let backend = KubernetesBackend {
             pods: Api::namespaced(client, namespace),
             owner,
+            limits: Limits::default(),
             pod_template,
             seen: Arc::new(DashMap::new()),
             changes,
@@ -300,25 +350,18 @@ impl KubernetesBackend {
                 })
                 .collect()
         };
-        let mut quantities = BTreeMap::new();
-        if let Some(memory) = &plan.resources.memory {
-            quantities.insert("memory".to_owned(), Quantity(memory.clone()));
-        }
-        if let Some(cpu) = &plan.resources.cpu {
-            quantities.insert("cpu".to_owned(), Quantity(cpu.clone()));
-        }
-        let resources = (!quantities.is_empty()).then(|| ResourceRequirements {
-            limits: Some(quantities.clone()),
-            requests: Some(quantities),
-            ..Default::default()
-        });
-        let security = SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
+        let limits = self.limits.with(plan.resources.wanted());
+        let quantities = BTreeMap::from([
+            ("memory".to_owned(), Quantity(limits.memory_quantity())),
+            ("cpu".to_owned(), Quantity(limits.cpu_quantity())),
+        ]);
+        let service_quantities = BTreeMap::from([
+            ("memory".to_owned(), Quantity(self.limits.memory_quantity())),
+            ("cpu".to_owned(), Quantity(self.limits.cpu_quantity())),
+        ]);
+        let resources = |q: &BTreeMap<String, Quantity>| ResourceRequirements {
+            limits: Some(q.clone()),
+            requests: Some(q.clone()),
             ..Default::default()
         };
         let mut containers = vec![Container {
@@ -331,8 +374,8 @@ impl KubernetesBackend {
                 name: Some("http".into()),
                 ..Default::default()
             }]),
-            resources,
-            security_context: Some(security.clone()),
+            resources: Some(resources(&quantities)),
+            security_context: Some(restricted(plan.capabilities)?),
             ..Default::default()
         }];
         for service in &plan.services {
@@ -341,7 +384,8 @@ impl KubernetesBackend {
                 image: Some(service.image.to_owned()),
                 args: (!service.args.is_empty()).then(|| service.args.to_vec()),
                 env: Some(env_vars(&service.env)),
-                security_context: Some(security.clone()),
+                resources: Some(resources(&service_quantities)),
+                security_context: Some(restricted(service.capabilities)?),
                 ..Default::default()
             });
         }
@@ -364,6 +408,10 @@ impl KubernetesBackend {
                 enable_service_links: Some(false),
                 host_aliases,
                 security_context: Some(PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    run_as_user: Some(1000),
+                    run_as_group: Some(100),
+                    fs_group: Some(100),
                     seccomp_profile: Some(SeccompProfile {
                         type_: "RuntimeDefault".into(),
                         ..Default::default()
@@ -440,6 +488,15 @@ fn report_exit(exits: &ExitSink, pod: &Pod, reason: String) {
 impl Backend for KubernetesBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Kubernetes
+    }
+
+    fn isolation(&self) -> super::Isolation {
+        super::Isolation {
+            level: "pods",
+            message: "each binder a pod under the restricted Pod Security Standard, with limits; \
+                      the namespace's NetworkPolicies decide what it may reach (see deploy/)"
+                .into(),
+        }
     }
 
     fn unavailable(&self) -> Option<String> {

@@ -26,14 +26,24 @@ pub mod process;
 pub async fn connect(
     kind: BackendKind,
     data_dir: &Path,
-    docker: &docker::DockerConfig,
-    kubernetes: &kubernetes::KubernetesConfig,
+    settings: &Settings,
     exits: ExitSink,
 ) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+    let Settings {
+        docker,
+        kubernetes,
+        process,
+        limits,
+    } = settings;
     Ok(match kind {
-        BackendKind::Process => std::sync::Arc::new(process::ProcessBackend::new(data_dir, exits)?),
+        BackendKind::Process => std::sync::Arc::new(process::ProcessBackend::with_config(
+            data_dir,
+            process.clone(),
+            *limits,
+            exits,
+        )?),
         BackendKind::Docker => std::sync::Arc::new(
-            docker::DockerBackend::connect(data_dir, docker.network.clone(), exits).await?,
+            docker::DockerBackend::connect(data_dir, docker.clone(), *limits, exits).await?,
         ),
         BackendKind::Kubernetes => {
             let template = kubernetes
@@ -45,12 +55,23 @@ pub async fn connect(
                     data_dir,
                     kubernetes.namespace.clone(),
                     template,
+                    *limits,
                     exits,
                 )
                 .await?,
             )
         }
     })
+}
+
+/// The config tables the backends read.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub docker: docker::DockerConfig,
+    pub kubernetes: kubernetes::KubernetesConfig,
+    pub process: process::ProcessConfig,
+    /// `[limits]`: every binder's and service's unless its binding says.
+    pub limits: crate::limits::Limits,
 }
 
 /// Label keys (Docker/Kubernetes spelling; the process backend uses the
@@ -164,6 +185,10 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// What keeps this backend's binders from binderd, the host and each
+    /// other: said at start, in `GET /` and in `GET /health`.
+    fn isolation(&self) -> Isolation;
+
     /// Creates and starts a labelled container. Returns once it is started,
     /// not once it answers: readiness is the pool's HTTP check.
     async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError>;
@@ -207,6 +232,24 @@ pub trait Backend: Send + Sync + 'static {
         instance: &Instance,
         tail: usize,
     ) -> Result<String, BackendError>;
+}
+
+/// How a backend's binders are kept apart from binderd, the host and each
+/// other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Isolation {
+    /// `containers`, `pods`, `namespaces` (process binders in Linux
+    /// namespaces) or `none` (process binders as plain processes: trusted
+    /// code only).
+    pub level: &'static str,
+    /// What that means here, in a sentence.
+    pub message: String,
+}
+
+impl Isolation {
+    pub fn is_none(&self) -> bool {
+        self.level == "none"
+    }
 }
 
 /// Whether a backend's daemon or API server answers, as its watch stream

@@ -29,6 +29,8 @@ pub struct ContainerPlan<'a> {
     pub labels: BTreeMap<String, String>,
     pub port: u16,
     pub resources: &'a Resources,
+    /// Capabilities added back to the notebook (all others are dropped).
+    pub capabilities: &'a [String],
     pub services: Vec<ServicePlan<'a>>,
 }
 
@@ -39,6 +41,7 @@ pub struct ServicePlan<'a> {
     pub image: &'a str,
     pub args: &'a [String],
     pub env: Vec<(String, String)>,
+    pub capabilities: &'a [String],
 }
 
 impl<'a> ContainerPlan<'a> {
@@ -66,6 +69,7 @@ impl<'a> ContainerPlan<'a> {
                     image,
                     args: &service.command,
                     env: pairs(&service.env),
+                    capabilities: &service.capabilities,
                 })
             })
             .collect::<Result<_, BackendError>>()?;
@@ -93,6 +97,7 @@ impl<'a> ContainerPlan<'a> {
             ),
             port: binding.port,
             resources: &binding.resources,
+            capabilities: &binding.capabilities,
             services,
         })
     }

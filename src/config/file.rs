@@ -10,7 +10,9 @@ use super::{ConfigError, RateLimitConfig, DEFAULT_CONFIG_FILE};
 use crate::auth::Role;
 use crate::backend::docker::DockerConfig;
 use crate::backend::kubernetes::KubernetesConfig;
+use crate::backend::process::ProcessConfig;
 use crate::binding::Binding;
+use crate::limits::LimitsConfig;
 use crate::quota::QuotaSpec;
 
 /// Every key of the file, all optional.
@@ -41,6 +43,10 @@ pub(super) struct FileConfig {
     pub docker: DockerConfig,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub process: ProcessConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub api_keys: Vec<FileKey>,
     #[serde(default)]
@@ -82,6 +88,11 @@ impl FileConfig {
         }
         if file.docker.network.is_none() {
             file.docker.network = file.docker_network.take();
+        }
+        // What binders must not read: this file and the key files.
+        file.process.hide.push(path.to_path_buf());
+        for key in &file.api_keys {
+            file.process.hide.extend(key.key_file.clone());
         }
         Ok(file)
     }

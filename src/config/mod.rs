@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::auth::ApiKey;
 use crate::backend::docker::DockerConfig;
 use crate::backend::kubernetes::KubernetesConfig;
+use crate::backend::process::ProcessConfig;
 use crate::backend::BackendKind;
 use crate::binding::{Binding, BindingName, DEFAULT_MAX_POOL_LIMIT};
+use crate::limits::Limits;
 use crate::quota::QuotaSpec;
 pub use crate::ratelimit::RateLimitConfig;
 
@@ -76,6 +78,10 @@ pub struct Config {
     /// A client must send its request headers within this (slow-loris).
     pub header_read_timeout: Duration,
     pub kubernetes: KubernetesConfig,
+    pub process: ProcessConfig,
+    /// `[limits]`: what every binder and service gets unless its binding
+    /// lowers it (or, with an admin key, raises it).
+    pub limits: Limits,
     /// Bindings declared in files; they exist at every start.
     pub bindings: Vec<Binding>,
 }
@@ -105,6 +111,8 @@ impl Config {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
             kubernetes: KubernetesConfig::default(),
+            process: ProcessConfig::default(),
+            limits: Limits::default(),
             bindings: Vec::new(),
         }
     }
@@ -164,6 +172,8 @@ impl Config {
         };
         cfg.docker = file.docker;
         cfg.kubernetes = file.kubernetes;
+        cfg.process = file.process;
+        cfg.limits = file.limits.check().map_err(|e| invalid(e.0))?;
         if let Some(s) = file.spawn_wait_seconds {
             cfg.spawn_wait = Duration::from_secs(s.min(3600));
         }

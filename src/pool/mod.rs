@@ -147,6 +147,11 @@ impl Pools {
         self.shared.backend.unavailable()
     }
 
+    /// How the backend keeps binders apart (no I/O).
+    pub fn isolation(&self) -> crate::backend::Isolation {
+        self.shared.backend.isolation()
+    }
+
     /// A key's quota `spec` and `usage`.
     pub fn quota_report(&self, key: &str) -> serde_json::Value {
         self.shared.quotas.report(key)

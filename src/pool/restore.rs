@@ -37,6 +37,9 @@ impl Pools {
             let parsed = serde_json::from_str::<Binding>(&stored.spec)
                 .map_err(|e| e.to_string())
                 .and_then(|mut b| {
+                    if let Some(said) = b.resources.upgrade_legacy() {
+                        tracing::warn!(binding = %stored.name, "{said}");
+                    }
                     b.validate(runs_on_host, self.shared.max_pool_limit)
                         .map(|name| (name, b))
                         .map_err(|e| e.to_string())

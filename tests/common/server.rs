@@ -13,8 +13,27 @@ use binderd::config::Config;
 
 use super::{ADMIN, ALICE, BOB};
 
+/// The stand-in server, where a binder's own uid can run it: process
+/// binders run as uids of their own when the tests run as root, and the
+/// build dir may sit where only root may go (a clone under /root).
 pub fn standin() -> &'static str {
-    env!("CARGO_BIN_EXE_binderd-standin")
+    static COPY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let built = env!("CARGO_BIN_EXE_binderd-standin");
+        let dir = Path::new("/var/tmp/binderd-test-bin");
+        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let stamp = std::fs::metadata(built)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let copy = dir.join(format!("binderd-standin-{}-{stamp}", std::process::id()));
+        match std::fs::copy(built, &copy) {
+            Ok(_) => copy.to_string_lossy().into_owned(),
+            Err(_) => built.to_owned(),
+        }
+    })
 }
 
 pub fn binderd_bin() -> &'static str {
@@ -66,6 +85,8 @@ pub fn test_config(data: &DataDir) -> Config {
     let mut config = Config::new(&data.0);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.api_keys = keys();
+    // In-process binderd: the sandbox helper is the built binary, not this test.
+    config.process.helper = Some(binderd_bin().into());
     config.spawn_wait = Duration::from_secs(10);
     config.shutdown_grace = Duration::from_secs(2);
     // Tests spawn fast from one address; the rate-limit tests turn it on.
