@@ -1,0 +1,238 @@
+//! A hostile notebook: code inside a real process binder tries what a reader
+//! of a public page could, and nothing may escape. Each binder here runs a
+//! probe (a shell and Python, as a notebook's code would) before it starts
+//! the stand-in server; the probe writes what it found into its own working
+//! dir, which the test reads from outside.
+//!
+//! Skipped (with a line saying so) where binderd reports no isolation for
+//! the process backend: that backend then runs trusted code only.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The probe: what a notebook's code would look for, written to `probe.txt`
+/// in its working dir, then the stand-in server as the binder.
+const PROBE: &str = r#"
+import os, socket, sys, json
+found = {}
+found["env"] = dict(os.environ)
+found["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+environs = []
+for p in found["pids"]:
+    try:
+        environs.append(open(f"/proc/{p}/environ", "rb").read().decode("latin-1"))
+    except OSError:
+        pass
+found["environs"] = environs
+cmdlines = []
+for p in found["pids"]:
+    try:
+        cmdlines.append(open(f"/proc/{p}/cmdline", "rb").read().decode("latin-1"))
+    except OSError:
+        pass
+found["cmdlines"] = cmdlines
+data = os.environ["PROBE_DATA_DIR"]
+try:
+    found["data_dir"] = sorted(os.listdir(data))
+except OSError as e:
+    found["data_dir"] = str(e)
+try:
+    open(os.path.join(data, "binderd.sqlite3"), "rb").read(16)
+    found["store_readable"] = True
+except OSError:
+    found["store_readable"] = False
+try:
+    open("/etc/probe-write", "w").write("x")
+    found["host_writable"] = True
+except OSError:
+    found["host_writable"] = False
+host, port = os.environ["PROBE_BINDERD"].rsplit(":", 1)
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect((host, int(port)))
+    found["binderd_reachable"] = True
+except OSError as e:
+    found["binderd_reachable"] = False
+found["uid"] = os.getuid()
+json.dump(found, open("probe.txt.tmp", "w"))
+os.rename("probe.txt.tmp", "probe.txt")
+"#;
+
+fn probe_binding(name: &str, binderd: &str, data_dir: &str) -> Value {
+    let script = format!(
+        "python3 -c '{}' ; exec {} --port {{port}} --base-url {{base_url}}",
+        PROBE.replace('\'', "'\"'\"'"),
+        standin()
+    );
+    json!({
+        "name": name,
+        "command": ["sh", "-c", script],
+        "env": {"PROBE_BINDERD": binderd, "PROBE_DATA_DIR": data_dir},
+        "public": true,
+        "pool": {"min": 2, "max": 4},
+        "start_timeout_seconds": 20,
+    })
+}
+
+/// Whether this machine gives process binders namespaces (the test's
+/// binderd says so in `GET /`).
+async fn isolated(h: &Harness) -> bool {
+    let root = h.http.get(&h.server.url("/")).await.json();
+    let level = root["isolation"]["level"].as_str().unwrap_or("").to_owned();
+    if level != "namespaces" {
+        eprintln!(
+            "skipped: no namespaces here ({}): the process backend runs trusted code only",
+            root["isolation"]["message"]
+        );
+    }
+    level == "namespaces"
+}
+
+fn probes(data: &DataDir) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(data.0.join("binders")) else {
+        return out;
+    };
+    for dir in dirs.flatten() {
+        if let Ok(text) = std::fs::read_to_string(dir.path().join("probe.txt")) {
+            out.push(serde_json::from_str(&text).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_notebook_finds_no_key_no_neighbour_no_store_and_no_host_to_write() {
+    // A key in binderd's own environment too, as a careless operator would
+    // leave it: the binder must not see it either way.
+    let h = Harness::start("hostile-secrets").await;
+    if !isolated(&h).await {
+        return;
+    }
+    let binderd = h.server.url("").trim_start_matches("http://").to_owned();
+    let data = h.data.0.to_string_lossy().into_owned();
+    h.create_and_fill(&probe_binding("probe", &binderd, &data))
+        .await;
+    // A reader holds one of them: its token is what the other must not find.
+    let (_, location) = hand_out(&h.http, &h.server.url(""), "probe", None).await;
+    let token = location.trim_start_matches("/user/").trim_end_matches('/');
+    let found = wait_for(20, "both probes to report", || {
+        let found = probes(&h.data);
+        async move { (found.len() >= 2).then_some(found) }
+    })
+    .await;
+    for f in &found {
+        let everything = f.to_string();
+        for key in [ADMIN, ALICE, BOB] {
+            assert!(!everything.contains(key), "a key leaked into a binder: {f}");
+        }
+        let env = f["env"].as_object().unwrap();
+        assert!(!env.contains_key("BINDERD_API_KEYS"), "{env:?}");
+        // Its own processes only: a handful, none of another binder's.
+        let pids = f["pids"].as_array().unwrap();
+        assert!(
+            pids.len() < 10,
+            "the binder sees the host's processes: {pids:?}"
+        );
+        let own_token = env["BINDERD_BASE_URL"].as_str().unwrap();
+        if !own_token.contains(token) {
+            assert!(
+                !everything.contains(token),
+                "another reader's token is visible to a binder: {f}"
+            );
+        }
+        // binderd's data dir: only this binder's own working dir shows.
+        let listing = f["data_dir"].to_string();
+        assert!(!listing.contains("sqlite3"), "{listing}");
+        assert!(!listing.contains("journal"), "{listing}");
+        assert_eq!(f["store_readable"], false, "{f}");
+        assert_eq!(f["host_writable"], false, "{f}");
+        assert_eq!(
+            f["binderd_reachable"], false,
+            "binderd's port is reachable: {f}"
+        );
+        assert_ne!(f["uid"], 0, "a binder runs as root");
+    }
+    assert!(!std::path::Path::new("/etc/probe-write").exists());
+}
+
+#[tokio::test]
+async fn a_fork_bomb_stops_at_the_pids_limit_and_the_rest_keeps_answering() {
+    let h = Harness::start("hostile-forks").await;
+    if !isolated(&h).await {
+        return;
+    }
+    h.create_and_fill(&standin_binding("calm", 1, 2)).await;
+    // Forks until refused (children sleep), counts, then serves.
+    let bomb = r#"
+import os, time
+n = 0
+try:
+    while n < 5000:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+open("forks.txt", "w").write(str(n))
+"#;
+    let script = format!(
+        "python3 -c '{bomb}' ; exec {} --port {{port}} --base-url {{base_url}}",
+        standin()
+    );
+    let binding = json!({
+        "name": "bomb",
+        "command": ["sh", "-c", script],
+        "resources": {"pids": 64},
+        "public": true,
+        "pool": {"min": 1, "max": 1},
+        "start_timeout_seconds": 30,
+    });
+    create_binding(&h.http, &h.server.url(""), &binding).await;
+    let forks: u32 = wait_for(30, "the fork bomb to be stopped", || {
+        let data = h.data.0.clone();
+        async move {
+            let dirs = std::fs::read_dir(data.join("binders")).ok()?;
+            dirs.flatten()
+                .find_map(|d| std::fs::read_to_string(d.path().join("forks.txt")).ok())
+                .and_then(|t| t.trim().parse().ok())
+        }
+    })
+    .await;
+    assert!(
+        forks < 64,
+        "{forks} processes forked past a pids limit of 64"
+    );
+    // binderd and the other binding still answer while the bomb's children live.
+    let a = h.http.get(&h.server.url("/healthcheck")).await;
+    assert_eq!(a.status, 200);
+    let (_, location) = hand_out(&h.http, &h.server.url(""), "calm", None).await;
+    let a = h.http.get(&h.server.url(&location)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+#[tokio::test]
+async fn ambiguous_memory_and_raised_limits_are_refused_with_the_reason() {
+    let h = Harness::start("hostile-limits").await;
+    let base = h.server.url("");
+    let mut b = standin_binding("mem", 0, 1);
+    b["resources"] = json!({"memory": "512m"});
+    let a = h
+        .http
+        .post_json(&format!("{base}/bindings"), Some(ADMIN), &b)
+        .await;
+    assert_error(&a, 400);
+    assert!(a.body.contains("512Mi"), "{}", a.body);
+    // Above the server's [limits] (1Gi by default): an admin key may.
+    let b =
+        json!({"name": "big", "command": ["true"], "resources": {"memory": "4Gi", "pids": 100000}});
+    let a = h
+        .http
+        .post_json(&format!("{base}/bindings"), Some(ADMIN), &b)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+}
