@@ -961,19 +961,30 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_a_start_error() {
         let dir = std::env::temp_dir().join(format!("binderd-proc2-{}", std::process::id()));
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let backend = backend(&dir, tx);
         let b = binding(&["/nonexistent/binary"]);
-        let err = backend
+        let started = backend
             .start(StartSpec {
                 binder_id: "b2",
                 token: "tok",
                 binding: &b,
                 base_url: "/",
             })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, BackendError::Start(ref m) if m.contains("/nonexistent/binary")));
+            .await;
+        // In a sandbox the helper finds the program missing: an exit whose
+        // reason says so, with the program named in the binder's log.
+        match started {
+            Err(err) => assert!(
+                matches!(err, BackendError::Start(ref m) if m.contains("/nonexistent/binary"))
+            ),
+            Ok(_) => {
+                let exit = rx.recv().await.unwrap();
+                assert!(exit.reason.contains("could not start"), "{}", exit.reason);
+                let log = fs::read_to_string(backend.log_path("b2")).unwrap();
+                assert!(log.contains("/nonexistent/binary"), "{log}");
+            }
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 
