@@ -62,15 +62,7 @@ pub fn repo_key(url: &str) -> String {
 
 /// Shortens and escapes user input before it goes into an error message.
 pub fn printable(raw: &str) -> String {
-    let mut out: String = raw
-        .chars()
-        .take(64)
-        .flat_map(char::escape_default)
-        .collect();
-    if raw.chars().count() > 64 {
-        out.push('…');
-    }
-    out
+    crate::limits::shown(raw)
 }
 
 /// Why a binding was refused. Becomes a 400.

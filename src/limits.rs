@@ -116,7 +116,7 @@ pub fn cpu(field: &str, raw: &str) -> Result<u64, InvalidQuantity> {
 }
 
 /// User input as it goes into an error message: short and escaped.
-fn shown(raw: &str) -> String {
+pub fn shown(raw: &str) -> String {
     let mut out: String = raw
         .chars()
         .take(64)
@@ -245,33 +245,19 @@ impl Limits {
     /// What `wanted` sets above these limits (what only an admin key may
     /// do), one sentence each.
     pub fn raised_by(&self, wanted: Wanted) -> Vec<String> {
-        let mut raised = Vec::new();
         let w = self.with(wanted);
-        if w.memory_bytes > self.memory_bytes {
-            raised.push(format!(
-                "resources.memory ({} bytes) is above the server's limits.memory ({} bytes)",
-                w.memory_bytes, self.memory_bytes
-            ));
-        }
-        if w.millicpus > self.millicpus {
-            raised.push(format!(
-                "resources.cpu ({}m) is above the server's limits.cpu ({}m)",
-                w.millicpus, self.millicpus
-            ));
-        }
-        if w.pids > self.pids {
-            raised.push(format!(
-                "resources.pids ({}) is above the server's limits.pids ({})",
-                w.pids, self.pids
-            ));
-        }
-        if w.nofile > self.nofile {
-            raised.push(format!(
-                "resources.nofile ({}) is above the server's limits.nofile ({})",
-                w.nofile, self.nofile
-            ));
-        }
-        raised
+        [
+            ("memory", w.memory_bytes, self.memory_bytes, " bytes"),
+            ("cpu", w.millicpus, self.millicpus, "m"),
+            ("pids", w.pids.into(), self.pids.into(), ""),
+            ("nofile", w.nofile.into(), self.nofile.into(), ""),
+        ]
+        .into_iter()
+        .filter(|(_, asked, limit, _)| asked > limit)
+        .map(|(name, asked, limit, unit)| {
+            format!("resources.{name} ({asked}{unit}) is above the server's limits.{name} ({limit}{unit})")
+        })
+        .collect()
     }
 
     /// Kubernetes' spelling of the memory limit: bytes, so that it means

@@ -19,20 +19,16 @@ import os, socket, sys, json
 found = {}
 found["env"] = dict(os.environ)
 found["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-environs = []
-for p in found["pids"]:
-    try:
-        environs.append(open(f"/proc/{p}/environ", "rb").read().decode("latin-1"))
-    except OSError:
-        pass
-found["environs"] = environs
-cmdlines = []
-for p in found["pids"]:
-    try:
-        cmdlines.append(open(f"/proc/{p}/cmdline", "rb").read().decode("latin-1"))
-    except OSError:
-        pass
-found["cmdlines"] = cmdlines
+def every(name):
+    out = []
+    for p in found["pids"]:
+        try:
+            out.append(open(f"/proc/{p}/{name}", "rb").read().decode("latin-1"))
+        except OSError:
+            pass
+    return out
+found["environs"] = every("environ")
+found["cmdlines"] = every("cmdline")
 data = os.environ["PROBE_DATA_DIR"]
 try:
     found["data_dir"] = sorted(os.listdir(data))
@@ -57,6 +53,21 @@ try:
 except OSError as e:
     found["binderd_reachable"] = False
 found["uid"] = os.getuid()
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+found["no_new_privs"] = status.get("NoNewPrivs", "").strip()
+found["cap_eff"] = status.get("CapEff", "").strip()
+found["cap_prm"] = status.get("CapPrm", "").strip()
+for name, path in [("shadow_readable", "/etc/shadow"), ("root_home_readable", "/root")]:
+    try:
+        (os.listdir if os.path.isdir(path) else (lambda p: open(p).read(1)))(path)
+        found[name] = True
+    except OSError:
+        found[name] = False
+try:
+    open("/var/tmp/probe-write", "w").write("x")
+    found["var_tmp_writable"] = True
+except OSError:
+    found["var_tmp_writable"] = False
 json.dump(found, open("probe.txt.tmp", "w"))
 os.rename("probe.txt.tmp", "probe.txt")
 "#;
@@ -155,8 +166,26 @@ async fn a_notebook_finds_no_key_no_neighbour_no_store_and_no_host_to_write() {
             "binderd's port is reachable: {f}"
         );
         assert_ne!(f["uid"], 0, "a binder runs as root");
+        // No capabilities, and no way back to any through a set-uid program.
+        assert_eq!(f["no_new_privs"], "1", "{f}");
+        assert_eq!(f["cap_eff"], "0000000000000000", "{f}");
+        assert_eq!(f["cap_prm"], "0000000000000000", "{f}");
+        assert_eq!(f["var_tmp_writable"], false, "{f}");
+        if nix_is_root() {
+            // As another uid: root's own files stay closed.
+            assert_eq!(f["shadow_readable"], false, "{f}");
+            assert_eq!(f["root_home_readable"], false, "{f}");
+        }
     }
     assert!(!std::path::Path::new("/etc/probe-write").exists());
+    assert!(!std::path::Path::new("/var/tmp/probe-write").exists());
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
 }
 
 #[tokio::test]

@@ -20,9 +20,12 @@
 //!   the `[limits]` (or its binding's) memory with swap no larger, CPU,
 //!   pids and open files, every capability dropped (a binding adds back only
 //!   the ones it names), `no-new-privileges`, logs capped. A notebook not on
-//!   a binder network of its own joins `binderd-{owner}`, a bridge binderd
-//!   makes with inter-container traffic off, so binders cannot reach each
-//!   other directly; binderd reaches them through their published port.
+//!   a binder network of its own joins [`SHARED_NET`], a bridge binderd makes
+//!   with inter-container traffic off, so binders cannot reach each other
+//!   directly; binderd reaches them through their published port. That one
+//!   network serves every binderd on the engine (with traffic between its
+//!   containers off, sharing it joins nobody) and is never removed: one per
+//!   data dir would use up the engine's address pools.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -58,6 +61,9 @@ pub struct DockerConfig {
     pub network: Option<String>,
 }
 
+/// The network notebooks without services join: inter-container traffic off.
+pub const SHARED_NET: &str = "binderd-binders";
+
 /// How long one engine call may take before it counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -65,9 +71,6 @@ pub struct DockerBackend {
     docker: Docker,
     owner: String,
     network: Option<String>,
-    /// The bridge (inter-container traffic off) notebooks without services
-    /// join when no `[docker] network` is configured.
-    shared_net: String,
     limits: Limits,
     /// Whether the engine answers, as the event stream last saw it.
     availability: Arc<super::Availability>,
@@ -145,7 +148,6 @@ impl DockerBackend {
         let owner = super::owner_key(data_dir);
         let backend = DockerBackend {
             docker,
-            shared_net: format!("binderd-{}", &owner[..owner.len().min(12)]),
             owner,
             network,
             limits,
@@ -164,7 +166,7 @@ impl DockerBackend {
         let existing = timed_or_gone(
             "inspecting the binders' network",
             self.docker.inspect_network(
-                &self.shared_net,
+                SHARED_NET,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             ),
         )
@@ -175,22 +177,23 @@ impl DockerBackend {
         let made = self
             .docker
             .create_network(NetworkCreateRequest {
-                name: self.shared_net.clone(),
+                name: SHARED_NET.to_owned(),
                 driver: Some("bridge".into()),
                 options: Some(HashMap::from([(
                     "com.docker.network.bridge.enable_icc".to_owned(),
                     "false".to_owned(),
                 )])),
+                // Nobody's in particular (no owner label): see the module doc.
                 labels: Some(HashMap::from([(
-                    LABEL_OWNER.to_owned(),
-                    self.owner.clone(),
+                    LABEL_ROLE.to_owned(),
+                    "shared".to_owned(),
                 )])),
                 ..Default::default()
             })
             .await;
         match made {
             Ok(_) => Ok(()),
-            // Made meanwhile by another start of the same data dir.
+            // Made meanwhile by another binderd on the same engine.
             Err(DockerError::DockerResponseServerError {
                 status_code: 409, ..
             }) => Ok(()),
@@ -353,7 +356,7 @@ impl DockerBackend {
         let network_mode = binder_net
             .clone()
             .or_else(|| self.network.clone())
-            .or_else(|| Some(self.shared_net.clone()));
+            .or_else(|| Some(SHARED_NET.to_owned()));
         let limits = self.limits.with(plan.resources.wanted());
         let host_config = HostConfig {
             network_mode: network_mode.clone(),
@@ -569,7 +572,7 @@ impl Backend for DockerBackend {
             message: format!(
                 "each binder a container with limits, no capabilities and no new privileges, {}",
                 match &self.network {
-                    None => format!("on '{}' (inter-container traffic off)", self.shared_net),
+                    None => format!("on '{SHARED_NET}' (inter-container traffic off)"),
                     Some(net) => format!("on the configured network '{net}' (its own rules apply)"),
                 }
             ),

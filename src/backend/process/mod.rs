@@ -31,7 +31,7 @@ pub mod sandbox;
 use std::collections::HashMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -146,10 +146,15 @@ impl ProcessBackend {
         limits: Limits,
         exits: ExitSink,
     ) -> Result<Self, BackendError> {
+        let owner = super::owner_key(data_dir);
+        fs::create_dir_all(data_dir.join("binders"))?;
+        fs::create_dir_all(data_dir.join("logs"))?;
+        // Absolute: bubblewrap mounts the working dir at the same path.
+        let data_dir = &fs::canonicalize(data_dir)?;
         let work_root = data_dir.join("binders");
         let log_root = data_dir.join("logs");
-        fs::create_dir_all(&work_root)?;
-        fs::create_dir_all(&log_root)?;
+        // Logs hold what binders print (tokens among it): binderd's only.
+        fs::set_permissions(&log_root, fs::Permissions::from_mode(0o700))?;
         let root = nix::unistd::geteuid().is_root();
         let helper = match &config.helper {
             Some(path) => path.clone(),
@@ -168,14 +173,17 @@ impl ProcessBackend {
             },
         };
         if root {
-            // Binders run as other uids: they must be able to reach their
-            // working dirs (but not list each other's).
+            // Binders run as other uids. In a sandbox their working dir is
+            // mounted where they reach it, and the data dir stays binderd's
+            // alone; without one they must pass through it to their working
+            // dirs (without listing them).
+            let mode = if bwrap.is_some() { 0o700 } else { 0o711 };
             for dir in [data_dir, &work_root] {
-                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o711));
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
             }
         }
         let backend = ProcessBackend {
-            owner: super::owner_key(data_dir),
+            owner,
             data_dir: data_dir.to_path_buf(),
             work_root,
             log_root,
@@ -268,6 +276,48 @@ fn free_port_from(mut next: impl FnMut() -> u16) -> Result<u16, BackendError> {
         PORTS.start,
         PORTS.end - 1
     )))
+}
+
+/// bubblewrap's arguments, with the file systems it mounts over the host's
+/// view remembered: a directory bubblewrap makes inside one of them on the
+/// way to a mount point would be root's with mode 0700, shutting a binder
+/// of another uid out of its own working dir, so those are made first, 0755.
+#[derive(Default)]
+struct Args(Vec<std::ffi::OsString>, Vec<PathBuf>);
+
+impl Args {
+    fn add<'s>(
+        &mut self,
+        items: impl IntoIterator<Item = &'s (impl AsRef<std::ffi::OsStr> + ?Sized + 's)>,
+    ) {
+        self.0
+            .extend(items.into_iter().map(|i| i.as_ref().to_owned()));
+    }
+
+    /// A tmpfs at `dir` (and the directories on the way, see [`Args::parents`]).
+    fn tmpfs(&mut self, dir: &Path) {
+        self.parents(dir);
+        self.add(["--tmpfs".as_ref(), dir.as_os_str()]);
+        self.1.push(dir.to_path_buf());
+    }
+
+    /// `--dir` (0755) for each directory above `target` that lies inside a
+    /// tmpfs made earlier.
+    fn parents(&mut self, target: &Path) {
+        let mut above: Vec<&Path> = target.ancestors().skip(1).collect();
+        above.reverse();
+        for dir in above {
+            let inside = self.1.iter().any(|t| dir.starts_with(t) && dir != t);
+            if inside {
+                self.add([
+                    "--perms".as_ref(),
+                    "0755".as_ref(),
+                    "--dir".as_ref(),
+                    dir.as_os_str(),
+                ]);
+            }
+        }
+    }
 }
 
 /// Whether bubblewrap can make a binder's namespaces here: runs `true` in
@@ -450,6 +500,7 @@ impl ProcessBackend {
             .append(resume)
             .write(true)
             .truncate(!resume)
+            .mode(0o600)
             .open(self.log_path(spec.binder_id))?;
         // Temporary files go with the binder: a `tmp/` of its own in its
         // working dir (removed when it stops), unless the binding says where.
@@ -566,65 +617,51 @@ impl ProcessBackend {
     /// bubblewrap's arguments for one binder: its namespaces, the host
     /// read-only with binderd's own files hidden, its working dir writable.
     fn bwrap_args(&self, workdir: &Path, as_other_uid: bool) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = Vec::new();
-        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
-            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
-        };
-        push(&[
-            &"--unshare-pid",
-            &"--unshare-ipc",
-            &"--unshare-uts",
-            &"--unshare-cgroup-try",
+        let mut a = Args::default();
+        a.add([
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
         ]);
-        push(&[&"--hostname", &"binder", &"--new-session"]);
+        a.add(["--hostname", "binder", "--new-session"]);
         if self.config.network == NetworkMode::Isolated {
-            push(&[&"--unshare-net"]);
+            a.add(["--unshare-net"]);
         }
         if as_other_uid {
             // Root outside: the helper drops to the binder's uid itself, so
             // it keeps only what that takes.
-            push(&[
-                &"--cap-drop",
-                &"ALL",
-                &"--cap-add",
-                &"CAP_SETUID",
-                &"--cap-add",
-                &"CAP_SETGID",
+            a.add([
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "CAP_SETUID",
+                "--cap-add",
+                "CAP_SETGID",
             ]);
         } else {
-            push(&[
-                &"--unshare-user",
-                &"--disable-userns",
-                &"--cap-drop",
-                &"ALL",
-            ]);
+            a.add(["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]);
         }
-        push(&[
-            &"--ro-bind",
-            &"/",
-            &"/",
-            &"--dev",
-            &"/dev",
-            &"--proc",
-            &"/proc",
-        ]);
-        push(&[
-            &"--tmpfs",
-            &"/tmp",
-            &"--tmpfs",
-            &"/run",
-            &"--tmpfs",
-            &"/dev/shm",
-        ]);
+        a.add(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+        for dir in ["/tmp", "/run", "/dev/shm"] {
+            a.tmpfs(Path::new(dir));
+        }
         for hidden in self.hidden_paths() {
             if hidden.is_dir() {
-                push(&[&"--tmpfs", &hidden]);
+                a.tmpfs(&hidden);
             } else if hidden.exists() {
-                push(&[&"--ro-bind", &"/dev/null", &hidden]);
+                a.parents(&hidden);
+                a.add([
+                    "--ro-bind".as_ref(),
+                    "/dev/null".as_ref(),
+                    hidden.as_os_str(),
+                ]);
             }
         }
-        push(&[&"--bind", &workdir, &workdir, &"--chdir", &workdir]);
-        a
+        a.parents(workdir);
+        a.add(["--bind".as_ref(), workdir.as_os_str(), workdir.as_os_str()]);
+        a.add(["--chdir".as_ref(), workdir.as_os_str()]);
+        a.0
     }
 
     /// What binders must not see: binderd's data dir (the store, the
@@ -633,6 +670,11 @@ impl ProcessBackend {
     /// are when binderd runs as that user.
     fn hidden_paths(&self) -> Vec<PathBuf> {
         let mut hidden = vec![self.data_dir.clone()];
+        // Where `/var/run` is a directory of its own (not `/run`), it holds
+        // the engine's socket.
+        if fs::symlink_metadata("/var/run").is_ok_and(|m| m.is_dir()) {
+            hidden.push("/var/run".into());
+        }
         hidden.extend(self.config.hide.iter().cloned());
         if !self.root {
             if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
@@ -681,26 +723,28 @@ impl ProcessBackend {
     /// Stops a binder's process group (SIGTERM, then SIGKILL) and anything
     /// else carrying its label; files stay.
     async fn kill_binder(&self, binder_id: &str, instance: &Instance) {
-        // SIGTERM to the group binderd started and to everything carrying
-        // the binder's label (in a sandbox: bubblewrap, the helper, which
-        // waits for the command, and the command with its children), so a
-        // server shuts down cleanly; then SIGKILL to whatever is left. The
-        // sandbox's first process going takes its whole pid namespace with
-        // it, including anything that rewrote its own labels.
+        // SIGTERM to everything carrying the binder's label but the process
+        // binderd started (in a sandbox that is bubblewrap, which would die
+        // at once and leave the sandbox behind; the helper inside waits for
+        // the command), so the server shuts down cleanly and the started
+        // process exits after it; without a sandbox, to its group as well.
+        // Then SIGKILL to whatever is left: the sandbox's first process
+        // going takes its whole pid namespace with it, including anything
+        // that rewrote its own labels.
         let leader = parse_pid(instance).filter(|pid| self.is_ours(*pid, Some(binder_id)));
-        if let Some(pid) = leader {
+        if let Some(pid) = leader.filter(|_| self.bwrap.is_none()) {
             let _ = killpg(pid, Signal::SIGTERM);
         }
         for (pid, _) in self.scan(Some(binder_id)) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while tokio::time::Instant::now() < deadline
-            && (leader.is_some_and(|p| alive(p.as_raw())) || !self.scan(Some(binder_id)).is_empty())
-        {
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            if Some(pid) != leader.map(Pid::as_raw) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
         }
         if let Some(pid) = leader {
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while alive(pid.as_raw()) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
             let _ = killpg(pid, Signal::SIGKILL);
         }
         for (pid, _) in self.scan(Some(binder_id)) {

@@ -94,6 +94,9 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
         setrlimit(resource, value, value)
             .map_err(|e| format!("cannot limit {name} to {value}: {e}"))?;
     }
+    // Set-uid programs stay what they are for the command and everything it
+    // starts: no way back to root (or to any capability) by exec.
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
     let (program, rest) = args.command.split_first().ok_or("no command to run")?;
     let mut command = std::process::Command::new(program);
     command.args(rest);
