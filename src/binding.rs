@@ -103,6 +103,10 @@ pub struct Binding {
     /// every other one is dropped. Only those of [`GRANTABLE_CAPABILITIES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// What the binder may reach besides binderd (binders never reach each
+    /// other directly, whatever this says).
+    #[serde(default, skip_serializing_if = "Network::is_default")]
+    pub network: Network,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +264,30 @@ pub struct Service {
     /// `DAC_OVERRIDE`, `FOWNER`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+}
+
+/// A binding's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+impl Network {
+    fn is_default(&self) -> bool {
+        *self == Network::default()
+    }
+}
+
+/// `open`: the internet (never the cluster's or private ranges where the
+/// backend can keep them out); `none`: nothing but binderd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    #[default]
+    Open,
+    None,
 }
 
 /// The capabilities a binding may give back: what images commonly need to

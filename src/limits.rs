@@ -260,10 +260,17 @@ impl Limits {
         .collect()
     }
 
-    /// Kubernetes' spelling of the memory limit: bytes, so that it means
-    /// to the kubelet exactly what it means here.
+    /// Kubernetes' spelling of the memory limit, meaning to the kubelet
+    /// exactly what it means here: the largest binary unit that divides it
+    /// (`512Mi`), else bytes.
     pub fn memory_quantity(&self) -> String {
-        self.memory_bytes.to_string()
+        let b = self.memory_bytes;
+        for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+            if b >= 1 << shift && b % (1 << shift) == 0 {
+                return format!("{}{unit}", b >> shift);
+            }
+        }
+        b.to_string()
     }
 
     /// Kubernetes' spelling of the CPU limit.

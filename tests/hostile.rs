@@ -265,3 +265,143 @@ async fn ambiguous_memory_and_raised_limits_are_refused_with_the_reason() {
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
 }
+
+#[tokio::test]
+async fn a_memory_bomb_gets_no_more_than_its_limit_and_the_rest_keeps_answering() {
+    let h = Harness::start("hostile-memory").await;
+    if !isolated(&h).await {
+        return;
+    }
+    h.create_and_fill(&standin_binding("calm", 1, 2)).await;
+    // Takes memory 16 MiB at a time (touched, so it is real) until refused,
+    // writes how much it got, then serves.
+    let bomb = r#"
+got = []
+try:
+    while len(got) < 1024:
+        got.append(bytearray(16 << 20))
+except MemoryError:
+    pass
+open("memory.txt", "w").write(str(len(got) * 16))
+del got
+"#;
+    let script = format!(
+        "python3 -c '{bomb}' ; exec {} --port {{port}} --base-url {{base_url}}",
+        standin()
+    );
+    let binding = json!({
+        "name": "hog",
+        "command": ["sh", "-c", script],
+        "resources": {"memory": "256Mi"},
+        "public": true,
+        "pool": {"min": 1, "max": 1},
+        "start_timeout_seconds": 30,
+    });
+    create_binding(&h.http, &h.server.url(""), &binding).await;
+    let mib: u32 = wait_for(30, "the memory bomb to be refused", || {
+        let data = h.data.0.clone();
+        async move {
+            let dirs = std::fs::read_dir(data.join("binders")).ok()?;
+            dirs.flatten()
+                .find_map(|d| std::fs::read_to_string(d.path().join("memory.txt")).ok())
+                .and_then(|t| t.trim().parse().ok())
+        }
+    })
+    .await;
+    assert!(mib <= 256, "a binder limited to 256Mi got {mib} MiB");
+    assert!(
+        mib >= 64,
+        "the limit left the binder almost nothing: {mib} MiB"
+    );
+    let a = h.http.get(&h.server.url("/healthcheck")).await;
+    assert_eq!(a.status, 200);
+    let (_, location) = hand_out(&h.http, &h.server.url(""), "calm", None).await;
+    let a = h.http.get(&h.server.url(&location)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_docker_binder_has_the_default_limits_and_cannot_reach_its_neighbour() {
+    if !docker_ready() {
+        return;
+    }
+    let h = Harness::with_config("hostile-docker", |c| {
+        c.backend = binderd::backend::BackendKind::Docker;
+    })
+    .await;
+    let _cleanup = DockerCleanup::new(&h.data);
+    let base = h.server.url("");
+    // No resources: the server's [limits] apply.
+    h.create_and_fill(&docker_binding("plain", 2, 2)).await;
+    let (_, location) = hand_out(&h.http, &base, "plain", None).await;
+    let owner = binderd::backend::owner_key(&h.data.0);
+    let ids = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=binderd.owner={owner}"),
+    ]);
+    assert!(ids.len() >= 2, "{ids:?}");
+    let net = binderd::backend::docker::SHARED_NET;
+    let mut addresses = Vec::new();
+    for id in &ids {
+        let host: Value =
+            serde_json::from_str(&docker(&["inspect", "-f", "{{json .HostConfig}}", id]).join(""))
+                .unwrap();
+        assert_eq!(host["CapDrop"], json!(["ALL"]), "{host}");
+        assert_eq!(host["Memory"], json!(1u64 << 30), "{host}");
+        assert_eq!(
+            host["MemorySwap"], host["Memory"],
+            "swap no larger than memory"
+        );
+        assert_eq!(host["NanoCpus"], json!(1_000_000_000u64), "{host}");
+        assert_eq!(host["PidsLimit"], json!(512), "{host}");
+        assert_eq!(host["Privileged"], json!(false));
+        assert!(
+            host["SecurityOpt"]
+                .to_string()
+                .contains("no-new-privileges"),
+            "{host}"
+        );
+        assert_eq!(host["LogConfig"]["Config"]["max-size"], "10m", "{host}");
+        assert_eq!(host["Ulimits"][0]["Name"], "nofile", "{host}");
+        assert_eq!(host["NetworkMode"], net, "{host}");
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            id,
+        ]);
+        addresses.push(ip.join(""));
+    }
+    let icc = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{index .Options \"com.docker.network.bridge.enable_icc\"}}",
+        net,
+    ]);
+    assert_eq!(icc, ["false"]);
+    // From inside the handed-out binder, as a reader's code would: itself
+    // answers (the probe works), each neighbour does not.
+    let fetch = |url: String| {
+        let http = &h.http;
+        let at = h.server.url(&format!("{location}fetch?url={url}"));
+        async move { http.get(&at).await }
+    };
+    let own = fetch("http://127.0.0.1:8888/".into()).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let mut refused = 0;
+    for ip in &addresses {
+        let a = fetch(format!("http://{ip}:8888/")).await;
+        if a.status != 200 {
+            refused += 1;
+        }
+    }
+    // One of the addresses is the binder's own (reachable from itself);
+    // every other one is refused.
+    assert!(
+        refused >= addresses.len() - 1,
+        "a neighbour answered: {addresses:?}"
+    );
+}

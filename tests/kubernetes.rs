@@ -425,6 +425,59 @@ fn assert_clean(fake: &FakeApi) {
     }
 }
 
+/// The "restricted" Pod Security Standard (v1.33), as the API server's
+/// admission would check a pod spec: no host namespaces, paths or ports,
+/// not privileged, no privilege escalation, not root, the runtime's seccomp
+/// profile, every capability dropped and at most NET_BIND_SERVICE added,
+/// only the volume types it allows.
+fn assert_restricted(spec: &Value) {
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(spec[host], true, "{host}");
+    }
+    let pod_non_root = spec["securityContext"]["runAsNonRoot"] == true;
+    assert_ne!(spec["securityContext"]["runAsUser"], 0);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let allowed = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let keys = volume.as_object().unwrap().keys();
+        assert!(
+            keys.into_iter()
+                .all(|k| k == "name" || allowed.contains(&k.as_str())),
+            "{volume}"
+        );
+    }
+    let init = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for c in spec["containers"].as_array().unwrap().iter().chain(&init) {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["privileged"], false, "{c}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
+        assert!(pod_non_root || sc["runAsNonRoot"] == true, "{c}");
+        assert_ne!(sc["runAsUser"], 0, "{c}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{c}");
+        for added in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+            assert_eq!(added, "NET_BIND_SERVICE", "{c}");
+        }
+        for port in c["ports"].as_array().into_iter().flatten() {
+            assert!(port["hostPort"].is_null(), "{c}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_labelled_restricted_and_served_through_the_proxy() {
     let data = DataDir::new("k8s-create");
@@ -472,6 +525,12 @@ async fn pods_are_labelled_restricted_and_served_through_the_proxy() {
     assert_eq!(args[0], format!("--port={}", standin.1));
     assert!(args[1].as_str().unwrap().starts_with("--base-url=/user/"));
     assert_eq!(spec["containers"][1]["name"], "db");
+    assert_restricted(spec);
+    // The service gets the server's [limits], as every container does.
+    assert_eq!(
+        spec["containers"][1]["resources"]["limits"]["memory"],
+        "1Gi"
+    );
     assert_eq!(spec["hostAliases"][0]["hostnames"], json!(["db"]));
     assert_eq!(spec["hostAliases"][0]["ip"], "127.0.0.1");
 

@@ -171,7 +171,7 @@ async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
         400,
     );
     // The process is gone (no CPU, no memory), the location says paused.
-    wait_processes(&data, 1, 10).await; // only the warm pool binder is left
+    wait_binders(&data, 1, 10).await; // only the warm pool binder is left
     let html = http
         .send(
             Method::GET,

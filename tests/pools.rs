@@ -21,7 +21,7 @@ async fn pool_fills_hands_out_and_refills() {
     create(&http, &server, standin_binding("fill", 3, 10)).await;
     let base = server.url("");
     wait_pool(&http, &base, "fill", 20, |p| p["available"] == 3).await;
-    wait_processes(&data, 3, 10).await;
+    wait_binders(&data, 3, 10).await;
 
     let a = http
         .call(Method::POST, &server.url("/binders/Fill"), None)
@@ -164,7 +164,7 @@ async fn pool_fills_hands_out_and_refills() {
         p["available"] == 1 && p["running"] == 1
     })
     .await;
-    wait_processes(&data, 1, 10).await;
+    wait_binders(&data, 1, 10).await;
     server.stop().await;
 }
 
@@ -415,7 +415,7 @@ async fn deleting_a_binding_leaves_no_process_behind() {
         .await;
     assert_eq!(a.status, 201);
     let location = a.json()["location"].as_str().unwrap().to_owned();
-    wait_processes(&data, 5, 10).await;
+    wait_binders(&data, 5, 10).await;
 
     let del = |q: &str| {
         let url = server.url(&format!("/bindings/gone{q}"));
@@ -425,7 +425,7 @@ async fn deleting_a_binding_leaves_no_process_behind() {
     // An assigned binder blocks deletion unless forced.
     assert_error(&del("").await, 409);
     assert_eq!(del("?force=true").await.status, 202);
-    wait_processes(&data, 0, 10).await;
+    wait_binders(&data, 0, 10).await;
     assert_error(
         &http
             .get(&server.url(&format!("{location}api/status")))
@@ -485,7 +485,7 @@ async fn a_broken_command_sets_error_status_and_backs_off() {
     } else {
         assert_error(&a, 503);
     }
-    assert_eq!(data.owned_processes(), 0);
+    assert_eq!(data.running_binders(), 0);
     server.stop().await;
 }
 

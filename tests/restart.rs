@@ -34,9 +34,9 @@ async fn sigkill_and_restart_lose_nothing_and_leak_nothing() {
         .iter()
         .map(|b| b["id"].as_str().unwrap().to_owned())
         .collect();
-    // Processes are in their own groups: they outlive binderd.
-    let before = data.owned_processes();
-    assert!(before >= 3, "only {before} processes survived");
+    // Binders' processes are in their own groups: they outlive binderd.
+    let before = data.running_binders();
+    assert!(before >= 3, "only {before} binders survived");
 
     let mut p = Process::spawn(&data, &[], &[]);
     // The binding survived, the assigned binders keep their location and work.
@@ -56,7 +56,7 @@ async fn sigkill_and_restart_lose_nothing_and_leak_nothing() {
     // The pooled ones rejoined (no duplicates were started for them).
     let pool = wait_pool(&http, &p.url(""), "survivor", 20, |v| v["available"] == 3).await;
     assert_eq!(pool["running"], 5, "{pool}");
-    wait_processes(&data, 5, 10).await; // one process per running binder
+    wait_binders(&data, 5, 10).await; // one per running binder
 
     // New handouts never repeat an assigned binder.
     let mut seen: HashSet<String> = assigned.iter().cloned().collect();
@@ -130,7 +130,7 @@ async fn sigterm_keeps_containers_for_the_next_start() {
         .unwrap();
     let status = wait_exit(&mut p);
     assert_eq!(status, Some(0));
-    wait_processes(&data, 2, 10).await;
+    wait_binders(&data, 2, 10).await;
 
     // --cleanup-on-exit removes them instead.
     let mut p = Process::spawn(&data, &["--cleanup-on-exit"], &[]);
@@ -141,7 +141,7 @@ async fn sigterm_keeps_containers_for_the_next_start() {
         .status()
         .unwrap();
     assert_eq!(wait_exit(&mut p), Some(0));
-    wait_processes(&data, 0, 10).await;
+    wait_binders(&data, 0, 10).await;
 }
 
 fn wait_exit(p: &mut Process) -> Option<i32> {
@@ -321,7 +321,7 @@ async fn sigkill_in_the_middle_of_a_rush_loses_no_handout() {
         .status()
         .unwrap();
     assert_eq!(wait_exit(&mut p), Some(0));
-    wait_processes(&data, 0, 20).await;
+    wait_binders(&data, 0, 20).await;
 }
 
 /// An operator can follow a session: each lifecycle event once at info, as

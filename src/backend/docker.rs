@@ -329,6 +329,13 @@ impl DockerBackend {
 
     async fn start_inner(&self, spec: &StartSpec<'_>) -> Result<Instance, BackendError> {
         let plan = ContainerPlan::new(spec, &self.owner, "docker")?;
+        if spec.binding.network.egress == crate::binding::Egress::None {
+            // An internal network publishes no ports, and binderd reaches
+            // notebooks through theirs.
+            return Err(BackendError::Start(
+                "network.egress = \"none\" is not available on the docker backend (use the process or kubernetes backend)".into(),
+            ));
+        }
         let binding = spec.binding;
         let binder_net = (!plan.services.is_empty()).then(|| network_name(spec.binder_id));
         if let Some(net) = &binder_net {

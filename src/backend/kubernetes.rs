@@ -202,6 +202,23 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+/// The pod's labels: the plan's, and `binderd.egress=none` for a binding
+/// that closes egress (deploy/kubernetes/notebooks' NetworkPolicy then lets
+/// nothing out).
+fn pod_labels(
+    labels: &BTreeMap<String, String>,
+    egress: crate::binding::Egress,
+) -> BTreeMap<String, String> {
+    let mut labels = labels.clone();
+    if egress == crate::binding::Egress::None {
+        labels.insert(LABEL_EGRESS.to_owned(), "none".to_owned());
+    }
+    labels
+}
+
+/// Label: `none` on the pods of a binding whose egress is closed.
+pub const LABEL_EGRESS: &str = "binderd.egress";
+
 /// A container's security context under the "restricted" Pod Security
 /// Standard: not root, no privilege escalation, the runtime's seccomp
 /// profile, every capability dropped but `NET_BIND_SERVICE` if asked for
@@ -398,7 +415,7 @@ impl KubernetesBackend {
         let mut pod = Pod {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),
-                labels: Some(plan.labels.clone()),
+                labels: Some(pod_labels(&plan.labels, spec.binding.network.egress)),
                 ..Default::default()
             },
             spec: Some(PodSpec {

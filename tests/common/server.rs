@@ -55,8 +55,8 @@ impl DataDir {
         DataDir(dir)
     }
 
-    pub fn owned_processes(&self) -> usize {
-        ProcessBackend::count_owned(&self.0)
+    pub fn running_binders(&self) -> usize {
+        ProcessBackend::count_binders(&self.0)
     }
 }
 
@@ -212,15 +212,15 @@ fn wait_for_listen_line(log: &Path) -> SocketAddr {
     );
 }
 
-/// Waits until exactly `n` processes are labelled for `data` (a process is
-/// labelled once it has exec'd, a moment after binderd forks it).
-pub async fn wait_processes(data: &DataDir, n: usize, secs: u64) {
+/// Waits until exactly `n` binders have processes labelled for `data` (a
+/// process is labelled once it has exec'd, a moment after binderd forks it).
+pub async fn wait_binders(data: &DataDir, n: usize, secs: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while data.owned_processes() != n {
+    while data.running_binders() != n {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "expected {n} processes, found {}",
-            data.owned_processes()
+            "expected {n} binders, found {}",
+            data.running_binders()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -44,6 +44,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
 
+use crate::binding::Egress;
 use crate::limits::Limits;
 
 use self::sandbox::SandboxArgs;
@@ -213,23 +214,19 @@ impl ProcessBackend {
 
     /// SIGKILLs every process labelled with the owner key of `data_dir`, at
     /// once and without waiting: for test teardown and emergency cleanup.
-    /// Returns how many were signalled.
+    /// Returns how many binders were hit.
     pub fn kill_all(data_dir: &std::path::Path) -> usize {
-        let found = Self::labelled_for(data_dir);
+        let found = scan(&super::owner_key(data_dir), None);
         for (pid, _) in &found {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
-        found.len()
+        binders_of(found)
     }
 
-    /// Live processes labelled with the owner key of `data_dir`.
-    pub fn count_owned(data_dir: &std::path::Path) -> usize {
-        Self::labelled_for(data_dir).len()
-    }
-
-    fn labelled_for(data_dir: &std::path::Path) -> Vec<(i32, HashMap<String, String>)> {
-        let owner = super::owner_key(data_dir);
-        scan(&owner, None)
+    /// Binders with live processes labelled with the owner key of
+    /// `data_dir` (a sandboxed binder is several processes).
+    pub fn count_binders(data_dir: &std::path::Path) -> usize {
+        binders_of(scan(&super::owner_key(data_dir), None))
     }
 
     /// Path of a binder's output, for the logs endpoint.
@@ -416,6 +413,31 @@ fn alive(pid: i32) -> bool {
     matches!(stat(pid), Some((s, _, _)) if s != 'Z' && s != 'X')
 }
 
+/// Why a binder's sandbox did not start its command, if that is why it
+/// exited: the last line bubblewrap or the helper wrote to its log
+/// ("cannot run '/x': No such file or directory").
+fn sandbox_failure(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("binderd sandbox: ") || l.starts_with("bwrap: "))?;
+    let said = line
+        .trim_start_matches("binderd sandbox: ")
+        .trim_start_matches("bwrap: ");
+    // The binder writes to this log too: keep it short and printable.
+    Some(said.chars().filter(|c| !c.is_control()).take(300).collect())
+}
+
+/// How many binders the labelled processes `found` belong to.
+fn binders_of(found: Vec<(i32, HashMap<String, String>)>) -> usize {
+    let ids: std::collections::HashSet<String> = found
+        .into_iter()
+        .filter_map(|(_, mut vars)| vars.remove(ENV_BINDER))
+        .collect();
+    ids.len()
+}
+
 /// Every live pid labelled with `owner` and `binder_id` (or any binder when
 /// `binder_id` is `None`), with its variables.
 fn scan(owner: &str, binder_id: Option<&str>) -> Vec<(i32, HashMap<String, String>)> {
@@ -473,7 +495,7 @@ impl ProcessBackend {
         spec: StartSpec<'_>,
         resume: bool,
     ) -> Result<Instance, BackendError> {
-        let isolated_net = self.bwrap.is_some() && self.config.network == NetworkMode::Isolated;
+        let isolated_net = self.own_network(spec.binding)?;
         // With a network namespace of its own, binderd holds the host side:
         // a listener on the host's loopback, handed to the helper, which
         // relays into the namespace (the same port number inside).
@@ -532,7 +554,7 @@ impl ProcessBackend {
         let mut command = match &self.bwrap {
             Some(bwrap) => {
                 let mut c = Command::new(bwrap);
-                c.args(self.bwrap_args(&workdir, uid.is_some()));
+                c.args(self.bwrap_args(&workdir, uid.is_some(), isolated_net));
                 c.arg("--").arg(&self.helper);
                 c
             }
@@ -592,13 +614,13 @@ impl ProcessBackend {
         let exits = self.exits.clone();
         let children = self.children.clone();
         let binder_id = spec.binder_id.to_owned();
+        let log_path = self.log_path(spec.binder_id);
         tokio::spawn(async move {
             let status = child.wait().await;
             children.remove(&pid_key);
             let reason = match status {
-                Ok(s) if s.code() == Some(125) => {
-                    "the sandbox could not start the command (see its log)".into()
-                }
+                Ok(s) if !s.success() => sandbox_failure(&log_path)
+                    .unwrap_or_else(|| format!("the process exited ({s})")),
                 Ok(s) => format!("the process exited ({s})"),
                 Err(e) => format!("the process exited ({e})"),
             };
@@ -614,9 +636,28 @@ impl ProcessBackend {
         })
     }
 
+    /// Whether the binder gets a network namespace of its own: always in a
+    /// sandbox unless `[process] network = "host"`, and then still when its
+    /// binding closes egress. Without a sandbox such a binding cannot start.
+    fn own_network(&self, binding: &crate::binding::Binding) -> Result<bool, BackendError> {
+        let closed = binding.network.egress == Egress::None;
+        match &self.bwrap {
+            Some(_) => Ok(closed || self.config.network == NetworkMode::Isolated),
+            None if closed => Err(BackendError::Start(
+                "network.egress = \"none\" needs namespaces, which this process backend does not have".into(),
+            )),
+            None => Ok(false),
+        }
+    }
+
     /// bubblewrap's arguments for one binder: its namespaces, the host
     /// read-only with binderd's own files hidden, its working dir writable.
-    fn bwrap_args(&self, workdir: &Path, as_other_uid: bool) -> Vec<std::ffi::OsString> {
+    fn bwrap_args(
+        &self,
+        workdir: &Path,
+        as_other_uid: bool,
+        own_network: bool,
+    ) -> Vec<std::ffi::OsString> {
         let mut a = Args::default();
         a.add([
             "--unshare-pid",
@@ -625,7 +666,7 @@ impl ProcessBackend {
             "--unshare-cgroup-try",
         ]);
         a.add(["--hostname", "binder", "--new-session"]);
-        if self.config.network == NetworkMode::Isolated {
+        if own_network {
             a.add(["--unshare-net"]);
         }
         if as_other_uid {
@@ -1024,7 +1065,11 @@ mod tests {
             ),
             Ok(_) => {
                 let exit = rx.recv().await.unwrap();
-                assert!(exit.reason.contains("could not start"), "{}", exit.reason);
+                assert!(
+                    exit.reason.contains("cannot run '/nonexistent/binary'"),
+                    "{}",
+                    exit.reason
+                );
                 let log = fs::read_to_string(backend.log_path("b2")).unwrap();
                 assert!(log.contains("/nonexistent/binary"), "{log}");
             }
