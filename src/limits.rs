@@ -361,10 +361,12 @@ mod tests {
         let raised = limits.raised_by(higher);
         assert_eq!(raised.len(), 2, "{raised:?}");
         assert!(raised[0].contains("limits.memory"));
-        assert_eq!(
-            limits.with(higher).memory_quantity(),
-            (4u64 << 30).to_string()
-        );
+        assert_eq!(limits.with(higher).memory_quantity(), "4Gi");
+        let odd = Wanted {
+            memory_bytes: Some(1_000_000_000),
+            ..Wanted::default()
+        };
+        assert_eq!(limits.with(odd).memory_quantity(), "1000000000");
         assert_eq!(limits.cpu_quantity(), "1000m");
         assert_eq!(limits.nano_cpus(), 1_000_000_000);
     }

@@ -190,12 +190,7 @@ fn nix_is_root() -> bool {
 
 #[tokio::test]
 async fn a_fork_bomb_stops_at_the_pids_limit_and_the_rest_keeps_answering() {
-    let h = Harness::start("hostile-forks").await;
-    if !isolated(&h).await {
-        return;
-    }
-    h.create_and_fill(&standin_binding("calm", 1, 2)).await;
-    // Forks until refused (children sleep), counts, then serves.
+    // Forks until refused (children sleep), counts.
     let bomb = r#"
 import os, time
 n = 0
@@ -207,8 +202,28 @@ try:
         n += 1
 except OSError:
     pass
-open("forks.txt", "w").write(str(n))
+open("bomb.txt", "w").write(str(n))
 "#;
+    let Some(forks) = set_off("hostile-forks", bomb, json!({"pids": 64})).await else {
+        return;
+    };
+    assert!(
+        forks < 64,
+        "{forks} processes forked past a pids limit of 64"
+    );
+}
+
+/// Starts a binder whose code is `bomb` (Python, writing a number to
+/// `bomb.txt` in its working dir before the binder serves) with
+/// `resources`, beside a calm binding; returns that number once written,
+/// after checking that binderd and the calm binding still answer. `None`
+/// where there is no isolation to test.
+async fn set_off(name: &str, bomb: &str, resources: Value) -> Option<u64> {
+    let h = Harness::start(name).await;
+    if !isolated(&h).await {
+        return None;
+    }
+    h.create_and_fill(&standin_binding("calm", 1, 2)).await;
     let script = format!(
         "python3 -c '{bomb}' ; exec {} --port {{port}} --base-url {{base_url}}",
         standin()
@@ -216,32 +231,29 @@ open("forks.txt", "w").write(str(n))
     let binding = json!({
         "name": "bomb",
         "command": ["sh", "-c", script],
-        "resources": {"pids": 64},
+        "resources": resources,
         "public": true,
         "pool": {"min": 1, "max": 1},
         "start_timeout_seconds": 30,
     });
     create_binding(&h.http, &h.server.url(""), &binding).await;
-    let forks: u32 = wait_for(30, "the fork bomb to be stopped", || {
+    let outcome = wait_for(30, "the bomb to be stopped", || {
         let data = h.data.0.clone();
         async move {
             let dirs = std::fs::read_dir(data.join("binders")).ok()?;
             dirs.flatten()
-                .find_map(|d| std::fs::read_to_string(d.path().join("forks.txt")).ok())
+                .find_map(|d| std::fs::read_to_string(d.path().join("bomb.txt")).ok())
                 .and_then(|t| t.trim().parse().ok())
         }
     })
     .await;
-    assert!(
-        forks < 64,
-        "{forks} processes forked past a pids limit of 64"
-    );
-    // binderd and the other binding still answer while the bomb's children live.
+    // binderd and the other binding still answer while the bomb's leftovers live.
     let a = h.http.get(&h.server.url("/healthcheck")).await;
     assert_eq!(a.status, 200);
     let (_, location) = hand_out(&h.http, &h.server.url(""), "calm", None).await;
     let a = h.http.get(&h.server.url(&location)).await;
     assert_eq!(a.status, 200, "{}", a.body);
+    Some(outcome)
 }
 
 #[tokio::test]
@@ -268,13 +280,7 @@ async fn ambiguous_memory_and_raised_limits_are_refused_with_the_reason() {
 
 #[tokio::test]
 async fn a_memory_bomb_gets_no_more_than_its_limit_and_the_rest_keeps_answering() {
-    let h = Harness::start("hostile-memory").await;
-    if !isolated(&h).await {
-        return;
-    }
-    h.create_and_fill(&standin_binding("calm", 1, 2)).await;
-    // Takes memory 16 MiB at a time (touched, so it is real) until refused,
-    // writes how much it got, then serves.
+    // Takes memory 16 MiB at a time (touched, so it is real) until refused.
     let bomb = r#"
 got = []
 try:
@@ -282,42 +288,17 @@ try:
         got.append(bytearray(16 << 20))
 except MemoryError:
     pass
-open("memory.txt", "w").write(str(len(got) * 16))
+open("bomb.txt", "w").write(str(len(got) * 16))
 del got
 "#;
-    let script = format!(
-        "python3 -c '{bomb}' ; exec {} --port {{port}} --base-url {{base_url}}",
-        standin()
-    );
-    let binding = json!({
-        "name": "hog",
-        "command": ["sh", "-c", script],
-        "resources": {"memory": "256Mi"},
-        "public": true,
-        "pool": {"min": 1, "max": 1},
-        "start_timeout_seconds": 30,
-    });
-    create_binding(&h.http, &h.server.url(""), &binding).await;
-    let mib: u32 = wait_for(30, "the memory bomb to be refused", || {
-        let data = h.data.0.clone();
-        async move {
-            let dirs = std::fs::read_dir(data.join("binders")).ok()?;
-            dirs.flatten()
-                .find_map(|d| std::fs::read_to_string(d.path().join("memory.txt")).ok())
-                .and_then(|t| t.trim().parse().ok())
-        }
-    })
-    .await;
+    let Some(mib) = set_off("hostile-memory", bomb, json!({"memory": "256Mi"})).await else {
+        return;
+    };
     assert!(mib <= 256, "a binder limited to 256Mi got {mib} MiB");
     assert!(
         mib >= 64,
         "the limit left the binder almost nothing: {mib} MiB"
     );
-    let a = h.http.get(&h.server.url("/healthcheck")).await;
-    assert_eq!(a.status, 200);
-    let (_, location) = hand_out(&h.http, &h.server.url(""), "calm", None).await;
-    let a = h.http.get(&h.server.url(&location)).await;
-    assert_eq!(a.status, 200, "{}", a.body);
 }
 
 #[tokio::test]

@@ -187,7 +187,7 @@ async fn pause_keeps_files_and_location_and_resume_brings_it_back() {
     );
 
     let after = resume_then_read(&server, &http, "pz", binder, text).await;
-    assert_ne!(after["pid"], before["pid"], "a new process");
+    assert_ne!(after["instance"], before["instance"], "a new process");
     server.stop().await;
 }
 

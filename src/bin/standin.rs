@@ -37,6 +37,9 @@ type Body = BoxBody<Bytes, hyper::Error>;
 static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 /// Connections accepted so far.
 static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// This process, told apart from any other: pids repeat in pid namespaces
+/// (a sandboxed binder's server is the same small pid every time).
+static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 struct Opts {
     port: u16,
@@ -118,6 +121,7 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
                 "status": "ok",
                 "binder": binder,
                 "pid": std::process::id(),
+                "instance": INSTANCE.get_or_init(rand::random::<u64>).to_string(),
                 "port": PORT.get(),
                 "connections": ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
             }),

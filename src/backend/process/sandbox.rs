@@ -1,19 +1,19 @@
 //! `binderd sandbox`: the part of the process backend that runs inside a
 //! binder's sandbox, between bubblewrap and the binding's command.
 //!
-//! It sets the binder's limits on itself (open files, processes, memory per
-//! process: rlimits, inherited by everything the command starts), drops to
-//! the binder's own uid when it was started as root, and then either
-//!
-//! - **relays** (the binder has a network namespace of its own, loopback
-//!   only): its standard input is a TCP listener binderd bound on the host's
-//!   loopback, and each connection accepted there is joined to the
-//!   command's server on `127.0.0.1:{port}` inside the namespace. Only
-//!   binderd reaches that listener's address (other binders have no route to
-//!   the host's loopback), so this is how binderd, and nothing else, reaches
-//!   the server; or
-//! - **execs** the command in its own place (no network namespace: the
-//!   command binds the host's loopback port itself).
+//! It becomes the command ([`exec`]): it sets the binder's limits on
+//! itself (open files, processes of the binder's uid, data memory per
+//! process, no core dumps: rlimits, inherited by everything the command
+//! starts), sets `no_new_privs`, drops to the binder's own uid when it was
+//! started as root, and execs the command. With `--relay` (the binder has a
+//! network namespace of its own, loopback only) it first stays behind as a
+//! relay, without those limits (binderd's connections are not the binder's
+//! open files), and starts itself once more without `--relay` to become the
+//! command: its standard input is a TCP listener binderd bound on the host's
+//! loopback, and each connection accepted there is joined to the command's
+//! server on `127.0.0.1:{port}` inside the namespace. Only binderd reaches
+//! that listener's address (binders have no route to the host's loopback),
+//! so this is how binderd, and nothing else, reaches the server.
 //!
 //! Relaying, it stays the command's parent: it waits for it and exits with
 //! its status, and on SIGTERM it waits for the command (which binderd
@@ -85,29 +85,21 @@ pub fn main(args: SandboxArgs) -> ExitCode {
 }
 
 fn run(args: SandboxArgs) -> Result<ExitCode, String> {
-    for (resource, value, name) in [
-        (Resource::RLIMIT_NOFILE, args.nofile, "open files"),
-        (Resource::RLIMIT_NPROC, args.nproc, "processes"),
-        (Resource::RLIMIT_DATA, args.memory, "memory"),
-        (Resource::RLIMIT_CORE, 0, "core dumps"),
-    ] {
-        setrlimit(resource, value, value)
-            .map_err(|e| format!("cannot limit {name} to {value}: {e}"))?;
-    }
-    // Set-uid programs stay what they are for the command and everything it
-    // starts: no way back to root (or to any capability) by exec.
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
-    let (program, rest) = args.command.split_first().ok_or("no command to run")?;
-    let mut command = std::process::Command::new(program);
-    command.args(rest);
-    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
-        // std drops the supplementary groups too when it changes uid as root.
-        command.uid(uid).gid(gid);
-    }
     let Some(port) = args.relay else {
-        let e = command.exec();
-        return Err(format!("cannot run '{program}': {e}"));
+        return Err(exec(&args));
     };
+    // The relay keeps its own limits (binderd's connections are not the
+    // binder's open files): the command starts through this same helper
+    // once more, without `--relay`, which limits itself and then execs it.
+    let me = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+    let mut command = std::process::Command::new(me);
+    command.arg("sandbox").args(
+        SandboxArgs {
+            relay: None,
+            ..args.clone()
+        }
+        .to_args(),
+    );
     // The listener is our standard input; the command gets none.
     let listener = std::io::stdin()
         .as_fd()
@@ -131,14 +123,19 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
     let mut child = command
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run '{program}': {e}"))?;
+        .map_err(|e| format!("cannot start the command's sandbox: {e}"))?;
     let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let status = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let relay = async {
             loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
+                let client = match listener.accept().await {
+                    Ok((client, _)) => client,
+                    // Out of descriptors or memory for a moment: no spinning.
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 tokio::spawn(join(client, upstream));
             }
@@ -159,6 +156,37 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
             ExitCode::from(128 + signal.clamp(0, 127) as u8)
         }
     })
+}
+
+/// Limits this process, gives up privileges, and becomes the command;
+/// returns only why it could not.
+fn exec(args: &SandboxArgs) -> String {
+    for (resource, value, name) in [
+        (Resource::RLIMIT_NOFILE, args.nofile, "open files"),
+        (Resource::RLIMIT_NPROC, args.nproc, "processes"),
+        (Resource::RLIMIT_DATA, args.memory, "memory"),
+        (Resource::RLIMIT_CORE, 0, "core dumps"),
+    ] {
+        if let Err(e) = setrlimit(resource, value, value) {
+            return format!("cannot limit {name} to {value}: {e}");
+        }
+    }
+    // Set-uid programs stay what they are for the command and everything it
+    // starts: no way back to root (or to any capability) by exec.
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        return format!("cannot set no_new_privs: {e}");
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        return "no command to run".into();
+    };
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
+        // std drops the supplementary groups too when it changes uid as root.
+        command.uid(uid).gid(gid);
+    }
+    let e = command.exec();
+    format!("cannot run '{program}': {e}")
 }
 
 /// Joins one accepted connection to the server; a server not listening yet
