@@ -386,3 +386,42 @@ async fn a_docker_binder_has_the_default_limits_and_cannot_reach_its_neighbour()
         "a neighbour answered: {addresses:?}"
     );
 }
+
+#[tokio::test]
+async fn a_paused_binder_cannot_make_binderd_chown_a_host_directory() {
+    let h = Harness::start("hostile-resume").await;
+    if !isolated(&h).await || !nix_is_root() {
+        return; // only a root binderd changes owners
+    }
+    // A directory of root's that the binder's `tmp` will point at.
+    let victim = std::path::PathBuf::from(format!(
+        "/var/tmp/binderd-test-victim-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = format!(
+        "rm -rf tmp; ln -s {} tmp; exec {} --port {{port}} --base-url {{base_url}}",
+        victim.display(),
+        standin()
+    );
+    let mut binding = standin_binding("links", 1, 2);
+    binding["command"] = json!(["sh", "-c", script]);
+    h.create_and_fill(&binding).await;
+    let (id, location) = hand_out(&h.http, &h.server.url(""), "links", Some(ALICE)).await;
+    write_then_pause(&h.server, &h.http, "links", (&id, &location), "x").await;
+    resume_then_read(&h.server, &h.http, "links", (&id, &location), "x").await;
+    let meta = std::fs::metadata(&victim).unwrap();
+    let _ = std::fs::remove_dir(&victim);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        meta.uid(),
+        0,
+        "binderd chowned a host directory to a binder"
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o755,
+        "binderd chmodded a host directory"
+    );
+}

@@ -31,7 +31,7 @@ pub mod sandbox;
 use std::collections::HashMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -527,13 +527,21 @@ impl ProcessBackend {
         // Temporary files go with the binder: a `tmp/` of its own in its
         // working dir (removed when it stops), unless the binding says where.
         let tmp = workdir.join("tmp");
+        // A resumed binder had the run of its working dir: its `tmp` may
+        // now be a link to anywhere, which binderd (root) must not chown.
+        if fs::symlink_metadata(&tmp).is_ok_and(|m| !m.is_dir()) {
+            fs::remove_file(&tmp)?;
+        }
         fs::create_dir_all(&tmp)?;
         let uid = if self.root {
-            let uid = self.take_uid(spec.binder_id)?;
+            // A resumed binder keeps the uid that owns its files.
+            let owner = fs::symlink_metadata(&workdir).ok().map(|m| m.uid());
+            let uid = self.take_uid(spec.binder_id, owner)?;
             // Its own; others may pass through (bubblewrap, root without
-            // capabilities, enters it) but not list it.
+            // capabilities, enters it) but not list it. Neither is a link
+            // (checked above; the working dir is binderd's to make).
             for (dir, mode) in [(&workdir, 0o711), (&tmp, 0o700)] {
-                std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
+                std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
                 fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
             }
             Some(uid)
@@ -738,12 +746,20 @@ impl ProcessBackend {
             .collect()
     }
 
-    /// A uid of its own for a binder (binderd runs as root).
-    fn take_uid(&self, binder_id: &str) -> Result<u32, BackendError> {
+    /// A uid of its own for a binder (binderd runs as root): the one it has,
+    /// or `owner` (the uid owning its working dir, when resumed) if that is
+    /// in the range and free, or a free one.
+    fn take_uid(&self, binder_id: &str, owner: Option<u32>) -> Result<u32, BackendError> {
         if let Some(uid) = self.uids.iter().find(|e| e.value() == binder_id) {
             return Ok(*uid.key());
         }
         let [first, last] = self.config.uid_range.unwrap_or(DEFAULT_UIDS);
+        if let Some(uid) = owner.filter(|u| (first..=last).contains(u) && *u != 0) {
+            if let dashmap::Entry::Vacant(v) = self.uids.entry(uid) {
+                v.insert(binder_id.to_owned());
+                return Ok(uid);
+            }
+        }
         let span = last.saturating_sub(first).saturating_add(1).max(1);
         let start = rand::random::<u32>() % span;
         for i in 0..span.min(1 << 20) {
