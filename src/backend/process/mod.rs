@@ -909,10 +909,6 @@ impl Backend for ProcessBackend {
             else {
                 continue;
             };
-            let port: u16 = vars.get(ENV_PORT).and_then(|p| p.parse().ok()).unwrap_or(0);
-            if let Some(uid) = vars.get(ENV_UID).and_then(|u| u.parse().ok()) {
-                self.uids.insert(uid, binder_id.clone());
-            }
             let (_, ppid, pgrp) = stat(pid).unwrap_or(('?', 0, pid));
             // The leader of the group binderd started is the binder's handle
             // (in a sandbox, processes inside lead sessions of their own: the
@@ -930,11 +926,19 @@ impl Backend for ProcessBackend {
                     binding: binding.clone(),
                     instance: Instance {
                         handle: pgrp.to_string(),
-                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     },
                 });
+            // Its address and uid are read from the leader only: binderd
+            // wrote that process's environment, and a binder's own code
+            // could rewrite its labels to name another binder's port.
             if leader {
+                let port: u16 = vars.get(ENV_PORT).and_then(|p| p.parse().ok()).unwrap_or(0);
                 entry.instance.handle = pid.to_string();
+                entry.instance.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                if let Some(uid) = vars.get(ENV_UID).and_then(|u| u.parse().ok()) {
+                    self.uids.insert(uid, binder_id.clone());
+                }
             }
         }
         Ok(by_binder.into_values().collect())
