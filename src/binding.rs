@@ -688,6 +688,30 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_come_from_the_short_list_and_egress_is_open_or_none() {
+        let mut b =
+            parse(r#"{"name":"x","command":["a"],"capabilities":["CHOWN","CAP_SETUID"]}"#).unwrap();
+        assert!(b.validate(true, 10).is_ok());
+        let mut b2 = parse(r#"{"name":"x","command":["a"],"capabilities":["SYS_ADMIN"]}"#).unwrap();
+        let e = b2.validate(true, 10).unwrap_err().0;
+        assert!(
+            e.contains("SYS_ADMIN") && e.contains("NET_BIND_SERVICE"),
+            "{e}"
+        );
+        let mut b3 = parse(
+            r#"{"name":"x","command":["a"],"services":[{"name":"db","image":"p","capabilities":["NET_ADMIN"]}]}"#,
+        )
+        .unwrap();
+        assert!(b3.validate(true, 10).is_err());
+        let closed = parse(r#"{"name":"x","command":["a"],"network":{"egress":"none"}}"#).unwrap();
+        assert_eq!(closed.network.egress, Egress::None);
+        assert!(parse(r#"{"name":"x","command":["a"],"network":{"egress":"some"}}"#).is_err());
+        // Open is the default and is not written out.
+        let open = parse(r#"{"name":"x","command":["a"]}"#).unwrap();
+        assert!(!serde_json::to_string(&open).unwrap().contains("network"));
+    }
+
+    #[test]
     fn huge_numbers_are_a_parse_error_not_a_wrap() {
         assert!(parse(r#"{"name":"x","command":["a"],"pool":{"min":99999999999}}"#).is_err());
         assert!(parse(r#"{"name":"x","command":["a"],"port":70000}"#).is_err());

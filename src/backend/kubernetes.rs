@@ -705,6 +705,24 @@ mod tests {
     }
 
     #[test]
+    fn closed_egress_is_a_label_and_only_net_bind_service_may_be_added() {
+        let labels = BTreeMap::from([("binderd.binder".to_owned(), "b".to_owned())]);
+        let open = pod_labels(&labels, crate::binding::Egress::Open);
+        assert!(!open.contains_key(LABEL_EGRESS));
+        let closed = pod_labels(&labels, crate::binding::Egress::None);
+        assert_eq!(closed[LABEL_EGRESS], "none");
+        assert_eq!(closed["binderd.binder"], "b");
+        let ok = restricted(&["CAP_NET_BIND_SERVICE".into()]).unwrap();
+        let caps = ok.capabilities.unwrap();
+        assert_eq!(caps.drop.unwrap(), ["ALL"]);
+        assert_eq!(caps.add.unwrap(), ["NET_BIND_SERVICE"]);
+        assert_eq!(ok.run_as_non_root, Some(true));
+        assert_eq!(ok.allow_privilege_escalation, Some(false));
+        let e = restricted(&["CHOWN".into()]).unwrap_err();
+        assert!(e.to_string().contains("restricted"), "{e}");
+    }
+
+    #[test]
     fn templates_merge_objects_and_replace_the_rest() {
         let mut base = serde_json::json!({"a": {"b": 1, "c": [1]}, "d": 2});
         merge(
