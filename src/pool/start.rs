@@ -147,7 +147,11 @@ impl Pools {
             binder.location()
         };
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(20);
+        // Checks are one loopback request each: early ones come close
+        // together (a sandboxed process or a container answers some
+        // milliseconds after it starts, and a doubling wait from 20 ms
+        // would add up to as much again), later ones back off to 250 ms.
+        let mut pause = Duration::from_millis(5);
         loop {
             if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
                 return; // failed (exited) or stopped meanwhile
@@ -165,7 +169,7 @@ impl Pools {
                 return;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
+            pause = (pause * 3 / 2).min(Duration::from_millis(250));
         }
         // A binding with a kernel: the binder is ready once that kernel runs
         // in it, warmed up. Not for a resumed binder (its owner had kernels

@@ -280,14 +280,20 @@ fn free_port_from(mut next: impl FnMut() -> u16) -> Result<u16, BackendError> {
 /// way to a mount point would be root's with mode 0700, shutting a binder
 /// of another uid out of its own working dir, so those are made first, 0755.
 #[derive(Default)]
-struct Args(Vec<std::ffi::OsString>, Vec<PathBuf>);
+struct Args {
+    args: Vec<std::ffi::OsString>,
+    /// Where a tmpfs was mounted so far.
+    mounted: Vec<PathBuf>,
+    /// The directories made inside them so far.
+    made: std::collections::HashSet<PathBuf>,
+}
 
 impl Args {
     fn add<'s>(
         &mut self,
         items: impl IntoIterator<Item = &'s (impl AsRef<std::ffi::OsStr> + ?Sized + 's)>,
     ) {
-        self.0
+        self.args
             .extend(items.into_iter().map(|i| i.as_ref().to_owned()));
     }
 
@@ -295,7 +301,7 @@ impl Args {
     fn tmpfs(&mut self, dir: &Path) {
         self.parents(dir);
         self.add(["--tmpfs".as_ref(), dir.as_os_str()]);
-        self.1.push(dir.to_path_buf());
+        self.mounted.push(dir.to_path_buf());
     }
 
     /// `--dir` (0755) for each directory above `target` that lies inside a
@@ -304,8 +310,8 @@ impl Args {
         let mut above: Vec<&Path> = target.ancestors().skip(1).collect();
         above.reverse();
         for dir in above {
-            let inside = self.1.iter().any(|t| dir.starts_with(t) && dir != t);
-            if inside {
+            let inside = self.mounted.iter().any(|t| dir.starts_with(t) && dir != t);
+            if inside && self.made.insert(dir.to_path_buf()) {
                 self.add([
                     "--perms".as_ref(),
                     "0755".as_ref(),
@@ -710,7 +716,7 @@ impl ProcessBackend {
         a.parents(workdir);
         a.add(["--bind".as_ref(), workdir.as_os_str(), workdir.as_os_str()]);
         a.add(["--chdir".as_ref(), workdir.as_os_str()]);
-        a.0
+        a.args
     }
 
     /// What binders must not see: binderd's data dir (the store, the
