@@ -425,3 +425,31 @@ async fn a_paused_binder_cannot_make_binderd_chown_a_host_directory() {
         "binderd chmodded a host directory"
     );
 }
+
+#[tokio::test]
+async fn a_binder_that_floods_its_output_keeps_its_log_under_ten_mebibytes() {
+    let h = Harness::start("hostile-log").await;
+    if !isolated(&h).await {
+        return;
+    }
+    // 30 MB of output before it serves.
+    let script = format!(
+        "head -c 30000000 /dev/zero | tr '\\0' x; echo; echo flooded; exec {} --port {{port}} --base-url {{base_url}}",
+        standin()
+    );
+    let mut binding = standin_binding("loud", 1, 1);
+    binding["command"] = json!(["sh", "-c", script]);
+    binding["start_timeout_seconds"] = json!(30);
+    h.create_and_fill(&binding).await;
+    let logs = std::fs::read_dir(h.data.0.join("logs")).unwrap();
+    let mut seen = 0;
+    for log in logs.flatten() {
+        let len = log.metadata().unwrap().len();
+        assert!(len <= 10 << 20, "a binder's log grew to {len} bytes");
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.contains("starts again"), "no note of the cut");
+        assert!(text.contains("flooded"), "the latest output is kept");
+        seen += 1;
+    }
+    assert_eq!(seen, 1);
+}

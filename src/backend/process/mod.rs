@@ -107,6 +107,10 @@ const DEFAULT_UIDS: [u32; 2] = [200_000, 265_535];
 const BASE_ENV: &[&str] = &["LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// A binder's log file is kept under this (as Docker's are, 2 × 10 MB):
+/// past it, the file starts again.
+const LOG_MAX_BYTES: u64 = 10 << 20;
+
 /// How long a process group gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often adopted processes (not our children) are checked for life.
@@ -563,6 +567,7 @@ impl ProcessBackend {
             nofile: limits.nofile.into(),
             nproc: limits.pids.into(),
             memory: limits.memory_bytes,
+            log_max: Some(LOG_MAX_BYTES),
             command: args,
         };
         let mut command = match &self.bwrap {

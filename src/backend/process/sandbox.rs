@@ -15,7 +15,10 @@
 //! that listener's address (binders have no route to the host's loopback),
 //! so this is how binderd, and nothing else, reaches the server.
 //!
-//! Relaying, it stays the command's parent: it waits for it and exits with
+//! With `--log-max` it also stays behind (relaying or not) and copies the
+//! command's output into the binder's log, keeping the file under that size.
+//!
+//! Staying behind, it is the command's parent: it waits for it and exits with
 //! its status, and on SIGTERM it waits for the command (which binderd
 //! signals too) instead of dying first and taking the namespace down before
 //! the command has shut down.
@@ -48,6 +51,10 @@ pub struct SandboxArgs {
     /// Bytes of data (heap and private writable mappings) per process.
     #[arg(long)]
     pub memory: u64,
+    /// Keep the command's output (our standard output, the binder's log
+    /// file) under this many bytes: past it the file starts again.
+    #[arg(long)]
+    pub log_max: Option<u64>,
     /// The binding's command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -67,6 +74,9 @@ impl SandboxArgs {
         args.extend(["--nofile".into(), self.nofile.to_string()]);
         args.extend(["--nproc".into(), self.nproc.to_string()]);
         args.extend(["--memory".into(), self.memory.to_string()]);
+        if let Some(max) = self.log_max {
+            args.extend(["--log-max".into(), max.to_string()]);
+        }
         args.push("--".into());
         args.extend(self.command.iter().cloned());
         args
@@ -85,34 +95,46 @@ pub fn main(args: SandboxArgs) -> ExitCode {
 }
 
 fn run(args: SandboxArgs) -> Result<ExitCode, String> {
-    let Some(port) = args.relay else {
+    if args.relay.is_none() && args.log_max.is_none() {
         return Err(exec(&args));
-    };
-    // The relay keeps its own limits (binderd's connections are not the
-    // binder's open files): the command starts through this same helper
-    // once more, without `--relay`, which limits itself and then execs it.
+    }
+    // Staying behind to relay or to keep the log in bounds, this process
+    // keeps its own limits (binderd's connections are not the binder's open
+    // files): the command starts through this same helper once more, as
+    // neither, which limits itself and then execs it.
     let me = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
     let mut command = std::process::Command::new(me);
     command.arg("sandbox").args(
         SandboxArgs {
             relay: None,
+            log_max: None,
             ..args.clone()
         }
         .to_args(),
     );
     // The listener is our standard input; the command gets none.
-    let listener = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::net::TcpListener::from)
-        .map_err(|e| format!("no listener on standard input: {e}"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("listener: {e}"))?;
+    let listener = match args.relay {
+        Some(_) => {
+            let listener = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::net::TcpListener::from)
+                .map_err(|e| format!("no listener on standard input: {e}"))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("listener: {e}"))?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let log = match args.log_max {
+        Some(max) => Some(Log::new(max)?),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the relay: {e}"))?;
+        .map_err(|e| format!("cannot start the helper: {e}"))?;
     // SIGTERM is caught before the command starts (a handler, not an
     // ignored disposition, which the command would inherit).
     let mut term = {
@@ -120,14 +142,23 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| format!("cannot catch SIGTERM: {e}"))?
     };
+    command.stdin(Stdio::null());
+    if log.is_some() {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
     let mut child = command
-        .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the command's sandbox: {e}"))?;
-    let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let outputs = (child.stdout.take(), child.stderr.take());
+    let upstream = args
+        .relay
+        .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     let status = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
         let relay = async {
+            let (Some(listener), Some(upstream)) = (listener, upstream) else {
+                return std::future::pending::<std::io::Result<()>>().await;
+            };
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             loop {
                 let client = match listener.accept().await {
                     Ok((client, _)) => client,
@@ -140,13 +171,32 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
                 tokio::spawn(join(client, upstream));
             }
         };
+        let pumps = match (log, outputs) {
+            (Some(log), (Some(out), Some(err))) => {
+                let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+                vec![
+                    tokio::spawn(pump(out, log.clone())),
+                    tokio::spawn(pump(err, log)),
+                ]
+            }
+            _ => Vec::new(),
+        };
         let terms = async { while term.recv().await.is_some() {} };
         let wait = tokio::task::spawn_blocking(move || child.wait());
-        tokio::select! {
+        let status = tokio::select! {
             status = wait => status.map_err(std::io::Error::other)?,
-            () = relay => unreachable!("the relay loop does not end"),
+            r = relay => {
+                r?;
+                unreachable!("the relay loop does not end")
+            }
             () = terms => unreachable!("signals do not end"),
+        };
+        // What the command wrote last (why it could not start, say) reaches
+        // the log, unless what it left running keeps the pipes open.
+        for p in pumps {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), p).await;
         }
+        status
     });
     let status = status.map_err(|e| format!("waiting for the command: {e}"))?;
     Ok(match status.code() {
@@ -156,6 +206,68 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
             ExitCode::from(128 + signal.clamp(0, 127) as u8)
         }
     })
+}
+
+/// The binder's log file (our standard output), kept under `max` bytes: a
+/// write that would pass it starts the file again, with a line saying so.
+struct Log {
+    file: std::fs::File,
+    written: u64,
+    max: u64,
+}
+
+impl Log {
+    fn new(max: u64) -> Result<Log, String> {
+        let file = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| format!("no log on standard output: {e}"))?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Log { file, written, max })
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::{Seek, Write};
+        if self.written + bytes.len() as u64 > self.max {
+            let _ = self.file.set_len(0);
+            let _ = self.file.rewind();
+            let note = format!(
+                "[binderd: the log passed {} bytes and starts again]\n",
+                self.max
+            );
+            let _ = self.file.write_all(note.as_bytes());
+            self.written = note.len() as u64;
+        }
+        let keep = bytes
+            .len()
+            .min(self.max.saturating_sub(self.written) as usize);
+        if self.file.write_all(&bytes[..keep]).is_ok() {
+            self.written += keep as u64;
+        }
+    }
+}
+
+/// Copies one of the command's outputs into the log until it closes.
+async fn pump(output: impl AsFd, log: std::sync::Arc<std::sync::Mutex<Log>>) {
+    use tokio::io::AsyncReadExt;
+    let Ok(fd) = output.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut log) = log.lock() {
+                    log.write(&buf[..n]);
+                }
+            }
+        }
+    }
 }
 
 /// Limits this process, gives up privileges, and becomes the command;
