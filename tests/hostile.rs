@@ -453,3 +453,50 @@ async fn a_binder_that_floods_its_output_keeps_its_log_under_ten_mebibytes() {
     }
     assert_eq!(seen, 1);
 }
+
+#[tokio::test]
+async fn a_docker_memory_bomb_kills_only_its_own_binder_which_is_replaced() {
+    if !docker_ready() {
+        return;
+    }
+    let h = Harness::with_config("hostile-docker-memory", |c| {
+        c.backend = binderd::backend::BackendKind::Docker;
+    })
+    .await;
+    let _cleanup = DockerCleanup::new(&h.data);
+    let base = h.server.url("");
+    let mut binding = docker_binding("small", 2, 3);
+    binding["resources"] = json!({"memory": "32Mi"});
+    h.create_and_fill(&binding).await;
+    let (id, location) = hand_out(&h.http, &base, "small", None).await;
+    let (_, neighbour) = hand_out(&h.http, &base, "small", None).await;
+    // Its own code asks for 256 MiB: the engine kills it, nothing else.
+    let bomb = h
+        .http
+        .get(&h.server.url(&format!("{location}alloc?mib=256")))
+        .await;
+    assert_ne!(bomb.status, 200, "{}", bomb.body);
+    let failed = wait_for(30, "binderd to see the bomb's binder die", || {
+        let url = h.server.url(&format!("/binders/small/{id}"));
+        let http = &h.http;
+        async move {
+            let d = http.get(&url).await.json();
+            (d["state"] == "failed").then_some(d)
+        }
+    })
+    .await;
+    assert!(
+        failed["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{failed}"
+    );
+    let a = h
+        .http
+        .get(&h.server.url(&format!("{neighbour}api/status")))
+        .await;
+    assert_eq!(a.status, 200, "the neighbour went down too: {}", a.body);
+    // The pool is whole again: two warm beside the neighbour.
+    wait_pool(&h.http, &base, "small", 30, |p| {
+        p["available"] == 2 && p["running"] == 3
+    })
+    .await;
+}

@@ -239,7 +239,8 @@ impl DockerBackend {
                                 let Some(actor) = event.actor else { continue };
                                 let handle = actor.id.unwrap_or_default();
                                 let mut attrs = actor.attributes.unwrap_or_default();
-                                let reason = match attrs.get("exitCode") {
+                                let reason = match attrs.get("exitCode").map(String::as_str) {
+                                    Some("137") => "the container was killed (code 137: out of memory at its limit, or SIGKILL)".into(),
                                     Some(code) => format!("the container exited (code {code})"),
                                     None => "the container went away".into(),
                                 };

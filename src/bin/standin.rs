@@ -114,6 +114,7 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "ws") => websocket(req),
         (&Method::GET, "chunks") => chunks(req.uri().query().unwrap_or("")),
         (&Method::GET, "fetch") => fetch(req.uri().query().unwrap_or("")).await,
+        (&Method::GET, "alloc") => alloc(req.uri().query().unwrap_or("")),
         (&Method::GET, "file") | (&Method::PUT, "file") => file(req).await,
         (&Method::GET, "api/status") => json(
             StatusCode::OK,
@@ -264,6 +265,26 @@ async fn fetch(query: &str) -> Response<Body> {
             serde_json::json!({"error": "timeout"}),
         ),
     }
+}
+
+/// Takes `?mib=` MiB of memory and touches every page of it, as a
+/// notebook's memory bomb would; answers once it has them all.
+fn alloc(query: &str) -> Response<Body> {
+    let Some(mib) = query_value(query, "mib").and_then(|m| m.parse::<usize>().ok()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "give ?mib="}),
+        );
+    };
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(mib);
+    for _ in 0..mib {
+        held.push(vec![1u8; 1 << 20]);
+    }
+    let total: usize = held.iter().map(Vec::len).sum();
+    json(
+        StatusCode::OK,
+        serde_json::json!({"allocated_mib": total >> 20}),
+    )
 }
 
 /// Reads or writes a file in the working directory (names without slashes).
