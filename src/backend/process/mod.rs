@@ -165,6 +165,8 @@ impl ProcessBackend {
             Some(path) => path.clone(),
             None => std::env::current_exe()?,
         };
+        // Absolute and without links: bubblewrap mounts it at this path.
+        let helper = fs::canonicalize(&helper).unwrap_or(helper);
         let (bwrap, no_isolation) = match config.isolation {
             IsolationMode::None => (None, Some("[process] isolation = \"none\"".to_owned())),
             mode => match probe_bwrap(&config, root) {
@@ -718,6 +720,11 @@ impl ProcessBackend {
                 ]);
             }
         }
+        // The helper runs inside: wherever it lives (a build dir under
+        // /tmp, say), it is there, read-only.
+        a.parents(&self.helper);
+        let helper = self.helper.as_os_str();
+        a.add(["--ro-bind".as_ref(), helper, helper]);
         a.parents(workdir);
         a.add(["--bind".as_ref(), workdir.as_os_str(), workdir.as_os_str()]);
         a.add(["--chdir".as_ref(), workdir.as_os_str()]);
@@ -985,7 +992,11 @@ mod tests {
     /// its sandbox helper (this test binary is not one).
     fn backend(dir: &Path, exits: ExitSink) -> ProcessBackend {
         let bin = std::env::current_exe().unwrap();
-        let helper = bin.parent().unwrap().parent().unwrap().join("binderd");
+        let built = bin.parent().unwrap().parent().unwrap().join("binderd");
+        // From under /tmp, which every sandbox covers with its own: the
+        // helper must still be there inside (a CI clone may live there).
+        let helper = dir.with_extension("helper");
+        fs::copy(&built, &helper).unwrap();
         let config = ProcessConfig {
             helper: Some(helper),
             ..ProcessConfig::default()
@@ -1072,6 +1083,7 @@ mod tests {
         assert!(!backend.is_running(&inst).await.unwrap());
         assert!(backend.list().await.unwrap().is_empty());
         let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(dir.with_extension("helper"));
     }
 
     #[tokio::test]
@@ -1106,6 +1118,7 @@ mod tests {
             }
         }
         let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(dir.with_extension("helper"));
     }
 
     #[test]
@@ -1117,5 +1130,6 @@ mod tests {
         let me = Pid::from_raw(std::process::id() as i32);
         assert!(!backend.is_ours(me, None));
         let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(dir.with_extension("helper"));
     }
 }
