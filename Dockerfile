@@ -1,6 +1,6 @@
 # binderd's image, for deploy/kubernetes. Needs a registry for its base
 # images, so it is not built on the development machine (which has none).
-FROM rust:1.85-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin binderd

@@ -105,7 +105,7 @@ async fn ws_round_trips(url: &str, n: usize) -> Vec<Duration> {
 /// The targets' order in a round: reversed every other round, so no target
 /// always runs first (and the machine's drift falls on all alike).
 fn alternating(round: usize, targets: usize) -> Vec<usize> {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         (0..targets).collect()
     } else {
         (0..targets).rev().collect()

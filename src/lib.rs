@@ -45,6 +45,7 @@ pub mod pool;
 pub mod proxy;
 pub mod quota;
 pub mod ratelimit;
+pub mod server;
 pub mod store;
 pub mod upstream;
 
@@ -157,7 +158,7 @@ pub async fn run_with_backend(
             }
         })
     };
-    api::serve(app, listener, shutdown).await;
+    server::serve(app, listener, shutdown).await;
     forgetting.abort();
     pools.shutdown(grace).await;
     if cleanup {

@@ -266,7 +266,7 @@ impl Limits {
     pub fn memory_quantity(&self) -> String {
         let b = self.memory_bytes;
         for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
-            if b >= 1 << shift && b % (1 << shift) == 0 {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
                 return format!("{}{unit}", b >> shift);
             }
         }

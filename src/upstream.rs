@@ -1,6 +1,6 @@
 //! The HTTP client towards containers: the pool's readiness probe, the
 //! proxy's upgrade requests and its less common requests use a pooled hyper
-//! client; the proxy's fast path (see `proxy::fast`) uses [`Conns`], each
+//! client; the proxy's fast path (see `proxy::exchange`) uses [`Conns`], each
 //! binder's own kept-alive upstream TCP connections, driven by the task of
 //! the client connection that uses them (no pool checkout, no hop to a
 //! connection task and back for a request or a chunk).

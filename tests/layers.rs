@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("proxy", 5),
     ("api", 6),
     ("admin", 6),
+    ("server", 7),
     ("cli", 7),
 ];
 

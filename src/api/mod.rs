@@ -1,22 +1,17 @@
-//! HTTP: the listener, routing, and every handler. The only module that knows
-//! HTTP and JSON; it turns requests into calls on [`Pools`] and answers into
-//! JSON, and maps every error in [`error`].
+//! The routes: what a request means. [`handle`] takes a request hyper has
+//! parsed (connections are [`crate::server`]'s), routes it once, and turns
+//! it into calls on [`Pools`] and the answer into JSON; `/user/{token}/...`
+//! goes to the proxy's entry ([`user`]). The one place errors become status
+//! codes ([`error`]) and JSON shapes are defined ([`views`]).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
-use tokio::net::TcpListener;
 
 use crate::auth::{Caller, Keys};
 use crate::binding::BindingName;
@@ -29,15 +24,14 @@ mod binders;
 mod bindings;
 mod dashboard;
 pub mod error;
-mod fast;
 mod launch;
 mod openapi;
 mod pools;
 mod routes;
 mod tmpnb;
-mod user;
+pub mod user;
 pub mod views;
-mod workers;
+mod warm_kernel;
 
 use routes::Route;
 
@@ -58,117 +52,6 @@ pub struct App {
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// Accepts connections until `shutdown` resolves, then stops accepting and
-/// waits up to the configured grace for in-flight requests.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Slow-loris: the headers must arrive within the timeout.
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout);
-    // Connections beyond the cap wait in the kernel's listen backlog.
-    let slots = Arc::new(tokio::sync::Semaphore::new(app.config.max_connections));
-    let stopping = tokio_util::sync::CancellationToken::new();
-    let connections = tokio_util::task::TaskTracker::new();
-    let workers = match workers::Workers::start() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the proxy's event loops");
-            return;
-        }
-    };
-    let main = tokio::runtime::Handle::current();
-    tokio::pin!(shutdown);
-    loop {
-        let accept = async {
-            let slot = slots.clone().acquire_owned().await;
-            (slot, listener.accept().await)
-        };
-        let (slot, stream, peer) = tokio::select! {
-            (slot, accepted) = accept => match (slot, accepted) {
-                (Ok(slot), Ok((stream, peer))) => (slot, stream, peer),
-                (_, Err(e)) => {
-                    // Out of file descriptors and the like: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                (Err(_), _) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        // The socket moves to an event loop's reactor.
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let stopping = stopping.clone();
-        let connections_ = connections.clone();
-        let main = main.clone();
-        workers.run(Box::new(move || {
-            Box::pin(connections_.clone().track_future(async move {
-                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                    return;
-                };
-                // Plain proxied requests first, on this event loop; the rest
-                // of the connection, if anything else comes, is hyper's, on
-                // the main runtime.
-                let Some(io) = fast::serve(&app, stream, peer, &stopping).await else {
-                    return;
-                };
-                let Ok((read, stream)) = io.into_std() else {
-                    return;
-                };
-                connections_.spawn_on(
-                    async move {
-                        let Ok(io) = fast::Replay::from_std(read, stream) else {
-                            return;
-                        };
-                        let service = service_fn(move |req| {
-                            let app = app.clone();
-                            async move {
-                                Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await)
-                            }
-                        });
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                        let _ = watcher.watch(conn.into_owned()).await;
-                        drop(slot);
-                    },
-                    &main,
-                );
-            }))
-        }));
-    }
-    drop(listener);
-    let grace = app.config.shutdown_grace;
-    let deadline = tokio::time::Instant::now() + grace;
-    // Idle fast-path connections close; busy ones finish their request.
-    stopping.cancel();
-    connections.close();
-    let all_closed = async {
-        tokio::join!(graceful.shutdown(), connections.wait());
-    };
-    tokio::select! {
-        _ = all_closed => {}
-        _ = tokio::time::sleep_until(deadline) => {
-            tracing::warn!("shutdown grace of {}s passed with connections still open", grace.as_secs());
-        }
-    }
-    // Upgraded connections are not hyper's any more: wait for them too, within
-    // the same grace.
-    app.proxy
-        .close_tunnels(deadline.saturating_duration_since(tokio::time::Instant::now()))
-        .await;
-    // The event loops end; anything still on them is dropped.
-    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
-}
-
 /// Whether the client would rather read HTML (a browser).
 fn wants_html(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -177,7 +60,8 @@ fn wants_html(req: &Request<Incoming>) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
-async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Answers one request (a connection hyper serves calls this for each).
+pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     fold_path(&mut req);
     if req.uri().path().starts_with("/user/") {
         let html = wants_html(&req);
@@ -477,10 +361,13 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes> {
     Ok(read.freeze())
 }
 
-/// How much of an over-limit body binderd reads and drops before it answers.
-const LINGER_BYTES: usize = 64 << 20;
-/// How long binderd keeps reading an over-limit body before it answers.
-const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How much of a body binderd reads and drops before an error answer (a
+/// 413 here, an error on the fast path) so that a client still writing it
+/// reads the answer instead of a reset. One policy for both: bounded, so a
+/// client that never stops writing holds a connection for seconds only.
+pub(crate) const LINGER_BYTES: usize = 8 << 20;
+/// How long binderd keeps reading such a body before it answers anyway.
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Reads and drops what is left of `body`, within the linger bounds. If the
 /// body outlasts them, the connection closes after the answer (hyper does not

@@ -1,7 +1,7 @@
 //! Configuration: flags > environment > TOML file > defaults.
 //!
 //! [`Config::load`] reads the file ([`file`]), lays the flags and their
-//! `BINDERD_*` variables over it ([`cli`]), then checks the whole into a
+//! `BINDERD_*` variables over it ([`flags`]), then checks the whole into a
 //! [`Config`]. Any problem is one [`ConfigError`] line, and `main` exits 64.
 //! The tables a backend or a limiter reads are defined beside what reads
 //! them (`backend::docker::DockerConfig`, `ratelimit::RateLimitConfig`, ...).
@@ -21,12 +21,12 @@ use crate::limits::Limits;
 use crate::quota::QuotaSpec;
 pub use crate::ratelimit::RateLimitConfig;
 
-mod cli;
 mod file;
+mod flags;
 mod keys;
 
-pub use cli::ServeArgs;
 use file::FileConfig;
+pub use flags::ServeArgs;
 
 pub const DEFAULT_CONFIG_FILE: &str = "config/binderd.toml";
 pub const DEFAULT_BINDINGS_DIR: &str = "config/bindings";

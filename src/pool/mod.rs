@@ -38,14 +38,14 @@ mod cull;
 pub mod demand;
 mod handout;
 mod lifecycle;
-#[allow(clippy::module_inception)]
-mod pool;
 mod reconciler;
 pub mod restore;
 mod start;
+#[allow(clippy::module_inception)]
+mod state;
 
 pub use handout::Handout;
-pub use pool::{BindingRecord, Pool, PoolCounts};
+pub use state::{BindingRecord, Pool, PoolCounts};
 
 /// How long a stopped or failed binder stays visible to `GET /binders/{b}/{id}`.
 const RETENTION: Duration = Duration::from_secs(600);

@@ -20,7 +20,7 @@ use crate::binder::Binder;
 use crate::body::{empty, Body};
 use crate::upstream::Upstream;
 
-pub mod fast;
+pub mod exchange;
 
 /// How long the container may take to start answering a proxied request.
 const UPSTREAM_HEADERS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -213,7 +213,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in fast::HOP_BY_HOP {
+    for name in exchange::HOP_BY_HOP {
         headers.remove(name);
     }
 }

@@ -243,7 +243,7 @@ mod tests {
     }
 
     fn record(i: u64) -> Assigned {
-        let owner = if i % 2 == 0 {
+        let owner = if i.is_multiple_of(2) {
             Owner::Anonymous
         } else {
             Owner::Key(format!("tab\tand\nnewline {i}"))

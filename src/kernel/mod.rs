@@ -1,8 +1,8 @@
 //! Jupyter kernels, spoken to by binderd itself: warm kernels for pooled
 //! binders (start one through the server's REST API, run the binding's
 //! warm-up code in it over the kernel's WebSocket channels), the server's own
-//! activity for culling, and the small rules by which the proxy gives a warm
-//! kernel to the first client that asks for one.
+//! activity for culling. (Which client request is given a pooled binder's
+//! warm kernel is the routes' rule: `api::warm_kernel`.)
 //!
 //! The REST calls go through [`Upstream`] (the connection the readiness
 //! probe opened is reused); the channels are one WebSocket per warm-up, in
@@ -12,20 +12,20 @@
 //! counts as the reader's activity.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::binder::{random_secret, WarmKernel};
+use crate::binder::WarmKernel;
 use crate::binding::Kernel;
 use crate::body::{empty, full};
 use crate::upstream::Upstream;
+
+mod channels;
+pub use channels::{Channels, Outcome};
 
 /// Largest server answer read (kernel models and lists are a few KiB).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
@@ -255,177 +255,6 @@ pub struct Activity {
     pub last_activity: Option<u64>,
 }
 
-/// One kernel's WebSocket channels (`api/kernels/{id}/channels`).
-pub struct Channels {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    session: String,
-}
-
-/// What one `execute_request` gave.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Stream output (stdout and stderr) in order.
-    pub output: String,
-    /// `(ename, evalue)` when the code raised.
-    pub error: Option<(String, String)>,
-}
-
-impl Channels {
-    /// Opens the channels of kernel `id` of the server at `addr` + `base`.
-    pub async fn connect(addr: SocketAddr, base: &str, id: &str) -> Result<Channels, KernelError> {
-        let session = random_secret().to_string();
-        let url = format!("ws://{addr}{base}api/kernels/{id}/channels?session_id={session}");
-        Channels::connect_url(&url, session).await
-    }
-
-    /// Opens the channels at a full `ws://` URL (e.g. through binderd).
-    pub async fn connect_url(url: &str, session: String) -> Result<Channels, KernelError> {
-        // Nagle off: a frame's header and payload must not wait for an ACK.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
-            .await
-            .map_err(|e| KernelError::WebSocket(e.to_string()))?;
-        Ok(Channels { ws, session })
-    }
-
-    /// Runs `code` and waits until the kernel is idle again after it:
-    /// both its `execute_reply` and its `status: idle` have come.
-    pub async fn execute(&mut self, code: &str) -> Result<Outcome, KernelError> {
-        let msg_id = random_secret().to_string();
-        let request = json!({
-            "header": {
-                "msg_id": msg_id,
-                "username": "binderd",
-                "session": self.session,
-                "msg_type": "execute_request",
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {
-                "code": code,
-                "silent": false,
-                "store_history": false,
-                "user_expressions": {},
-                "allow_stdin": false,
-                "stop_on_error": true,
-            },
-            "channel": "shell",
-            "buffers": [],
-        });
-        self.ws
-            .send(Message::text(request.to_string()))
-            .await
-            .map_err(|e| KernelError::WebSocket(e.to_string()))?;
-        let mut outcome = Outcome::default();
-        let (mut replied, mut idle) = (false, false);
-        while !(replied && idle) {
-            let msg = match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Close(_))) | None => return Err(KernelError::Closed),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(KernelError::WebSocket(e.to_string())),
-            };
-            let Ok(msg) = serde_json::from_str::<Value>(&msg) else {
-                continue;
-            };
-            if msg["parent_header"]["msg_id"].as_str() != Some(msg_id.as_str()) {
-                continue;
-            }
-            let content = &msg["content"];
-            match msg["header"]["msg_type"].as_str() {
-                Some("stream") => {
-                    outcome
-                        .output
-                        .push_str(content["text"].as_str().unwrap_or(""));
-                }
-                Some("execute_reply") => {
-                    replied = true;
-                    if content["status"].as_str() == Some("error") {
-                        outcome.error = Some(error_of(content));
-                    }
-                }
-                Some("error") if outcome.error.is_none() => {
-                    outcome.error = Some(error_of(content));
-                }
-                Some("status") => idle |= content["execution_state"].as_str() == Some("idle"),
-                _ => {}
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// Closes the channels (the kernel keeps running).
-    pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
-    }
-}
-
-fn error_of(content: &Value) -> (String, String) {
-    let field = |k: &str| content[k].as_str().unwrap_or("").to_owned();
-    (field("ename"), field("evalue"))
-}
-
-/// A proxied request that may be given the warm kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ask {
-    /// `POST api/kernels`: answered with the warm kernel's model.
-    Kernel,
-    /// `POST api/sessions`: the session is made on the warm kernel.
-    Session,
-}
-
-/// Whether `method` + `rest` (the path after the location) starts a kernel.
-pub fn asks_for_kernel(method: &Method, rest: &str) -> Option<Ask> {
-    if method != Method::POST {
-        return None;
-    }
-    match rest.trim_end_matches('/') {
-        "/api/kernels" => Some(Ask::Kernel),
-        "/api/sessions" => Some(Ask::Session),
-        _ => None,
-    }
-}
-
-/// The kernel name a request body asks for: `Ok(None)` for "the default"
-/// (no name), `Err(())` when it is not a request the warm kernel can serve
-/// (not a JSON object, or a session naming a kernel id of its own).
-#[allow(clippy::result_unit_err)]
-pub fn requested_name(ask: Ask, body: &Value) -> Result<Option<&str>, ()> {
-    let obj = body.as_object().ok_or(())?;
-    let kernel = match ask {
-        Ask::Kernel => obj,
-        Ask::Session => match obj.get("kernel") {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Object(k)) => {
-                if k.get("id").is_some_and(|id| !id.is_null()) {
-                    return Err(());
-                }
-                k
-            }
-            Some(_) => return Err(()),
-        },
-    };
-    match kernel.get("name") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(()),
-    }
-}
-
-/// Makes a session request name the warm kernel (the server then attaches
-/// the session to it instead of starting one).
-pub fn attach_session(body: &mut Value, kernel: &WarmKernel) {
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert(
-            "kernel".into(),
-            json!({ "id": kernel.id, "name": kernel.name }),
-        );
-    }
-}
-
 /// Unix seconds of a UTC ISO 8601 time as Jupyter writes it
 /// (`2026-11-28T20:55:11.123456Z`, or with `+00:00`).
 pub fn parse_utc(s: &str) -> Option<u64> {
@@ -449,61 +278,9 @@ pub fn parse_utc(s: &str) -> Option<u64> {
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_posts_to_kernels_and_sessions_ask() {
-        assert_eq!(
-            asks_for_kernel(&Method::POST, "/api/kernels"),
-            Some(Ask::Kernel)
-        );
-        assert_eq!(
-            asks_for_kernel(&Method::POST, "/api/kernels/"),
-            Some(Ask::Kernel)
-        );
-        assert_eq!(
-            asks_for_kernel(&Method::POST, "/api/sessions"),
-            Some(Ask::Session)
-        );
-        assert_eq!(asks_for_kernel(&Method::GET, "/api/kernels"), None);
-        assert_eq!(
-            asks_for_kernel(&Method::POST, "/api/kernels/abc/restart"),
-            None
-        );
-        assert_eq!(asks_for_kernel(&Method::POST, "/x/api/kernels"), None);
-    }
-
-    #[test]
-    fn names_are_read_as_jupyter_clients_send_them() {
-        let k = |v: Value| requested_name(Ask::Kernel, &v).map(|n| n.map(str::to_owned));
-        let s = |v: Value| requested_name(Ask::Session, &v).map(|n| n.map(str::to_owned));
-        assert_eq!(k(json!({})), Ok(None));
-        assert_eq!(k(json!({"name": "python3"})), Ok(Some("python3".into())));
-        assert_eq!(k(json!({"name": ""})), Ok(None));
-        assert_eq!(k(json!([1])), Err(()));
-        assert_eq!(k(json!({"name": 3})), Err(()));
-        let lab = json!({"path": "a.ipynb", "type": "notebook", "name": "", "kernel": {"name": "python3"}});
-        assert_eq!(s(lab), Ok(Some("python3".into())));
-        assert_eq!(s(json!({"path": "a.ipynb"})), Ok(None));
-        assert_eq!(
-            s(json!({"kernel": {"id": "k9"}})),
-            Err(()),
-            "its own kernel"
-        );
-        let mut body = json!({"path": "a.ipynb", "kernel": {"name": "python3"}});
-        attach_session(
-            &mut body,
-            &WarmKernel {
-                id: "k1".into(),
-                name: "python3".into(),
-            },
-        );
-        assert_eq!(body["kernel"], json!({"id": "k1", "name": "python3"}));
-        assert_eq!(body["path"], "a.ipynb");
-    }
 
     #[test]
     fn jupyter_times_parse_to_unix_seconds() {

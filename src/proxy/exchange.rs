@@ -1,0 +1,597 @@
+//! The proxy's fast path: one plain HTTP/1.1 request, its head already
+//! rewritten by the caller, sent on one of the binder's kept upstream
+//! connections and its answer relayed back byte for byte, all in the task
+//! of the client's connection. The answer's head is parsed (hop-by-hop
+//! headers go) and its body is passed through as it came (a chunked body
+//! stays chunked: its chunks are only scanned to find its end). No body is
+//! buffered whole; the buffers are the connection's own, reused.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{Proxy, ProxyError, UPSTREAM_HEADERS_TIMEOUT};
+use crate::binder::Binder;
+
+/// The largest answer head read from a container.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
+/// How much is read at once.
+const READ_CHUNK: usize = 16 * 1024;
+/// Headers an answer may have.
+const MAX_ANSWER_HEADERS: usize = 128;
+
+/// A client connection's buffers and timer, made once and reused by each
+/// of its requests (no allocation, no timer registered per request: a
+/// tokio timer pushed later is an atomic store).
+pub struct Scratch {
+    /// What was read from the client and not yet used.
+    pub inbuf: BytesMut,
+    /// The container's side.
+    upbuf: BytesMut,
+    /// The request's head, rewritten for the container (the caller writes
+    /// it, request line to the empty line); then the answer's.
+    pub head: Vec<u8>,
+    /// When the container must have answered by.
+    answer_due: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            inbuf: BytesMut::with_capacity(8 * 1024),
+            upbuf: BytesMut::new(),
+            head: Vec::with_capacity(1024),
+            answer_due: Box::pin(tokio::time::sleep(UPSTREAM_HEADERS_TIMEOUT)),
+        }
+    }
+}
+
+/// How a request in [`Scratch::head`] goes on.
+pub struct Outgoing {
+    /// `Content-Length` of the body (0 without one).
+    pub body_len: u64,
+    /// `HEAD`: the answer has no body whatever its headers say.
+    pub head_method: bool,
+    /// Safe to send again on a new connection when a kept one turns out to
+    /// have been closed before answering (`GET`, `HEAD`, `OPTIONS`).
+    pub idempotent: bool,
+    /// The client asked to close after this answer.
+    pub client_close: bool,
+    /// An upgrade request (`Connection: upgrade`, `Upgrade: x` in the head):
+    /// a 101 answer turns both connections into one tunnel.
+    pub upgrade: bool,
+}
+
+/// What became of the client connection once an answer was relayed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// The answer was relayed whole: the next request may follow.
+    KeepAlive,
+    /// The connection must close (asked for, close-delimited answer, or
+    /// something broke once the answer had begun).
+    Close,
+}
+
+/// How an answer's body ends.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl Proxy {
+    /// Sends the request in `scratch.head` to `binder`'s container and
+    /// relays the answer to `client`. `scratch.inbuf` holds what was read
+    /// from the client after the request's head (the body's start, perhaps
+    /// the next request). An error means nothing was written to the client.
+    pub async fn exchange(
+        &self,
+        client: &mut TcpStream,
+        scratch: &mut Scratch,
+        req: Outgoing,
+        binder: &Binder,
+        now: Instant,
+    ) -> Result<After, ProxyError> {
+        binder.touch();
+        crate::metrics::count_proxied();
+        let Some(addr) = binder.instance().map(|i| i.addr) else {
+            return Err(ProxyError::Unreachable("no container".into()));
+        };
+        let Scratch {
+            inbuf,
+            upbuf,
+            head,
+            answer_due,
+        } = scratch;
+        answer_due.as_mut().reset(now + UPSTREAM_HEADERS_TIMEOUT);
+        let mut exchange = Exchange {
+            client,
+            inbuf,
+            upbuf,
+            out: head,
+            req: &req,
+            binder,
+            addr,
+            now,
+        };
+        let (upstream, head_len) = tokio::select! {
+            biased;
+            sent = exchange.send() => sent?,
+            _ = answer_due.as_mut() => return Err(ProxyError::Timeout),
+        };
+        exchange.relay(upstream, head_len).await
+    }
+}
+
+/// One request on its way: the client's connection and its buffers (the
+/// connection's [`Scratch`]), and where the request goes.
+struct Exchange<'a> {
+    client: &'a mut TcpStream,
+    /// From the client: the body's start, perhaps the next request.
+    inbuf: &'a mut BytesMut,
+    /// From the container.
+    upbuf: &'a mut BytesMut,
+    /// The request's rewritten head, then the answer's.
+    out: &'a mut Vec<u8>,
+    req: &'a Outgoing,
+    binder: &'a Binder,
+    addr: SocketAddr,
+    now: Instant,
+}
+
+impl Exchange<'_> {
+    /// Sends the request (on a kept connection, or a new one when there is
+    /// none or a kept one was closed under it) and reads until an answer's
+    /// head (not 1xx) is in `upbuf`; interim 1xx answers are relayed.
+    async fn send(&mut self) -> Result<(TcpStream, usize), ProxyError> {
+        let Exchange {
+            client,
+            inbuf,
+            upbuf,
+            out: head,
+            req,
+            binder,
+            addr,
+            now,
+        } = self;
+        let (req, binder, addr, now) = (*req, *binder, *addr, *now);
+        let unreachable = |e: std::io::Error| ProxyError::Unreachable(e.to_string());
+        // The body's start goes with the head, in one write.
+        let first = (req.body_len as usize).min(inbuf.len());
+        head.extend_from_slice(&inbuf[..first]);
+        inbuf.advance(first);
+        let mut rest = req.body_len - first as u64;
+        let mut kept = binder.conns.take(addr, now);
+        loop {
+            let reused = kept.is_some();
+            let mut upstream = match kept.take() {
+                Some(s) => s,
+                None => crate::upstream::connect(addr).await.map_err(unreachable)?,
+            };
+            // A kept connection the container closed a moment ago fails here or
+            // at the first read. Refused at the first write, the request was
+            // not taken: it goes again on a new connection (nothing more was
+            // read from the client yet). Cut off before any answer byte, only
+            // an idempotent request whole in hand goes again (the container may
+            // have acted on it).
+            if let Err(e) = upstream.write_all(head).await {
+                if reused {
+                    continue;
+                }
+                return Err(unreachable(e));
+            }
+            let again = reused && rest == 0 && req.idempotent;
+            while rest > 0 {
+                inbuf.reserve(READ_CHUNK);
+                let n = client.read_buf(inbuf).await.map_err(unreachable)?;
+                if n == 0 {
+                    return Err(ProxyError::BadRequest(
+                        "the client closed before sending its whole body".into(),
+                    ));
+                }
+                let take = (rest as usize).min(inbuf.len());
+                upstream
+                    .write_all(&inbuf[..take])
+                    .await
+                    .map_err(unreachable)?;
+                inbuf.advance(take);
+                rest -= take as u64;
+            }
+            upbuf.clear();
+            loop {
+                upbuf.reserve(READ_CHUNK);
+                let n = match upstream.read_buf(upbuf).await {
+                    Ok(n) => n,
+                    Err(_) if again && upbuf.is_empty() => 0,
+                    Err(e) => return Err(unreachable(e)),
+                };
+                if n == 0 {
+                    if again && upbuf.is_empty() {
+                        break; // sent again below, on a new connection
+                    }
+                    return Err(ProxyError::Unreachable(
+                        "the container closed the connection without answering".into(),
+                    ));
+                }
+                let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+                let mut answer = httparse::Response::new(&mut headers);
+                match answer.parse(upbuf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let code = answer.code.unwrap_or(0);
+                        if code == 101 && req.upgrade {
+                            return Ok((upstream, len));
+                        }
+                        if code == 101 {
+                            return Err(ProxyError::Unreachable(
+                                "the container switched protocols unasked".into(),
+                            ));
+                        }
+                        if (100..200).contains(&code) {
+                            // Interim (103 Early Hints and the like): relay it
+                            // as it came and read on.
+                            client.write_all(&upbuf[..len]).await.map_err(unreachable)?;
+                            upbuf.advance(len);
+                            continue;
+                        }
+                        return Ok((upstream, len));
+                    }
+                    Ok(httparse::Status::Partial) if upbuf.len() < MAX_ANSWER_HEAD => {}
+                    Ok(httparse::Status::Partial) => {
+                        return Err(ProxyError::Unreachable(
+                            "the answer's head is too large".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ProxyError::Unreachable(format!(
+                            "the container's answer is not HTTP: {e}"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the answer's rewritten head and relays its body; gives the
+    /// upstream connection back when it ended cleanly at the answer's end.
+    async fn relay(self, mut upstream: TcpStream, head_len: usize) -> Result<After, ProxyError> {
+        let Exchange {
+            client,
+            inbuf,
+            upbuf,
+            out,
+            req,
+            binder,
+            addr,
+            now,
+        } = self;
+        // httparse checked the status line: "HTTP/1.x NNN".
+        if req.upgrade && upbuf.get(9..12) == Some(b"101".as_slice()) {
+            // Switched: the answer's head as it came, then whatever either
+            // side sent early, then the tunnel, until one side closes.
+            let early = std::mem::take(inbuf);
+            if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
+                return Ok(After::Close);
+            }
+            super::join(client.split(), upstream.split(), binder).await;
+            return Ok(After::Close);
+        }
+        let (mut framing, upstream_keeps) = rewrite_answer(&upbuf[..head_len], req, out)?;
+        upbuf.advance(head_len);
+        let client_keeps = !req.client_close && !matches!(framing, Framing::UntilClose);
+
+        // The body: what came with the head goes in the same write.
+        let mut done = false;
+        let mut clean = true;
+        loop {
+            let (take, ended) = match &mut framing {
+                Framing::None => (0, true),
+                Framing::Length(left) => {
+                    let take = (*left as usize).min(upbuf.len());
+                    *left -= take as u64;
+                    (take, *left == 0)
+                }
+                Framing::Chunked(scan) => match scan.feed(upbuf) {
+                    Ok(Some(end)) => (end, true),
+                    Ok(None) => (upbuf.len(), false),
+                    Err(NotChunked) => {
+                        clean = false;
+                        (upbuf.len(), true)
+                    }
+                },
+                Framing::UntilClose => (upbuf.len(), done),
+            };
+            out.extend_from_slice(&upbuf[..take]);
+            upbuf.advance(take);
+            if !out.is_empty() {
+                if client.write_all(out).await.is_err() {
+                    return Ok(After::Close);
+                }
+                out.clear();
+            }
+            if ended {
+                break;
+            }
+            upbuf.clear();
+            upbuf.reserve(READ_CHUNK);
+            match upstream.read_buf(upbuf).await {
+                Ok(0) if matches!(framing, Framing::UntilClose) => done = true,
+                Ok(0) | Err(_) => return Ok(After::Close), // cut short: so is the client's answer
+                Ok(_) => {}
+            }
+        }
+        // Bytes past the answer's end were never asked for: not reusable.
+        if clean && upstream_keeps && upbuf.is_empty() {
+            binder.conns.give_back(addr, upstream, now);
+        }
+        Ok(if client_keeps && clean {
+            After::KeepAlive
+        } else {
+            After::Close
+        })
+    }
+}
+
+/// Writes into `out` the answer's head (`head`, parsed) as the client gets
+/// it: the status line rebuilt, hop-by-hop headers and those `Connection`
+/// names removed, `Connection: close` when the client's connection ends
+/// after it. Gives how its body ends and whether the container's
+/// connection may be kept.
+fn rewrite_answer(
+    head: &[u8],
+    req: &Outgoing,
+    out: &mut Vec<u8>,
+) -> Result<(Framing, bool), ProxyError> {
+    out.clear();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+    let mut answer = httparse::Response::new(&mut headers);
+    if answer.parse(head).is_err() {
+        return Err(ProxyError::Unreachable("the answer's head changed".into()));
+    }
+    let code = answer.code.unwrap_or(502);
+    let named = connection_tokens(answer.headers);
+    let mut te_chunked = None;
+    let mut length = None;
+    for h in answer.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_chunked = Some(last_coding_is_chunked(h.value));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => {
+                    return Err(ProxyError::Unreachable(
+                        "the container's answer has a bad Content-Length".into(),
+                    ))
+                }
+            }
+        }
+    }
+    let framing = if req.head_method || code == 204 || code == 304 {
+        Framing::None
+    } else {
+        match (te_chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunked::default()),
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let until_close = matches!(framing, Framing::UntilClose);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse takes exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(answer.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in answer.headers.iter() {
+        // A passed-through body keeps the Transfer-Encoding it came with.
+        let keep = h.name.eq_ignore_ascii_case("transfer-encoding")
+            || !(is_hop_by_hop(h.name) || named.iter().any(|n| n.eq_ignore_ascii_case(h.name)));
+        if keep {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if req.client_close || until_close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let keeps = answer.version == Some(1)
+        && !named.iter().any(|t| t.eq_ignore_ascii_case("close"))
+        && !until_close;
+    Ok((framing, keeps))
+}
+
+/// The tokens of every `Connection` header (the headers it names are this
+/// hop's only).
+pub fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h str> {
+    let mut out = Vec::new();
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("connection") {
+            if let Ok(v) = std::str::from_utf8(h.value) {
+                out.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()));
+            }
+        }
+    }
+    out
+}
+
+/// RFC 9110 §7.6.1 connection-specific headers, and the old ones like them.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The body is not chunked as it says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotChunked;
+
+/// Finds where a chunked body ends (RFC 9112 §7.1), fed as it arrives.
+#[derive(Default)]
+pub struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    /// Scans `bytes`, the body's next part: `Some(n)` when the body ends
+    /// after its first `n` bytes, `None` when it goes on, `Err` when it is
+    /// not a chunked body.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, NotChunked> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == Data {
+                let take = (self.size as usize).min(bytes.len() - i);
+                i += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    self.size = self.size.checked_mul(16).ok_or(NotChunked)? + d;
+                    self.digits = self.digits.saturating_add(1);
+                    if self.digits > 16 {
+                        return Err(NotChunked);
+                    }
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
+                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Extension, b'\r') => SizeLf,
+                (Extension, b'\n') => return Err(NotChunked),
+                (Extension, _) => Extension,
+                (SizeLf, b'\n') if self.size == 0 => TrailerStart,
+                (SizeLf, b'\n') => Data,
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => {
+                    self.digits = 0;
+                    Size
+                }
+                (TrailerStart, b'\r') => EndLf,
+                (TrailerStart, _) | (TrailerLine, _) if b != b'\n' => TrailerLine,
+                (TrailerLine, b'\n') => TrailerStart,
+                (EndLf, b'\n') => {
+                    self.state = Done;
+                    return Ok(Some(i));
+                }
+                _ => return Err(NotChunked),
+            };
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends_at(parts: &[&[u8]]) -> Result<Option<usize>, NotChunked> {
+        let mut scan = Chunked::default();
+        let mut seen = 0;
+        for p in parts {
+            if let Some(n) = scan.feed(p)? {
+                return Ok(Some(seen + n));
+            }
+            seen += p.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_however_split() {
+        let body =
+            b"5\r\nhello\r\n1a;name=x\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(ends_at(&[body]), Ok(Some(end)));
+        for cut in 1..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(ends_at(&[a, b]), Ok(Some(end)), "split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(ends_at(&bytes), Ok(Some(end)));
+        assert_eq!(ends_at(&[b"0\r\n\r\n"]), Ok(Some(5)));
+        assert_eq!(ends_at(&[b"5\r\nhel"]), Ok(None));
+    }
+
+    #[test]
+    fn not_chunked_is_an_error() {
+        assert_eq!(ends_at(&[b"zz\r\n"]), Err(NotChunked));
+        assert_eq!(ends_at(&[b"\r\n"]), Err(NotChunked));
+        assert_eq!(ends_at(&[b"5\r\nhelloXX"]), Err(NotChunked));
+        assert_eq!(ends_at(&[b"fffffffffffffffff\r\n"]), Err(NotChunked));
+    }
+
+    #[test]
+    fn hop_by_hop_and_codings() {
+        assert!(is_hop_by_hop("Keep-Alive"));
+        assert!(!is_hop_by_hop("content-length"));
+        assert!(last_coding_is_chunked(b"gzip, Chunked"));
+        assert!(!last_coding_is_chunked(b"chunked, gzip"));
+        let h = [
+            httparse::Header {
+                name: "Connection",
+                value: b"close, X-A",
+            },
+            httparse::Header {
+                name: "connection",
+                value: b" keep-alive",
+            },
+        ];
+        assert_eq!(connection_tokens(&h), vec!["close", "X-A", "keep-alive"]);
+    }
+}

@@ -1,0 +1,164 @@
+//! binderd's front door: connections. The [`Listener`] accepts under the
+//! connection cap and gives each connection to one of the proxy's event
+//! loops ([`workers`]), where a [`conn::Handler`] serves it: plain requests
+//! for an assigned binder on the fast path, the rest handed to hyper and
+//! [`crate::api`]'s routes on the main runtime. What a request *means* is
+//! `api`'s business; this module only moves connections.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::App;
+
+mod conn;
+mod head;
+mod replay;
+mod workers;
+
+use conn::{Handler, Hyper};
+use workers::Workers;
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and
+/// waits up to the configured grace for in-flight requests and tunnels.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let mut front = match Listener::new(app, listener) {
+        Ok(front) => front,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the proxy's event loops");
+            return;
+        }
+    };
+    front.accept_until(shutdown).await;
+    front.drain().await;
+}
+
+/// The accepting side: the listening socket and what every connection
+/// shares.
+struct Listener {
+    app: Arc<App>,
+    listener: TcpListener,
+    /// The connection cap: beyond it, connections wait in the kernel's
+    /// listen backlog.
+    slots: Arc<Semaphore>,
+    /// hyper's connection builder, for what the fast path hands over.
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    /// Cancelled at shutdown: idle fast-path connections close.
+    stopping: CancellationToken,
+    connections: TaskTracker,
+    workers: Workers,
+    main: tokio::runtime::Handle,
+}
+
+impl Listener {
+    fn new(app: Arc<App>, listener: TcpListener) -> std::io::Result<Listener> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Slow-loris: the headers must arrive within the timeout.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(app.config.header_read_timeout);
+        Ok(Listener {
+            slots: Arc::new(Semaphore::new(app.config.max_connections)),
+            app,
+            listener,
+            builder,
+            graceful: GracefulShutdown::new(),
+            stopping: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            workers: Workers::start()?,
+            main: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Accepts (a slot first, then a connection) until `shutdown`.
+    async fn accept_until(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let accept = async {
+                let slot = self.slots.clone().acquire_owned().await;
+                (slot, self.listener.accept().await)
+            };
+            let (slot, stream, peer) = tokio::select! {
+                (slot, accepted) = accept => match (slot, accepted) {
+                    (Ok(slot), Ok((stream, peer))) => (slot, stream, peer),
+                    (_, Err(e)) => {
+                        // Out of file descriptors and the like: do not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    (Err(_), _) => break,
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            // The socket moves to an event loop's reactor.
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            let handler = Handler {
+                app: self.app.clone(),
+                peer,
+                stopping: self.stopping.clone(),
+                hyper: Hyper {
+                    builder: self.builder.clone(),
+                    watcher: self.graceful.watcher(),
+                    connections: self.connections.clone(),
+                    main: self.main.clone(),
+                },
+                slot,
+            };
+            let tracked = self.connections.clone();
+            // The connection's future is made on its event loop, so its
+            // sockets and timers belong to that loop's reactor.
+            self.workers.run(Box::new(move || {
+                Box::pin(tracked.track_future(handler.run(stream)))
+            }));
+        }
+    }
+
+    /// Stops accepting; idle connections close, busy ones get the grace
+    /// to finish (tunnels too); then the event loops end.
+    async fn drain(self) {
+        let Listener {
+            app,
+            listener,
+            graceful,
+            stopping,
+            connections,
+            workers,
+            ..
+        } = self;
+        drop(listener);
+        let grace = app.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        stopping.cancel();
+        connections.close();
+        let all_closed = async {
+            tokio::join!(graceful.shutdown(), connections.wait());
+        };
+        tokio::select! {
+            _ = all_closed => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!("shutdown grace of {}s passed with connections still open", grace.as_secs());
+            }
+        }
+        // Upgraded connections are not hyper's any more: wait for them too,
+        // within the same grace.
+        app.proxy
+            .close_tunnels(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        // The event loops end; anything still on them is dropped.
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+    }
+}
