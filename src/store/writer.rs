@@ -1,0 +1,333 @@
+//! The store's two threads. The writer owns the connection and commits
+//! every write waiting at that moment in one transaction (journaled
+//! handouts first, gathered every few milliseconds; a write someone waits
+//! for wakes it), then acknowledges each. The checkpointer copies the WAL
+//! back into the database only when the writer is idle or the WAL long.
+//! Both run at a background priority.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::SegQueue;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::journal::{Assigned, Journal};
+use super::sql::{apply, read_rows, Rows};
+use super::{StoreError, StoredBinder, StoredBinding};
+use crate::auth::Owner;
+use crate::binder::State;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+/// How often the writer folds journaled handouts into SQLite while they come
+/// (they never wake it; a write someone waits for does, and takes them
+/// along)...
+const JOURNAL_GATHER: Duration = Duration::from_millis(2);
+/// ...and while none came in its last round.
+const JOURNAL_QUIET: Duration = Duration::from_millis(250);
+/// How often the checkpointer looks at the WAL.
+pub(super) const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+/// A checkpoint runs once the writer has been idle this long...
+pub(super) const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
+/// ...or after this many commits (a few tens of MB of WAL) whatever the load.
+const CHECKPOINT_AFTER_COMMITS: u64 = 10_000;
+
+/// The nice value of the writer and checkpointer threads. A warm handout is
+/// durable once its journal line is written; bringing SQLite up to date
+/// after it is background work, which should not take a core from the
+/// event loops answering requests (on two cores, a writer's round landing
+/// on one of them showed in the handouts' p99). Under a saturated CPU the
+/// writer still gets its share (about a tenth of a contended core), and
+/// catches up in the gaps.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`]
+/// (Linux keeps a nice value per thread; elsewhere it would be the whole
+/// process's, so this is Linux only). Failing only logs: the thread then
+/// runs at the process's priority, as before.
+fn run_in_background() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE)
+    {
+        tracing::debug!(error = %e, "cannot lower the store thread's priority");
+    }
+}
+
+/// What the writer tells the checkpointer.
+struct Commits {
+    /// Commits since the last checkpoint.
+    pending: AtomicU64,
+    /// When the last commit ended, in milliseconds since `epoch`.
+    last_ms: AtomicU64,
+    epoch: Instant,
+    /// The writer has stopped (every `Store` is gone).
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Commits {
+    fn default() -> Self {
+        Commits {
+            pending: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Commits {
+    fn committed(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether `pending` commits should be checkpointed now.
+    fn checkpoint_due(&self, pending: u64) -> bool {
+        let idle_ms = (self.epoch.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_ms.load(Ordering::Acquire));
+        pending > 0
+            && (idle_ms >= CHECKPOINT_IDLE.as_millis() as u64
+                || pending >= CHECKPOINT_AFTER_COMMITS)
+    }
+}
+
+pub(super) enum Op {
+    PutBinding(StoredBinding),
+    DeleteBinding(String),
+    PutBinder(StoredBinder),
+    Assign(Assigned),
+    Claim { id: String, owner: Owner },
+    SetBinderState(String, State),
+    DeleteBinder(String),
+    SetPoolSize(String, u32, u32),
+}
+
+pub(super) struct Job {
+    pub(super) op: Op,
+    /// Who waits for the commit; `None` for a journaled handout.
+    pub(super) done: Option<oneshot::Sender<Result<(), String>>>,
+    /// The journal line this write repeats (0: none).
+    pub(super) line: u64,
+}
+
+/// Starts the writer (with `conn`, the store's open connection) and the
+/// checkpointer (with a second connection of its own); gives the writer's
+/// two inboxes.
+pub(super) fn start(
+    conn: Connection,
+    data_dir: &Path,
+    journal: Arc<Journal>,
+) -> Result<(mpsc::Sender<Job>, Arc<SegQueue<Job>>), StoreError> {
+    // Checkpoints copy the WAL back into the database and fsync it. Done
+    // by the writer at commit time they stall every handout waiting on
+    // that commit, so the writer never does them. A thread of their own
+    // does, PASSIVE (never blocking the writer) — and only once the
+    // writer has been idle for a moment or the WAL has grown long: the
+    // fsync stalls the writer's appends to the WAL for tens of
+    // milliseconds on this kind of disk, which under sustained handouts
+    // would land in every second's latency tail.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let checkpointer = Connection::open(data_dir.join("binderd.sqlite3"))?;
+    checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+    let commits = Arc::new(Commits::default());
+    let (tx, rx) = mpsc::channel();
+    let journaled = Arc::new(SegQueue::new());
+    let (written, queued) = (commits.clone(), journaled.clone());
+    std::thread::Builder::new()
+        .name("binderd-store".into())
+        .spawn(move || {
+            run_in_background();
+            writer(conn, &rx, &queued, &written, &journal);
+            written.stopped.store(true, Ordering::Release);
+        })?;
+    std::thread::Builder::new()
+        .name("binderd-checkpoint".into())
+        .spawn(move || {
+            run_in_background();
+            while !commits.stopped.load(Ordering::Acquire) {
+                std::thread::sleep(CHECKPOINT_POLL);
+                let pending = commits.pending.load(Ordering::Acquire);
+                if commits.checkpoint_due(pending) {
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    commits.pending.fetch_sub(pending, Ordering::AcqRel);
+                }
+            }
+        })?;
+    Ok((tx, journaled))
+}
+
+/// The writer thread: commit whatever is waiting, in one transaction. It
+/// also keeps the journal short: rotated past its size limit, and the old
+/// one removed once every line in it is committed.
+fn writer(
+    mut conn: Connection,
+    rx: &mpsc::Receiver<Job>,
+    journaled: &SegQueue<Job>,
+    commits: &Commits,
+    journal: &Journal,
+) {
+    // The last journal line committed; the last line of the rotated-out
+    // journal, while it exists; whether a journaled write failed (its line
+    // must then stay until the next start replays it).
+    let mut committed_line = 0;
+    let mut old_journal_ends: Option<u64> = None;
+    let mut journal_failed = false;
+    let mut rows = Rows::new();
+    read_rows(&conn, &mut rows);
+    let mut batch: Vec<Job> = Vec::new();
+    let mut waited: Vec<Job> = Vec::new();
+    let mut quiet = true;
+    loop {
+        // Woken by a write someone waits for, else by the clock: journaled
+        // handouts (already durable and answered) gather meanwhile, so one
+        // commit takes many and no handout pays for a wake-up.
+        let wait = if quiet { JOURNAL_QUIET } else { JOURNAL_GATHER };
+        let closed = match rx.recv_timeout(wait) {
+            Ok(job) => {
+                waited.push(job);
+                while waited.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => waited.push(job),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        // Journaled handouts first: a write someone waits for may follow a
+        // handout (a pause, a delete), never the reverse — the writes a
+        // binder's start awaits are all done before it can be handed out.
+        while batch.len() < MAX_BATCH {
+            match journaled.pop() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        quiet = batch.is_empty();
+        batch.append(&mut waited);
+        if batch.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
+        }
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
+        let committed = conn.transaction().and_then(|tx| {
+            for job in &batch {
+                results.push(apply(&tx, &job.op, &mut rows).map_err(|e| e.to_string()));
+            }
+            tx.commit()
+        });
+        match &committed {
+            Ok(()) => commits.committed(),
+            // Rolled back: the map may name rows that were never made.
+            Err(_) => read_rows(&conn, &mut rows),
+        }
+        for (job, result) in batch
+            .drain(..)
+            .zip(results.into_iter().chain(std::iter::repeat(Ok(()))))
+        {
+            let result = match &committed {
+                Ok(()) => result,
+                Err(e) => Err(format!("commit failed: {e}")),
+            };
+            if job.line > 0 {
+                match &result {
+                    Ok(()) => committed_line = committed_line.max(job.line),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record a handout in SQLite; the journal keeps it until the next start");
+                        journal_failed = true;
+                    }
+                }
+            }
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            }
+        }
+        if journal_failed {
+            continue;
+        }
+        if old_journal_ends.is_some_and(|end| committed_line >= end) {
+            journal.remove_old();
+            old_journal_ends = None;
+        }
+        if old_journal_ends.is_none() && journal.bytes() >= super::journal::ROTATE_BYTES {
+            old_journal_ends = journal.rotate();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::fresh_dir;
+    use crate::store::Store;
+
+    /// The nice value of each of this process's threads named `name`
+    /// (`/proc/self/task/*/stat`, field 19).
+    #[cfg(target_os = "linux")]
+    fn nice_of_threads(name: &str) -> Vec<i32> {
+        let mut nices = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread has just ended
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            if &stat[open + 1..close] != name {
+                continue;
+            }
+            // Fields after the name start at field 3 (the state).
+            let nice = stat[close + 1..].split_whitespace().nth(19 - 3);
+            nices.push(nice.unwrap().parse().unwrap());
+        }
+        nices
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_and_checkpointer_run_at_background_priority() {
+        let dir = fresh_dir("store-nice");
+        let (store, _) = Store::open(&dir).unwrap();
+        // Thread names are cut to 15 bytes. Other tests open stores too:
+        // every one of their threads lowers its own priority as it starts.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for name in ["binderd-store", "binderd-checkpo"] {
+            loop {
+                let nices = nice_of_threads(name);
+                if !nices.is_empty() && nices.iter().all(|n| *n >= BACKGROUND_NICE) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name}: nice {nices:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn checkpoints_wait_for_an_idle_writer_or_a_long_wal() {
+        let c = Commits::default();
+        assert!(!c.checkpoint_due(0), "nothing to checkpoint");
+        c.committed();
+        assert!(!c.checkpoint_due(1), "the writer is busy");
+        assert!(
+            c.checkpoint_due(CHECKPOINT_AFTER_COMMITS),
+            "the WAL is long"
+        );
+        c.last_ms.store(0, Ordering::Release);
+        std::thread::sleep(CHECKPOINT_IDLE + Duration::from_millis(10));
+        assert!(c.checkpoint_due(1), "the writer has been idle");
+    }
+}
