@@ -67,8 +67,7 @@ fn handout(c: &mut Criterion) {
                                 let binder =
                                     queue.pop_transition(&counters, State::Assigned).unwrap();
                                 // Back to the pool, as if refilled.
-                                assert!(binder.transition(State::Assigned, State::Idle));
-                                counters.on_transition(State::Assigned, State::Idle);
+                                assert!(counters.transition(&binder, State::Assigned, State::Idle));
                                 queue.push(binder);
                             })
                         })
@@ -80,14 +79,21 @@ fn handout(c: &mut Criterion) {
             BenchmarkId::new("Mutex<VecDeque> baseline", threads),
             &threads,
             |b, &threads| {
+                // Counted as the lock-free side is, so that the two differ
+                // only in the queue.
+                let counters = Counters::default();
+                for _ in 0..1024 {
+                    assert!(counters.try_reserve(u32::MAX));
+                    counters.entered(State::Idle);
+                }
                 let queue = Mutex::new(binders(1024).into_iter().collect::<VecDeque<_>>());
                 b.iter_custom(|iters| {
                     (0..iters)
                         .map(|_| {
                             contended(threads, || {
                                 let binder = queue.lock().unwrap().pop_front().unwrap();
-                                assert!(binder.transition(State::Idle, State::Assigned));
-                                assert!(binder.transition(State::Assigned, State::Idle));
+                                assert!(counters.transition(&binder, State::Idle, State::Assigned));
+                                assert!(counters.transition(&binder, State::Assigned, State::Idle));
                                 queue.lock().unwrap().push_back(binder);
                             })
                         })

@@ -199,14 +199,19 @@ impl Binder {
 
     /// Moves `from` → `to` if and only if the binder is in `from`. Exactly one
     /// of any number of racing callers wins.
-    pub fn transition(&self, from: State, to: State) -> bool {
+    ///
+    /// Only `pool` calls this and [`Binder::swap_state`] (through
+    /// `pool::allocator::Counters`, which keeps its pool's counters in step
+    /// with every change); `tests/house.rs` fails on a call anywhere else.
+    pub(crate) fn cas_state(&self, from: State, to: State) -> bool {
         self.state
             .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
     /// Moves to `to` from whatever state it was in; returns the old state.
-    pub fn force(&self, to: State) -> State {
+    /// Only `pool` calls it (see [`Binder::cas_state`]).
+    pub(crate) fn swap_state(&self, to: State) -> State {
         State::from_u8(self.state.swap(to as u8, Ordering::AcqRel))
     }
 
@@ -381,7 +386,7 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     let b = binder.clone();
-                    s.spawn(move || usize::from(b.transition(State::Idle, State::Assigned)))
+                    s.spawn(move || usize::from(b.cas_state(State::Idle, State::Assigned)))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()

@@ -418,6 +418,43 @@ impl Binding {
         self.created_at = None;
         self.status = None;
         self.message = None;
+        self.check_what_runs(needs_command)?;
+        self.pool.check(max_pool_limit)?;
+        if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 3600 {
+            return Err(InvalidBinding(
+                "'start_timeout_seconds' must be between 1 and 3600".into(),
+            ));
+        }
+        if self.cull.idle_seconds == 0 || self.cull.max_age_seconds == 0 {
+            return Err(InvalidBinding(
+                "'cull' times must be at least 1 second".into(),
+            ));
+        }
+        self.check_services()?;
+        check_capabilities("capabilities", &self.capabilities)?;
+        self.resources.check()?;
+        if let Some(kernel) = &self.kernel {
+            kernel.check()?;
+        }
+        for admin in &self.administrators {
+            check_text("administrators", admin)?;
+        }
+        for (field, value) in [
+            ("repo", &self.repo),
+            ("requirements", &self.requirements),
+            ("notebooks", &self.notebooks),
+            ("resources.memory", &self.resources.memory),
+            ("resources.cpu", &self.resources.cpu),
+        ] {
+            if let Some(v) = value {
+                check_text(field, v)?;
+            }
+        }
+        Ok(name)
+    }
+
+    /// The image or command, the port, the environment.
+    fn check_what_runs(&self, needs_command: bool) -> Result<(), InvalidBinding> {
         let bad = |msg: String| Err(InvalidBinding(msg));
         if self.image.is_none() && self.command.is_empty() {
             return bad("a binding needs an 'image' or a 'command'".into());
@@ -439,37 +476,12 @@ impl Binding {
         if self.port == 0 {
             return bad("'port' must be between 1 and 65535".into());
         }
-        check_env(&self.env)?;
-        if self.pool.max == 0 {
-            return bad("'pool.max' must be at least 1".into());
-        }
-        if self.pool.max > max_pool_limit {
-            return bad(format!(
-                "'pool.max' is {}; this server allows at most {max_pool_limit}",
-                self.pool.max
-            ));
-        }
-        if let Some(w) = self.pool.warm_target {
-            if !(w > 0.0 && w <= 1.0) {
-                return bad(format!(
-                    "'pool.warm_target' is {w}; it is the share of handouts to serve warm, in (0, 1]"
-                ));
-            }
-        }
-        if self.pool.min > self.pool.max {
-            return bad(format!(
-                "'pool.min' ({}) is larger than 'pool.max' ({})",
-                self.pool.min, self.pool.max
-            ));
-        }
-        if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 3600 {
-            return bad("'start_timeout_seconds' must be between 1 and 3600".into());
-        }
-        if self.cull.idle_seconds == 0 || self.cull.max_age_seconds == 0 {
-            return bad("'cull' times must be at least 1 second".into());
-        }
+        check_env(&self.env)
+    }
+
+    fn check_services(&self) -> Result<(), InvalidBinding> {
         if self.services.len() > 16 {
-            return bad("at most 16 'services'".into());
+            return Err(InvalidBinding("at most 16 'services'".into()));
         }
         for service in &self.services {
             BindingName::parse(&service.name).map_err(|_| {
@@ -481,42 +493,63 @@ impl Binding {
             check_env(&service.env)?;
             check_capabilities("services.capabilities", &service.capabilities)?;
         }
-        check_capabilities("capabilities", &self.capabilities)?;
-        self.resources.check()?;
-        if let Some(kernel) = &self.kernel {
-            let ok = !kernel.name.is_empty()
-                && kernel.name.len() <= 128
-                && kernel
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-            if !ok {
+        Ok(())
+    }
+}
+
+impl PoolSize {
+    /// `min <= max`, `1 <= max <= limit`, a `warm_target` in (0, 1].
+    fn check(&self, max_pool_limit: u32) -> Result<(), InvalidBinding> {
+        let bad = |msg: String| Err(InvalidBinding(msg));
+        if self.max == 0 {
+            return bad("'pool.max' must be at least 1".into());
+        }
+        if self.max > max_pool_limit {
+            return bad(format!(
+                "'pool.max' is {}; this server allows at most {max_pool_limit}",
+                self.max
+            ));
+        }
+        if let Some(w) = self.warm_target {
+            if !(w > 0.0 && w <= 1.0) {
                 return bad(format!(
-                    "invalid kernel.name '{}': kernel names are letters, digits, '.', '_' and '-'",
-                    printable(&kernel.name)
+                    "'pool.warm_target' is {w}; it is the share of handouts to serve warm, in (0, 1]"
                 ));
             }
-            if let Some(code) = &kernel.warmup {
-                if code.contains('\0') || code.len() > 64 * 1024 {
-                    return bad("'kernel.warmup' holds a NUL byte or is longer than 64 KiB".into());
-                }
+        }
+        if self.min > self.max {
+            return bad(format!(
+                "'pool.min' ({}) is larger than 'pool.max' ({})",
+                self.min, self.max
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Kernel {
+    /// A kernel name as Jupyter spells them; a warm-up without NUL, ≤ 64 KiB.
+    fn check(&self) -> Result<(), InvalidBinding> {
+        let ok = !self.name.is_empty()
+            && self.name.len() <= 128
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(InvalidBinding(format!(
+                "invalid kernel.name '{}': kernel names are letters, digits, '.', '_' and '-'",
+                printable(&self.name)
+            )));
+        }
+        if let Some(code) = &self.warmup {
+            if code.contains('\0') || code.len() > 64 * 1024 {
+                return Err(InvalidBinding(
+                    "'kernel.warmup' holds a NUL byte or is longer than 64 KiB".into(),
+                ));
             }
         }
-        for admin in &self.administrators {
-            check_text("administrators", admin)?;
-        }
-        for (field, value) in [
-            ("repo", &self.repo),
-            ("requirements", &self.requirements),
-            ("notebooks", &self.notebooks),
-            ("resources.memory", &self.resources.memory),
-            ("resources.cpu", &self.resources.cpu),
-        ] {
-            if let Some(v) = value {
-                check_text(field, v)?;
-            }
-        }
-        Ok(name)
+        Ok(())
     }
 }
 

@@ -3,23 +3,30 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags, environment and TOML into a checked [`config::Config`].
-//! - [`api`]: the HTTP server, routing and handlers; the only module that knows
-//!   HTTP and JSON, and the one place errors become status codes.
-//! - [`pool`]: bindings' pools, the lock-free handout, the reconcilers that
-//!   keep pools full, and adoption after a restart.
-//! - [`backend`]: the [`backend::Backend`] trait and its implementations
-//!   (`process` today; `docker` and `kubernetes` plug in behind the same trait).
-//! - [`proxy`]: `/user/{token}/` forwarding and the readiness check.
-//! - [`store`]: SQLite persistence of bindings, pool sizes and binders.
-//! - [`auth`]: API keys, callers and the permission rules.
-//! - [`quota`], [`ratelimit`]: admission (per-key quotas, spawn rate limits).
-//! - [`metrics`]: Prometheus counters and gauges for `GET /metrics`.
-//! - [`cli`], [`admin`]: the command line, and the operator's commands that
+//! ARCHITECTURE.md is the map (layers, code map, invariants); in short, from
+//! the top:
+//!
+//! - [`server`]: connections: accept under the cap, the proxy's event loops,
+//!   the fast path for plain proxied requests, the hand-over to hyper.
+//! - [`api`]: the routes: what a request means, the one place JSON shapes are
+//!   defined and errors become status codes; `/user/{token}/` requests are
+//!   given to [`proxy`] after [`api::user::reach`] decides which binder.
+//! - [`admin`], [`cli`]: the command line, and the operator's commands that
 //!   speak to a running binderd over HTTP.
-//! - [`kernel`]: Jupyter kernels spoken to by binderd (warm kernels, the
-//!   server's own activity for culling).
-//! - [`binding`], [`binder`]: the two nouns, templates and containers.
+//! - [`pool`]: bindings' pools, the lock-free handout, the reconcilers that
+//!   keep pools at their target, the readiness check of a start, the culler,
+//!   and adoption after a restart.
+//! - [`proxy`]: forwarding to a binder's container (the fast path's raw
+//!   HTTP/1 exchange, and hyper's for what is handed over), tunnels.
+//! - [`store`]: SQLite persistence of bindings, pool sizes and binders, and
+//!   the handout journal; [`kernel`]: Jupyter kernels spoken to by binderd
+//!   (warm kernels, the server's own activity for culling).
+//! - [`binder`], [`config`]; [`backend`]: the [`backend::Backend`] trait and
+//!   its three implementations (`process`, the default; `docker`;
+//!   `kubernetes`); [`quota`], [`ratelimit`]: admission; [`upstream`]: kept
+//!   connections to containers and the readiness probe's client.
+//! - [`binding`]: the template; [`auth`], [`limits`], [`metrics`], [`body`]:
+//!   the leaves.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

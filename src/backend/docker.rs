@@ -337,59 +337,10 @@ impl DockerBackend {
                 "network.egress = \"none\" is not available on the docker backend (use the process or kubernetes backend)".into(),
             ));
         }
-        let binding = spec.binding;
-        let binder_net = (!plan.services.is_empty()).then(|| network_name(spec.binder_id));
-        if let Some(net) = &binder_net {
-            let labels = plan::labels(
-                &self.owner,
-                &binding.name,
-                spec.binder_id,
-                ROLE_SERVICE,
-                None,
-            );
-            timed(
-                "creating the binder's network",
-                self.docker.create_network(NetworkCreateRequest {
-                    name: net.clone(),
-                    driver: Some("bridge".into()),
-                    labels: Some(labels.into_iter().collect()),
-                    ..Default::default()
-                }),
-            )
-            .await?;
-            self.start_services(&plan, spec, net).await?;
-        }
-        let port_key = format!("{}/tcp", plan.port);
-        let publish = self.network.is_none();
-        let network_mode = binder_net
-            .clone()
-            .or_else(|| self.network.clone())
-            .or_else(|| Some(SHARED_NET.to_owned()));
-        let limits = self.limits.with(plan.resources.wanted());
-        let host_config = HostConfig {
-            network_mode: network_mode.clone(),
-            port_bindings: publish.then(|| {
-                HashMap::from([(
-                    port_key.clone(),
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])
-            }),
-            ..hardened(&limits, plan.capabilities)
-        };
+        let binder_net = self.binder_network(spec, &plan).await?;
         let image = plan.image;
-        let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
-            cmd: (!plan.args.is_empty()).then(|| plan.args.clone()),
-            env: Some(env_list(&plan.env)),
-            labels: Some(plan.labels.clone().into_iter().collect()),
-            exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let name = format!("binderd-{}-{}", binding.name, short(spec.binder_id));
+        let body = self.container_body(&plan, binder_net.clone());
+        let name = format!("binderd-{}-{}", spec.binding.name, short(spec.binder_id));
         let created = timed_or_gone(
             &format!("creating a container from '{image}'"),
             self.docker.create_container(
@@ -435,6 +386,77 @@ impl DockerBackend {
             handle: created.id,
             addr,
         })
+    }
+
+    /// A binder with services gets a network of its own, the services
+    /// started on it; `None` for a binder without services.
+    async fn binder_network(
+        &self,
+        spec: &StartSpec<'_>,
+        plan: &ContainerPlan<'_>,
+    ) -> Result<Option<String>, BackendError> {
+        let Some(net) = (!plan.services.is_empty()).then(|| network_name(spec.binder_id)) else {
+            return Ok(None);
+        };
+        let labels = plan::labels(
+            &self.owner,
+            &spec.binding.name,
+            spec.binder_id,
+            ROLE_SERVICE,
+            None,
+        );
+        timed(
+            "creating the binder's network",
+            self.docker.create_network(NetworkCreateRequest {
+                name: net.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels.into_iter().collect()),
+                ..Default::default()
+            }),
+        )
+        .await?;
+        self.start_services(plan, spec, &net).await?;
+        Ok(Some(net))
+    }
+
+    /// The notebook container as the engine is asked to create it: the
+    /// plan's image, command, env and labels, `hardened`, on its network
+    /// (its own, the configured one, or the shared one), its port
+    /// published on loopback unless a network is configured.
+    fn container_body(
+        &self,
+        plan: &ContainerPlan<'_>,
+        binder_net: Option<String>,
+    ) -> ContainerCreateBody {
+        let port_key = format!("{}/tcp", plan.port);
+        let publish = self.network.is_none();
+        let network_mode = binder_net
+            .clone()
+            .or_else(|| self.network.clone())
+            .or_else(|| Some(SHARED_NET.to_owned()));
+        let limits = self.limits.with(plan.resources.wanted());
+        let host_config = HostConfig {
+            network_mode: network_mode.clone(),
+            port_bindings: publish.then(|| {
+                HashMap::from([(
+                    port_key.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])
+            }),
+            ..hardened(&limits, plan.capabilities)
+        };
+        ContainerCreateBody {
+            image: Some(plan.image.to_owned()),
+            cmd: (!plan.args.is_empty()).then(|| plan.args.clone()),
+            env: Some(env_list(&plan.env)),
+            labels: Some(plan.labels.clone().into_iter().collect()),
+            exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
     }
 
     /// Where a started container answers: its published loopback port, or

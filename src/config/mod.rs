@@ -1,6 +1,6 @@
 //! Configuration: flags > environment > TOML file > defaults.
 //!
-//! [`Config::load`] reads the file ([`file`]), lays the flags and their
+//! [`Config::load`] reads the file ([`mod@file`]), lays the flags and their
 //! `BINDERD_*` variables over it ([`flags`]), then checks the whole into a
 //! [`Config`]. Any problem is one [`ConfigError`] line, and `main` exits 64.
 //! The tables a backend or a limiter reads are defined beside what reads

@@ -60,6 +60,25 @@ impl Counters {
     }
 
     /// Adjusts the counts for one binder moving `from` → `to`.
+    /// Moves `binder` from `from` to `to` if it is in `from` (one of racing
+    /// callers wins) and counts the change: the one way a binder's state
+    /// changes (with [`Counters::force`]).
+    pub fn transition(&self, binder: &Binder, from: State, to: State) -> bool {
+        let moved = binder.cas_state(from, to);
+        if moved {
+            self.on_transition(from, to);
+        }
+        moved
+    }
+
+    /// Moves `binder` to `to` from whatever it was in, counted; returns the
+    /// state it left.
+    pub fn force(&self, binder: &Binder, to: State) -> State {
+        let from = binder.swap_state(to);
+        self.on_transition(from, to);
+        from
+    }
+
     pub fn on_transition(&self, from: State, to: State) {
         if from == to {
             return;
@@ -103,8 +122,7 @@ impl ReadyQueue {
     /// Exactly one caller gets any given binder.
     pub fn pop_transition(&self, counters: &Counters, to: State) -> Option<Arc<Binder>> {
         while let Some(binder) = self.queue.pop() {
-            if binder.transition(State::Idle, to) {
-                counters.on_transition(State::Idle, to);
+            if counters.transition(&binder, State::Idle, to) {
                 return Some(binder);
             }
             // Left Idle while queued: already accounted for by whoever moved it.
@@ -161,7 +179,7 @@ mod tests {
         q.push(a.clone());
         q.push(b.clone());
         // `a` dies while queued.
-        assert!(a.transition(State::Idle, State::Failed));
+        assert!(a.cas_state(State::Idle, State::Failed));
         c.on_transition(State::Idle, State::Failed);
         let got = q.pop_transition(&c, State::Assigned).unwrap();
         assert!(Arc::ptr_eq(&got, &b));

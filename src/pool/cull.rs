@@ -263,12 +263,12 @@ mod tests {
         };
         let b = Binder::new(BindingName::parse("x").unwrap(), State::Idle);
         assert_eq!(due(&b, &cull), None, "warm binders are never culled");
-        b.force(State::Assigned);
+        b.swap_state(State::Assigned);
         b.set_assigned_at(1000);
         b.touch();
         let idle_due = b.last_activity() + 10;
         assert_eq!(due(&b, &cull), Some(idle_due.min(1100)));
-        b.force(State::Paused);
+        b.swap_state(State::Paused);
         assert_eq!(due(&b, &cull), Some(1100), "paused: age only");
     }
 

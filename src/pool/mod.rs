@@ -3,20 +3,26 @@
 //! [`Pools`] (this file) is the registry: every [`Pool`] (one per binding) by
 //! name, every [`Binder`] by id and by token. Each job has its room:
 //!
-//! - [`pool`](Pool): one binding's pool, its counters and state changes;
+//! - [`state`](Pool): one binding's pool, its counters and state changes;
 //! - `bindings`: create, replace, delete, resize;
 //! - `handout`: the hot path: pops from the pool's lock-free
-//!   [`allocator::ReadyQueue`] and then awaits only the store's commit; it
-//!   never touches the backend;
-//! - `reconciler`: keeps each pool at `minPool`; `start`: one binder's start
-//!   and readiness check;
+//!   [`allocator::ReadyQueue`] and appends one line to the store's handout
+//!   journal (a warm handout awaits nothing; a cold one, started for the
+//!   caller, awaits its start and the store's commit); it never touches the
+//!   backend;
+//! - `reconciler`: keeps each pool at its target (`minPool`, or for a pool
+//!   with `warm_target` the size [`demand`] computes from the handout rate),
+//!   rolls warm binders over after a `PUT`; `start`: one binder's start,
+//!   readiness check and warm kernel;
 //! - `lifecycle`: stop, fail, exits, pause and resume, logs;
 //! - `cull`: idle, old and never-visited binders;
 //! - [`restore`]: start-up, from the store and the backend's containers.
 //!
 //! Every change of a binder's state goes through [`Pool::transition`],
-//! [`Pool::force`] or [`Pool::take_down`], which keep the pool's counters in
-//! step and wake anyone waiting on the binder.
+//! [`Pool::force`] or [`Pool::take_down`] (or the queue's pop), which keep
+//! the pool's counters in step ([`allocator::Counters`]) and wake anyone
+//! waiting on the binder; the binder's own state setters are crate-private
+//! and called nowhere else (`tests/house.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

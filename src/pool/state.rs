@@ -241,9 +241,8 @@ impl Pool {
 
     /// Moves `binder` from `from` to `to` if it is in `from`.
     pub fn transition(&self, binder: &Binder, from: State, to: State) -> bool {
-        let moved = binder.transition(from, to);
+        let moved = self.counters.transition(binder, from, to);
         if moved {
-            self.counters.on_transition(from, to);
             binder.changed.notify_waiters();
         }
         moved
@@ -251,8 +250,7 @@ impl Pool {
 
     /// Moves `binder` to `to` from whatever it was in; returns that state.
     pub fn force(&self, binder: &Binder, to: State) -> State {
-        let from = binder.force(to);
-        self.counters.on_transition(from, to);
+        let from = self.counters.force(binder, to);
         binder.changed.notify_waiters();
         from
     }

@@ -1,6 +1,7 @@
 //! The built-in proxy: `/user/{token}/...` to the binder's container.
-//! The caller (`api`) finds the binder and says how to address it; the proxy
-//! knows nothing of pools.
+//! The caller (`api::user`, or `server`'s fast path, both through
+//! `api::user::reach`) finds the binder and says how to address it; the
+//! proxy knows nothing of pools.
 //!
 //! Bodies stream both ways (no buffering); hop-by-hop headers (RFC 9110
 //! §7.6.1) are removed, except the `Connection: upgrade` / `Upgrade` pair on
