@@ -177,7 +177,14 @@ pub struct PoolGauges {
 }
 
 /// The Prometheus text page, with each binding's pool gauges brought up to date.
-pub fn render(pools: impl IntoIterator<Item = (String, PoolGauges)>) -> String {
+///
+/// Only the series of bindings `shown` names are kept (a series without a
+/// `binding` label always is): a private binding's name must not reach a
+/// reader who may not see the binding, nor a deleted one's.
+pub fn render(
+    pools: impl IntoIterator<Item = (String, PoolGauges)>,
+    shown: impl Fn(&str) -> bool,
+) -> String {
     for (name, g) in pools {
         let values = [
             f64::from(g.available),
@@ -193,5 +200,49 @@ pub fn render(pools: impl IntoIterator<Item = (String, PoolGauges)>) -> String {
             metrics::gauge!(*gauge, "binding" => name.clone()).set(value);
         }
     }
-    handle().render()
+    let all = handle().render();
+    let mut out = String::with_capacity(all.len());
+    for line in all.lines() {
+        if binding_label(line).is_none_or(&shown) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The value of a series line's `binding` label.
+fn binding_label(line: &str) -> Option<&str> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let labels = &line[line.find('{')? + 1..line.find('}')?];
+    let at = labels.find("binding=\"")? + "binding=\"".len();
+    labels[at..].split('"').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_told_apart_by_their_binding_label() {
+        assert_eq!(
+            binding_label("binderd_handouts_total{binding=\"secret\",warm=\"true\"} 3"),
+            Some("secret")
+        );
+        assert_eq!(
+            binding_label("binderd_x{warm=\"true\",binding=\"b-2\"} 1"),
+            Some("b-2")
+        );
+        assert_eq!(
+            binding_label("binderd_requests_total{status=\"200\"} 9"),
+            None
+        );
+        assert_eq!(
+            binding_label("# HELP binderd_handouts_total {binding=\"x\"}"),
+            None
+        );
+        assert_eq!(binding_label("binderd_up 1"), None);
+    }
 }

@@ -617,6 +617,25 @@ async fn metrics_count_handouts_and_show_each_pool() {
             .unwrap_or(metric);
         assert!(has(&format!("# HELP {family} ")), "no help for {metric}");
     }
+    // A private binding's name is shown only to a key that may see it.
+    let mut private = standin_binding("hush-hush", 1, 2);
+    private["public"] = serde_json::json!(false);
+    create_binding(&http, &server.url(""), &private).await;
+    wait_pool(&http, &server.url(""), "hush-hush", 30, |p| {
+        p["available"] == 1
+    })
+    .await;
+    let anonymous = http.get(&server.url("/metrics")).await.body;
+    assert!(!anonymous.contains("hush-hush"), "{anonymous}");
+    assert!(anonymous.contains(r#"binding="metered""#));
+    let admin = http
+        .call(Method::GET, &server.url("/metrics"), Some(ADMIN))
+        .await
+        .body;
+    assert!(
+        admin.contains(r#"binderd_pool_available{binding="hush-hush"} 1"#),
+        "{admin}"
+    );
     // Handout latency and time to ready are histograms.
     assert!(has("binderd_handout_seconds_bucket{"), "{}", page.body);
     assert!(

@@ -65,6 +65,8 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
     fold_path(&mut req);
     if req.uri().path().starts_with("/user/") {
         let html = wants_html(&req);
+        // A container's answers are its own (confined by the proxy);
+        // binderd's errors are guarded in `ApiError::into_response`.
         return match user::proxy(app, req, peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(html),
@@ -78,7 +80,21 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
     };
     crate::metrics::count_response(resp.status().as_u16());
     cors(app, resp.headers_mut());
+    guard(resp.headers_mut());
     resp
+}
+
+/// What every answer of binderd's own carries, so that a binder's page on
+/// the same origin can neither frame it (and read or drive it) nor have it
+/// read as another type: `frame-ancestors 'none'` (unless the answer has a
+/// stricter policy of its own, as the dashboard's) and `nosniff`.
+pub(crate) fn guard(headers: &mut http::HeaderMap) {
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
 }
 
 /// Folds runs of slashes in the request's path into one, so that which route
@@ -187,7 +203,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
                 backend: app.pools.backend_kind().as_str(),
             },
         ),
-        (Route::Metrics, _) => text("text/plain; version=0.0.4", metrics_page(app)),
+        (Route::Metrics, _) => text("text/plain; version=0.0.4", metrics_page(app, &caller)),
         (Route::OpenApi, _) => text("application/json", openapi::document()),
         (Route::Configuration, _) => json(StatusCode::OK, &configuration(app)),
         (Route::Quota, _) => pools::quota(app, &caller),
@@ -235,13 +251,21 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Result<Response<B
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// `GET /metrics`: the counters, with every pool's sizes as gauges.
-fn metrics_page(app: &App) -> String {
+/// `GET /metrics`: the counters, with every pool's sizes as gauges; only
+/// the bindings the caller may see are named (an admin key sees all).
+fn metrics_page(app: &App, caller: &Caller) -> String {
+    let pools = app.pools.list();
+    let shown: std::collections::HashSet<&str> = pools
+        .iter()
+        .filter(|pool| pool.current().access().visible_to(caller))
+        .map(|pool| pool.name.as_str())
+        .collect();
     crate::metrics::render(
-        app.pools
-            .list()
+        pools
             .iter()
+            .filter(|pool| shown.contains(pool.name.as_str()))
             .map(|pool| (pool.name.to_string(), (&**pool).into())),
+        |name| shown.contains(name),
     )
 }
 

@@ -11,6 +11,13 @@
 //!   URL, fetched from inside the container (attached services by name)
 //! - `GET {base_url}file?name=x` / `PUT {base_url}file?name=x` → read/write a
 //!   file in the working directory
+//! - `GET {base_url}cookie` → sets `evil=1; Path=/` and `scoped=1` (no
+//!   path) and `far=1; Domain=example.org`: what a hostile notebook's answer
+//!   does
+//! - `GET {base_url}sw.js` → a service worker script with
+//!   `Service-Worker-Allowed: /`; `GET {base_url}hostile` → a page that
+//!   registers it for the whole origin and reports in its title
+//!   (`sw:registered`, or `sw:` and the error's name)
 //! - anything else under `{base_url}` → `{"path","method","query","binder"}`
 //! - outside `{base_url}` → 404
 //!
@@ -127,6 +134,34 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
                 "connections": ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
             }),
         ),
+        (&Method::GET, "cookie") => {
+            let mut resp = json(StatusCode::OK, serde_json::json!({"cookies": 3}));
+            let h = resp.headers_mut();
+            for c in ["evil=1; Path=/", "scoped=1", "far=1; Domain=example.org"] {
+                h.append(http::header::SET_COOKIE, c.parse().unwrap());
+            }
+            resp
+        }
+        (&Method::GET, "sw.js") => {
+            let mut resp = Response::new(full(Bytes::from_static(
+                b"self.addEventListener('fetch', () => {});\n",
+            )));
+            let h = resp.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                "text/javascript".parse().unwrap(),
+            );
+            h.insert("service-worker-allowed", "/".parse().unwrap());
+            resp
+        }
+        (&Method::GET, "hostile") => {
+            let mut resp = Response::new(full(Bytes::from_static(HOSTILE_PAGE.as_bytes())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                "text/html; charset=utf-8".parse().unwrap(),
+            );
+            resp
+        }
         (&Method::POST, "echo") => {
             let (parts, body) = req.into_parts();
             let mut resp = Response::new(body.boxed());
@@ -155,6 +190,16 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
         }
     }
 }
+
+/// A notebook page gone bad: it asks for this binder's cookies, then tries
+/// to take the whole origin with a service worker.
+const HOSTILE_PAGE: &str = r#"<!doctype html><title>loading</title>
+<script>
+fetch("cookie").then(() => navigator.serviceWorker.register("sw.js", {scope: "/"}))
+  .then(() => { document.title = "sw:registered"; },
+        (e) => { document.title = "sw:" + e.name; });
+</script>
+"#;
 
 /// `n` lines, `ms` apart, as a chunked body (no length known up front).
 fn chunks(query: &str) -> Response<Body> {
@@ -217,6 +262,8 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
         "sec-websocket-accept",
         derive_accept_key(key.as_bytes()).parse().unwrap(),
     );
+    // A cookie on the handshake, as a hostile server could set one.
+    h.insert(http::header::SET_COOKIE, "ws=1; Path=/".parse().unwrap());
     resp
 }
 

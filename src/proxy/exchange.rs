@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Proxy, ProxyError, UPSTREAM_HEADERS_TIMEOUT};
+use super::{confine, Proxy, ProxyError, UPSTREAM_HEADERS_TIMEOUT};
 use crate::binder::Binder;
 
 /// The largest answer head read from a container.
@@ -271,16 +271,23 @@ impl Exchange<'_> {
         } = self;
         // httparse checked the status line: "HTTP/1.x NNN".
         if req.upgrade && upbuf.get(9..12) == Some(b"101".as_slice()) {
-            // Switched: the answer's head as it came, then whatever either
-            // side sent early, then the tunnel, until one side closes.
+            // Switched: the answer's head as it came (its cookies
+            // confined), then whatever either side sent early, then the
+            // tunnel, until one side closes.
             let early = std::mem::take(inbuf);
+            if let Some(head) = confine_switch(&upbuf[..head_len], binder) {
+                upbuf.advance(head_len);
+                if client.write_all(&head).await.is_err() {
+                    return Ok(After::Close);
+                }
+            }
             if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
                 return Ok(After::Close);
             }
             super::join(client.split(), upstream.split(), binder).await;
             return Ok(After::Close);
         }
-        let (mut framing, upstream_keeps) = rewrite_answer(&upbuf[..head_len], req, out)?;
+        let (mut framing, upstream_keeps) = rewrite_answer(&upbuf[..head_len], req, binder, out)?;
         upbuf.advance(head_len);
         let client_keeps = !req.client_close && !matches!(framing, Framing::UntilClose);
 
@@ -336,6 +343,36 @@ impl Exchange<'_> {
     }
 }
 
+/// A 101 answer's head with its headers confined to the binder, when it
+/// has any to confine (`None`: pass it as it came).
+fn confine_switch(head: &[u8], binder: &Binder) -> Option<Vec<u8>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+    let mut answer = httparse::Response::new(&mut headers);
+    answer.parse(head).ok()?;
+    let touched = |name: &str| name.eq_ignore_ascii_case("set-cookie") || confine::dropped(name);
+    if !answer.headers.iter().any(|h| touched(h.name)) {
+        return None;
+    }
+    let line_end = head.windows(2).position(|w| w == b"\r\n")? + 2;
+    let mut out = head[..line_end].to_vec();
+    let location = binder.location();
+    for h in answer.headers.iter() {
+        if confine::dropped(h.name) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        if h.name.eq_ignore_ascii_case("set-cookie") {
+            out.extend_from_slice(&confine::cookie(h.value, &location));
+        } else {
+            out.extend_from_slice(h.value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
 /// Writes into `out` the answer's head (`head`, parsed) as the client gets
 /// it: the status line rebuilt, hop-by-hop headers and those `Connection`
 /// names removed, `Connection: close` when the client's connection ends
@@ -344,6 +381,7 @@ impl Exchange<'_> {
 fn rewrite_answer(
     head: &[u8],
     req: &Outgoing,
+    binder: &Binder,
     out: &mut Vec<u8>,
 ) -> Result<(Framing, bool), ProxyError> {
     out.clear();
@@ -398,11 +436,17 @@ fn rewrite_answer(
     for h in answer.headers.iter() {
         // A passed-through body keeps the Transfer-Encoding it came with.
         let keep = h.name.eq_ignore_ascii_case("transfer-encoding")
-            || !(is_hop_by_hop(h.name) || named.iter().any(|n| n.eq_ignore_ascii_case(h.name)));
+            || !(is_hop_by_hop(h.name)
+                || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
+                || confine::dropped(h.name));
         if keep {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
+            if h.name.eq_ignore_ascii_case("set-cookie") {
+                out.extend_from_slice(&confine::cookie(h.value, &binder.location()));
+            } else {
+                out.extend_from_slice(h.value);
+            }
             out.extend_from_slice(b"\r\n");
         }
     }

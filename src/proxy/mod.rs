@@ -21,6 +21,7 @@ use crate::binder::Binder;
 use crate::body::{empty, Body};
 use crate::upstream::Upstream;
 
+pub mod confine;
 pub mod exchange;
 
 /// How long the container may take to start answering a proxied request.
@@ -120,21 +121,42 @@ impl Proxy {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                let binder = binder.clone();
+                let tunnelled = binder.clone();
                 self.tunnels.spawn(async move {
                     let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
                     else {
                         return;
                     };
-                    tunnel(TokioIo::new(client), TokioIo::new(upstream), &binder).await;
+                    tunnel(TokioIo::new(client), TokioIo::new(upstream), &tunnelled).await;
                 });
-                let (parts, _) = resp.into_parts();
+                let (mut parts, _) = resp.into_parts();
+                confine_answer(&mut parts.headers, binder);
                 return Ok(Response::from_parts(parts, empty()));
             }
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        confine_answer(&mut parts.headers, binder);
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// Keeps a binder's answer headers to the binder ([`confine`]).
+fn confine_answer(headers: &mut HeaderMap, binder: &Binder) {
+    for name in confine::DROPPED {
+        headers.remove(name);
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        let location = binder.location();
+        let cookies: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| HeaderValue::from_bytes(&confine::cookie(v.as_bytes(), &location)).ok())
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for cookie in cookies {
+            headers.append(header::SET_COOKIE, cookie);
+        }
     }
 }
 
