@@ -172,6 +172,9 @@ pub async fn run_with_backend(
         tracing::info!("stopping every container (cleanup on exit)");
         pools.stop_all().await;
     }
+    if let Err(e) = pools.close_store().await {
+        tracing::warn!(error = %e, "the store could not be closed cleanly; the next start treats this stop as a crash");
+    }
     tracing::info!("binderd stopped");
     Ok(())
 }

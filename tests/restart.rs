@@ -392,3 +392,67 @@ async fn lifecycle_events_are_logged_once_each_as_json_lines() {
     );
     assert!(!text.contains("secret-key"), "a key in the log");
 }
+
+/// A crash that took the page cache with it (a power loss, a kernel
+/// crash) may lose the last handout's journal line and SQLite's last
+/// commit, leaving the store calling a handed-out binder pooled. Stood in
+/// for here: SIGKILL, the handout's record put back to `idle` and the
+/// journal's last line cut, and the running mark rewritten as another
+/// boot's. The next start must not hand that container to anyone: pooled
+/// binders of a run that ended that way are replaced, not reused. (A
+/// SIGKILL on the same boot keeps them: `sigkill_and_restart_...`.)
+#[tokio::test]
+async fn a_crash_that_lost_the_last_handouts_record_never_hands_that_binder_out_again() {
+    let data = DataDir::new("lost-page-cache");
+    let http = Http::new();
+    let mut p = Process::spawn(&data, &[], &[]);
+    create_binding(&http, &p.url(""), &standin_binding("once", 3, 10)).await;
+    wait_pool(&http, &p.url(""), "once", 20, |v| v["available"] == 3).await;
+    let taken = handout(&http, &p, "once").await;
+    let taken_id = taken["id"].as_str().unwrap().to_owned();
+    let taken_location = taken["location"].as_str().unwrap().to_owned();
+    p.sigkill();
+
+    // What a lost page cache could leave: no record of the handout.
+    let conn = rusqlite::Connection::open(data.0.join("binderd.sqlite3")).unwrap();
+    conn.execute(
+        "UPDATE binders SET state = 'idle', owner = NULL, assigned_at = 0 WHERE id = ?1",
+        [&taken_id],
+    )
+    .unwrap();
+    drop(conn);
+    let journal = data.0.join("binderd.journal");
+    if let Ok(text) = std::fs::read_to_string(&journal) {
+        let kept: Vec<&str> = text.lines().filter(|l| !l.contains(&taken_id)).collect();
+        let mut rest = kept.join("\n");
+        if !rest.is_empty() {
+            rest.push('\n');
+        }
+        std::fs::write(&journal, rest).unwrap();
+    }
+    let marker = data.0.join("binderd.running");
+    assert!(marker.exists(), "a running binderd marks its data dir");
+    std::fs::write(&marker, "another-boot").unwrap();
+
+    let mut p = Process::spawn(&data, &[], &[]);
+    wait_pool(&http, &p.url(""), "once", 20, |v| v["available"] == 3).await;
+    for _ in 0..6 {
+        wait_pool(&http, &p.url(""), "once", 20, |v| v["available"] == 3).await;
+        let b = handout(&http, &p, "once").await;
+        assert_ne!(b["id"], taken["id"], "handed out twice: {b}");
+        assert_ne!(b["location"].as_str(), Some(taken_location.as_str()));
+    }
+    // Nothing of the lost binder is left running either.
+    let at_its_address = http
+        .get(&p.url(&format!("{taken_location}api/status")))
+        .await;
+    assert_eq!(at_its_address.status, 404, "{}", at_its_address.body);
+
+    // A clean stop removes the mark; the next start trusts its pool.
+    Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_exit(&mut p), Some(0));
+    assert!(!marker.exists(), "a clean stop leaves no running mark");
+}

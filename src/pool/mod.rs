@@ -205,6 +205,12 @@ impl Pools {
         out
     }
 
+    /// After [`Pools::shutdown`]: every write made durable on disk and the
+    /// stop marked clean ([`Store::close`]).
+    pub async fn close_store(&self) -> Result<(), StoreError> {
+        self.shared.store.close().await
+    }
+
     /// Stops the reconcilers and waits (up to `grace`) for starts in flight;
     /// running containers are left for adoption.
     pub async fn shutdown(&self, grace: Duration) {

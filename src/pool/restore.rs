@@ -94,6 +94,13 @@ impl Pools {
             .into_iter()
             .map(|d| (d.binder_id.clone(), d))
             .collect();
+        // After a crash that may have lost the page cache, a binder the
+        // store calls pooled may have been handed out with its journal line
+        // lost: replaced, never handed out (again).
+        let trust_pooled = loaded.previous.handouts_all_recorded();
+        if !trust_pooled {
+            tracing::warn!("binderd stopped uncleanly and the machine has booted since: pooled binders are replaced, not reused (a handout's record may have been lost)");
+        }
         for stored in loaded.binders {
             let found = running.remove(&stored.id);
             let pool = BindingName::parse(&stored.binding)
@@ -102,7 +109,7 @@ impl Pools {
             let live_state = match stored.state {
                 State::Assigned => Some(State::Assigned),
                 State::StartingClaimed => Some(State::StartingClaimed),
-                State::Idle | State::Starting => Some(State::Starting),
+                State::Idle | State::Starting if trust_pooled => Some(State::Starting),
                 State::Paused => Some(State::Paused),
                 _ => None,
             };

@@ -49,6 +49,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    #[error("cannot write to the database: {0}")]
+    Write(String),
     #[error("the store's writer has stopped")]
     Closed,
     #[error("data dir I/O error: {0}")]
@@ -103,10 +105,65 @@ impl From<&Binder> for StoredBinder {
 /// Everything read at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// How the run before this one ended.
+    pub previous: PreviousRun,
     pub bindings: Vec<StoredBinding>,
     pub binders: Vec<StoredBinder>,
     /// `(binding, min, max)` set through `/pools`.
     pub pool_sizes: Vec<(String, u32, u32)>,
+}
+
+/// How the run before this one ended, read from `binderd.running` (written
+/// and synced at start with this boot's id, removed once a clean stop has
+/// made everything durable on disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreviousRun {
+    /// A clean stop (or the first start).
+    #[default]
+    Clean,
+    /// Killed, on this same boot: the page cache survived, so the handout
+    /// journal and SQLite hold every handout that was answered.
+    Crashed,
+    /// Killed, and the machine has booted since (or its boot cannot be
+    /// told): the last moments of the journal and of SQLite's WAL may have
+    /// been in a page cache that is gone. A binder the store calls pooled
+    /// may have been handed out.
+    Rebooted,
+}
+
+impl PreviousRun {
+    /// Whether the store can prove a binder it calls pooled was never
+    /// handed out.
+    pub fn handouts_all_recorded(self) -> bool {
+        self != PreviousRun::Rebooted
+    }
+}
+
+const RUNNING: &str = "binderd.running";
+
+/// This boot's id (Linux); `None` elsewhere or when unreadable.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Reads how the last run ended and marks this one as running, durably
+/// (the file and the directory entry synced) before anything is handed out.
+fn previous_run(data_dir: &Path) -> Result<PreviousRun, StoreError> {
+    let marker = data_dir.join(RUNNING);
+    let now = boot_id();
+    let previous = match std::fs::read_to_string(&marker) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PreviousRun::Clean,
+        Ok(then) if now.as_deref().is_some_and(|now| now == then.trim()) => PreviousRun::Crashed,
+        _ => PreviousRun::Rebooted,
+    };
+    let mut file = std::fs::File::create(&marker)?;
+    std::io::Write::write_all(&mut file, now.as_deref().unwrap_or("unknown").as_bytes())?;
+    file.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(previous)
 }
 
 /// Handle to the writer thread and the handout journal. Cheap to clone.
@@ -117,6 +174,7 @@ pub struct Store {
     /// Journaled handouts, in line order: they wake nobody.
     journaled: Arc<SegQueue<Job>>,
     journal: Arc<Journal>,
+    dir: Arc<std::path::PathBuf>,
 }
 
 impl Store {
@@ -124,13 +182,15 @@ impl Store {
     /// starts the writer thread.
     pub fn open(data_dir: &Path) -> Result<(Store, Loaded), StoreError> {
         std::fs::create_dir_all(data_dir)?;
+        let previous = previous_run(data_dir)?;
         let conn = Connection::open(data_dir.join("binderd.sqlite3"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         replay_journal(&conn, data_dir)?;
-        let loaded = load(&conn)?;
+        let mut loaded = load(&conn)?;
+        loaded.previous = previous;
         let journal = Arc::new(Journal::create(data_dir)?);
         let (tx, journaled) = writer::start(conn, data_dir, journal.clone())?;
         Ok((
@@ -138,6 +198,7 @@ impl Store {
                 tx,
                 journaled,
                 journal,
+                dir: Arc::new(data_dir.to_owned()),
             },
             loaded,
         ))
@@ -154,9 +215,22 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
+            Ok(Err(msg)) => Err(StoreError::Write(msg)),
             Err(_) => Err(StoreError::Closed),
         }
+    }
+
+    /// A clean stop: once every write so far is committed, makes the
+    /// database durable on disk (a checkpoint syncs it) and removes the
+    /// running mark, so the next start trusts every pooled binder.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.submit(Op::Barrier).await?;
+        let conn = Connection::open(self.dir.join("binderd.sqlite3"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        std::fs::remove_file(self.dir.join(RUNNING))?;
+        std::fs::File::open(&*self.dir)?.sync_all()?;
+        Ok(())
     }
 
     pub async fn put_binding(&self, binding: StoredBinding) -> Result<(), StoreError> {

@@ -215,6 +215,7 @@ pub(super) fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Re
             )?
             .execute(params![binding, min, max])?;
         }
+        Op::Barrier => {}
     }
     Ok(())
 }

@@ -245,3 +245,30 @@ async fn the_journal_stays_short_and_loses_nothing() {
     assert_eq!(assigned, n as usize);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The running mark tells a clean stop, a kill on this boot and a stop
+/// that may have lost the page cache apart.
+#[tokio::test]
+async fn the_previous_run_is_read_from_the_running_mark() {
+    let dir = fresh_dir("store-previous");
+    let (store, loaded) = Store::open(&dir).unwrap();
+    assert_eq!(loaded.previous, PreviousRun::Clean, "a first start");
+    drop(store);
+    let (store, loaded) = Store::open(&dir).unwrap();
+    assert_eq!(
+        loaded.previous,
+        PreviousRun::Crashed,
+        "no clean stop, same boot"
+    );
+    assert!(loaded.previous.handouts_all_recorded());
+    drop(store);
+    std::fs::write(dir.join("binderd.running"), "another-boot").unwrap();
+    let (store, loaded) = Store::open(&dir).unwrap();
+    assert_eq!(loaded.previous, PreviousRun::Rebooted);
+    assert!(!loaded.previous.handouts_all_recorded());
+    store.close().await.unwrap();
+    assert!(!dir.join("binderd.running").exists());
+    let (_store, loaded) = Store::open(&dir).unwrap();
+    assert_eq!(loaded.previous, PreviousRun::Clean, "after a clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}

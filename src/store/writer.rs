@@ -102,10 +102,15 @@ pub(super) enum Op {
     DeleteBinding(String),
     PutBinder(StoredBinder),
     Assign(Assigned),
-    Claim { id: String, owner: Owner },
+    Claim {
+        id: String,
+        owner: Owner,
+    },
     SetBinderState(String, State),
     DeleteBinder(String),
     SetPoolSize(String, u32, u32),
+    /// Writes nothing: acknowledged once every write before it is committed.
+    Barrier,
 }
 
 pub(super) struct Job {
@@ -178,7 +183,10 @@ fn writer(
     // must then stay until the next start replays it).
     let mut committed_line = 0;
     let mut old_journal_ends: Option<u64> = None;
-    let mut journal_failed = false;
+    // Journaled handouts whose commit failed (a full disk, an I/O error):
+    // tried again each round, first, until they are in; meanwhile the
+    // journal keeps every line (the next start would replay them).
+    let mut retry: Vec<Job> = Vec::new();
     let mut rows = Rows::new();
     read_rows(&conn, &mut rows);
     let mut batch: Vec<Job> = Vec::new();
@@ -206,6 +214,10 @@ fn writer(
         // Journaled handouts first: a write someone waits for may follow a
         // handout (a pause, a delete), never the reverse — the writes a
         // binder's start awaits are all done before it can be handed out.
+        // Failed ones go again, before the newer ones.
+        let retried = retry.len();
+        let retrying = retried > 0;
+        batch.append(&mut retry);
         while batch.len() < MAX_BATCH {
             match journaled.pop() {
                 Some(job) => batch.push(job),
@@ -219,6 +231,10 @@ fn writer(
                 return;
             }
             continue;
+        }
+        if retrying && batch.len() == retried && !closed {
+            // Only failed handouts to try again: not in a tight loop.
+            std::thread::sleep(JOURNAL_QUIET);
         }
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
         let committed = conn.transaction().and_then(|tx| {
@@ -244,8 +260,11 @@ fn writer(
                 match &result {
                     Ok(()) => committed_line = committed_line.max(job.line),
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot record a handout in SQLite; the journal keeps it until the next start");
-                        journal_failed = true;
+                        if !retrying && retry.is_empty() {
+                            tracing::error!(error = %e, "cannot record a handout in SQLite; trying again, the journal keeps it meanwhile");
+                        }
+                        retry.push(job);
+                        continue;
                     }
                 }
             }
@@ -253,8 +272,11 @@ fn writer(
                 let _ = done.send(result);
             }
         }
-        if journal_failed {
+        if !retry.is_empty() {
             continue;
+        }
+        if retrying {
+            tracing::info!("the handouts that could not be recorded are in SQLite now");
         }
         if old_journal_ends.is_some_and(|end| committed_line >= end) {
             journal.remove_old();
