@@ -177,6 +177,8 @@ async fn main() {
     // Measuring binderd's own path: no rate limits.
     config.rate_limit.anonymous_per_minute = 0;
     config.rate_limit.global_per_second = 0;
+    config.rate_limit.anonymous_concurrent = 0;
+    config.rate_limit.anonymous_total = 0;
     config.backend = BackendKind::Docker;
     config.start_concurrency = concurrency;
     config.cleanup_on_exit = true;

@@ -159,6 +159,8 @@ async fn main() {
     // Measuring binderd's own path: no rate limits.
     config.rate_limit.anonymous_per_minute = 0;
     config.rate_limit.global_per_second = 0;
+    config.rate_limit.anonymous_concurrent = 0;
+    config.rate_limit.anonymous_total = 0;
     config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
     config.start_concurrency = 32;
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();

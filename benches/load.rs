@@ -207,6 +207,8 @@ fn config(dir: &std::path::Path) -> Config {
     config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
     config.rate_limit.anonymous_per_minute = 0;
     config.rate_limit.global_per_second = 0;
+    config.rate_limit.anonymous_concurrent = 0;
+    config.rate_limit.anonymous_total = 0;
     config.max_pool_limit = 100_000;
     config.start_concurrency = 64;
     config

@@ -262,7 +262,7 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"{addr}\"\ndata_dir = \"{}\"\nbindings_dir = \"{}\"\n[rate_limit]\nanonymous_per_minute = 0\nglobal_per_second = 0\n",
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\nbindings_dir = \"{}\"\n[rate_limit]\nanonymous_per_minute = 0\nglobal_per_second = 0\nanonymous_concurrent = 0\nanonymous_total = 0\n",
             data_dir.join("data").display(),
             data_dir.join("no-bindings").display()
         ),

@@ -129,7 +129,14 @@ pub async fn run_with_backend(
         config.start_concurrency,
         config.max_pool_limit,
         config.cull_interval,
-        Arc::new(quota::Quotas::new(config.quotas.clone()).map_err(|e| Error::Config(e.0))?),
+        Arc::new(
+            quota::Quotas::new(config.quotas.clone())
+                .map_err(|e| Error::Config(e.0))?
+                .with_anonymous_caps(
+                    config.rate_limit.anonymous_concurrent,
+                    config.rate_limit.anonymous_total,
+                ),
+        ),
     );
     tokio::spawn(pools.clone().watch_exits(exits_rx));
     let restored = pools.restore(loaded, config.bindings.clone()).await?;
@@ -162,6 +169,7 @@ pub async fn run_with_backend(
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(60)).await;
                 app.limits.forget_quiet();
+                app.pools.forget_idle_clients();
             }
         })
     };

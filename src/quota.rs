@@ -74,6 +74,8 @@ pub struct Charge {
     usage: Arc<Usage>,
     memory: i64,
     cpu: i64,
+    /// Everyone's anonymous binders, for an anonymous charge.
+    total: Option<Arc<Usage>>,
     released: AtomicBool,
 }
 
@@ -83,6 +85,9 @@ impl Charge {
             self.usage.binders.fetch_sub(1, Ordering::AcqRel);
             self.usage.memory.fetch_sub(self.memory, Ordering::AcqRel);
             self.usage.cpu.fetch_sub(self.cpu, Ordering::AcqRel);
+            if let Some(total) = &self.total {
+                total.binders.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -92,6 +97,9 @@ impl Charge {
 pub struct QuotaExceeded {
     pub key: String,
     pub what: String,
+    /// A cap on anonymous binders (it frees up when one stops), not a key's
+    /// quota.
+    pub anonymous: bool,
 }
 
 /// Every key's limits and usage.
@@ -100,6 +108,11 @@ pub struct Quotas {
     specs: HashMap<String, QuotaSpec>,
     limits: HashMap<String, Limits>,
     usage: DashMap<String, Arc<Usage>>,
+    /// Anonymous binders held at once: per client (its address, or its /64)
+    /// and in all; 0 is no cap.
+    anonymous: (u32, u32),
+    by_client: DashMap<std::net::IpAddr, Arc<Usage>>,
+    all_anonymous: Arc<Usage>,
 }
 
 impl Quotas {
@@ -117,7 +130,71 @@ impl Quotas {
             specs,
             limits,
             usage: DashMap::new(),
+            anonymous: (0, 0),
+            by_client: DashMap::new(),
+            all_anonymous: Arc::default(),
         })
+    }
+
+    /// Caps anonymous binders held at once: `per_client` for one client,
+    /// `total` for everyone (0: no cap).
+    pub fn with_anonymous_caps(mut self, per_client: u32, total: u32) -> Quotas {
+        self.anonymous = (per_client, total);
+        self
+    }
+
+    /// Charges one anonymous binder to `client` (see
+    /// [`crate::ratelimit::client_key`]), or refuses at a cap. Released
+    /// like any charge, when the binder stops.
+    pub fn try_charge_anonymous(
+        &self,
+        client: std::net::IpAddr,
+    ) -> Result<Option<Arc<Charge>>, QuotaExceeded> {
+        let (per_client, total) = self.anonymous;
+        if per_client == 0 && total == 0 {
+            return Ok(None);
+        }
+        let usage = match self.by_client.get(&client) {
+            Some(u) => u.clone(),
+            None => self.by_client.entry(client).or_default().clone(),
+        };
+        let mine = usage.binders.fetch_add(1, Ordering::AcqRel) + 1;
+        let all = self.all_anonymous.binders.fetch_add(1, Ordering::AcqRel) + 1;
+        let charge = Arc::new(Charge {
+            usage,
+            memory: 0,
+            cpu: 0,
+            total: Some(self.all_anonymous.clone()),
+            released: AtomicBool::new(false),
+        });
+        let over = if per_client > 0 && mine > i64::from(per_client) {
+            Some(format!(
+                "this address already holds {per_client} anonymous binders, the most one client may; stop one, or use an API key"
+            ))
+        } else if total > 0 && all > i64::from(total) {
+            Some(format!(
+                "{total} anonymous binders are running, the most this server allows; try again later"
+            ))
+        } else {
+            None
+        };
+        match over {
+            Some(what) => {
+                charge.release();
+                Err(QuotaExceeded {
+                    key: "anonymous".into(),
+                    what,
+                    anonymous: true,
+                })
+            }
+            None => Ok(Some(charge)),
+        }
+    }
+
+    /// Forgets clients that hold no anonymous binder (bounds memory).
+    pub fn forget_idle_clients(&self) {
+        self.by_client
+            .retain(|_, u| u.binders.load(Ordering::Acquire) > 0);
     }
 
     fn usage_of(&self, key: &str) -> Arc<Usage> {
@@ -148,6 +225,7 @@ impl Quotas {
             usage,
             memory,
             cpu,
+            total: None,
             released: AtomicBool::new(false),
         });
         if enforce {
@@ -176,6 +254,7 @@ impl Quotas {
                     return Err(QuotaExceeded {
                         key: key.clone(),
                         what,
+                        anonymous: false,
                     });
                 }
             }

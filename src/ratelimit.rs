@@ -3,7 +3,9 @@
 //!
 //! The client IP is the socket's peer, or, when the peer is a configured
 //! trusted proxy, the right-most address in `X-Forwarded-For` that is not a
-//! trusted proxy itself.
+//! trusted proxy itself. A client is that address for IPv4, and its /64 for
+//! IPv6 ([`client_key`]): one host holds a whole /64, so counting each of its
+//! 2^64 addresses apart would be no limit at all.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -33,6 +35,12 @@ pub struct RateLimitConfig {
     /// Peers whose `X-Forwarded-For` is believed (a reverse proxy in front).
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Anonymous binders one client may hold at once (0: no cap).
+    #[serde(default = "RateLimitConfig::default_anon_concurrent")]
+    pub anonymous_concurrent: u32,
+    /// Anonymous binders everyone together may hold at once (0: no cap).
+    #[serde(default = "RateLimitConfig::default_anon_total")]
+    pub anonymous_total: u32,
 }
 
 impl RateLimitConfig {
@@ -49,6 +57,13 @@ impl RateLimitConfig {
     fn default_global_burst() -> u32 {
         400
     }
+    /// The classroom of 100 behind one NAT address, each with a binder.
+    fn default_anon_concurrent() -> u32 {
+        100
+    }
+    fn default_anon_total() -> u32 {
+        1000
+    }
 }
 
 impl Default for RateLimitConfig {
@@ -59,6 +74,8 @@ impl Default for RateLimitConfig {
             global_per_second: Self::default_global(),
             global_burst: Self::default_global_burst(),
             trusted_proxies: Vec::new(),
+            anonymous_concurrent: Self::default_anon_concurrent(),
+            anonymous_total: Self::default_anon_total(),
         }
     }
 }
@@ -68,6 +85,22 @@ pub struct RateLimits {
     global: Option<DefaultDirectRateLimiter>,
     trusted: Vec<IpAddr>,
     clock: DefaultClock,
+}
+
+/// Who a client is, for every per-client limit: an IPv4 address (an
+/// IPv4-mapped IPv6 one too) as it is, an IPv6 address by its /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(octets))
+            }
+        },
+    }
 }
 
 /// Refused: try again after this long.
@@ -120,7 +153,7 @@ impl RateLimits {
         }
         if let (Caller::Anonymous, Some(limiter)) = (caller, &self.anonymous) {
             limiter
-                .check_key(&client)
+                .check_key(&client_key(client))
                 .map_err(|n| RetryAfter(n.wait_time_from(self.clock.now())))?;
         }
         Ok(())
@@ -146,7 +179,32 @@ mod tests {
             global_per_second: 1000,
             global_burst: 1000,
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            ..RateLimitConfig::default()
         })
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_shares_one_bucket() {
+        let l = limits(&[]);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:fffe".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_eq!(client_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(
+            client_key(a),
+            client_key("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(
+            client_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert!(l.check_spawn(&Caller::Anonymous, a).is_ok());
+        assert!(l.check_spawn(&Caller::Anonymous, b).is_ok());
+        assert!(
+            l.check_spawn(&Caller::Anonymous, "2001:db8:1:2::77".parse().unwrap())
+                .is_err(),
+            "a third address of the same /64 shares its bucket"
+        );
     }
 
     #[test]

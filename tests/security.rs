@@ -609,6 +609,78 @@ print(" ".join(seen))
     server.stop().await;
 }
 
+/// Anonymous binders held at once are capped per client (an IPv4
+/// address; an IPv6 address by its /64, so a host cannot step through its
+/// 2^64 addresses) and in all: over a cap is 429 naming it, with
+/// `Retry-After`; a binder given back frees its place; keys are not
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_binders_held_at_once_are_capped_per_client_and_per_64() {
+    let data = DataDir::new("anon-caps");
+    let mut config = config(&data);
+    config.rate_limit.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.rate_limit.anonymous_concurrent = 2;
+    config.rate_limit.anonymous_total = 4;
+    let server = Server::start(config).await;
+    let http = Http::new();
+    create_and_fill(&http, &server.url(""), &standin_binding("capped", 4, 50)).await;
+    let spawn = |xff: &'static str| {
+        let (http, url) = (&http, server.url("/binders/capped"));
+        async move {
+            http.send(Method::POST, &url, &[("x-forwarded-for", xff)], "")
+                .await
+        }
+    };
+    let first = spawn("203.0.113.7").await;
+    assert!(matches!(first.status, 201 | 202), "{}", first.body);
+    assert!(matches!(spawn("203.0.113.7").await.status, 201 | 202));
+    let over = spawn("203.0.113.7").await;
+    assert_error(&over, 429);
+    assert!(over.body.contains("anonymous binders"), "{}", over.body);
+    assert!(over.headers.contains_key("retry-after"));
+    // tmpnb's route counts the same binders.
+    let tmpnb = http
+        .send(
+            Method::POST,
+            &server.url("/api/spawn/"),
+            &[("x-forwarded-for", "203.0.113.7")],
+            "",
+        )
+        .await;
+    assert_error(&tmpnb, 429);
+    // Giving one back frees its place.
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let stop = http
+        .call(
+            Method::DELETE,
+            &server.url(&format!("/binders/capped/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(stop.status, 202, "{}", stop.body);
+    eventually(10, "the stopped binder's place is free", || async {
+        matches!(spawn("203.0.113.7").await.status, 201 | 202)
+    })
+    .await;
+    // Two addresses of one IPv6 /64 are one client; another /64 is not.
+    assert!(matches!(spawn("2001:db8:7:1::1").await.status, 201 | 202));
+    assert!(matches!(
+        spawn("2001:db8:7:1:ffff::2").await.status,
+        201 | 202
+    ));
+    assert_error(&spawn("2001:db8:7:1:abcd::3").await, 429);
+    // Four anonymous binders in all now: the total cap holds for a newcomer.
+    let total = spawn("198.51.100.1").await;
+    assert_error(&total, 429);
+    assert!(total.body.contains("try again later"), "{}", total.body);
+    // A key's binders are its quota's business, not the anonymous caps'.
+    let keyed = http
+        .call(Method::POST, &server.url("/binders/capped"), Some(ALICE))
+        .await;
+    assert!(matches!(keyed.status, 201 | 202), "{}", keyed.body);
+    server.stop().await;
+}
+
 /// A classroom behind one NAT address: 100 anonymous readers click at once
 /// and, with the default limits, all get a binder from a pool that holds
 /// them; none is handed out twice. (Before, the default burst let 20 in.)

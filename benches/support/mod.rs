@@ -51,6 +51,8 @@ impl Binderd {
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.rate_limit.anonymous_per_minute = 0;
         config.rate_limit.global_per_second = 0;
+        config.rate_limit.anonymous_concurrent = 0;
+        config.rate_limit.anonymous_total = 0;
         config.api_keys = vec![ApiKey::new("admin", KEY, Role::Admin)];
         tune(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();

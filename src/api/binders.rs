@@ -28,9 +28,14 @@ pub(super) fn render(binder: &Binder) -> BinderView {
 
 /// `POST /binders/{binding}`: 201 with a warm binder, 202 when one must
 /// start, 503 at `maxPool`.
-pub(super) async fn create(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
+pub(super) async fn create(
+    app: &App,
+    caller: &Caller,
+    raw: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<Response<Body>> {
     let pool = visible_pool(app, caller, raw)?;
-    match app.pools.handout(&pool, caller.owner()).await? {
+    match app.pools.handout(&pool, caller.owner(), client).await? {
         Handout::Ready(binder) => json(StatusCode::CREATED, &render(&binder)),
         Handout::Starting(binder) => json(StatusCode::ACCEPTED, &render(&binder)),
     }

@@ -155,6 +155,11 @@ impl From<PoolError> for ApiError {
                 retry_after: 5,
             },
             PoolError::Invalid(e) => e.into(),
+            PoolError::Quota(q) if q.anonymous => ApiError::TooManyRequests {
+                message: q.what,
+                retry_after: 60,
+                tmpnb: false,
+            },
             PoolError::Quota(q) => ApiError::Forbidden(q.to_string()),
             PoolError::Store(e) => ApiError::Internal(e.to_string()),
             PoolError::Backend(BackendError::Unsupported(m)) => ApiError::Conflict(m),

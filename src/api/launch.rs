@@ -185,9 +185,10 @@ pub(super) async fn build(
         Ok(pool) => pool,
         Err(message) => return failed(message),
     };
-    if let Err(e) = admit_spawn(app, caller, req, peer) {
-        return failed(e.to_string());
-    }
+    let client = match admit_spawn(app, caller, req, peer) {
+        Ok(client) => client,
+        Err(e) => return failed(e.to_string()),
+    };
     let image = image_of(&pool);
     let base = public_base(app, req.headers(), peer);
     let request = format!("v2/{rest}");
@@ -195,7 +196,7 @@ pub(super) async fn build(
         LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image),
         LaunchEvent::phase("launching", "Launching server...\n"),
     ];
-    let binder = match app.pools.handout(&pool, caller.owner()).await {
+    let binder = match app.pools.handout(&pool, caller.owner(), Some(client)).await {
         Ok(Handout::Ready(b)) => {
             let mut all = head;
             all.push(LaunchEvent::ready(&b, &base, &image, &spec.repo, &request));
@@ -290,8 +291,12 @@ pub(super) async fn v2(
     let binder = match waiting {
         Some(entry) => entry.binder,
         None => {
-            admit_spawn(app, caller, req, peer)?;
-            match app.pools.handout(&pool, caller.owner()).await? {
+            let client = admit_spawn(app, caller, req, peer)?;
+            match app
+                .pools
+                .handout(&pool, caller.owner(), Some(client))
+                .await?
+            {
                 Handout::Ready(b) | Handout::Starting(b) => b,
             }
         }

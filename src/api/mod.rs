@@ -183,9 +183,11 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         });
     }
     let caller = authenticate(app, &req)?;
-    if route.spawns(&method) {
-        admit_spawn(app, &caller, &req, peer)?;
-    }
+    let client = if route.spawns(&method) {
+        Some(admit_spawn(app, &caller, &req, peer)?)
+    } else {
+        None
+    };
     let query = || req.uri().query().unwrap_or("");
     match (route, method) {
         // A browser asking for `/` gets the dashboard; JSON clients as before.
@@ -217,7 +219,9 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
             bindings::delete(app, &caller, &name, query()).await
         }
         (Route::Binding(name), _) => bindings::get(app, &caller, &name),
-        (Route::Binders(binding), Method::POST) => binders::create(app, &caller, binding).await,
+        (Route::Binders(binding), Method::POST) => {
+            binders::create(app, &caller, binding, client).await
+        }
         (Route::Binders(binding), _) => binders::list(app, &caller, binding),
         (Route::Binder(binding, id), Method::DELETE) => binders::delete(app, &caller, binding, id),
         (Route::Binder(binding, id), _) => binders::get(app, binding, id),
@@ -229,7 +233,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
             pools::resize(app, &caller, binding, req).await
         }
         (Route::Pool(binding), _) => pools::get(app, &caller, binding),
-        (Route::TmpnbSpawn, _) => tmpnb::spawn(app, &caller, req).await,
+        (Route::TmpnbSpawn, _) => tmpnb::spawn(app, &caller, req, client).await,
         (Route::TmpnbStats, _) => tmpnb::stats(app, &caller),
         (Route::Build(rest), _) => launch::build(app, &caller, rest, &req, peer).await,
         (Route::Launch(rest), _) => launch::v2(app, &caller, rest, &req, peer).await,
@@ -237,7 +241,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         (Route::HubHealth, _) => launch::health(app),
         (Route::SpawnRedirect(rest), _) => {
             let query = req.uri().query();
-            tmpnb::spawn_redirect(app, &caller, rest, query).await
+            tmpnb::spawn_redirect(app, &caller, rest, query, client).await
         }
     }
 }
@@ -295,13 +299,15 @@ fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Caller> {
     )?)
 }
 
-/// The spawn rate limits: 429 with `Retry-After` when over.
+/// The spawn rate limits: 429 with `Retry-After` when over. Gives who the
+/// client is (`ratelimit::client_key`), whom an anonymous binder is
+/// charged to.
 fn admit_spawn(
     app: &App,
     caller: &Caller,
     req: &Request<Incoming>,
     peer: SocketAddr,
-) -> Result<()> {
+) -> Result<std::net::IpAddr> {
     let forwarded = req
         .headers()
         .get("x-forwarded-for")
@@ -314,7 +320,8 @@ fn admit_spawn(
             retry_after: secs.max(1),
             tmpnb: false,
         }
-    })
+    })?;
+    Ok(crate::ratelimit::client_key(client))
 }
 
 /// Parses a binding name from the path (400 when malformed).

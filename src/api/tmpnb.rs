@@ -42,8 +42,13 @@ fn default_pool(app: &App, caller: &Caller, named: Option<&str>) -> Result<Arc<P
 }
 
 /// Hands out a binder and waits for it if it has to start.
-async fn handout_and_wait(app: &App, caller: &Caller, pool: &Arc<Pool>) -> Result<Arc<Binder>> {
-    let binder = match app.pools.handout(pool, caller.owner()).await {
+async fn handout_and_wait(
+    app: &App,
+    caller: &Caller,
+    pool: &Arc<Pool>,
+    client: Option<std::net::IpAddr>,
+) -> Result<Arc<Binder>> {
+    let binder = match app.pools.handout(pool, caller.owner(), client).await {
         Ok(Handout::Ready(b)) => return Ok(b),
         Ok(Handout::Starting(b)) => b,
         Err(PoolError::Full { .. }) => {
@@ -84,13 +89,14 @@ pub(super) async fn spawn(
     app: &App,
     caller: &Caller,
     req: Request<Incoming>,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
     let body = read_body(app, req).await?;
     let named = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("binding").and_then(|b| b.as_str()).map(str::to_owned));
     let pool = default_pool(app, caller, named.as_deref())?;
-    let binder = handout_and_wait(app, caller, &pool).await?;
+    let binder = handout_and_wait(app, caller, &pool, client).await?;
     json(
         StatusCode::OK,
         &Spawned {
@@ -106,9 +112,10 @@ pub(super) async fn spawn_redirect(
     caller: &Caller,
     rest: &str,
     query: Option<&str>,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
     let pool = default_pool(app, caller, None)?;
-    let binder = handout_and_wait(app, caller, &pool).await?;
+    let binder = handout_and_wait(app, caller, &pool, client).await?;
     let mut target = format!("{}{}", binder.location(), rest);
     if let Some(q) = query {
         target.push('?');

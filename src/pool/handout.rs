@@ -34,12 +34,22 @@ impl Pools {
     /// The hot path: pop + compare-and-swap, then one journal append (the
     /// handout is durable when it returns; SQLite follows off this path).
     /// No backend call and no await on a warm binder.
-    pub async fn handout(&self, pool: &Arc<Pool>, owner: Owner) -> Result<Handout, PoolError> {
+    ///
+    /// `client` is who asks (see `ratelimit::client_key`): an anonymous
+    /// binder is charged to it, under the anonymous caps; a key's binder to
+    /// the key's quota.
+    pub async fn handout(
+        &self,
+        pool: &Arc<Pool>,
+        owner: Owner,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Handout, PoolError> {
         let began = tokio::time::Instant::now();
-        let charge =
-            self.shared
-                .quotas
-                .try_charge(&owner, &pool.current().binding.resources, true)?;
+        let quotas = &self.shared.quotas;
+        let charge = match (&owner, client) {
+            (Owner::Anonymous, Some(client)) => quotas.try_charge_anonymous(client)?,
+            _ => quotas.try_charge(&owner, &pool.current().binding.resources, true)?,
+        };
         let result = self.handout_charged(pool, owner, charge.clone()).await;
         match &result {
             Ok(Handout::Ready(_)) => {

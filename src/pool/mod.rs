@@ -205,6 +205,11 @@ impl Pools {
         out
     }
 
+    /// Forgets clients that hold no anonymous binder (bounds memory).
+    pub fn forget_idle_clients(&self) {
+        self.shared.quotas.forget_idle_clients();
+    }
+
     /// After [`Pools::shutdown`]: every write made durable on disk and the
     /// stop marked clean ([`Store::close`]).
     pub async fn close_store(&self) -> Result<(), StoreError> {
