@@ -319,3 +319,100 @@ mod tests {
         assert!(may_stop_binder(&key("root", Role::Admin), Some(&alices)).is_ok());
     }
 }
+
+/// `[security]`: what user keys (not admins) may create. Bindings are
+/// code and images anyone's readers will run, so a user key gets a small
+/// share by default and names only images the operator allowed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Images a user key's binding (and its services) may name: patterns
+    /// where `*` matches any run of characters (`registry.example.org/*`,
+    /// `jupyter/*:2024-*`). Empty (the default): none; only admins name
+    /// images.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+    /// Bindings one user key may own.
+    #[serde(default = "SecurityConfig::default_max_bindings")]
+    pub user_max_bindings: u32,
+    /// The largest `pool.max` (and `pool.min`) a user key may set, at
+    /// creation or by a resize.
+    #[serde(default = "SecurityConfig::default_max_pool")]
+    pub user_max_pool: u32,
+}
+
+impl SecurityConfig {
+    fn default_max_bindings() -> u32 {
+        10
+    }
+    fn default_max_pool() -> u32 {
+        20
+    }
+
+    /// Whether a user key may name `image`.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.allowed_images.iter().any(|p| wildcard(p, image))
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            allowed_images: Vec::new(),
+            user_max_bindings: Self::default_max_bindings(),
+            user_max_pool: Self::default_max_pool(),
+        }
+    }
+}
+
+/// `pattern` with `*` matching any run of characters (and nothing else
+/// special) matches all of `text`.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: the whole text
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod wildcard_tests {
+    use super::*;
+
+    #[test]
+    fn image_patterns_match_whole_names() {
+        assert!(wildcard(
+            "registry.example.org/*",
+            "registry.example.org/a/b:1"
+        ));
+        assert!(!wildcard(
+            "registry.example.org/*",
+            "evil.org/registry.example.org/x"
+        ));
+        assert!(wildcard(
+            "jupyter/*:2024-*",
+            "jupyter/base-notebook:2024-01"
+        ));
+        assert!(!wildcard(
+            "jupyter/*:2024-*",
+            "jupyter/base-notebook:latest"
+        ));
+        assert!(wildcard("python:3.12", "python:3.12"));
+        assert!(!wildcard("python:3.12", "python:3.12-slim"));
+        assert!(wildcard("*", "anything"));
+        assert!(!wildcard("a*a", "a"));
+        let s = SecurityConfig::default();
+        assert!(!s.image_allowed("python:3.12"), "none by default");
+    }
+}

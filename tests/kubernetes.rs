@@ -375,8 +375,19 @@ async fn binderd(
     fake: &Arc<FakeApi>,
     template: Option<Value>,
 ) -> (Server, tokio::sync::oneshot::Sender<()>) {
+    binderd_with(data, fake, template, |_| {}).await
+}
+
+/// [`binderd`] with the test config as `adjust` leaves it.
+async fn binderd_with(
+    data: &DataDir,
+    fake: &Arc<FakeApi>,
+    template: Option<Value>,
+    adjust: impl FnOnce(&mut binderd::config::Config),
+) -> (Server, tokio::sync::oneshot::Sender<()>) {
     let mut config = test_config(data);
     config.backend = binderd::backend::BackendKind::Kubernetes;
+    adjust(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (exits_tx, exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let backend: Arc<dyn Backend> = Arc::new(KubernetesBackend::new(
@@ -724,5 +735,77 @@ async fn after_a_restart_pods_are_adopted_and_deleting_the_binding_deletes_them(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_clean(&fake);
+    let _ = stop.send(());
+}
+
+/// What a user key (not an admin) may create, on a backend where user keys
+/// create bindings at all: only images `[security] allowed_images` lists
+/// (its services' too), pools up to `user_max_pool` (a resize too), at most
+/// `user_max_bindings` of its own. An admin is bound by none of these.
+#[tokio::test]
+async fn a_user_key_creates_only_allowed_images_and_a_bounded_share() {
+    let data = DataDir::new("k8s-user-share");
+    let fake = FakeApi::new(owner_key(&data.0));
+    let standin = Standin::start();
+    let (server, stop) = binderd_with(&data, &fake, None, |c| {
+        c.security.allowed_images = vec!["stand-in:*".into()];
+        c.security.user_max_bindings = 2;
+        c.security.user_max_pool = 3;
+    })
+    .await;
+    let http = Http::new();
+    let create = |body: Value, key: &'static str| {
+        let (http, url) = (&http, server.url("/bindings"));
+        async move { http.post_json(&url, Some(key), &body).await }
+    };
+    let mut small = binding("mine", "stand-in:1", standin.1, 0);
+    small["pool"] = json!({"min": 0, "max": 3});
+    // An image outside the list (the notebook's or a service's): 403 naming it.
+    let mut other = small.clone();
+    other["name"] = json!("miner");
+    other["image"] = json!("xmrig/xmrig:latest");
+    let refused = create(other.clone(), ALICE).await;
+    assert_error(&refused, 403);
+    assert!(
+        refused.body.contains("xmrig/xmrig:latest"),
+        "{}",
+        refused.body
+    );
+    let mut with_service = small.clone();
+    with_service["name"] = json!("sneaky");
+    with_service["services"] = json!([{"name": "db", "image": "postgres:16"}]);
+    assert_error(&create(with_service, ALICE).await, 403);
+    // A pool beyond the user's cap: 403.
+    let mut big = small.clone();
+    big["name"] = json!("big");
+    big["pool"] = json!({"min": 0, "max": 50});
+    let refused = create(big.clone(), ALICE).await;
+    assert_error(&refused, 403);
+    assert!(refused.body.contains("user_max_pool"), "{}", refused.body);
+    // Within the share: created; a resize beyond it is refused.
+    assert_eq!(create(small.clone(), ALICE).await.status, 201);
+    let resize = http
+        .post_json(
+            &server.url("/pools/mine"),
+            Some(ALICE),
+            &json!({"maxPool": 10}),
+        )
+        .await;
+    assert_error(&resize, 403);
+    let mut second = small.clone();
+    second["name"] = json!("mine2");
+    assert_eq!(create(second, ALICE).await.status, 201);
+    let mut third = small.clone();
+    third["name"] = json!("mine3");
+    let refused = create(third, ALICE).await;
+    assert_error(&refused, 403);
+    assert!(
+        refused.body.contains("user_max_bindings"),
+        "{}",
+        refused.body
+    );
+    // An admin is bound by none of it.
+    assert_eq!(create(other, ADMIN).await.status, 201);
+    assert_eq!(create(big, ADMIN).await.status, 201);
     let _ = stop.send(());
 }

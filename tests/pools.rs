@@ -621,8 +621,11 @@ async fn metrics_count_handouts_and_show_each_pool() {
     let mut private = standin_binding("hush-hush", 1, 2);
     private["public"] = serde_json::json!(false);
     create_binding(&http, &server.url(""), &private).await;
-    wait_pool(&http, &server.url(""), "hush-hush", 30, |p| {
-        p["available"] == 1
+    eventually(30, "the private pool fills", || async {
+        let p = http
+            .call(Method::GET, &server.url("/pools/hush-hush"), Some(ADMIN))
+            .await;
+        p.status == 200 && p.json()["available"] == 1
     })
     .await;
     let anonymous = http.get(&server.url("/metrics")).await.body;

@@ -49,6 +49,7 @@ pub(super) async fn create(
     let binding: Binding = read_json(app, req).await?;
     let binding = name_from_path(binding, path_name)?;
     may_raise_limits(app, caller, &binding)?;
+    within_a_users_share(app, caller, &binding, true)?;
     let owner = caller.key_name().unwrap_or_default();
     let (pool, _) = app.pools.put_binding(binding, owner, false).await?;
     json(StatusCode::CREATED, &render(&pool))
@@ -64,6 +65,61 @@ fn may_raise_limits(app: &App, caller: &Caller, binding: &Binding) -> Result<()>
     Err(ApiError::Forbidden(format!(
         "only admin keys may raise limits: {}",
         raised.join("; ")
+    )))
+}
+
+/// What a user key (not an admin) may create (`[security]`): only images
+/// the operator allowed (the notebook's and its services'), pools up to
+/// `user_max_pool`, and (for a new binding) at most `user_max_bindings` of
+/// its own. 403 naming the limit.
+fn within_a_users_share(app: &App, caller: &Caller, binding: &Binding, new: bool) -> Result<()> {
+    let Some(key) = caller.key_name().filter(|_| !caller.is_admin()) else {
+        return Ok(());
+    };
+    let security = &app.config.security;
+    let images = binding
+        .image
+        .iter()
+        .chain(binding.services.iter().filter_map(|s| s.image.as_ref()));
+    for image in images {
+        if !security.image_allowed(image) {
+            return Err(ApiError::Forbidden(format!(
+                "user keys may name only the images [security] allowed_images lists; '{}' is not one (an admin may create this binding)",
+                printable(image)
+            )));
+        }
+    }
+    may_size_pool(app, caller, Some(binding.pool.min), Some(binding.pool.max))?;
+    if new {
+        let owned = app
+            .pools
+            .list()
+            .iter()
+            .filter(|p| p.record().owner == key)
+            .count();
+        if owned >= security.user_max_bindings as usize {
+            return Err(ApiError::Forbidden(format!(
+                "key '{key}' owns {owned} bindings, the most a user key may ([security] user_max_bindings)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A user key sizes pools up to `[security] user_max_pool`; admins as the
+/// server allows.
+pub(super) fn may_size_pool(
+    app: &App,
+    caller: &Caller,
+    min: Option<u32>,
+    max: Option<u32>,
+) -> Result<()> {
+    let cap = app.config.security.user_max_pool;
+    if caller.is_admin() || min.max(max).is_none_or(|n| n <= cap) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "a user key may size a pool up to {cap} ([security] user_max_pool); an admin may go further"
     )))
 }
 
@@ -128,6 +184,7 @@ pub(super) async fn put(
     let binding: Binding = read_json(app, req).await?;
     let binding = name_from_path(binding, Some(raw_name))?;
     may_raise_limits(app, caller, &binding)?;
+    within_a_users_share(app, caller, &binding, visible.is_none())?;
     let owner = caller.key_name().unwrap_or_default();
     if visible.is_none() && app.pools.get(&name).is_some() {
         // Exists but hidden from this caller: do not reveal or replace it.

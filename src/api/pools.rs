@@ -59,6 +59,7 @@ pub(super) async fn resize(
             "give 'minPool' and/or 'maxPool'".into(),
         ));
     }
+    super::bindings::may_size_pool(app, caller, body.min, body.max)?;
     app.pools.resize(&pool, body.min, body.max).await?;
     json(StatusCode::OK, &PoolView::of(&pool, false))
 }

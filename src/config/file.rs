@@ -48,6 +48,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub security: crate::auth::SecurityConfig,
+    #[serde(default)]
     pub api_keys: Vec<FileKey>,
     #[serde(default)]
     pub bindings: Vec<Binding>,

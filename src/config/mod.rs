@@ -82,6 +82,8 @@ pub struct Config {
     /// `[limits]`: what every binder and service gets unless its binding
     /// lowers it (or, with an admin key, raises it).
     pub limits: Limits,
+    /// `[security]`: what user keys may create.
+    pub security: crate::auth::SecurityConfig,
     /// Bindings declared in files; they exist at every start.
     pub bindings: Vec<Binding>,
 }
@@ -113,6 +115,7 @@ impl Config {
             kubernetes: KubernetesConfig::default(),
             process: ProcessConfig::default(),
             limits: Limits::default(),
+            security: crate::auth::SecurityConfig::default(),
             bindings: Vec::new(),
         }
     }
@@ -173,6 +176,7 @@ impl Config {
         cfg.docker = file.docker;
         cfg.kubernetes = file.kubernetes;
         cfg.process = file.process;
+        cfg.security = file.security;
         cfg.limits = file.limits.check().map_err(|e| invalid(e.0))?;
         if let Some(s) = file.spawn_wait_seconds {
             cfg.spawn_wait = Duration::from_secs(s.min(3600));
