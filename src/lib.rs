@@ -154,12 +154,14 @@ pub async fn run_with_backend(
     let cleanup = config.cleanup_on_exit;
     let grace = config.shutdown_grace;
     let limits = ratelimit::RateLimits::new(&config.rate_limit);
+    let proxy =
+        proxy::Proxy::new(upstream).with_timeouts(config.write_timeout, config.tunnel_idle_timeout);
     let app = Arc::new(api::App {
         keys: auth::Keys::new(config.api_keys.clone()),
         limits,
         config,
         pools: pools.clone(),
-        proxy: proxy::Proxy::new(upstream),
+        proxy,
         local_addr,
     });
     // Forget quiet clients of the per-IP limiter now and then: bounded memory.

@@ -204,3 +204,151 @@ async fn a_hostile_page_in_a_real_browser_gets_no_hold_on_the_origin() {
         "the page's own path still gets its cookies: {report}"
     );
 }
+
+/// Reads from `conn` until the end of the stream or `within` passes;
+/// returns what came and whether the stream ended.
+async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One client holding its whole share of connections does not starve
+/// another: its next connection is answered 429 at once, another address
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_its_share_of_connections_starves_no_one() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("hostile-conns", |c| c.max_connections_per_client = 4).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut fifth = TcpStream::connect(server.addr).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut fifth, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("too many open connections"), "{answer}");
+    assert!(closed);
+    // Another address (loopback has them all) is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(server.addr).await.unwrap();
+    other
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut other, Duration::from_secs(5)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Closing one gives its place back.
+    drop(held.pop());
+    eventually(5, "a place is free again", || async {
+        http.get(&server.url("/healthcheck")).await.status == 200
+    })
+    .await;
+}
+
+/// A WebSocket through which nothing passes is closed after the idle
+/// timeout, on both proxy paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_is_closed_after_its_timeout() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("hostile-idle-ws", |c| {
+        c.tunnel_idle_timeout = Duration::from_secs(1)
+    })
+    .await;
+    server_fill(&http, &server).await;
+    let (_, location) = hand_out(&http, &server.url(""), "idle", None).await;
+    let doubled = location.replacen("/user/", "//user/", 1);
+    for loc in [location.as_str(), doubled.as_str()] {
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        let req = format!(
+            "GET {loc}ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+            "{loc}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(closed, "{loc}: the idle tunnel stayed open");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{loc}: closed after {took:?}"
+        );
+    }
+}
+
+async fn server_fill(http: &Http, server: &Server) {
+    create_and_fill(http, &server.url(""), &standin_binding("idle", 1, 4)).await;
+}
+
+/// A client that stops reading in the middle of a large answer is cut off
+/// after the write timeout instead of holding its connection (and the
+/// container's) for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("hostile-slow-reader", |c| {
+        c.write_timeout = Duration::from_secs(1)
+    })
+    .await;
+    create_and_fill(&http, &server.url(""), &standin_binding("big", 1, 4)).await;
+    let (_, location) = hand_out(&http, &server.url(""), "big", None).await;
+    let size = 48usize << 20;
+    let put = http
+        .send(
+            http::Method::PUT,
+            &server.url(&format!("{location}file?name=big.bin")),
+            &[],
+            vec![b'x'; size],
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(server.addr).await.unwrap();
+    conn.write_all(
+        format!("GET {location}file?name=big.bin HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Read nothing for longer than the timeout, then everything there is.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(20)).await;
+    assert!(closed, "the connection was never closed");
+    assert!(
+        got.len() < size,
+        "the whole answer came ({} bytes): the client was not cut off",
+        got.len()
+    );
+    // binderd still answers, and the binder too.
+    let s = http
+        .get(&server.url(&format!("{location}api/status")))
+        .await;
+    assert_eq!(s.status, 200, "{}", s.body);
+}

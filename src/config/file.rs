@@ -38,6 +38,9 @@ pub(super) struct FileConfig {
     pub cull_interval_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub header_read_timeout_seconds: Option<u64>,
+    pub max_connections_per_client: Option<usize>,
+    pub write_timeout_seconds: Option<u64>,
+    pub tunnel_idle_timeout_seconds: Option<u64>,
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub docker: DockerConfig,

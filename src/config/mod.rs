@@ -77,6 +77,14 @@ pub struct Config {
     pub max_connections: usize,
     /// A client must send its request headers within this (slow-loris).
     pub header_read_timeout: Duration,
+    /// Open connections one client (an address; an IPv6 /64) may hold; a
+    /// trusted proxy's are not counted.
+    pub max_connections_per_client: usize,
+    /// A client that takes no bytes of an answer for this long is cut off.
+    pub write_timeout: Duration,
+    /// A WebSocket through which nothing has passed either way for this
+    /// long is closed (Jupyter pings its kernels' sockets every 30 s).
+    pub tunnel_idle_timeout: Duration,
     pub kubernetes: KubernetesConfig,
     pub process: ProcessConfig,
     /// `[limits]`: what every binder and service gets unless its binding
@@ -112,6 +120,9 @@ impl Config {
             rate_limit: RateLimitConfig::default(),
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            max_connections_per_client: 1024,
+            write_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(30 * 60),
             kubernetes: KubernetesConfig::default(),
             process: ProcessConfig::default(),
             limits: Limits::default(),
@@ -204,6 +215,15 @@ impl Config {
         }
         if let Some(s) = file.header_read_timeout_seconds {
             cfg.header_read_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(n) = file.max_connections_per_client {
+            cfg.max_connections_per_client = n.max(1);
+        }
+        if let Some(s) = file.write_timeout_seconds {
+            cfg.write_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = file.tunnel_idle_timeout_seconds {
+            cfg.tunnel_idle_timeout = Duration::from_secs(s.max(1));
         }
         if let Some(r) = file.rate_limit {
             cfg.rate_limit = r;

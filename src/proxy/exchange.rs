@@ -118,6 +118,8 @@ impl Proxy {
             binder,
             addr,
             now,
+            write_timeout: self.write_timeout,
+            tunnel_idle: self.tunnel_idle,
         };
         let (upstream, head_len) = tokio::select! {
             biased;
@@ -142,6 +144,9 @@ struct Exchange<'a> {
     binder: &'a Binder,
     addr: SocketAddr,
     now: Instant,
+    /// A client that takes nothing of the answer this long is cut off.
+    write_timeout: std::time::Duration,
+    tunnel_idle: std::time::Duration,
 }
 
 impl Exchange<'_> {
@@ -158,6 +163,7 @@ impl Exchange<'_> {
             binder,
             addr,
             now,
+            ..
         } = self;
         let (req, binder, addr, now) = (*req, *binder, *addr, *now);
         let unreachable = |e: std::io::Error| ProxyError::Unreachable(e.to_string());
@@ -268,6 +274,8 @@ impl Exchange<'_> {
             binder,
             addr,
             now,
+            write_timeout,
+            tunnel_idle,
         } = self;
         // httparse checked the status line: "HTTP/1.x NNN".
         if req.upgrade && upbuf.get(9..12) == Some(b"101".as_slice()) {
@@ -284,7 +292,7 @@ impl Exchange<'_> {
             if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
                 return Ok(After::Close);
             }
-            super::join(client.split(), upstream.split(), binder).await;
+            super::join(client.split(), upstream.split(), binder, tunnel_idle).await;
             return Ok(After::Close);
         }
         let (mut framing, upstream_keeps) = rewrite_answer(&upbuf[..head_len], req, binder, out)?;
@@ -315,7 +323,8 @@ impl Exchange<'_> {
             out.extend_from_slice(&upbuf[..take]);
             upbuf.advance(take);
             if !out.is_empty() {
-                if client.write_all(out).await.is_err() {
+                let wrote = tokio::time::timeout(write_timeout, client.write_all(out)).await;
+                if !matches!(wrote, Ok(Ok(()))) {
                     return Ok(After::Close);
                 }
                 out.clear();

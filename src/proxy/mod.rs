@@ -45,6 +45,10 @@ pub struct Proxy {
     upstream: Arc<Upstream>,
     /// Open upgraded connections (WebSockets), for a bounded wait at shutdown.
     tunnels: tokio_util::task::TaskTracker,
+    /// How long a client may take no bytes of an answer (fast path).
+    write_timeout: Duration,
+    /// How long a tunnel may pass nothing either way.
+    tunnel_idle: Duration,
 }
 
 impl Proxy {
@@ -52,7 +56,17 @@ impl Proxy {
         Proxy {
             upstream,
             tunnels: tokio_util::task::TaskTracker::new(),
+            write_timeout: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(30 * 60),
         }
+    }
+
+    /// A client that takes nothing of an answer for `write` is cut off; a
+    /// tunnel that passes nothing for `tunnel_idle` is closed.
+    pub fn with_timeouts(mut self, write: Duration, tunnel_idle: Duration) -> Proxy {
+        self.write_timeout = write;
+        self.tunnel_idle = tunnel_idle;
+        self
     }
 
     /// Waits up to `grace` for open tunnels to close by themselves.
@@ -122,12 +136,19 @@ impl Proxy {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let tunnelled = binder.clone();
+                let idle = self.tunnel_idle;
                 self.tunnels.spawn(async move {
                     let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
                     else {
                         return;
                     };
-                    tunnel(TokioIo::new(client), TokioIo::new(upstream), &tunnelled).await;
+                    tunnel(
+                        TokioIo::new(client),
+                        TokioIo::new(upstream),
+                        &tunnelled,
+                        idle,
+                    )
+                    .await;
                 });
                 let (mut parts, _) = resp.into_parts();
                 confine_answer(&mut parts.headers, binder);
@@ -162,17 +183,19 @@ fn confine_answer(headers: &mut HeaderMap, binder: &Binder) {
 
 /// Joins two upgraded connections byte for byte (no message buffering),
 /// counting every read as activity. When one side closes, the other is shut
-/// down and given a moment to finish, then both are dropped.
-async fn tunnel<A, B>(a: A, b: B, binder: &Binder)
+/// down and given a moment to finish, then both are dropped. When nothing
+/// has passed either way for `idle` (a read, or a write completing: a peer
+/// that stops reading stalls writes), both are dropped.
+async fn tunnel<A, B>(a: A, b: B, binder: &Binder, idle: Duration)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    join(tokio::io::split(a), tokio::io::split(b), binder).await;
+    join(tokio::io::split(a), tokio::io::split(b), binder, idle).await;
 }
 
 /// [`tunnel`] on two connections' read and write halves.
-async fn join<AR, AW, BR, BW>(a: (AR, AW), b: (BR, BW), binder: &Binder)
+async fn join<AR, AW, BR, BW>(a: (AR, AW), b: (BR, BW), binder: &Binder, idle: Duration)
 where
     AR: tokio::io::AsyncRead + Unpin,
     AW: tokio::io::AsyncWrite + Unpin,
@@ -180,21 +203,46 @@ where
     BW: tokio::io::AsyncWrite + Unpin,
 {
     let ((mut a_read, mut a_write), (mut b_read, mut b_write)) = (a, b);
-    let up = pump(&mut a_read, &mut b_write, binder);
-    let down = pump(&mut b_read, &mut a_write, binder);
-    tokio::pin!(up, down);
+    let began = tokio::time::Instant::now();
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    let up = pump(&mut a_read, &mut b_write, binder, &moved, began);
+    let down = pump(&mut b_read, &mut a_write, binder, &moved, began);
+    // Looks every quarter of `idle`: one timer per tunnel, none per message.
+    let watch = async {
+        let tick = idle / 4;
+        loop {
+            tokio::time::sleep(tick).await;
+            let last =
+                began + Duration::from_millis(moved.load(std::sync::atomic::Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+        }
+    };
+    tokio::pin!(up, down, watch);
     tokio::select! {
         _ = &mut up => { let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, down).await; }
         _ = &mut down => { let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, up).await; }
+        _ = &mut watch => {}
     }
 }
 
-async fn pump<R, W>(reader: &mut R, writer: &mut W, binder: &Binder) -> std::io::Result<()>
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    binder: &Binder,
+    moved: &std::sync::atomic::AtomicU64,
+    began: tokio::time::Instant,
+) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mark = || {
+        let ms = began.elapsed().as_millis() as u64;
+        moved.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match reader.read(&mut buf).await {
@@ -205,8 +253,10 @@ where
             Ok(n) => n,
         };
         binder.touch();
+        mark();
         writer.write_all(&buf[..n]).await?;
         writer.flush().await?;
+        mark();
     }
 }
 

@@ -45,6 +45,8 @@ pub(super) struct Handler {
     pub(super) hyper: Hyper,
     /// Its place under the connection cap, held until it closes.
     pub(super) slot: OwnedSemaphorePermit,
+    /// Its place in its client's share (none for a trusted proxy's).
+    pub(super) share: Option<super::clients::Share>,
 }
 
 /// What handing a connection to hyper needs: the builder (timeouts,
@@ -83,6 +85,7 @@ impl Handler {
             peer,
             hyper,
             slot,
+            share,
             ..
         } = self;
         let Hyper {
@@ -102,7 +105,7 @@ impl Handler {
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let _ = watcher.watch(conn.into_owned()).await;
-                drop(slot);
+                drop((slot, share));
             },
             &main,
         );

@@ -19,11 +19,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::App;
 
+mod clients;
 mod conn;
 mod head;
 mod replay;
 mod workers;
 
+use clients::Clients;
 use conn::{Handler, Hyper};
 use workers::Workers;
 
@@ -49,6 +51,8 @@ struct Listener {
     /// The connection cap: beyond it, connections wait in the kernel's
     /// listen backlog.
     slots: Arc<Semaphore>,
+    /// Each client's share of it.
+    clients: Arc<Clients>,
     /// hyper's connection builder, for what the fast path hands over.
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
@@ -69,6 +73,7 @@ impl Listener {
             .header_read_timeout(app.config.header_read_timeout);
         Ok(Listener {
             slots: Arc::new(Semaphore::new(app.config.max_connections)),
+            clients: Arc::new(Clients::new(app.config.max_connections_per_client)),
             app,
             listener,
             builder,
@@ -102,6 +107,19 @@ impl Listener {
                 _ = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            // A client over its share is told so at once (a trusted proxy
+            // speaks for many: its connections are not counted).
+            let share = if self.app.limits.trusts(peer.ip()) {
+                None
+            } else {
+                match self.clients.admit(peer.ip()) {
+                    Some(share) => Some(share),
+                    None => {
+                        clients::refuse(stream);
+                        continue;
+                    }
+                }
+            };
             // The socket moves to an event loop's reactor.
             let Ok(stream) = stream.into_std() else {
                 continue;
@@ -117,6 +135,7 @@ impl Listener {
                     main: self.main.clone(),
                 },
                 slot,
+                share,
             };
             let tracked = self.connections.clone();
             // The connection's future is made on its event loop, so its
