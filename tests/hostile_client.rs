@@ -257,7 +257,9 @@ async fn a_client_holding_its_share_of_connections_starves_no_one() {
     // Closing one gives its place back.
     drop(held.pop());
     eventually(5, "a place is free again", || async {
-        http.get(&server.url("/healthcheck")).await.status == 200
+        http.try_send(http::Method::GET, &server.url("/healthcheck"), &[], "")
+            .await
+            .is_ok_and(|a| a.status == 200)
     })
     .await;
 }
@@ -351,4 +353,43 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
         .get(&server.url(&format!("{location}api/status")))
         .await;
     assert_eq!(s.status, 200, "{}", s.body);
+}
+
+/// Cleartext HTTP/2 is refused by default (hyper's HTTP/2 has no header
+/// timeout, and no browser speaks it without TLS): a prior-knowledge
+/// preface gets no HTTP/2 SETTINGS frame, only an HTTP/1.1 error and a
+/// close. With `http2 = true` it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http2_is_refused_unless_turned_on() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let Harness {
+        data: _data,
+        server,
+        ..
+    } = Harness::start("hostile-h2c").await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(PREFACE).await.unwrap();
+    let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert!(closed, "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 4") || got.starts_with(b"HTTP/1.1 5"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let Harness {
+        data: _data2,
+        server: on,
+        ..
+    } = Harness::with_config("hostile-h2c-on", |c| c.http2 = true).await;
+    let mut conn = TcpStream::connect(on.addr).await.unwrap();
+    conn.write_all(PREFACE).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
+        .await
+        .expect("a SETTINGS frame")
+        .unwrap();
+    assert_eq!(
+        head[3], 0x4,
+        "the server's first frame is SETTINGS: {head:?}"
+    );
 }

@@ -41,6 +41,7 @@ pub(super) struct FileConfig {
     pub max_connections_per_client: Option<usize>,
     pub write_timeout_seconds: Option<u64>,
     pub tunnel_idle_timeout_seconds: Option<u64>,
+    pub http2: Option<bool>,
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub docker: DockerConfig,

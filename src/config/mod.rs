@@ -85,6 +85,9 @@ pub struct Config {
     /// A WebSocket through which nothing has passed either way for this
     /// long is closed (Jupyter pings its kernels' sockets every 30 s).
     pub tunnel_idle_timeout: Duration,
+    /// Serve cleartext HTTP/2 (prior knowledge). Off by default: browsers
+    /// never speak it without TLS, and hyper's HTTP/2 has no header timeout.
+    pub http2: bool,
     pub kubernetes: KubernetesConfig,
     pub process: ProcessConfig,
     /// `[limits]`: what every binder and service gets unless its binding
@@ -123,6 +126,7 @@ impl Config {
             max_connections_per_client: 1024,
             write_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(30 * 60),
+            http2: false,
             kubernetes: KubernetesConfig::default(),
             process: ProcessConfig::default(),
             limits: Limits::default(),
@@ -224,6 +228,9 @@ impl Config {
         }
         if let Some(s) = file.tunnel_idle_timeout_seconds {
             cfg.tunnel_idle_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(on) = file.http2 {
+            cfg.http2 = on;
         }
         if let Some(r) = file.rate_limit {
             cfg.rate_limit = r;

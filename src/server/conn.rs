@@ -35,6 +35,14 @@ use super::replay::Replay;
 use crate::api::{self, ApiError, App, LINGER_BYTES, LINGER_TIME};
 use crate::proxy::exchange::{After, Scratch};
 
+/// How an HTTP/2 connection with prior knowledge begins.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// The answer to cleartext HTTP/2 when it is off (`http2 = false`).
+const H2_REFUSED: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 80\r\n\r\n\
+{\"error\":{\"code\":505,\"message\":\"cleartext HTTP/2 is off here: speak HTTP/1.1\"}}\n";
+
 /// A connection's state, from accept to close.
 pub(super) struct Handler {
     pub(super) app: Arc<App>,
@@ -154,6 +162,15 @@ impl FastPath {
                         self.forwarded.as_bytes(),
                     ) {
                         Plan::Partial if inbuf.len() < MAX_HEAD => {}
+                        Plan::Partial | Plan::HandOver
+                            if !app.config.http2 && inbuf.starts_with(H2_PREFACE) =>
+                        {
+                            // hyper's auto builder would speak HTTP/2 to
+                            // it (it has no header timeout): refused.
+                            let _ = self.stream.write_all(H2_REFUSED).await;
+                            let _ = self.stream.shutdown().await;
+                            return None;
+                        }
                         Plan::Partial | Plan::HandOver => {
                             return Some(Replay::new(std::mem::take(inbuf), self.stream))
                         }

@@ -71,6 +71,18 @@ impl Listener {
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(app.config.header_read_timeout);
+        if app.config.http2 {
+            // No header timeout in hyper's HTTP/2: a peer that stops
+            // answering pings is dropped, and what one connection may ask
+            // at once is bounded.
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .max_concurrent_streams(100)
+                .max_header_list_size(64 * 1024);
+        }
         Ok(Listener {
             slots: Arc::new(Semaphore::new(app.config.max_connections)),
             clients: Arc::new(Clients::new(app.config.max_connections_per_client)),
