@@ -331,23 +331,24 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
         )
         .await;
     assert_eq!(put.status, 200, "{}", put.body);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut conn = socket.connect(server.addr).await.unwrap();
-    conn.write_all(
-        format!("GET {location}file?name=big.bin HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    // Read nothing for longer than the timeout, then everything there is.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(20)).await;
-    assert!(closed, "the connection was never closed");
-    assert!(
-        got.len() < size,
-        "the whole answer came ({} bytes): the client was not cut off",
-        got.len()
-    );
+    // The fast path, and hyper's (a doubled slash is handed over).
+    let doubled = location.replacen("/user/", "//user/", 1);
+    for loc in [location.as_str(), doubled.as_str()] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut conn = socket.connect(server.addr).await.unwrap();
+        let get = format!("GET {loc}file?name=big.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+        conn.write_all(get.as_bytes()).await.unwrap();
+        // Read nothing for longer than the timeout, then everything there is.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(20)).await;
+        assert!(closed, "{loc}: the connection was never closed");
+        assert!(
+            got.len() < size,
+            "{loc}: the whole answer came ({} bytes): the client was not cut off",
+            got.len()
+        );
+    }
     // binderd still answers, and the binder too.
     let s = http
         .get(&server.url(&format!("{location}api/status")))

@@ -107,6 +107,7 @@ impl Handler {
                 let Ok(io) = Replay::from_std(read, stream) else {
                     return;
                 };
+                let io = io.with_write_timeout(app.config.write_timeout);
                 let service = service_fn(move |req| {
                     let app = app.clone();
                     async move { Ok::<_, std::convert::Infallible>(api::handle(&app, req, peer).await) }

@@ -1,8 +1,13 @@
 //! A connection handed to hyper: what the fast path read of it first, then
-//! the rest, from the socket.
+//! the rest, from the socket. Its writes time out: a client that takes no
+//! bytes for the write timeout gets an error instead of holding the
+//! connection (and, for a tunnel, the container's) for good. The timer is
+//! made only when a write has to wait.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -12,11 +17,55 @@ use tokio::net::TcpStream;
 pub(super) struct Replay {
     read: BytesMut,
     stream: TcpStream,
+    write_timeout: Duration,
+    /// Since when a write has been waiting (none while writes go through).
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Replay {
     pub(super) fn new(read: BytesMut, stream: TcpStream) -> Replay {
-        Replay { read, stream }
+        Replay {
+            read,
+            stream,
+            write_timeout: Duration::MAX,
+            stalled: None,
+        }
+    }
+
+    /// Writes that wait `timeout` without progress fail.
+    pub(super) fn with_write_timeout(mut self, timeout: Duration) -> Replay {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// `poll` of a write, failing once writes have waited the timeout.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match poll(Pin::new(&mut self.stream), cx) {
+            Poll::Ready(done) => {
+                self.stalled = None;
+                Poll::Ready(done)
+            }
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                if timeout == Duration::MAX {
+                    return Poll::Pending;
+                }
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took no bytes within the write timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     /// Out of this runtime's reactor, to move to another.
@@ -26,10 +75,7 @@ impl Replay {
 
     /// Into the current runtime's reactor.
     pub(super) fn from_std(read: BytesMut, stream: std::net::TcpStream) -> std::io::Result<Replay> {
-        Ok(Replay {
-            read,
-            stream: TcpStream::from_std(stream)?,
-        })
+        Ok(Replay::new(read, TcpStream::from_std(stream)?))
     }
 }
 
@@ -56,7 +102,7 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut().timed(cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -64,7 +110,8 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .timed(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -72,6 +119,7 @@ impl AsyncWrite for Replay {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // (A TCP flush is immediate: only writes wait.)
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
