@@ -10,53 +10,18 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
 use http::Method;
 
-fn browser_ready() -> Option<PathBuf> {
-    if std::env::var("BINDERD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("skipping: BINDERD_SKIP_BROWSER=1");
-        return None;
-    }
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(
-            std::path::Path::new(tool).exists(),
-            "{tool} is missing (apt-get install chromium chromium-driver; or BINDERD_SKIP_BROWSER=1)"
-        );
-    }
-    // selenium lives in the test venv.
-    venv()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_a_real_browser() {
-    let Some(venv) = browser_ready() else { return };
+    let Some(venv) = browser_venv() else { return };
     let Harness { data, server, http } =
         Harness::with_pool("dashboard", standin_binding("dash", 2, 6)).await;
     let base = server.url("");
     let shot = data.0.join("dashboard.png");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboard_browser.py");
-    let out = {
-        let (venv, base, shot) = (venv.clone(), base.clone(), shot.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(venv.join("bin/python"))
-                .args([script, &base, ADMIN, shot.to_str().unwrap()])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
-    };
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = vec![base, ADMIN.to_owned(), shot.to_str().unwrap().to_owned()];
+    let report = browser_report(venv, "dashboard_browser.py", args).await;
     assert_eq!(report["title"], "binderd", "{report}");
     assert!(
         report["refused"].as_str().unwrap().contains("401")

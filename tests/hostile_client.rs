@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -44,19 +43,39 @@ fn confined(cookies: &[String], location: &str) {
     }
 }
 
+/// binderd with a pool of the stand-in as `binding`, one binder handed
+/// out, and its location as both proxy paths reach it: as it is (the fast
+/// path) and with a doubled slash (which the fast path hands to hyper).
+async fn one_binder(name: &str, binding: &str) -> (Harness, String, [String; 2]) {
+    let h = Harness::with_pool(name, standin_binding(binding, 1, 3)).await;
+    let (_, location) = hand_out(&h.http, &h.server.url(""), binding, None).await;
+    let doubled = location.replacen("/user/", "//user/", 1);
+    (h, location.clone(), [location, doubled])
+}
+
+/// A WebSocket handshake for the stand-in's echo at `loc`.
+fn websocket_request(loc: &str) -> String {
+    format!(
+        "GET {loc}ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
 /// The fast path (a plain request) and hyper's (the same request with a
 /// doubled slash, which the fast path hands over) both drop
 /// `Service-Worker-Allowed` and confine `Set-Cookie`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binders_answer_headers_stay_within_its_path_on_both_proxy_paths() {
-    let Harness {
-        data: _data,
-        server,
-        http,
-    } = Harness::with_pool("hostile-headers", standin_binding("evil", 1, 3)).await;
-    let (_, location) = hand_out(&http, &server.url(""), "evil", None).await;
-    let doubled = location.replacen("/user/", "//user/", 1);
-    for loc in [location.as_str(), doubled.as_str()] {
+    let (
+        Harness {
+            data: _data,
+            server,
+            http,
+        },
+        location,
+        paths,
+    ) = one_binder("hostile-headers", "evil").await;
+    for loc in &paths {
         let sw = http.get(&server.url(&format!("{loc}sw.js"))).await;
         assert_eq!(sw.status, 200, "{}", sw.body);
         assert!(sw.body.contains("addEventListener"), "{}", sw.body);
@@ -77,20 +96,20 @@ async fn a_binders_answer_headers_stay_within_its_path_on_both_proxy_paths() {
 /// A WebSocket handshake's `Set-Cookie` is confined too, on both paths.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_handshake_cannot_set_a_cookie_for_the_origin() {
-    let Harness {
-        data: _data,
-        server,
-        http,
-    } = Harness::with_pool("hostile-ws", standin_binding("evilws", 1, 3)).await;
-    let (_, location) = hand_out(&http, &server.url(""), "evilws", None).await;
-    let doubled = location.replacen("/user/", "//user/", 1);
-    for loc in [location.as_str(), doubled.as_str()] {
+    let (
+        Harness {
+            data: _data,
+            server,
+            ..
+        },
+        location,
+        paths,
+    ) = one_binder("hostile-ws", "evilws").await;
+    for loc in &paths {
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
-        let req = format!(
-            "GET {loc}ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        conn.write_all(req.as_bytes()).await.unwrap();
+        conn.write_all(websocket_request(loc).as_bytes())
+            .await
+            .unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -166,11 +185,7 @@ async fn binderds_own_answers_refuse_frames_and_sniffing() {
 /// its cookies. (Without chromium this fails unless BINDERD_SKIP_BROWSER=1.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_page_in_a_real_browser_gets_no_hold_on_the_origin() {
-    if std::env::var("BINDERD_SKIP_BROWSER").as_deref() == Ok("1") {
-        eprintln!("skipping: BINDERD_SKIP_BROWSER=1");
-        return;
-    }
-    let Some(venv) = venv() else { return };
+    let Some(venv) = browser_venv() else { return };
     let Harness {
         data: _data,
         server,
@@ -178,23 +193,12 @@ async fn a_hostile_page_in_a_real_browser_gets_no_hold_on_the_origin() {
     } = Harness::with_pool("hostile-browser", standin_binding("page", 2, 4)).await;
     let (_, evil) = hand_out(&http, &server.url(""), "page", None).await;
     let (_, other) = hand_out(&http, &server.url(""), "page", None).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hostile_browser.py");
-    let base = server.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(venv.join("bin/python"))
-            .args([script, &base, &evil, &other])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = browser_report(
+        venv,
+        "hostile_browser.py",
+        vec![server.url(""), evil, other],
+    )
+    .await;
     assert_eq!(report["service_worker"], "sw:SecurityError", "{report}");
     assert_eq!(report["dashboard_cookies"], "", "{report}");
     assert_eq!(report["other_binder_cookies"], "", "{report}");
@@ -281,11 +285,9 @@ async fn an_idle_websocket_is_closed_after_its_timeout() {
     let doubled = location.replacen("/user/", "//user/", 1);
     for loc in [location.as_str(), doubled.as_str()] {
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
-        let req = format!(
-            "GET {loc}ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        conn.write_all(req.as_bytes()).await.unwrap();
+        conn.write_all(websocket_request(loc).as_bytes())
+            .await
+            .unwrap();
         let started = std::time::Instant::now();
         let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
         assert!(

@@ -274,13 +274,7 @@ impl DockerBackend {
         network: &str,
     ) -> Result<(), BackendError> {
         for service in &plan.services {
-            let labels = plan::labels(
-                &self.owner,
-                &spec.binding.name,
-                spec.binder_id,
-                ROLE_SERVICE,
-                None,
-            );
+            let labels = self.service_labels(spec);
             let body = ContainerCreateBody {
                 image: Some(service.image.to_owned()),
                 cmd: (!service.args.is_empty()).then(|| service.args.to_vec()),
@@ -388,6 +382,17 @@ impl DockerBackend {
         })
     }
 
+    /// The labels of a binder's services and of its network.
+    fn service_labels(&self, spec: &StartSpec<'_>) -> std::collections::BTreeMap<String, String> {
+        plan::labels(
+            &self.owner,
+            &spec.binding.name,
+            spec.binder_id,
+            ROLE_SERVICE,
+            None,
+        )
+    }
+
     /// A binder with services gets a network of its own, the services
     /// started on it; `None` for a binder without services.
     async fn binder_network(
@@ -398,13 +403,7 @@ impl DockerBackend {
         let Some(net) = (!plan.services.is_empty()).then(|| network_name(spec.binder_id)) else {
             return Ok(None);
         };
-        let labels = plan::labels(
-            &self.owner,
-            &spec.binding.name,
-            spec.binder_id,
-            ROLE_SERVICE,
-            None,
-        );
+        let labels = self.service_labels(spec);
         timed(
             "creating the binder's network",
             self.docker.create_network(NetworkCreateRequest {

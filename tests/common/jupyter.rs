@@ -23,6 +23,47 @@ pub fn venv() -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
 }
 
+/// The test venv (selenium in it) when a real browser can run: Debian's
+/// chromium and chromium-driver, which `.ci/run` installs. Without them a
+/// browser test fails, unless BINDERD_SKIP_BROWSER=1 skips it.
+pub fn browser_venv() -> Option<PathBuf> {
+    if std::env::var("BINDERD_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("skipping: BINDERD_SKIP_BROWSER=1");
+        return None;
+    }
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing (apt-get install chromium chromium-driver; or BINDERD_SKIP_BROWSER=1)"
+        );
+    }
+    // selenium lives in the test venv.
+    venv()
+}
+
+/// Runs `tests/{script}` (a selenium script) with the venv's Python and
+/// `args`, on a blocking thread; asserts it succeeded and gives the JSON
+/// report it printed.
+pub async fn browser_report(venv: PathBuf, script: &str, args: Vec<String>) -> serde_json::Value {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(venv.join("bin/python"))
+            .arg(path)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The binding this project documents for Jupyter on the process backend
 /// (`examples/bindings/jupyter.json`, as the README shows it): no Jupyter
 /// token (the 128-bit location is the secret, as with tmpnb) so that
