@@ -396,3 +396,77 @@ async fn cleartext_http2_is_refused_unless_turned_on() {
         "the server's first frame is SETTINGS: {head:?}"
     );
 }
+
+/// With `binder_host`, every binder has a host of its own: its location is
+/// that host's URL, it answers there (both proxy paths) and nowhere else,
+/// and its host serves nothing of binderd's (nor another binder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_host_per_binder_no_binder_shares_binderds_origin() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("hostile-hosts", |c| {
+        c.binder_host =
+            Some(binderd::config::BinderHost::parse("{token}.binders.test", "http").unwrap())
+    })
+    .await;
+    create_and_fill(&http, &server.url(""), &standin_binding("own", 2, 4)).await;
+    let (_, location) = hand_out(&http, &server.url(""), "own", None).await;
+    let token = location
+        .strip_prefix("http://")
+        .and_then(|l| l.split('.').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        location,
+        format!("http://{token}.binders.test/user/{token}/")
+    );
+    let (_, other) = hand_out(&http, &server.url(""), "own", None).await;
+    let other_token = other[7..39].to_owned();
+    let host = format!("{token}.binders.test");
+    let get = |path: String, host: String| {
+        let http = &http;
+        let url = server.url(&path);
+        async move {
+            http.send(http::Method::GET, &url, &[("host", host.as_str())], "")
+                .await
+        }
+    };
+    // On its own host, on both paths.
+    for path in [
+        format!("/user/{token}/api/status"),
+        format!("//user/{token}//api/status"),
+    ] {
+        let a = get(path.clone(), host.clone()).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
+    // Not on binderd's host (the answer names where it is).
+    let main = http
+        .get(&server.url(&format!("/user/{token}/api/status")))
+        .await;
+    assert_error(&main, 404);
+    assert!(main.body.contains(&host), "{}", main.body);
+    // Its host serves nothing of binderd's, nor another binder.
+    assert_error(&get("/healthcheck".into(), host.clone()).await, 404);
+    assert_error(&get("/bindings".into(), host.clone()).await, 404);
+    let a = get(format!("/user/{other_token}/api/status"), host.clone()).await;
+    assert_error(&a, 404);
+    // tmpnb's answer is the absolute URL too.
+    let spawned = http
+        .call(http::Method::POST, &server.url("/api/spawn/"), None)
+        .await;
+    assert_eq!(spawned.status, 200, "{}", spawned.body);
+    assert!(
+        spawned.json()["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(".binders.test/user/")
+            || spawned.json()["url"]
+                .as_str()
+                .unwrap()
+                .contains(".binders.test/user/"),
+        "{}",
+        spawned.body
+    );
+}

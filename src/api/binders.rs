@@ -22,8 +22,17 @@ pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<
         .ok_or_else(|| ApiError::NotFound(format!("binding '{name}' not found")))
 }
 
-pub(super) fn render(binder: &Binder) -> BinderView {
-    BinderView::of(binder)
+pub(super) fn render(app: &App, binder: &Binder) -> BinderView {
+    view_of(app.config.binder_host.as_ref(), binder)
+}
+
+/// [`render`] for what outlives the request (an event stream).
+fn view_of(hosts: Option<&crate::config::BinderHost>, binder: &Binder) -> BinderView {
+    let mut view = BinderView::of(binder);
+    if let (Some(hosts), Some(_)) = (hosts, &view.location) {
+        view.location = Some(hosts.url(&binder.token));
+    }
+    view
 }
 
 /// `POST /binders/{binding}`: 201 with a warm binder, 202 when one must
@@ -36,8 +45,8 @@ pub(super) async fn create(
 ) -> Result<Response<Body>> {
     let pool = visible_pool(app, caller, raw)?;
     match app.pools.handout(&pool, caller.owner(), client).await? {
-        Handout::Ready(binder) => json(StatusCode::CREATED, &render(&binder)),
-        Handout::Starting(binder) => json(StatusCode::ACCEPTED, &render(&binder)),
+        Handout::Ready(binder) => json(StatusCode::CREATED, &render(app, &binder)),
+        Handout::Starting(binder) => json(StatusCode::ACCEPTED, &render(app, &binder)),
     }
 }
 
@@ -54,7 +63,7 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
         .filter(|b| b.owner().is_some() && b.state().is_live())
         .filter(|b| owns_binder(caller, b.owner()))
         .map(|b| {
-            let mut doc = render(b);
+            let mut doc = render(app, b);
             doc.uri = Some(format!("/binders/{}/{}", pool.name, b.id));
             doc.owner = b.owner().map(|o| match o {
                 crate::auth::Owner::Key(name) => name.clone(),
@@ -88,7 +97,7 @@ fn find(app: &App, raw: &str, id: &str) -> Result<Arc<Binder>> {
 
 pub(super) fn get(app: &App, raw: &str, id: &str) -> Result<Response<Body>> {
     let binder = find(app, raw, id)?;
-    json(StatusCode::OK, &render(&binder))
+    json(StatusCode::OK, &render(app, &binder))
 }
 
 /// `DELETE /binders/{binding}/{id}`: see [`may_stop_binder`] for who may.
@@ -130,7 +139,7 @@ pub(super) async fn pause(
     app.pools
         .set_paused(&entry, body.paused, app.config.spawn_wait)
         .await?;
-    json(StatusCode::OK, &render(&binder))
+    json(StatusCode::OK, &render(app, &binder))
 }
 
 /// A binder the caller owns (or any, for an admin): 401/403/404.
@@ -183,45 +192,50 @@ pub(super) fn events(app: &App, raw: &str, id: &str) -> Result<Response<Body>> {
     use hyper::body::Frame;
 
     let binder = find(app, raw, id)?;
+    let hosts = app.config.binder_host.clone();
     // (binder, last state sent, finished)
     let events = stream::unfold(
         (binder, None::<State>, false),
-        |(binder, last, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                // Some(Some(state)): changed; Some(None): time for a heartbeat.
-                let step = {
-                    let notified = binder.changed.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    let state = binder.state();
-                    if Some(state) != last {
-                        Some(Some(state))
-                    } else if tokio::time::timeout(HEARTBEAT, notified).await.is_err() {
-                        Some(None)
-                    } else {
-                        None
+        move |(binder, last, done)| {
+            let hosts = hosts.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    // Some(Some(state)): changed; Some(None): time for a heartbeat.
+                    let step = {
+                        let notified = binder.changed.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        let state = binder.state();
+                        if Some(state) != last {
+                            Some(Some(state))
+                        } else if tokio::time::timeout(HEARTBEAT, notified).await.is_err() {
+                            Some(None)
+                        } else {
+                            None
+                        }
+                    };
+                    match step {
+                        Some(Some(state)) => {
+                            let mut doc = view_of(hosts.as_ref(), &binder);
+                            doc.phase = Some(state.public_name());
+                            let doc = serde_json::to_string(&doc).unwrap_or_default();
+                            let finished =
+                                !matches!(state, State::Starting | State::StartingClaimed);
+                            let frame = Frame::data(bytes::Bytes::from(format!("data: {doc}\n\n")));
+                            return Some((
+                                Ok::<_, hyper::Error>(frame),
+                                (binder, Some(state), finished),
+                            ));
+                        }
+                        Some(None) => {
+                            let frame = Frame::data(bytes::Bytes::from_static(b":heartbeat\n\n"));
+                            return Some((Ok(frame), (binder, last, false)));
+                        }
+                        None => continue,
                     }
-                };
-                match step {
-                    Some(Some(state)) => {
-                        let mut doc = render(&binder);
-                        doc.phase = Some(state.public_name());
-                        let doc = serde_json::to_string(&doc).unwrap_or_default();
-                        let finished = !matches!(state, State::Starting | State::StartingClaimed);
-                        let frame = Frame::data(bytes::Bytes::from(format!("data: {doc}\n\n")));
-                        return Some((
-                            Ok::<_, hyper::Error>(frame),
-                            (binder, Some(state), finished),
-                        ));
-                    }
-                    Some(None) => {
-                        let frame = Frame::data(bytes::Bytes::from_static(b":heartbeat\n\n"));
-                        return Some((Ok(frame), (binder, last, false)));
-                    }
-                    None => continue,
                 }
             }
         },

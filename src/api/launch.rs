@@ -199,7 +199,14 @@ pub(super) async fn build(
     let binder = match app.pools.handout(&pool, caller.owner(), Some(client)).await {
         Ok(Handout::Ready(b)) => {
             let mut all = head;
-            all.push(LaunchEvent::ready(&b, &base, &image, &spec.repo, &request));
+            all.push(LaunchEvent::ready(
+                &b,
+                &base,
+                absolute(app, &base, &b),
+                &image,
+                &spec.repo,
+                &request,
+            ));
             return events(all, None);
         }
         Ok(Handout::Starting(b)) => b,
@@ -209,9 +216,12 @@ pub(super) async fn build(
     // Cold: the stream says where it is and ends when the binder is ready.
     let wait = start_wait(app, &pool);
     let pools = app.pools.clone();
+    let url = absolute(app, &base, &binder);
     let tail = async move {
         match binder.wait_started(wait).await {
-            State::Assigned => LaunchEvent::ready(&binder, &base, &image, &spec.repo, &request),
+            State::Assigned => {
+                LaunchEvent::ready(&binder, &base, url, &image, &spec.repo, &request)
+            }
             State::Failed => LaunchEvent::failed(format!(
                 "the server failed to start: {}",
                 binder.failure().unwrap_or("unknown reason")
@@ -303,7 +313,7 @@ pub(super) async fn v2(
     };
     match binder.state() {
         State::Assigned => {
-            let target = format!("{}{}", binder.location(), landing(query));
+            let target = format!("{}{}", app.location(&binder), landing(query));
             let location = header::HeaderValue::from_str(&target)
                 .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
             Response::builder()
@@ -352,6 +362,15 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// The absolute URL of `binder` for a launch client: binderd's public base
+/// and its location, or its own host's URL.
+fn absolute(app: &App, base: &str, binder: &crate::binder::Binder) -> String {
+    match &app.config.binder_host {
+        Some(hosts) => hosts.url(&binder.token),
+        None => format!("{base}{}", binder.location()),
+    }
 }
 
 /// `GET /versions`, as BinderHub answers it.

@@ -52,6 +52,25 @@ pub struct App {
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// The request's host (its `Host` header, or the target's authority).
+pub(crate) fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+impl App {
+    /// Where a reader reaches `binder`: `/user/{token}/` on binderd's own
+    /// host, or, with `binder_host`, the absolute URL of its own host.
+    pub fn location(&self, binder: &crate::binder::Binder) -> String {
+        match &self.config.binder_host {
+            Some(hosts) => hosts.url(&binder.token),
+            None => binder.location(),
+        }
+    }
+}
+
 /// Whether the client would rather read HTML (a browser).
 fn wants_html(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -63,6 +82,14 @@ fn wants_html(req: &Request<Incoming>) -> bool {
 /// Answers one request (a connection hyper serves calls this for each).
 pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     fold_path(&mut req);
+    if let Some(hosts) = &app.config.binder_host {
+        // A binder's host serves that binder and nothing of binderd's.
+        let on_binder_host = host_of(&req).and_then(|h| hosts.token_of(h)).is_some();
+        if on_binder_host && !req.uri().path().starts_with("/user/") {
+            let e = ApiError::NotFound("this host serves one binder only".into());
+            return e.into_response(wants_html(&req));
+        }
+    }
     if req.uri().path().starts_with("/user/") {
         let html = wants_html(&req);
         // A container's answers are its own (confined by the proxy);

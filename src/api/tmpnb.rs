@@ -100,7 +100,7 @@ pub(super) async fn spawn(
     json(
         StatusCode::OK,
         &Spawned {
-            url: binder.location(),
+            url: app.location(&binder),
             id: binder.id.to_string(),
         },
     )
@@ -116,7 +116,7 @@ pub(super) async fn spawn_redirect(
 ) -> Result<Response<Body>> {
     let pool = default_pool(app, caller, None)?;
     let binder = handout_and_wait(app, caller, &pool, client).await?;
-    let mut target = format!("{}{}", binder.location(), rest);
+    let mut target = format!("{}{}", app.location(&binder), rest);
     if let Some(q) = query {
         target.push('?');
         target.push_str(q);

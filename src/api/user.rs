@@ -30,15 +30,25 @@ pub struct Reach<'p> {
     pub kernel: Option<Ask>,
 }
 
-/// Which binder a request for `path` (slashes folded) reaches, or why none:
-/// an address that is not secret-shaped, no binder with that token, or one
-/// that is not assigned (404), paused or starting again (503).
-pub fn reach<'p>(app: &App, method: &str, path: &'p str) -> Result<Reach<'p>> {
+/// Which binder a request for `path` (slashes folded) on `host` reaches,
+/// or why none: an address that is not secret-shaped, no binder with that
+/// token, or one that is not assigned (404), paused or starting again
+/// (503). With `binder_host` set, a binder is reached only on its own host
+/// (404 elsewhere, naming it).
+pub fn reach<'p>(app: &App, method: &str, host: Option<&str>, path: &'p str) -> Result<Reach<'p>> {
     let unknown =
         || ApiError::NotFound("no binder at this address (it may have been stopped)".into());
     let (token, rest) = split_user_path(path).ok_or_else(unknown)?;
     if !is_secret_shaped(token) {
         return Err(unknown());
+    }
+    if let Some(hosts) = &app.config.binder_host {
+        if host.and_then(|h| hosts.token_of(h)) != Some(token) {
+            return Err(ApiError::NotFound(format!(
+                "binders are served on their own host here: {}",
+                hosts.url(token)
+            )));
+        }
     }
     let entry = app.pools.by_token(token).ok_or_else(unknown)?;
     match entry.binder.state() {
@@ -83,7 +93,7 @@ pub(super) async fn proxy(
         entry,
         rest,
         kernel,
-    } = reach(app, req.method().as_str(), &path)?;
+    } = reach(app, req.method().as_str(), super::host_of(&req), &path)?;
     // binderd's own key is not the container's business.
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
         if app.keys.is_own_key(auth.as_bytes()) {

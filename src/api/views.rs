@@ -283,16 +283,16 @@ impl LaunchEvent {
         self
     }
 
-    /// `ready`: where the server is (`base` + its location) and its token.
+    /// `ready`: where the server is (`url`, absolute) and its token.
     /// `repo` is the repository's `host/path`, `request` the `v2/...` path.
     pub fn ready(
         binder: &Binder,
         base: &str,
+        url: String,
         image: &str,
         repo: &str,
         request: &str,
     ) -> LaunchEvent {
-        let url = format!("{base}{}", binder.location());
         LaunchEvent {
             url: Some(url.clone()),
             token: Some(binder.token.to_string()),

@@ -23,6 +23,7 @@ pub(super) struct FileConfig {
     pub backend: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub public_url: Option<String>,
+    pub binder_host: Option<String>,
     pub bindings_dir: Option<PathBuf>,
     pub allow_origin: Option<String>,
     pub default_binding: Option<String>,

@@ -53,6 +53,9 @@ pub struct Config {
     pub backend: BackendKind,
     pub data_dir: PathBuf,
     pub public_url: Option<String>,
+    /// A host of its own for every binder (`{token}.binders.example.org`):
+    /// then no binder shares an origin with binderd or with another.
+    pub binder_host: Option<BinderHost>,
     pub allow_origin: Option<String>,
     pub default_binding: Option<BindingName>,
     /// How long `POST /api/spawn/` waits for a container when none is warm.
@@ -107,6 +110,7 @@ impl Config {
             backend: BackendKind::Process,
             data_dir: data_dir.into(),
             public_url: None,
+            binder_host: None,
             allow_origin: None,
             default_binding: None,
             spawn_wait: Duration::from_secs(30),
@@ -163,6 +167,13 @@ impl Config {
                     "public_url '{url}' must start with http:// or https://"
                 )));
             }
+        }
+        if let Some(pattern) = &file.binder_host {
+            let scheme = match &file.public_url {
+                Some(u) if u.starts_with("https://") => "https",
+                _ => "http",
+            };
+            cfg.binder_host = Some(BinderHost::parse(pattern, scheme).map_err(invalid)?);
         }
         cfg.public_url = file.public_url;
         if let Some(origin) = &file.allow_origin {
@@ -425,5 +436,83 @@ key_file = "alice.key"
         );
         assert!(e.contains("missing.toml"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// `binder_host = "{token}.binders.example.org"`: every binder on a host
+/// of its own (a wildcard DNS name and certificate point them all at
+/// binderd), so that no binder's page shares an origin with binderd's
+/// dashboard or with another binder (JupyterHub's subdomain mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinderHost {
+    /// What follows `{token}.`, lowercase (a port may end it).
+    suffix: String,
+    scheme: &'static str,
+}
+
+impl BinderHost {
+    pub fn parse(pattern: &str, scheme: &'static str) -> Result<BinderHost, String> {
+        let suffix = pattern
+            .strip_prefix("{token}.")
+            .filter(|s| {
+                !s.is_empty()
+                    && !s.contains("{token}")
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+            })
+            .ok_or_else(|| {
+                format!("binder_host '{pattern}' must be {{token}}. and a host name, e.g. {{token}}.binders.example.org")
+            })?;
+        Ok(BinderHost {
+            suffix: suffix.to_ascii_lowercase(),
+            scheme,
+        })
+    }
+
+    /// The token a request's `Host` names, if it is a binder's host.
+    pub fn token_of<'h>(&self, host: &'h str) -> Option<&'h str> {
+        let at = host.len().checked_sub(self.suffix.len() + 1)?;
+        if !host.is_char_boundary(at) {
+            return None;
+        }
+        let (token, rest) = host.split_at(at);
+        (rest.as_bytes()[0] == b'.'
+            && rest[1..].eq_ignore_ascii_case(&self.suffix)
+            && !token.is_empty())
+        .then_some(token)
+    }
+
+    /// The absolute URL of the binder with `token`.
+    pub fn url(&self, token: &str) -> String {
+        format!("{}://{token}.{}/user/{token}/", self.scheme, self.suffix)
+    }
+}
+
+#[cfg(test)]
+mod binder_host_tests {
+    use super::BinderHost;
+
+    #[test]
+    fn a_binder_host_pattern_names_one_token_per_host() {
+        let h = BinderHost::parse("{token}.Binders.Example.org", "https").unwrap();
+        assert_eq!(h.url("ab12"), "https://ab12.binders.example.org/user/ab12/");
+        assert_eq!(h.token_of("ab12.binders.example.org"), Some("ab12"));
+        assert_eq!(h.token_of("AB12.BINDERS.example.org"), Some("AB12"));
+        assert_eq!(h.token_of("binders.example.org"), None);
+        assert_eq!(h.token_of(".binders.example.org"), None);
+        assert_eq!(h.token_of("ab12.binders.example.org.evil.com"), None);
+        assert_eq!(h.token_of("ab12xbinders.example.org"), None);
+        assert_eq!(h.token_of("é.binders.example.org"), Some("é"));
+        for bad in [
+            "binders.example.org",
+            "{token}",
+            "x.{token}.org",
+            "{token}.a/b",
+            "{token}.{token}.org",
+        ] {
+            assert!(BinderHost::parse(bad, "http").is_err(), "{bad}");
+        }
+        let with_port = BinderHost::parse("{token}.localhost:8585", "http").unwrap();
+        assert_eq!(with_port.token_of("t1.localhost:8585"), Some("t1"));
     }
 }

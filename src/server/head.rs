@@ -56,11 +56,20 @@ pub(super) fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -
     }
     // Anything but an assigned binder's plain request is the routes' to
     // answer, with the same decision.
+    // The host matters only when every binder has one of its own.
+    let host = match app.config.binder_host {
+        Some(_) => r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()),
+        None => None,
+    };
     let Ok(Reach {
         entry,
         rest,
         kernel: None,
-    }) = reach(app, method, path)
+    }) = reach(app, method, host, path)
     else {
         return Plan::HandOver;
     };
