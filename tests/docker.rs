@@ -476,3 +476,62 @@ async fn docker_pause_keeps_files_and_logs_come_from_the_engine() {
     resume_then_read(&server, &http, "dpause", binder, "in the container").await;
     server.stop().await;
 }
+
+/// The case of issue 27, in a loop: SIGKILL binderd with a full pool and
+/// one handed-out binder, start it again, let the pool refill, delete the
+/// binding with `force`: nothing labelled for it is left in the engine, in
+/// any state (a `created` container a start left behind included). Ten
+/// rounds, each about three seconds.
+#[tokio::test]
+async fn deleting_a_binding_while_its_pool_refills_after_a_crash_leaves_nothing() {
+    if !docker_ready() {
+        return;
+    }
+    let http = Http::new();
+    for round in 0..10 {
+        let data = DataDir::new(&format!("docker-delete-refill-{round}"));
+        let _cleanup = DockerCleanup::new(&data);
+        let mut p = Process::spawn(&data, &["--backend", "docker"], &[]);
+        create_binding(&http, &p.url(""), &docker_binding("refill", 6, 12)).await;
+        wait_pool(&http, &p.url(""), "refill", 60, |v| v["available"] == 6).await;
+        let a = http
+            .call(Method::POST, &p.url("/binders/refill"), None)
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        p.sigkill();
+        let p = Process::spawn(&data, &["--backend", "docker"], &[]);
+        wait_pool(&http, &p.url(""), "refill", 60, |v| v["available"] == 6).await;
+        let del = http
+            .call(
+                Method::DELETE,
+                &p.url("/bindings/refill?force=true"),
+                Some(ADMIN),
+            )
+            .await;
+        assert_eq!(del.status, 202, "{}", del.body);
+        let mut left = Vec::new();
+        for _ in 0..100 {
+            left = docker_leftovers(&data).0;
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "round {round}: left in the engine: {:?}",
+            docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!(
+                    "label=binderd.owner={}",
+                    binderd::backend::owner_key(&data.0)
+                ),
+                "--format",
+                "{{.ID}} {{.State}} {{.CreatedAt}}"
+            ])
+        );
+        drop(p);
+    }
+}
