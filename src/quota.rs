@@ -191,10 +191,12 @@ impl Quotas {
         }
     }
 
-    /// Forgets clients that hold no anonymous binder (bounds memory).
+    /// Forgets clients that hold no anonymous binder (bounds memory). A
+    /// client's usage is kept while anything holds it (a charge, or an
+    /// admission between its lookup and its count: it clones under the
+    /// map's lock, which this takes too).
     pub fn forget_idle_clients(&self) {
-        self.by_client
-            .retain(|_, u| u.binders.load(Ordering::Acquire) > 0);
+        self.by_client.retain(|_, u| Arc::strong_count(u) > 1);
     }
 
     fn usage_of(&self, key: &str) -> Arc<Usage> {
@@ -279,6 +281,44 @@ impl Quotas {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn anonymous_binders_are_capped_per_client_and_in_all_and_forgotten_when_gone() {
+        let q = Quotas::new(HashMap::new())
+            .unwrap()
+            .with_anonymous_caps(2, 3);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = q.try_charge_anonymous(a).unwrap().unwrap();
+        let _a2 = q.try_charge_anonymous(a).unwrap().unwrap();
+        let over = q.try_charge_anonymous(a).unwrap_err();
+        assert!(
+            over.anonymous && over.what.contains("this address"),
+            "{over:?}"
+        );
+        let _b1 = q.try_charge_anonymous(b).unwrap().unwrap();
+        let all = q
+            .try_charge_anonymous("10.0.0.3".parse().unwrap())
+            .unwrap_err();
+        assert!(all.what.contains("try again later"), "{all:?}");
+        a1.release();
+        a1.release(); // exactly once
+        assert!(q.try_charge_anonymous(a).is_ok());
+        q.forget_idle_clients();
+        assert_eq!(q.by_client.len(), 2, "clients holding binders are kept");
+        drop(_b1);
+        q.forget_idle_clients();
+        assert_eq!(
+            q.by_client.len(),
+            1,
+            "a client with nothing left is forgotten"
+        );
+        let off = Quotas::new(HashMap::new()).unwrap();
+        assert!(
+            off.try_charge_anonymous(a).unwrap().is_none(),
+            "no caps: no charge"
+        );
+    }
+
     use super::*;
 
     fn quotas() -> Quotas {
