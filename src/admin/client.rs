@@ -113,12 +113,22 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, AdminError> {
+        Ok(self.call_status(method, path, body).await?.1)
+    }
+
+    /// [`Api::call`], with the success status (201 created, 200 replaced).
+    pub(super) async fn call_status(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), AdminError> {
         let (status, bytes) = self.raw(method, path, body).await?;
         let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status >= 400 {
             return Err(AdminError::from_answer(status, &doc));
         }
-        Ok(doc)
+        Ok((status, doc))
     }
 
     /// The binding a binder id belongs to (ids are unique across bindings).

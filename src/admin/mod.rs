@@ -187,13 +187,9 @@ async fn bindings(
 async fn apply(api: &Api, file: &Path, report: &mut Report<'_>) -> Result<(), AdminError> {
     let binding = read_binding_file(file)?;
     let name = binding["name"].as_str().unwrap_or_default().to_owned();
-    let (status, bytes) = api
-        .raw(Method::PUT, &format!("/bindings/{name}"), Some(&binding))
+    let (status, doc) = api
+        .call_status(Method::PUT, &format!("/bindings/{name}"), Some(&binding))
         .await?;
-    let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if status >= 400 {
-        return Err(AdminError::from_answer(status, &doc));
-    }
     let what = if status == 201 { "created" } else { "replaced" };
     report.done(&doc, |doc| {
         format!("binding '{}' {what}", doc["name"].as_str().unwrap_or(&name))
