@@ -500,3 +500,84 @@ async fn a_docker_memory_bomb_kills_only_its_own_binder_which_is_replaced() {
     })
     .await;
 }
+
+/// Processes in `/proc` whose environment has `var=value`.
+fn processes_with(var: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{var}={value}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// The orphan sweep (run once a deleted binding's binders have stopped)
+/// removes a process labelled as this binderd's that no binder owns, and
+/// does nothing for one whose label a binder's code wrote to name a path:
+/// before the sweep refused such labels, binderd removed the "working dir"
+/// `binders/../victim` it named.
+#[tokio::test]
+async fn a_notebook_cannot_make_the_orphan_sweep_remove_a_path() {
+    let h = Harness::start("hostile-sweep").await;
+    let victim = h.data.0.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("keep"), "x").unwrap();
+    // The notebook's code: a process of its own, in a session of its own
+    // (so it leads its group, as a binder's first process does), labelled
+    // with a binder id that walks out of binderd's working dirs.
+    let script = format!(
+        "setsid env BINDERD_BINDER_ID=../victim sleep 300 </dev/null >/dev/null 2>&1 & exec {} --port {{port}} --base-url {{base_url}}",
+        standin()
+    );
+    let mut hostile = standin_binding("labeller", 1, 1);
+    hostile["command"] = json!(["sh", "-c", script]);
+    h.create_and_fill(&hostile).await;
+    wait_for(20, "the relabelled process", || async {
+        (!processes_with("BINDERD_BINDER_ID", "../victim").is_empty()).then_some(())
+    })
+    .await;
+    // A true orphan: labelled for this binderd, a binder id nobody has. The
+    // sweep goes through binder ids in order, one at a time: once this one
+    // (after "../victim") is gone, the labelled path has had its turn.
+    let orphan_id = "0123456789abcdef0123456789abcdef";
+    use std::os::unix::process::CommandExt;
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("300")
+        .env("BINDERD_OWNER", binderd::backend::owner_key(&h.data.0))
+        .env("BINDERD_BINDING", "gone")
+        .env("BINDERD_BINDER_ID", orphan_id)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Deleting any binding sweeps once its binders have stopped.
+    h.create_and_fill(&standin_binding("decoy", 1, 1)).await;
+    let del = h
+        .http
+        .call(
+            hyper::Method::DELETE,
+            &h.server.url("/bindings/decoy"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(del.status, 202, "{}", del.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while orphan.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep left the orphan running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        victim.join("keep").exists(),
+        "the sweep removed the directory a binder's label named"
+    );
+    assert!(
+        !processes_with("BINDERD_BINDER_ID", "../victim").is_empty(),
+        "the relabelled process was taken for a binder"
+    );
+}

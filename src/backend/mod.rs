@@ -372,6 +372,17 @@ pub fn owner_key(data_dir: &Path) -> String {
     format!("{hash:016x}")
 }
 
+/// Whether a label read back from a container (or, for the process backend,
+/// from a process's environment, which a binder's own code can write) can be
+/// a binder id binderd made: ids become file and container names, so
+/// anything that could name a path or an option is refused.
+pub fn is_binder_id(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Fills `{port}`, `{base_url}` and `{token}` into one command argument.
 pub fn fill_template(arg: &str, port: u16, base_url: &str, token: &str) -> String {
     arg.replace("{port}", &port.to_string())
@@ -403,6 +414,24 @@ mod tests {
         assert_eq!(tail_lines("a\nb\nc", 1), "c");
         assert_eq!(tail_lines("", 3), "");
         assert_eq!(tail_lines("only", 1), "only");
+    }
+
+    #[test]
+    fn only_plain_names_can_be_binder_ids() {
+        assert!(is_binder_id("0123456789abcdef0123456789abcdef"));
+        assert!(is_binder_id("k1"));
+        for bad in [
+            "",
+            "..",
+            "../../etc",
+            "a/b",
+            "a b",
+            "x\0",
+            "--rm",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_binder_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

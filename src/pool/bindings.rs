@@ -95,7 +95,8 @@ impl Pools {
         Ok((pool, created))
     }
 
-    /// Deletes a binding and stops its binders (in the background).
+    /// Deletes a binding, stops its binders and then sweeps for orphans
+    /// (in the background; [`sweep`](super::sweep)).
     pub async fn delete_binding(&self, name: &BindingName, force: bool) -> Result<(), PoolError> {
         let pool = self
             .get(name)
@@ -119,9 +120,8 @@ impl Pools {
         // Cancel before listing: a binder registered after the list sees the
         // cancellation when its start begins.
         pool.retired.cancel();
-        for binder in self.binders_of(&pool) {
-            self.stop(&pool, &binder);
-        }
+        let binders = self.binders_of(&pool);
+        self.stop_then_sweep(pool, binders);
         Ok(())
     }
 

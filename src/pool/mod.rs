@@ -16,7 +16,8 @@
 //!   readiness check and warm kernel;
 //! - `lifecycle`: stop, fail, exits, pause and resume, logs;
 //! - `cull`: idle, old and never-visited binders;
-//! - [`restore`]: start-up, from the store and the backend's containers.
+//! - [`restore`]: start-up, from the store and the backend's containers;
+//! - [`sweep`]: containers labelled as ours that no live binder owns.
 //!
 //! Every change of a binder's state goes through [`Pool::transition`],
 //! [`Pool::force`] or [`Pool::take_down`] (or the queue's pop), which keep
@@ -49,6 +50,7 @@ pub mod restore;
 mod start;
 #[allow(clippy::module_inception)]
 mod state;
+pub mod sweep;
 
 pub use handout::Handout;
 pub use state::{BindingRecord, Pool, PoolCounts};

@@ -187,6 +187,7 @@ impl Pools {
         for pool in self.list() {
             self.spawn_reconciler(pool);
         }
+        self.spawn_sweeper();
         Ok(report)
     }
 

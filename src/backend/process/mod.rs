@@ -876,6 +876,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn stop(&self, binder_id: &str, instance: &Instance) -> Result<(), BackendError> {
+        if !super::is_binder_id(binder_id) {
+            return Err(BackendError::Unsupported(format!(
+                "{binder_id:?} is not a binder id"
+            )));
+        }
         self.kill_binder(binder_id, instance).await;
         self.uids.retain(|_, b| b != binder_id);
         let workdir = self.work_root.join(binder_id);
@@ -927,6 +932,11 @@ impl Backend for ProcessBackend {
             else {
                 continue;
             };
+            // A binder's code can give a process any labels: one naming a
+            // path would otherwise have its "working dir" removed.
+            if !super::is_binder_id(binder_id) {
+                continue;
+            }
             let (_, ppid, pgrp) = stat(pid).unwrap_or(('?', 0, pid));
             // The leader of the group binderd started is the binder's handle
             // (in a sandbox, processes inside lead sessions of their own: the
