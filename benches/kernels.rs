@@ -16,6 +16,16 @@
 //! Prints p50/p99 per pool, the ratios, and each pool's resident memory of
 //! one pooled binder as binderd reports it (`warmBinderMemoryBytes`).
 //!
+//! Then a cell's round trip on an open kernel WebSocket (`print(6*7)` until
+//! the kernel is idle again), through binderd's proxy against the same
+//! Jupyter server started the usual way beside it and reached directly:
+//! binderd acknowledges what the container sends at once
+//! (`upstream::ack`), a client connected directly waits out the server's
+//! Nagle and its own delayed ACKs.
+//!
+//! The client is what a browser is (`PlainChannels`: Nagle off, nothing
+//! else), not binderd's own kernel client, which reads with quick ACKs.
+//!
 //! `cargo bench --bench kernels` (`BENCH_KERNELS_HANDOUTS`, default 20).
 
 mod support;
@@ -24,12 +34,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use binderd::kernel::Channels;
+use futures_util::{SinkExt, StreamExt};
 use http::Method;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::{call, Binderd, Cleanup, Http};
+use tokio_tungstenite::tungstenite::Message;
 
 fn venv() -> PathBuf {
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
@@ -100,12 +111,12 @@ async fn first_output(
         "{}{location}api/kernels/{id}/channels?session_id=bench",
         base.replacen("http://", "ws://", 1)
     );
-    let mut channels = Channels::connect_url(&ws, "bench".into()).await.unwrap();
+    let mut channels = PlainChannels::open(&ws).await;
     marks[2] = Instant::now();
-    let outcome = channels.execute(code).await.unwrap();
+    let outcome = channels.execute(code).await;
     marks[3] = Instant::now();
     let took = began.elapsed();
-    assert_eq!(outcome.output, "42\n", "{outcome:?}");
+    assert_eq!(outcome.output, "42\n", "{}", outcome.output);
     channels.close().await;
     let steps = [
         marks[0] - began,
@@ -114,6 +125,159 @@ async fn first_output(
         marks[3] - marks[2],
     ];
     (took, steps, doc["id"].as_str().unwrap().to_owned())
+}
+
+/// A kernel's channels as a browser opens them: `TCP_NODELAY`, no more.
+struct PlainChannels {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What one cell gave: its output, and when the first output and the end
+/// (reply and idle) came.
+struct Executed {
+    output: String,
+    first_output: Duration,
+    done: Duration,
+}
+
+impl PlainChannels {
+    async fn open(url: &str) -> PlainChannels {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .unwrap();
+        PlainChannels { ws }
+    }
+
+    async fn execute(&mut self, code: &str) -> Executed {
+        let msg_id = format!("{:x}", rand::random::<u64>());
+        let request = json!({
+            "header": {"msg_id": msg_id, "username": "bench", "session": "bench",
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {},
+            "content": {"code": code, "silent": false, "store_history": false,
+                        "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
+            "channel": "shell", "buffers": [],
+        });
+        let began = Instant::now();
+        self.ws
+            .send(Message::text(request.to_string()))
+            .await
+            .unwrap();
+        let mut out = Executed {
+            output: String::new(),
+            first_output: Duration::ZERO,
+            done: Duration::ZERO,
+        };
+        let (mut replied, mut idle) = (false, false);
+        while !(replied && idle) {
+            let Some(Ok(Message::Text(text))) = self.ws.next().await else {
+                continue;
+            };
+            let msg: Value = serde_json::from_str(&text).unwrap();
+            if msg["parent_header"]["msg_id"].as_str() != Some(msg_id.as_str()) {
+                continue;
+            }
+            match msg["header"]["msg_type"].as_str() {
+                Some("stream") => {
+                    if out.output.is_empty() {
+                        out.first_output = began.elapsed();
+                    }
+                    out.output
+                        .push_str(msg["content"]["text"].as_str().unwrap_or(""));
+                }
+                Some("execute_reply") => replied = true,
+                Some("status") => {
+                    idle |= msg["content"]["execution_state"] == "idle";
+                }
+                _ => {}
+            }
+        }
+        out.done = began.elapsed();
+        out
+    }
+
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
+
+/// `cells` round trips of `print(6*7)` on the open channels of a new
+/// kernel of the server at `base` (`http://…/`), after one to warm up:
+/// sorted (first output, done) times.
+async fn round_trips(http: &Http, base: &str, cells: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let (status, kernel) = call(
+        http,
+        Method::POST,
+        &format!("{base}api/kernels"),
+        Some(&json!({"name": "python3"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{kernel}");
+    let id = kernel["id"].as_str().unwrap();
+    let ws = format!(
+        "{}api/kernels/{id}/channels?session_id=bench",
+        base.replacen("http://", "ws://", 1)
+    );
+    let mut channels = PlainChannels::open(&ws).await;
+    channels.execute("1").await;
+    let (mut first, mut done) = (Vec::new(), Vec::new());
+    for _ in 0..cells {
+        let e = channels.execute("print(6*7)").await;
+        assert_eq!(e.output, "42\n");
+        first.push(e.first_output);
+        done.push(e.done);
+    }
+    channels.close().await;
+    first.sort();
+    done.sort();
+    (first, done)
+}
+
+/// The Jupyter server of the binding, started the usual way (no binderd)
+/// on `port`; killed on drop.
+struct Direct(std::process::Child, PathBuf);
+
+impl Direct {
+    fn start(venv: &std::path::Path, port: u16) -> Direct {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/bindings/jupyter.json"
+        );
+        let b: Value = serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("binderd-bench-direct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args: Vec<String> = b["command"].as_array().unwrap()[1..]
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .unwrap()
+                    .replace("{port}", &port.to_string())
+                    .replace("{base_url}", "/")
+            })
+            .collect();
+        let child = Command::new(venv.join("bin/jupyter"))
+            .args(&args)
+            .arg("--allow-root")
+            .current_dir(&dir)
+            .env("JUPYTER_RUNTIME_DIR", dir.join("runtime"))
+            .env("JUPYTER_CONFIG_DIR", dir.join("config"))
+            .env("IPYTHONDIR", dir.join("ipython"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("jupyter server");
+        Direct(child, dir)
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -235,9 +399,47 @@ fn main() {
             .await;
             rows.push(row);
         }
+        // A cell's round trip on open channels: through binderd vs the same
+        // server reached directly, alternating, three times each.
+        let direct_port = support::free_port();
+        let _direct = Direct::start(&venv, direct_port);
+        let direct_base = format!("http://127.0.0.1:{direct_port}/");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", direct_port)).await.is_err()
+            || call(&http, Method::GET, &format!("{direct_base}api/status"), None).await.0 != 200
+        {
+            assert!(Instant::now() < deadline, "the direct Jupyter server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, doc) = call(
+            &http,
+            Method::POST,
+            &format!("{base}/bindings"),
+            Some(&binding(&venv, "rt", None)),
+        )
+        .await;
+        assert_eq!(status, 201, "{doc}");
+        wait_full(&http, &base, "rt").await;
+        let (status, doc) = call(&http, Method::POST, &format!("{base}/binders/rt"), None).await;
+        assert_eq!(status, 201, "{doc}");
+        let through_base = format!("{base}{}", doc["location"].as_str().unwrap());
+        let cells = 16;
+        let mut trips: [(Vec<Duration>, Vec<Duration>); 2] = Default::default();
+        for _ in 0..3 {
+            for (i, at) in [&direct_base, &through_base].into_iter().enumerate() {
+                let (first, done) = round_trips(&http, at, cells).await;
+                trips[i].0.extend(first);
+                trips[i].1.extend(done);
+            }
+        }
+        for t in &mut trips {
+            t.0.sort();
+            t.1.sort();
+        }
         server.stop().await;
-        rows
+        (rows, trips)
     });
+    let (rows, trips) = rows;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("\nfirst output after the handout, {handouts} handouts per pool, p50 (p99):");
@@ -265,5 +467,26 @@ fn main() {
         "(c) / (b): {:.2}x at p50   target ≤ 1.5x;   (a+) vs (c): {:.1}x sooner",
         ratio(c.p50, b.p50),
         ratio(a_plus.p50, c.p50)
+    );
+    let [direct, through] = &trips;
+    println!(
+        "\na cell on open channels (print(6*7)), {} cells each, p50 (p99):",
+        direct.1.len()
+    );
+    println!("| reached | first output | done (reply and idle) |");
+    println!("|---|---|---|");
+    for (label, t) in [("directly", direct), ("through binderd", through)] {
+        println!(
+            "| {label} | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) |",
+            ms(percentile(&t.0, 0.5)),
+            ms(percentile(&t.0, 0.99)),
+            ms(percentile(&t.1, 0.5)),
+            ms(percentile(&t.1, 0.99))
+        );
+    }
+    println!(
+        "through binderd / directly: {:.2}x (first output), {:.2}x (done) at p50   target ≤ 0.25x",
+        ratio(percentile(&through.0, 0.5), percentile(&direct.0, 0.5)),
+        ratio(percentile(&through.1, 0.5), percentile(&direct.1, 0.5))
     );
 }

@@ -54,6 +54,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
+pub mod tcp;
 pub mod upstream;
 
 use backend::{Backend, BackendError};

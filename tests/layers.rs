@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("binding", 1),
     ("body", 0),
     ("metrics", 0),
+    ("tcp", 0),
     ("quota", 2),
     ("backend", 2),
     ("upstream", 2),

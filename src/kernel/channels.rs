@@ -11,12 +11,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::KernelError;
 use crate::binder::random_secret;
+use crate::tcp::QuickAck;
 
-/// One kernel's WebSocket channels (`api/kernels/{id}/channels`).
+/// One kernel's WebSocket channels (`api/kernels/{id}/channels`), read with
+/// quick ACKs ([`crate::tcp`]): the warm-up's cells do not wait
+/// out the server's Nagle and our delayed ACKs either.
 pub struct Channels {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: tokio_tungstenite::WebSocketStream<QuickAck<tokio::net::TcpStream>>,
     session: String,
 }
 
@@ -34,13 +35,12 @@ impl Channels {
     pub async fn connect(addr: SocketAddr, base: &str, id: &str) -> Result<Channels, KernelError> {
         let session = random_secret().to_string();
         let url = format!("ws://{addr}{base}api/kernels/{id}/channels?session_id={session}");
-        Channels::connect_url(&url, session).await
-    }
-
-    /// Opens the channels at a full `ws://` URL (e.g. through binderd).
-    pub async fn connect_url(url: &str, session: String) -> Result<Channels, KernelError> {
-        // Nagle off: a frame's header and payload must not wait for an ACK.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        // Nagle off (`upstream::connect`): a frame's header and payload
+        // must not wait for an ACK.
+        let tcp = crate::upstream::connect(addr)
+            .await
+            .map_err(|e| KernelError::WebSocket(e.to_string()))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, QuickAck(tcp), None)
             .await
             .map_err(|e| KernelError::WebSocket(e.to_string()))?;
         Ok(Channels { ws, session })

@@ -212,7 +212,10 @@ impl Exchange<'_> {
             loop {
                 upbuf.reserve(READ_CHUNK);
                 let n = match upstream.read_buf(upbuf).await {
-                    Ok(n) => n,
+                    Ok(n) => {
+                        crate::tcp::quick_ack(&upstream);
+                        n
+                    }
                     Err(_) if again && upbuf.is_empty() => 0,
                     Err(e) => return Err(unreachable(e)),
                 };
@@ -292,7 +295,9 @@ impl Exchange<'_> {
             if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
                 return Ok(After::Close);
             }
-            super::join(client.split(), upstream.split(), binder, tunnel_idle).await;
+            let (from_container, to_container) = upstream.split();
+            let container = (crate::tcp::QuickAck(from_container), to_container);
+            super::join(client.split(), container, binder, tunnel_idle).await;
             return Ok(After::Close);
         }
         let (mut framing, upstream_keeps) = rewrite_answer(&upbuf[..head_len], req, binder, out)?;
@@ -337,7 +342,7 @@ impl Exchange<'_> {
             match upstream.read_buf(upbuf).await {
                 Ok(0) if matches!(framing, Framing::UntilClose) => done = true,
                 Ok(0) | Err(_) => return Ok(After::Close), // cut short: so is the client's answer
-                Ok(_) => {}
+                Ok(_) => crate::tcp::quick_ack(&upstream),
             }
         }
         // Bytes past the answer's end were never asked for: not reusable.

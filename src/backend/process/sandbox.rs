@@ -304,10 +304,13 @@ fn exec(args: &SandboxArgs) -> String {
 /// Joins one accepted connection to the server; a server not listening yet
 /// closes the client's connection (binderd's readiness check then retries).
 async fn join(mut client: tokio::net::TcpStream, upstream: SocketAddr) {
-    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    // The relay reads what the server sends: it acknowledges at once, or a
+    // server with Nagle on (Jupyter's WebSockets) waits out its delayed ACKs.
+    let mut server = crate::tcp::QuickAck(server);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
 }

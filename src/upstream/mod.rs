@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use crate::body::{empty, Body};
 
+pub mod ack;
+
 /// Idle connections a binder keeps, at most (as nginx's `keepalive 256`
 /// would for one upstream; fewer and a burst of clients churns
 /// connections, each answer closing one and each request opening one).
@@ -133,7 +135,7 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<ack::QuickAckConnector, Body>,
 }
 
 impl Default for Upstream {
@@ -149,7 +151,7 @@ impl Upstream {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
+            .build(ack::QuickAckConnector(connector));
         Upstream { client }
     }
 
