@@ -9,6 +9,10 @@
 //! cold one waits for its start), and the cost: warm-binder-seconds, the
 //! time integral of pool binders not handed out (available + starting).
 //!
+//! Then a rush that keeps speeding up: 90 readers over 15 s, their rate
+//! rising steadily from none to 12 a second, then nobody: the fixed pool
+//! and the demand-sized one again.
+//!
 //! `cargo bench --bench demand` (`BENCH_DEMAND_SECONDS`, default 60;
 //! `BENCH_DEMAND_ARRIVALS`, default 150).
 
@@ -38,6 +42,14 @@ fn arrivals(n: usize, span: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Arrival times for `n` readers over `span` whose rate rises steadily from
+/// zero (the cumulative count grows as t²): faster and faster.
+fn rush(n: usize, span: f64) -> Vec<f64> {
+    (0..n)
+        .map(|i| span * ((i as f64 + 0.5) / n as f64).sqrt())
+        .collect()
+}
+
 struct Outcome {
     warm: usize,
     total: usize,
@@ -47,7 +59,8 @@ struct Outcome {
     peak_target: u64,
 }
 
-async fn replay(name: &str, warm_target: Option<f64>, span: f64, n: usize) -> Outcome {
+async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcome {
+    let n = times.len();
     let data_dir =
         std::env::temp_dir().join(format!("binderd-demand-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -110,7 +123,7 @@ async fn replay(name: &str, warm_target: Option<f64>, span: f64, n: usize) -> Ou
     };
     let t0 = Instant::now();
     let mut readers = Vec::new();
-    for at in arrivals(n, span) {
+    for at in times {
         let (http, base, name) = (http.clone(), base.clone(), name.to_owned());
         readers.push(tokio::spawn(async move {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64(at)).into()).await;
@@ -169,16 +182,24 @@ async fn main() {
     println!(
         "{n} readers over {span:.0} s (rate rising then falling), servers ready 2 s after start"
     );
-    let fixed = replay("fixed", None, span, n).await;
-    let demand = replay("demand", Some(0.99), span, n).await;
+    let fixed = replay("fixed", None, arrivals(n, span)).await;
+    let demand = replay("demand", Some(0.99), arrivals(n, span)).await;
+    print_table(&fixed, &demand);
+    println!("\n90 readers over 15 s, the rate rising steadily to 12/s (a rush that speeds up)");
+    let fixed = replay("rush-fixed", None, rush(90, 15.0)).await;
+    let demand = replay("rush-demand", Some(0.99), rush(90, 15.0)).await;
+    print_table(&fixed, &demand);
+}
+
+fn print_table(fixed: &Outcome, demand: &Outcome) {
     println!();
     println!(
         "{:<28} {:>10} {:>10} {:>10} {:>16} {:>12}",
         "", "warm", "p50 ms", "p99 ms", "pool binder·s", "peak target"
     );
     for (name, o) in [
-        ("fixed pool (minPool 2)", &fixed),
-        ("demand-sized (warm_target .99)", &demand),
+        ("fixed pool (minPool 2)", fixed),
+        ("demand-sized (warm_target .99)", demand),
     ] {
         println!(
             "{:<28} {:>9.1}% {:>10.0} {:>10.0} {:>16.0} {:>12}",

@@ -97,20 +97,8 @@ async fn first_output(
     assert_eq!(status, 201, "{doc}");
     let location = doc["location"].as_str().unwrap().to_owned();
     marks[0] = Instant::now();
-    let (status, kernel) = call(
-        http,
-        Method::POST,
-        &format!("{base}{location}api/kernels"),
-        Some(&json!({"name": "python3"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{kernel}");
-    let id = kernel["id"].as_str().unwrap();
+    let ws = new_kernel(http, &format!("{base}{location}")).await;
     marks[1] = Instant::now();
-    let ws = format!(
-        "{}{location}api/kernels/{id}/channels?session_id=bench",
-        base.replacen("http://", "ws://", 1)
-    );
     let mut channels = PlainChannels::open(&ws).await;
     marks[2] = Instant::now();
     let outcome = channels.execute(code).await;
@@ -203,10 +191,9 @@ impl PlainChannels {
     }
 }
 
-/// `cells` round trips of `print(6*7)` on the open channels of a new
-/// kernel of the server at `base` (`http://…/`), after one to warm up:
-/// sorted (first output, done) times.
-async fn round_trips(http: &Http, base: &str, cells: usize) -> (Vec<Duration>, Vec<Duration>) {
+/// `POST {base}api/kernels` (a Jupyter server's, `http://…/`): the new (or
+/// warm) kernel's channels URL.
+async fn new_kernel(http: &Http, base: &str) -> String {
     let (status, kernel) = call(
         http,
         Method::POST,
@@ -216,10 +203,17 @@ async fn round_trips(http: &Http, base: &str, cells: usize) -> (Vec<Duration>, V
     .await;
     assert_eq!(status, 201, "{kernel}");
     let id = kernel["id"].as_str().unwrap();
-    let ws = format!(
+    format!(
         "{}api/kernels/{id}/channels?session_id=bench",
         base.replacen("http://", "ws://", 1)
-    );
+    )
+}
+
+/// `cells` round trips of `print(6*7)` on the open channels of a new
+/// kernel of the server at `base` (`http://…/`), after one to warm up:
+/// sorted (first output, done) times.
+async fn round_trips(http: &Http, base: &str, cells: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let ws = new_kernel(http, base).await;
     let mut channels = PlainChannels::open(&ws).await;
     channels.execute("1").await;
     let (mut first, mut done) = (Vec::new(), Vec::new());
