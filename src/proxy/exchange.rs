@@ -211,11 +211,14 @@ impl Exchange<'_> {
             upbuf.clear();
             loop {
                 upbuf.reserve(READ_CHUNK);
+                if !upbuf.is_empty() {
+                    // More of the head is awaited: ACK what came at once
+                    // ([`crate::tcp`]); an answer read whole in one go
+                    // costs no system call for it.
+                    crate::tcp::quick_ack(&upstream);
+                }
                 let n = match upstream.read_buf(upbuf).await {
-                    Ok(n) => {
-                        crate::tcp::quick_ack(&upstream);
-                        n
-                    }
+                    Ok(n) => n,
                     Err(_) if again && upbuf.is_empty() => 0,
                     Err(e) => return Err(unreachable(e)),
                 };
@@ -339,10 +342,12 @@ impl Exchange<'_> {
             }
             upbuf.clear();
             upbuf.reserve(READ_CHUNK);
+            // More of the body is awaited: ACK what came at once.
+            crate::tcp::quick_ack(&upstream);
             match upstream.read_buf(upbuf).await {
                 Ok(0) if matches!(framing, Framing::UntilClose) => done = true,
                 Ok(0) | Err(_) => return Ok(After::Close), // cut short: so is the client's answer
-                Ok(_) => crate::tcp::quick_ack(&upstream),
+                Ok(_) => {}
             }
         }
         // Bytes past the answer's end were never asked for: not reusable.
