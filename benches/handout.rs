@@ -53,6 +53,8 @@ async fn fetch(
         .method(method.clone())
         .uri(path)
         .header("host", "bench")
+        // Only an event-stream client launches (`/build`); harmless elsewhere.
+        .header("accept", "text/event-stream, */*")
         .body(Empty::new())
         .unwrap();
     sender.ready().await.unwrap();

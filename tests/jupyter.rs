@@ -117,7 +117,7 @@ async fn a_binderhub_client_launches_a_repository_and_runs_code() {
     assert_eq!(result["output"], "42\n", "{result}");
     assert_eq!(
         result["phases"],
-        json!(["built", "launching", "ready"]),
+        json!(["built", "launching", "launching", "ready"]),
         "{result}"
     );
     assert_eq!(

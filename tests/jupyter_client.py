@@ -97,7 +97,7 @@ def binderhub(base, spec):
     with requests (stream=True) until ready, then use the url and token."""
     import requests
     r = requests.get(base + "/build/" + spec, stream=True, timeout=60,
-                     headers={"Origin": PAGE_ORIGIN})
+                     headers={"Origin": PAGE_ORIGIN, "Accept": "text/event-stream"})
     assert r.status_code == 200, r.status_code
     assert r.headers["Content-Type"] == "text/event-stream", r.headers
     assert r.headers.get("Access-Control-Allow-Origin") in ("*", PAGE_ORIGIN), r.headers

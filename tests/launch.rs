@@ -19,6 +19,14 @@ fn launchable(name: &str, min: u32, max: u32) -> Value {
     b
 }
 
+/// `GET {url}` as an event-stream client (EventSource, BinderHub's own
+/// client) sends it, with `extra` headers.
+async fn build(http: &Http, url: &str, extra: &[(&str, &str)]) -> Answer {
+    let mut headers = vec![("accept", "text/event-stream")];
+    headers.extend_from_slice(extra);
+    http.send(Method::GET, url, &headers, "").await
+}
+
 /// The `data:` events of an event-stream body.
 fn events(body: &str) -> Vec<Value> {
     body.lines()
@@ -37,22 +45,30 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     create_and_fill(&http, &server.url(""), &launchable("reqs", 1, 6)).await;
 
     // Warm.
-    let a = http
-        .send(
-            Method::GET,
-            &server.url(BUILD),
-            &[("origin", "http://page.example")],
-            "",
-        )
-        .await;
+    let a = build(
+        &http,
+        &server.url(BUILD),
+        &[("origin", "http://page.example")],
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.headers["content-type"], "text/event-stream");
     assert_eq!(a.headers["access-control-allow-origin"], "*");
     let ev = events(&a.body);
     let phases: Vec<&str> = ev.iter().map(|e| e["phase"].as_str().unwrap()).collect();
-    assert_eq!(phases, ["built", "launching", "ready"], "{}", a.body);
+    assert_eq!(
+        phases,
+        ["built", "launching", "launching", "ready"],
+        "{}",
+        a.body
+    );
     assert_eq!(ev[0]["imageName"], "binderd:reqs");
-    let ready = &ev[2];
+    assert!(
+        ev[2]["message"].as_str().unwrap().contains("kept warm"),
+        "{}",
+        a.body
+    );
+    let ready = &ev[3];
     for field in [
         "message",
         "url",
@@ -83,24 +99,39 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     let mut cold = standin_binding("coldreqs", 0, 2);
     cold["repo"] = json!("https://github.com/binder-examples/cold");
     create_binding(&http, &server.url(""), &cold).await;
-    let a = http
-        .get(&server.url("/build/gh/binder-examples/cold/main"))
-        .await;
-    let phases: Vec<Value> = events(&a.body).iter().map(|e| e["phase"].clone()).collect();
-    assert_eq!(phases, ["built", "launching", "ready"], "{}", a.body);
+    let a = build(
+        &http,
+        &server.url("/build/gh/binder-examples/cold/main"),
+        &[],
+    )
+    .await;
+    let cold_events = events(&a.body);
+    let phases: Vec<Value> = cold_events.iter().map(|e| e["phase"].clone()).collect();
+    assert_eq!(
+        phases,
+        ["built", "launching", "launching", "ready"],
+        "{}",
+        a.body
+    );
+    assert!(
+        cold_events[2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Starting a server for you"),
+        "{}",
+        a.body
+    );
 
     // Behind a trusted proxy, the forwarded host and scheme make the URL.
-    let a = http
-        .send(
-            Method::GET,
-            &server.url(BUILD),
-            &[
-                ("x-forwarded-host", "binder.example.org"),
-                ("x-forwarded-proto", "https"),
-            ],
-            "",
-        )
-        .await;
+    let a = build(
+        &http,
+        &server.url(BUILD),
+        &[
+            ("x-forwarded-host", "binder.example.org"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     let ready = events(&a.body).pop().unwrap();
     assert!(
         ready["url"]
@@ -150,7 +181,7 @@ async fn unknown_repositories_and_full_pools_are_failed_events() {
         ("/build/zenodo/10.5281/zenodo.1", "not served here"),
         ("/build/gh/only-org", "names no repository"),
     ] {
-        let a = http.get(&server.url(path)).await;
+        let a = build(&http, &server.url(path), &[]).await;
         assert_eq!(a.status, 200, "{path}");
         let ev = events(&a.body);
         assert_eq!(ev.len(), 1, "{}", a.body);
@@ -162,7 +193,7 @@ async fn unknown_repositories_and_full_pools_are_failed_events() {
         );
     }
     // The pool's one binder, with the public URL; then the pool is full.
-    let ready = events(&http.get(&server.url(BUILD)).await.body)
+    let ready = events(&build(&http, &server.url(BUILD), &[]).await.body)
         .pop()
         .unwrap();
     assert_eq!(ready["phase"], "ready");
@@ -170,7 +201,7 @@ async fn unknown_repositories_and_full_pools_are_failed_events() {
         .as_str()
         .unwrap()
         .starts_with("https://binder.example.org/user/"));
-    let full = events(&http.get(&server.url(BUILD)).await.body)
+    let full = events(&build(&http, &server.url(BUILD), &[]).await.body)
         .pop()
         .unwrap();
     assert_eq!(full["phase"], "failed", "{full}");
@@ -201,10 +232,12 @@ async fn v2_links_land_in_the_binder_at_the_asked_path() {
         let a = http.get(&server.url(&format!("{v2}{query}"))).await;
         assert_eq!(a.status, 302, "{query}: {}", a.body);
         let to = a.headers["location"].to_str().unwrap();
+        let (path, token) = to.split_once("?token=").expect("the token in the location");
         assert!(
-            to.starts_with("/user/") && to.ends_with(&format!("/{lands}")),
+            path.starts_with("/user/") && path.ends_with(&format!("/{lands}")),
             "{query}: {to}"
         );
+        assert!(path.starts_with(&format!("/user/{token}/")), "{to}");
         assert_eq!(http.get(&server.url(to)).await.status, 200, "{to}");
     }
     // Nothing serves it: a page for a browser, JSON for others.
@@ -265,7 +298,7 @@ async fn a_cold_v2_launch_shows_a_page_until_the_server_answers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(pages >= 1, "it was cold");
-    assert!(landed.ends_with("/api/status"), "{landed}");
+    assert!(landed.contains("/api/status?token="), "{landed}");
     assert_eq!(http.get(&server.url(&landed)).await.status, 200);
     let pool = http.get(&server.url("/pools/slow")).await.json();
     assert_eq!(pool["running"], 1, "one binder for the whole wait: {pool}");
@@ -285,17 +318,15 @@ async fn a_trusted_proxy_s_forwarded_host_and_scheme_make_the_url() {
     })
     .await;
     create_and_fill(&http, &server.url(""), &launchable("behind", 1, 3)).await;
-    let a = http
-        .send(
-            Method::GET,
-            &server.url(BUILD),
-            &[
-                ("x-forwarded-host", "binder.example.org"),
-                ("x-forwarded-proto", "https"),
-            ],
-            "",
-        )
-        .await;
+    let a = build(
+        &http,
+        &server.url(BUILD),
+        &[
+            ("x-forwarded-host", "binder.example.org"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     let ready = events(&a.body).pop().unwrap();
     assert!(
         ready["url"]
@@ -318,9 +349,69 @@ async fn versions_and_health_answer_as_binderhub() {
     let v = http.get(&server.url("/versions")).await;
     assert_eq!(v.status, 200);
     assert!(v.json()["builder"].is_string() && v.json()["binderhub"].is_string());
+    assert_eq!(v.json()["builder_info"]["builds"], false, "{}", v.body);
     let h = http.get(&server.url("/health")).await;
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["ok"], true);
     assert_eq!(h.json()["checks"][0]["ok"], true);
+    server.stop().await;
+}
+
+/// What BinderHub's clients and test suite expect beyond the happy path:
+/// no launch without `Accept: text/event-stream` (a crawler following
+/// `/build` links), `build_only` launches nothing, and Binder's legacy
+/// `/repo/...` links redirect to `/v2`.
+#[tokio::test]
+async fn only_event_stream_clients_launch_build_only_launches_nothing_and_legacy_links_redirect() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::start("hub-second").await;
+    create_and_fill(&http, &server.url(""), &launchable("hub", 2, 4)).await;
+    let untouched = |p: &Value| p["available"] == 2 && p["running"] == 2;
+
+    // A crawler: one failed event, status 400 named, nothing handed out.
+    for accept in [None, Some("text/html"), Some("*/*")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let a = http
+            .send(Method::GET, &server.url(BUILD), &headers, "")
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let ev = events(&a.body);
+        assert_eq!(ev.len(), 1, "{accept:?}: {}", a.body);
+        assert_eq!(ev[0]["phase"], "failed");
+        assert_eq!(ev[0]["status_code"], 400);
+        assert_eq!(
+            ev[0]["message"],
+            "Missing Accept header: text/event-stream\n"
+        );
+    }
+    let pool = http.get(&server.url("/pools/hub")).await.json();
+    assert!(untouched(&pool), "a crawler took a binder: {pool}");
+
+    // build_only: built, then ready without a server.
+    let a = build(&http, &server.url(&format!("{BUILD}?build_only=true")), &[]).await;
+    let ev = events(&a.body);
+    let phases: Vec<&str> = ev.iter().map(|e| e["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["built", "ready"], "{}", a.body);
+    assert!(ev[1].get("url").is_none(), "{}", a.body);
+    let pool = http.get(&server.url("/pools/hub")).await.json();
+    assert!(untouched(&pool), "build_only handed out a binder: {pool}");
+
+    // Legacy links.
+    for (path, to) in [
+        ("/repo/org/proj", "/v2/gh/org/proj/master"),
+        ("/repo/org/proj/", "/v2/gh/org/proj/master"),
+        (
+            "/repo/org/proj/notebooks/a.ipynb",
+            "/v2/gh/org/proj/master?urlpath=notebooks/a.ipynb",
+        ),
+    ] {
+        let a = http.get(&server.url(path)).await;
+        assert_eq!(a.status, 302, "{path}: {}", a.body);
+        assert_eq!(a.headers["location"], to, "{path}");
+    }
+    assert_error(&http.get(&server.url("/repo/only-org")).await, 404);
     server.stop().await;
 }

@@ -20,7 +20,7 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use super::views::{HealthCheck, HubHealth, LaunchEvent, Versions};
+use super::views::{BuilderInfo, HealthCheck, HubHealth, LaunchEvent, Versions};
 use super::{admit_spawn, json, ApiError, App, Result, VERSION};
 use crate::auth::Caller;
 use crate::binder::State;
@@ -177,6 +177,19 @@ pub(super) async fn build(
     peer: SocketAddr,
 ) -> Result<Response<Body>> {
     let failed = |message: String| events(vec![LaunchEvent::failed(message)], None);
+    // As BinderHub: only an event-stream client launches (a crawler
+    // following `/build` links would otherwise empty the pools).
+    let streams = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if !streams {
+        let mut refused = LaunchEvent::failed("Missing Accept header: text/event-stream\n");
+        refused.status_code = Some(400);
+        return events(vec![refused], None);
+    }
     let spec = match Spec::parse(rest) {
         Ok(spec) => spec,
         Err(message) => return failed(message),
@@ -192,13 +205,31 @@ pub(super) async fn build(
     let image = image_of(&pool);
     let base = public_base(app, req.headers(), peer);
     let request = format!("v2/{rest}");
+    let built = LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image);
+    if query_flag(req.uri().query().unwrap_or(""), "build_only") {
+        // Nothing is built here and nothing is launched for it.
+        let done = LaunchEvent::phase(
+            "ready",
+            "Done! Found built image, not launching (build_only)\n",
+        );
+        return events(vec![built, done], None);
+    }
     let head = vec![
-        LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image),
+        built,
         LaunchEvent::phase("launching", "Launching server...\n"),
     ];
     let binder = match app.pools.handout(&pool, caller.owner(), Some(client)).await {
         Ok(Handout::Ready(b)) => {
             let mut all = head;
+            let kernel = if pool.current().binding.kernel.is_some() {
+                ", its kernel already running"
+            } else {
+                ""
+            };
+            all.push(LaunchEvent::phase(
+                "launching",
+                format!("Server ready: one kept warm{kernel}\n"),
+            ));
             all.push(LaunchEvent::ready(
                 &b,
                 &base,
@@ -215,6 +246,14 @@ pub(super) async fn build(
     };
     // Cold: the stream says where it is and ends when the binder is ready.
     let wait = start_wait(app, &pool);
+    let mut head = head;
+    head.push(LaunchEvent::phase(
+        "launching",
+        format!(
+            "Starting a server for you (ready in about {} s)\n",
+            pool.time_to_ready().as_secs().max(1)
+        ),
+    ));
     let pools = app.pools.clone();
     let url = absolute(app, &base, &binder);
     let tail = async move {
@@ -313,7 +352,15 @@ pub(super) async fn v2(
     };
     match binder.state() {
         State::Assigned => {
-            let target = format!("{}{}", app.location(&binder), landing(query));
+            // With the token, as BinderHub's own client opens the server: a
+            // server whose token is on lets the browser in (harmless off).
+            let path = landing(query);
+            let join = if path.contains('?') { '&' } else { '?' };
+            let target = format!(
+                "{}{path}{join}token={}",
+                app.location(&binder),
+                binder.token
+            );
             let location = header::HeaderValue::from_str(&target)
                 .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
             Response::builder()
@@ -357,6 +404,38 @@ pub(super) async fn v2(
     }
 }
 
+/// Whether `name` is set true in the query (`name=true`, `name=1` or bare).
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        k == name && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+    })
+}
+
+/// `GET /repo/{org}/{repo}[/{path}]`: Binder's first links, which BinderHub
+/// still redirects to `/v2/gh/{org}/{repo}/master` (the path as `urlpath`).
+pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
+    let mut parts = rest.splitn(3, '/').filter(|s| !s.is_empty());
+    let (Some(org), Some(repo)) = (parts.next(), parts.next()) else {
+        return Err(ApiError::NotFound(
+            "a legacy link is /repo/{org}/{repo}[/{path}]".into(),
+        ));
+    };
+    let path = parts.next().unwrap_or("").trim_start_matches('/');
+    let mut target = format!("/v2/gh/{org}/{repo}/master");
+    if !path.is_empty() {
+        target.push_str("?urlpath=");
+        target.push_str(path);
+    }
+    let location = header::HeaderValue::from_str(&target)
+        .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, location)
+        .body(crate::body::empty())
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -380,6 +459,10 @@ pub(super) fn versions() -> Result<Response<Body>> {
         &Versions {
             builder: "binderd (prebuilt images, nothing is built)",
             binderhub: VERSION,
+            builder_info: BuilderInfo {
+                builds: false,
+                binderd: VERSION,
+            },
         },
     )
 }

@@ -265,6 +265,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         (Route::Build(rest), _) => launch::build(app, &caller, rest, &req, peer).await,
         (Route::Launch(rest), _) => launch::v2(app, &caller, rest, &req, peer).await,
         (Route::Versions, _) => launch::versions(),
+        (Route::LegacyRepo(rest), _) => launch::legacy(rest),
         (Route::HubHealth, _) => launch::health(app),
         (Route::SpawnRedirect(rest), _) => {
             let query = req.uri().query();

@@ -171,6 +171,9 @@ fn build() {}
 #[utoipa::path(get, path = "/v2/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path), ("urlpath" = Option<String>, Query), ("labpath" = Option<String>, Query), ("filepath" = Option<String>, Query)), responses((status = 302, description = "To the binder's location plus the asked path"), (status = 200, description = "A page that looks again every second while a server starts", content_type = "text/html", body = String), Errors))]
 fn launch() {}
 
+#[utoipa::path(get, path = "/repo/{org}/{repo}", params(("org" = String, Path), ("repo" = String, Path)), responses((status = 302, description = "Binder's legacy link: to /v2/gh/{org}/{repo}/master (a path after the repository becomes ?urlpath=)"), Errors))]
+fn legacy_repo() {}
+
 #[utoipa::path(get, path = "/versions", responses((status = 200, body = Versions), Errors))]
 fn versions() {}
 
@@ -188,7 +191,7 @@ fn hub_health() {}
         spawn, list_binders, get_binder, delete_binder, pause, logs, events,
         list_pools, get_pool, resize_pool, put_pool,
         tmpnb_spawn, tmpnb_stats, tmpnb_spawn_redirect, proxy,
-        build, launch, versions, hub_health,
+        build, launch, legacy_repo, versions, hub_health,
     ),
     modifiers(&Security),
 )]

@@ -41,6 +41,9 @@ pub(super) enum Route<'a> {
     Build(&'a str),
     /// BinderHub: `GET /v2/{provider}/{spec}`, with what follows `/v2/`.
     Launch(&'a str),
+    /// Binder's legacy links: `GET /repo/{org}/{repo}[/{path}]`, with what
+    /// follows `/repo/`.
+    LegacyRepo(&'a str),
     /// BinderHub: `GET /versions`
     Versions,
     /// BinderHub: `GET /health`
@@ -60,6 +63,9 @@ impl<'a> Route<'a> {
         }
         if let Some(rest) = path.strip_prefix("/v2/") {
             return Some(Route::Launch(rest.trim_end_matches('/')));
+        }
+        if let Some(rest) = path.strip_prefix("/repo/") {
+            return Some(Route::LegacyRepo(rest.trim_end_matches('/')));
         }
         let trimmed = path.trim_end_matches('/');
         let mut segments = [""; 6];
@@ -112,6 +118,7 @@ impl<'a> Route<'a> {
             | Route::TmpnbStats
             | Route::SpawnRedirect(_)
             | Route::Versions
+            | Route::LegacyRepo(_)
             | Route::HubHealth
             | Route::Asset(_) => "GET, HEAD",
             // A launch hands out a binder: no HEAD.

@@ -235,6 +235,10 @@ pub struct LaunchEvent {
     /// `built`, `launching`, `ready` or `failed`.
     pub phase: &'static str,
     pub message: String,
+    /// Failed: the HTTP status BinderHub would name (400 for a request it
+    /// refuses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
     #[serde(rename = "imageName", skip_serializing_if = "Option::is_none")]
     pub image_name: Option<String>,
     /// Ready: the server's absolute URL (`.../user/{token}/`).
@@ -262,6 +266,7 @@ impl LaunchEvent {
         LaunchEvent {
             phase,
             message: message.into(),
+            status_code: None,
             image_name: None,
             url: None,
             token: None,
@@ -312,6 +317,16 @@ impl LaunchEvent {
 pub struct Versions {
     pub builder: &'static str,
     pub binderhub: &'static str,
+    /// What builds images: here nothing does (`{"builds": false, ...}`).
+    pub builder_info: BuilderInfo,
+}
+
+/// `builder_info` of `GET /versions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuilderInfo {
+    /// Always false: binderd serves prebuilt images.
+    pub builds: bool,
+    pub binderd: &'static str,
 }
 
 /// `GET /health`, as BinderHub answers it.
