@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_runs_code_through_the_proxy_and_the_thebe_path() {
@@ -132,6 +132,105 @@ async fn a_binderhub_client_launches_a_repository_and_runs_code() {
             .starts_with(&format!("http://{}/user/", server.addr)),
         "{result}"
     );
+    server.stop().await;
+}
+
+/// BinderHub's clients beyond one launch, with Python `requests` as
+/// BinderHub's own tests use it, against two real Jupyter servers, one
+/// with its token on and one with it off: no launch without `Accept:
+/// text/event-stream`, `build_only` hands out nothing, the binder's own
+/// progress as `launching` events, Binder's legacy `/repo` links,
+/// `/versions`' `builder_info`, and `/v2?urlpath=api/status` landing (200)
+/// with the token on too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binderhub_clients_get_what_binderhub_gives_them_token_on_and_off() {
+    let Some(venv) = venv() else { return };
+    let data = DataDir::new("jupyter-hub-points");
+    let server = Server::start(test_config(&data)).await;
+    let http = Http::new();
+    let base = server.url("");
+    for (name, token_on) in [("tokenon", true), ("tokenoff", false)] {
+        let mut binding = jupyter_binding(&venv, name, 1);
+        binding["repo"] = json!(format!("https://github.com/binder-examples/{name}"));
+        if token_on {
+            for arg in binding["command"].as_array_mut().unwrap() {
+                if arg == "--IdentityProvider.token=" {
+                    *arg = json!("--IdentityProvider.token={token}");
+                }
+            }
+        }
+        create_binding(&http, &base, &binding).await;
+        wait_pool(&http, &base, name, 90, |p| p["available"] == 1).await;
+        let spec = format!("gh/binder-examples/{name}/HEAD");
+        let points = tokio::task::spawn_blocking({
+            let (venv, base) = (venv.clone(), base.clone());
+            move || run_client(&venv, &[&base, "binderhub-points", &spec])
+        })
+        .await
+        .unwrap();
+        let crawler = &points["no_accept"];
+        assert_eq!(crawler.as_array().unwrap().len(), 1, "{name}: {points}");
+        assert_eq!(crawler[0]["phase"], "failed", "{name}: {points}");
+        assert_eq!(crawler[0]["status_code"], 400, "{name}: {points}");
+        let phases = |events: &Value| -> Vec<String> {
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["phase"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            phases(&points["build_only"]),
+            ["built", "ready"],
+            "{name}: {points}"
+        );
+        assert!(
+            points["build_only"][1].get("url").is_none(),
+            "{name}: {points}"
+        );
+        assert_eq!(
+            points["legacy"],
+            json!([
+                302,
+                format!("/v2/gh/binder-examples/{name}/master?urlpath=notebooks/x.ipynb")
+            ]),
+            "{name}"
+        );
+        assert!(points["versions"]["builder_info"].is_object(), "{points}");
+        assert_eq!(points["v2"]["status"], 200, "{name}: {points}");
+        assert!(
+            points["v2"]["url"]
+                .as_str()
+                .unwrap()
+                .contains("/api/status?token="),
+            "{name}: {points}"
+        );
+        let launch = phases(&points["launch"]);
+        assert_eq!(
+            launch.first().map(String::as_str),
+            Some("built"),
+            "{name}: {points}"
+        );
+        assert_eq!(
+            launch.last().map(String::as_str),
+            Some("ready"),
+            "{name}: {points}"
+        );
+        assert!(
+            launch.iter().filter(|p| *p == "launching").count() >= 2,
+            "{name}: the binder's progress: {points}"
+        );
+        // The crawler and build_only took nothing: the two launches (v2 and
+        // the last /build) are the only binders handed out.
+        let pool = http
+            .get(&server.url(&format!("/pools/{name}")))
+            .await
+            .json();
+        let count = |k: &str| pool[k].as_u64().unwrap();
+        let handed_out = count("running") - count("available") - count("starting");
+        assert_eq!(handed_out, 2, "{name}: {pool}");
+    }
     server.stop().await;
 }
 

@@ -125,6 +125,41 @@ def binderhub(base, spec):
             "status_without_token": without}
 
 
+def binderhub_points(base, spec):
+    """What BinderHub's clients and test suite rely on beyond one launch, as
+    requests sees it: no launch without Accept: text/event-stream, build_only,
+    the binder's progress as launching events, Binder's legacy /repo links,
+    /versions' builder_info, and /v2 landing in a server whose token may be
+    on."""
+    import requests
+
+    def stream(url, headers):
+        r = requests.get(url, stream=True, timeout=60, headers=headers)
+        assert r.status_code == 200, r.status_code
+        events = []
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                events.append(json.loads(line[len("data:"):]))
+                if events[-1]["phase"] in ("ready", "failed"):
+                    break
+        r.close()
+        return events
+
+    sse = {"Accept": "text/event-stream"}
+    out = {"no_accept": stream(base + "/build/" + spec, {}),
+           "build_only": stream(base + "/build/" + spec + "?build_only=true", sse)}
+    org_repo = "/".join(spec.split("/")[1:3])
+    legacy = requests.get(base + "/repo/" + org_repo + "/notebooks/x.ipynb",
+                          allow_redirects=False, timeout=30)
+    out["legacy"] = [legacy.status_code, legacy.headers.get("Location")]
+    out["versions"] = requests.get(base + "/versions", timeout=30).json()
+    landed = requests.get(base + "/v2/" + spec + "?urlpath=api/status", timeout=60)
+    out["v2"] = {"status": landed.status_code, "url": landed.url,
+                 "redirects": [r.status_code for r in landed.history]}
+    out["launch"] = stream(base + "/build/" + spec, sse)
+    return out
+
+
 def get(url):
     with urllib.request.urlopen(url, timeout=30) as resp:
         return json.loads(resp.read())
@@ -213,6 +248,9 @@ def main():
     base, mode = sys.argv[1], sys.argv[2]
     if mode == "binderhub":
         print(json.dumps(binderhub(base, sys.argv[3])))
+        return
+    if mode == "binderhub-points":
+        print(json.dumps(binderhub_points(base, sys.argv[3])))
         return
     if mode in ("kernel", "session", "start"):
         print(json.dumps(warm_kernel(base, mode, sys.argv[3], sys.argv[4])))

@@ -356,18 +356,11 @@ pub(super) async fn v2(
             // server whose token is on lets the browser in (harmless off).
             let path = landing(query);
             let join = if path.contains('?') { '&' } else { '?' };
-            let target = format!(
+            found(&format!(
                 "{}{path}{join}token={}",
                 app.location(&binder),
                 binder.token
-            );
-            let location = header::HeaderValue::from_str(&target)
-                .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
-            Response::builder()
-                .status(StatusCode::FOUND)
-                .header(header::LOCATION, location)
-                .body(crate::body::empty())
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            ))
         }
         State::Starting | State::StartingClaimed => {
             let again: String = query
@@ -427,7 +420,12 @@ pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
         target.push_str("?urlpath=");
         target.push_str(path);
     }
-    let location = header::HeaderValue::from_str(&target)
+    found(&target)
+}
+
+/// 302 to `target`.
+fn found(target: &str) -> Result<Response<Body>> {
+    let location = header::HeaderValue::from_str(target)
         .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
     Response::builder()
         .status(StatusCode::FOUND)
