@@ -44,11 +44,20 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     } = Harness::with_config("build", |c| c.allow_origin = Some("*".into())).await;
     create_and_fill(&http, &server.url(""), &launchable("reqs", 1, 6)).await;
 
-    // Warm.
+    // Warm, as thebe 0.9's binder mode asks (through BinderHub's client):
+    // an EventSource on a page of another origin, the headers Chromium
+    // sends with it (`build` adds `Accept: text/event-stream`).
     let a = build(
         &http,
         &server.url(BUILD),
-        &[("origin", "http://page.example")],
+        &[
+            ("origin", "http://page.example"),
+            ("referer", "http://page.example/book/intro.html"),
+            ("cache-control", "no-cache"),
+            ("sec-fetch-mode", "cors"),
+            ("sec-fetch-dest", "empty"),
+            ("sec-fetch-site", "cross-site"),
+        ],
     )
     .await;
     assert_eq!(a.status, 200);
@@ -95,9 +104,18 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     let status = http.get(&format!("{url}api/status")).await;
     assert_eq!(status.status, 200, "{}", status.body);
 
-    // Cold: nothing is warm for this repository; the stream waits for it.
+    // Cold: nothing is warm for this repository; the stream waits for it,
+    // saying when the container is up (its server answers 1 s later).
     let mut cold = standin_binding("coldreqs", 0, 2);
     cold["repo"] = json!("https://github.com/binder-examples/cold");
+    cold["command"] = json!([
+        "sh",
+        "-c",
+        format!(
+            "sleep 1; exec {} --port {{port}} --base-url {{base_url}}",
+            standin()
+        )
+    ]);
     create_binding(&http, &server.url(""), &cold).await;
     let a = build(
         &http,
@@ -109,18 +127,17 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     let phases: Vec<Value> = cold_events.iter().map(|e| e["phase"].clone()).collect();
     assert_eq!(
         phases,
-        ["built", "launching", "launching", "ready"],
+        ["built", "launching", "launching", "launching", "ready"],
         "{}",
         a.body
     );
-    assert!(
-        cold_events[2]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Starting a server for you"),
-        "{}",
-        a.body
-    );
+    for (i, says) in [(2, "Starting a server for you"), (3, "its container is up")] {
+        assert!(
+            cold_events[i]["message"].as_str().unwrap().contains(says),
+            "{}",
+            a.body
+        );
+    }
 
     // Behind a trusted proxy, the forwarded host and scheme make the URL.
     let a = build(

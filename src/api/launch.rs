@@ -254,39 +254,98 @@ pub(super) async fn build(
             pool.time_to_ready().as_secs().max(1)
         ),
     ));
-    let pools = app.pools.clone();
-    let url = absolute(app, &base, &binder);
-    let tail = async move {
-        match binder.wait_started(wait).await {
-            State::Assigned => {
-                LaunchEvent::ready(&binder, &base, url, &image, &spec.repo, &request)
-            }
-            State::Failed => LaunchEvent::failed(format!(
-                "the server failed to start: {}",
-                binder.failure().unwrap_or("unknown reason")
-            )),
-            _ => {
-                pools.stop(&pool, &binder);
-                LaunchEvent::failed(format!(
-                    "no server was ready within {}s: try again",
-                    wait.as_secs()
-                ))
-            }
-        }
-    };
+    let cold = Arc::new(Cold {
+        pools: app.pools.clone(),
+        pool,
+        url: absolute(app, &base, &binder),
+        binder,
+        base,
+        image,
+        repo: spec.repo,
+        request,
+        wait,
+        deadline: tokio::time::Instant::now() + wait,
+    });
+    // The binder's progress: one `launching` event when its container is
+    // up, then `ready` (or `failed`). `None`: the stream has ended.
+    let tail = stream::unfold(Some(false), move |announced| {
+        let cold = cold.clone();
+        async move { cold.next(announced?).await }
+    });
     events(head, Some(Box::pin(tail)))
 }
 
-type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = LaunchEvent> + Send + Sync>>;
+/// A cold launch under way, for its event stream.
+struct Cold {
+    pools: crate::pool::Pools,
+    pool: Arc<Pool>,
+    binder: Arc<crate::binder::Binder>,
+    url: String,
+    base: String,
+    image: String,
+    repo: String,
+    request: String,
+    wait: Duration,
+    deadline: tokio::time::Instant,
+}
 
-/// `text/event-stream` of `data: {json}` events: `head`, then `tail` when
-/// it resolves.
+/// How often a cold launch looks at its binder's progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+impl Cold {
+    /// The next event, and whether the container's start was announced
+    /// (`None` after the last event).
+    async fn next(&self, announced: bool) -> Option<(LaunchEvent, Option<bool>)> {
+        loop {
+            let left = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            let event = match self.binder.wait_started(left.min(PROGRESS_EVERY)).await {
+                State::Assigned => LaunchEvent::ready(
+                    &self.binder,
+                    &self.base,
+                    self.url.clone(),
+                    &self.image,
+                    &self.repo,
+                    &self.request,
+                ),
+                State::Failed => LaunchEvent::failed(format!(
+                    "the server failed to start: {}",
+                    self.binder.failure().unwrap_or("unknown reason")
+                )),
+                State::Starting | State::StartingClaimed if !left.is_zero() => {
+                    if !announced && self.binder.instance().is_some() {
+                        let up = LaunchEvent::phase(
+                            "launching",
+                            "Server starting: its container is up, waiting for it to answer\n",
+                        );
+                        return Some((up, Some(true)));
+                    }
+                    continue;
+                }
+                _ => {
+                    self.pools.stop(&self.pool, &self.binder);
+                    LaunchEvent::failed(format!(
+                        "no server was ready within {}s: try again",
+                        self.wait.as_secs()
+                    ))
+                }
+            };
+            return Some((event, None));
+        }
+    }
+}
+
+type Tail = std::pin::Pin<Box<dyn futures_util::Stream<Item = LaunchEvent> + Send + Sync>>;
+
+/// `text/event-stream` of `data: {json}` events: `head`, then `tail`'s as
+/// they come.
 fn events(head: Vec<LaunchEvent>, tail: Option<Tail>) -> Result<Response<Body>> {
     let frame = |event: LaunchEvent| {
         let doc = serde_json::to_string(&event).unwrap_or_default();
         Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("data: {doc}\n\n"))))
     };
-    let tail = stream::iter(tail).then(|t| t);
+    let tail = stream::iter(tail).flatten();
     let body = StreamBody::new(stream::iter(head).chain(tail).map(frame));
     Response::builder()
         .status(StatusCode::OK)
