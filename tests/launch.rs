@@ -27,6 +27,16 @@ async fn build(http: &Http, url: &str, extra: &[(&str, &str)]) -> Answer {
     http.send(Method::GET, url, &headers, "").await
 }
 
+/// [`build`] as a reverse proxy in front of binderd forwards it, for
+/// `binder.example.org` over https.
+async fn forwarded_build(http: &Http, url: &str) -> Answer {
+    let forwarded = [
+        ("x-forwarded-host", "binder.example.org"),
+        ("x-forwarded-proto", "https"),
+    ];
+    build(http, url, &forwarded).await
+}
+
 /// The `data:` events of an event-stream body.
 fn events(body: &str) -> Vec<Value> {
     body.lines()
@@ -140,15 +150,7 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     }
 
     // Behind a trusted proxy, the forwarded host and scheme make the URL.
-    let a = build(
-        &http,
-        &server.url(BUILD),
-        &[
-            ("x-forwarded-host", "binder.example.org"),
-            ("x-forwarded-proto", "https"),
-        ],
-    )
-    .await;
+    let a = forwarded_build(&http, &server.url(BUILD)).await;
     let ready = events(&a.body).pop().unwrap();
     assert!(
         ready["url"]
@@ -335,15 +337,7 @@ async fn a_trusted_proxy_s_forwarded_host_and_scheme_make_the_url() {
     })
     .await;
     create_and_fill(&http, &server.url(""), &launchable("behind", 1, 3)).await;
-    let a = build(
-        &http,
-        &server.url(BUILD),
-        &[
-            ("x-forwarded-host", "binder.example.org"),
-            ("x-forwarded-proto", "https"),
-        ],
-    )
-    .await;
+    let a = forwarded_build(&http, &server.url(BUILD)).await;
     let ready = events(&a.body).pop().unwrap();
     assert!(
         ready["url"]
