@@ -140,14 +140,7 @@ impl PlainChannels {
 
     async fn execute(&mut self, code: &str) -> Executed {
         let msg_id = format!("{:x}", rand::random::<u64>());
-        let request = json!({
-            "header": {"msg_id": msg_id, "username": "bench", "session": "bench",
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {},
-            "content": {"code": code, "silent": false, "store_history": false,
-                        "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
-            "channel": "shell", "buffers": [],
-        });
+        let request = binderd::kernel::execute_request(&msg_id, "bench", code);
         let began = Instant::now();
         self.ws
             .send(Message::text(request.to_string()))

@@ -93,14 +93,7 @@ async fn binderd_acks_a_kernels_frames_at_once() {
     let mut client_delayed = 0;
     for cell in 0..12 {
         let msg_id = format!("cell-{cell}");
-        let request = json!({
-            "header": {"msg_id": msg_id, "username": "t", "session": "t",
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {},
-            "content": {"code": "print(6*7)", "silent": false, "store_history": false,
-                        "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
-            "channel": "shell", "buffers": [],
-        });
+        let request = binderd::kernel::execute_request(&msg_id, "t", "print(6*7)");
         ws.send(Message::text(request.to_string())).await.unwrap();
         let (mut output, mut idle) = (String::new(), false);
         while !idle {

@@ -29,8 +29,8 @@ pub(super) fn render(app: &App, binder: &Binder) -> BinderView {
 /// [`render`] for what outlives the request (an event stream).
 fn view_of(hosts: Option<&crate::config::BinderHost>, binder: &Binder) -> BinderView {
     let mut view = BinderView::of(binder);
-    if let (Some(hosts), Some(_)) = (hosts, &view.location) {
-        view.location = Some(hosts.url(&binder.token));
+    if view.location.is_some() {
+        view.location = Some(super::location_with(hosts, binder));
     }
     view
 }

@@ -503,9 +503,11 @@ fn escape(s: &str) -> String {
 /// The absolute URL of `binder` for a launch client: binderd's public base
 /// and its location, or its own host's URL.
 fn absolute(app: &App, base: &str, binder: &crate::binder::Binder) -> String {
-    match &app.config.binder_host {
-        Some(hosts) => hosts.url(&binder.token),
-        None => format!("{base}{}", binder.location()),
+    let location = app.location(binder);
+    if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location
     }
 }
 

@@ -61,13 +61,23 @@ pub(crate) fn host_of<B>(req: &Request<B>) -> Option<&str> {
 }
 
 impl App {
-    /// Where a reader reaches `binder`: `/user/{token}/` on binderd's own
-    /// host, or, with `binder_host`, the absolute URL of its own host.
+    /// Where a reader reaches `binder` ([`location_with`] this config's
+    /// `binder_host`).
     pub fn location(&self, binder: &crate::binder::Binder) -> String {
-        match &self.config.binder_host {
-            Some(hosts) => hosts.url(&binder.token),
-            None => binder.location(),
-        }
+        location_with(self.config.binder_host.as_ref(), binder)
+    }
+}
+
+/// Where a reader reaches `binder`: `/user/{token}/` on binderd's own
+/// host, or, with `binder_host`, the absolute URL of its own host. The one
+/// place that decides it.
+pub(crate) fn location_with(
+    hosts: Option<&crate::config::BinderHost>,
+    binder: &crate::binder::Binder,
+) -> String {
+    match hosts {
+        Some(hosts) => hosts.url(&binder.token),
+        None => binder.location(),
     }
 }
 

@@ -50,27 +50,7 @@ impl Channels {
     /// both its `execute_reply` and its `status: idle` have come.
     pub async fn execute(&mut self, code: &str) -> Result<Outcome, KernelError> {
         let msg_id = random_secret().to_string();
-        let request = json!({
-            "header": {
-                "msg_id": msg_id,
-                "username": "binderd",
-                "session": self.session,
-                "msg_type": "execute_request",
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {
-                "code": code,
-                "silent": false,
-                "store_history": false,
-                "user_expressions": {},
-                "allow_stdin": false,
-                "stop_on_error": true,
-            },
-            "channel": "shell",
-            "buffers": [],
-        });
+        let request = execute_request(&msg_id, &self.session, code);
         self.ws
             .send(Message::text(request.to_string()))
             .await
@@ -117,6 +97,32 @@ impl Channels {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
     }
+}
+
+/// An `execute_request` on the shell channel, in the WebSocket JSON form
+/// every client speaks (the warm-up's, and any client's that wants one).
+pub fn execute_request(msg_id: &str, session: &str, code: &str) -> Value {
+    json!({
+        "header": {
+            "msg_id": msg_id,
+            "username": "binderd",
+            "session": session,
+            "msg_type": "execute_request",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {
+            "code": code,
+            "silent": false,
+            "store_history": false,
+            "user_expressions": {},
+            "allow_stdin": false,
+            "stop_on_error": true,
+        },
+        "channel": "shell",
+        "buffers": [],
+    })
 }
 
 fn error_of(content: &Value) -> (String, String) {

@@ -25,7 +25,7 @@ use crate::body::{empty, full};
 use crate::upstream::Upstream;
 
 mod channels;
-pub use channels::{Channels, Outcome};
+pub use channels::{execute_request, Channels, Outcome};
 
 /// Largest server answer read (kernel models and lists are a few KiB).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
