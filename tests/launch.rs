@@ -418,6 +418,11 @@ async fn only_event_stream_clients_launch_build_only_launches_nothing_and_legacy
             "/repo/org/proj/notebooks/a.ipynb",
             "/v2/gh/org/proj/master?urlpath=notebooks/a.ipynb",
         ),
+        // A name with `&` and an escaped space stays one path.
+        (
+            "/repo/org/proj/a&b%20c.ipynb",
+            "/v2/gh/org/proj/master?urlpath=a%26b%2520c.ipynb",
+        ),
     ] {
         let a = http.get(&server.url(path)).await;
         assert_eq!(a.status, 302, "{path}: {}", a.body);

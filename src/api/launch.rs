@@ -476,8 +476,16 @@ pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
     let path = parts.next().unwrap_or("").trim_start_matches('/');
     let mut target = format!("/v2/gh/{org}/{repo}/master");
     if !path.is_empty() {
+        // Encoded whole (its own escapes too): `landing` decodes it once,
+        // and an `&` or `+` in a file name stays part of the path.
         target.push_str("?urlpath=");
-        target.push_str(path);
+        for b in path.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_' | b'~') {
+                target.push(char::from(b));
+            } else {
+                target.push_str(&format!("%{b:02X}"));
+            }
+        }
     }
     found(&target)
 }
