@@ -21,6 +21,7 @@ pub const HANDOUT_SECONDS: &str = "binderd_handout_seconds";
 pub const READY_SECONDS: &str = "binderd_time_to_ready_seconds";
 pub const WARM_SHARE: &str = "binderd_pool_warm_share";
 pub const WARM_KERNELS: &str = "binderd_warm_kernels_given_total";
+pub const LOST_CLAIMS: &str = "binderd_lost_claims_total";
 
 /// Histogram buckets (seconds): from a warm handout's tens of microseconds
 /// to a slow image's minute.
@@ -73,6 +74,7 @@ pub struct PoolCounters {
     pub failed_starts: metrics::Counter,
     pub culled: metrics::Counter,
     pub warm_kernels_given: metrics::Counter,
+    pub lost_claims: metrics::Counter,
     pub warm_handout_seconds: metrics::Histogram,
     pub cold_handout_seconds: metrics::Histogram,
     pub time_to_ready: metrics::Histogram,
@@ -89,6 +91,7 @@ impl PoolCounters {
             failed_starts: metrics::counter!(FAILED_STARTS, "binding" => b.clone()),
             culled: metrics::counter!(CULLED, "binding" => b.clone()),
             warm_kernels_given: metrics::counter!(WARM_KERNELS, "binding" => b.clone()),
+            lost_claims: metrics::counter!(LOST_CLAIMS, "binding" => b.clone()),
             warm_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "true"),
             cold_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "false"),
             time_to_ready: metrics::histogram!(READY_SECONDS, "binding" => b),
@@ -118,6 +121,10 @@ pub fn init() {
         describe_counter!(
             WARM_KERNELS,
             "Kernel requests answered with the kernel warmed up before the handout, by binding"
+        );
+        describe_counter!(
+            LOST_CLAIMS,
+            "Shared mode: warm pods this replica popped but another replica claimed first, by binding"
         );
         describe_counter!(RESPONSES, "API answers, by HTTP status");
         describe_histogram!(

@@ -45,22 +45,9 @@ pub async fn connect(
         BackendKind::Docker => std::sync::Arc::new(
             docker::DockerBackend::connect(data_dir, docker.clone(), *limits, exits).await?,
         ),
-        BackendKind::Kubernetes => {
-            let template = kubernetes
-                .pod_template
-                .as_ref()
-                .map(|t| serde_json::to_value(t).unwrap_or_default());
-            std::sync::Arc::new(
-                kubernetes::KubernetesBackend::connect(
-                    data_dir,
-                    kubernetes.namespace.clone(),
-                    template,
-                    *limits,
-                    exits,
-                )
-                .await?,
-            )
-        }
+        BackendKind::Kubernetes => std::sync::Arc::new(
+            kubernetes::KubernetesBackend::connect(data_dir, kubernetes, *limits, exits).await?,
+        ),
     })
 }
 
@@ -232,6 +219,91 @@ pub trait Backend: Send + Sync + 'static {
         instance: &Instance,
         tail: usize,
     ) -> Result<String, BackendError>;
+
+    /// Shared mode (several replicas on one cluster): the cluster decides
+    /// every handout. `None` (the single-process path) on every backend but
+    /// Kubernetes with `[kubernetes] shared = true`.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+}
+
+/// What several replicas share through the cluster's API server: claims on
+/// warm pods (fenced by `resourceVersion`), Leases, and one view of every
+/// pod, fed by each replica's watch.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// This replica's name, as its claims and leases carry it.
+    fn replica(&self) -> &str;
+
+    /// How long a lease lasts unless its holder renews it.
+    fn lease_duration(&self) -> std::time::Duration;
+
+    /// The watch's views of every binderd pod of the namespace, for the
+    /// pool to mirror. Given once (the first caller takes them).
+    fn take_views(&self) -> Option<mpsc::UnboundedReceiver<PodView>>;
+
+    /// Marks a started binder's pod warm: from now on any replica may claim
+    /// it. `kernel` is its warm kernel (id, name), if it has one.
+    async fn offer(
+        &self,
+        instance: &Instance,
+        kernel: Option<(&str, &str)>,
+    ) -> Result<(), BackendError>;
+
+    /// Claims a pod for a handout, with the pod's `resourceVersion` as the
+    /// precondition: `Ok(true)` if this replica won it, `Ok(false)` if another
+    /// replica has it or it is gone. The claim is the handout's record.
+    async fn claim(&self, instance: &Instance, claim: &Claim<'_>) -> Result<bool, BackendError>;
+
+    /// Takes the Lease `name`, or renews it: `Ok(true)` while this replica
+    /// holds it.
+    async fn lease(&self, name: &str) -> Result<bool, BackendError>;
+
+    /// Pods of `binding` still `starting` after `older_than`: a start whose
+    /// replica was lost (a start that fails removes its own pod).
+    fn stale_starts(&self, binding: &str, older_than: std::time::Duration) -> Vec<Discovered>;
+}
+
+/// A handout's claim on a pod.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The binder's token: only its hash goes into the pod's labels.
+    pub token: &'a str,
+    /// The key it is handed to; `None` for an anonymous reader.
+    pub owner: Option<&'a str>,
+    /// Unix seconds.
+    pub at: u64,
+    /// Claimed from `starting` (a binder started for its caller), not from
+    /// `warm`.
+    pub from_starting: bool,
+}
+
+/// A binderd pod as the watch shows it to every replica (shared mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub binder_id: String,
+    pub binding: String,
+    /// From the pod's `BINDERD_BASE_URL` (`/user/{token}/`).
+    pub token: String,
+    pub instance: Instance,
+    pub created_at: u64,
+    pub phase: SharedPhase,
+}
+
+/// Where a pod is in its life, as the cluster records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedPhase {
+    /// Created, not yet offered.
+    Starting,
+    /// Offered: any replica may claim it. Its warm kernel (id, name), if any.
+    Warm { kernel: Option<(String, String)> },
+    /// Claimed for a reader.
+    Claimed {
+        owner: Option<String>,
+        at: u64,
+        replica: String,
+    },
 }
 
 /// How a backend's binders are kept apart from binderd, the host and each

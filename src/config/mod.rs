@@ -257,7 +257,35 @@ impl Config {
             None => {}
         }
         cfg.bindings = cfg.check_bindings(bindings)?;
+        cfg.check_shared()?;
         Ok(cfg)
+    }
+
+    /// `[kubernetes] shared`: only on that backend, with a replica name
+    /// that is a label value and a Lease of at least 3 s.
+    fn check_shared(&self) -> Result<(), ConfigError> {
+        let k = &self.kubernetes;
+        if !k.shared {
+            return Ok(());
+        }
+        if self.backend != crate::backend::BackendKind::Kubernetes {
+            return Err(ConfigError::Invalid(
+                "[kubernetes] shared = true needs backend = \"kubernetes\"".into(),
+            ));
+        }
+        if let Some(r) = &k.replica {
+            if !crate::backend::kubernetes::shared::is_label_value(r) {
+                return Err(ConfigError::Invalid(format!(
+                    "[kubernetes] replica '{r}' is not a label value (up to 63 letters, digits, '-', '_', '.')"
+                )));
+            }
+        }
+        if k.lease_seconds.is_some_and(|s| !(3..=3600).contains(&s)) {
+            return Err(ConfigError::Invalid(
+                "[kubernetes] lease_seconds must be between 3 and 3600".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Validates file bindings against this config's backend and limits.

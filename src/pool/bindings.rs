@@ -5,11 +5,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{BindingRecord, Pool, PoolCounts, PoolError, Pools};
+use crate::backend::BackendError;
 use crate::binder::{now_unix, State};
 use crate::binding::{Binding, BindingName, InvalidBinding};
 use crate::store::{Source, StoredBinding};
 
 impl Pools {
+    /// In shared mode the replicas must agree on bindings and sizes, and
+    /// one replica's API call would change one replica's: refused.
+    fn refuse_if_shared(&self) -> Result<(), PoolError> {
+        match self.cluster() {
+            Some(_) => Err(BackendError::Unsupported(
+                "bindings and pool sizes come from the config file every replica reads in shared mode (deploy/: the binderd ConfigMap): change them there".into(),
+            )
+            .into()),
+            None => Ok(()),
+        }
+    }
+
     /// Creates a binding (or replaces it when `replace`). Returns the pool and
     /// whether it was created.
     pub async fn put_binding(
@@ -18,6 +31,7 @@ impl Pools {
         owner: &str,
         replace: bool,
     ) -> Result<(Arc<Pool>, bool), PoolError> {
+        self.refuse_if_shared()?;
         let name = binding.validate(
             self.backend_kind().runs_on_host(),
             self.shared.max_pool_limit,
@@ -98,6 +112,7 @@ impl Pools {
     /// Deletes a binding, stops its binders and then sweeps for orphans
     /// (in the background; [`sweep`](super::sweep)).
     pub async fn delete_binding(&self, name: &BindingName, force: bool) -> Result<(), PoolError> {
+        self.refuse_if_shared()?;
         let pool = self
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.clone()))?;
@@ -132,6 +147,7 @@ impl Pools {
         min: Option<u32>,
         max: Option<u32>,
     ) -> Result<PoolCounts, PoolError> {
+        self.refuse_if_shared()?;
         let current = pool.counts();
         let max = max.unwrap_or(current.max);
         let min = min.unwrap_or(current.min.min(max));

@@ -76,7 +76,7 @@ impl Pools {
         owner: Owner,
         charge: Option<Arc<crate::quota::Charge>>,
     ) -> Result<Handout, PoolError> {
-        let (binder, found) = self.find(pool)?;
+        let (binder, found) = self.take(pool, &owner).await?;
         binder.hand_to(owner.clone(), charge);
         let recorded = match found {
             Found::Warm => {
@@ -84,7 +84,11 @@ impl Pools {
                 binder.set_assigned_at(now);
                 binder.set_last_activity(now);
                 binder.changed.notify_waiters();
-                self.shared.store.record_handout(&binder.id, &owner, now)
+                if self.cluster().is_some() {
+                    Ok(()) // the claim on the pod is the record
+                } else {
+                    self.shared.store.record_handout(&binder.id, &owner, now)
+                }
             }
             Found::Cold => {
                 self.register(pool, &binder);
@@ -122,6 +126,31 @@ impl Pools {
             }
             Found::Claimed => Handout::Starting(binder),
         })
+    }
+
+    /// [`Self::find`], and in shared mode the claim on a warm binder's pod:
+    /// a claim lost to another replica leaves that binder assigned (to
+    /// them) and tries the next.
+    async fn take(&self, pool: &Arc<Pool>, owner: &Owner) -> Result<(Arc<Binder>, Found), PoolError> {
+        loop {
+            let (binder, found) = self.find(pool)?;
+            if found != Found::Warm || self.cluster().is_none() {
+                return Ok((binder, found));
+            }
+            match self.claim_warm(&binder, owner, now_unix()).await {
+                Ok(true) => return Ok((binder, found)),
+                Ok(false) => {
+                    pool.metrics.lost_claims.increment(1);
+                    tracing::debug!(binder = %binder.id, "claim lost to another replica");
+                }
+                Err(e) => {
+                    if pool.transition(&binder, State::Assigned, State::Idle) {
+                        pool.ready.push(binder);
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// The binder a handout gives: a warm one (now `Assigned`), else a new
@@ -169,7 +198,9 @@ impl Pools {
     /// Claims a binder that is starting for the pool. Scans the binders, so
     /// it is only for the rare empty-and-at-maxPool case.
     fn claim_starting(&self, pool: &Arc<Pool>) -> Option<Arc<Binder>> {
-        if pool.counters.get(&pool.counters.starting) == 0 {
+        // In shared mode a starting binder is offered to every replica once
+        // ready: only one started for its caller can be claimed early.
+        if pool.counters.get(&pool.counters.starting) == 0 || self.cluster().is_some() {
             return None;
         }
         let candidates: Vec<Arc<Binder>> = self

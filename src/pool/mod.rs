@@ -47,6 +47,7 @@ mod handout;
 mod lifecycle;
 mod reconciler;
 pub mod restore;
+mod shared;
 mod start;
 #[allow(clippy::module_inception)]
 mod state;

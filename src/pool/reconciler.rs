@@ -86,7 +86,17 @@ impl Pools {
             }
             let target = aim(&pool, &mut demand);
             let rolling = pool.rolling.load(Ordering::Acquire);
-            // While the backend is unreachable, starting would only fail.
+            // While the backend is unreachable, starting would only fail;
+            // in shared mode another replica may hold the binding's Lease.
+            if !pool.leads() {
+                tokio::select! {
+                    _ = pool.wake.notified() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = pool.retired.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
             if self.shared.backend.unavailable().is_some() {
             } else if rolling {
                 self.roll(&pool, target);

@@ -86,6 +86,19 @@ impl Pools {
         }
         report.bindings = self.shared.pools.len();
 
+        if self.cluster().is_some() {
+            // Shared mode: the pods' claims are the record, and every
+            // replica mirrors every pod from its watch (`shared`); this
+            // replica's rows from an earlier life are not.
+            for stored in loaded.binders {
+                let _ = self.shared.store.delete_binder(&stored.id).await;
+            }
+            self.start_shared();
+            for pool in self.list() {
+                self.spawn_reconciler(pool);
+            }
+            return Ok(report);
+        }
         let mut running: HashMap<String, _> = self
             .shared
             .backend

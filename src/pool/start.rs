@@ -195,6 +195,15 @@ impl Pools {
                 }
             }
         }
+        // Shared mode: claimed in the cluster for its caller, or offered to
+        // every replica, before it is handed out or queued here.
+        let claimed = binder.state() == State::StartingClaimed;
+        if let Err(e) = self.publish_ready(binder, claimed).await {
+            if matches!(binder.state(), State::Starting | State::StartingClaimed) {
+                self.fail(pool, binder, e.to_string()).await;
+            }
+            return;
+        }
         // Recorded as idle before it becomes Idle: so before any handout can
         // record "assigned" (which this "idle" must never overwrite), and so
         // that the pool never counts it available while it is not yet in the

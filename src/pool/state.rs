@@ -102,6 +102,9 @@ pub struct Pool {
     pub(super) last_error: Mutex<Option<String>>,
     /// Cancelled when the binding is deleted.
     pub(super) retired: CancellationToken,
+    /// Whether this replica runs the pool's reconciler: always on one
+    /// replica; in shared mode while it holds the binding's Lease.
+    pub(super) leads: AtomicBool,
     pub(crate) metrics: crate::metrics::PoolCounters,
 }
 
@@ -131,8 +134,14 @@ impl Pool {
             failures: AtomicU32::new(0),
             last_error: Mutex::new(None),
             retired: CancellationToken::new(),
+            leads: AtomicBool::new(true),
             metrics,
         }
+    }
+
+    /// Whether this replica runs the pool's reconciler (see `leads`).
+    pub fn leads(&self) -> bool {
+        self.leads.load(Ordering::Acquire)
     }
 
     pub fn record(&self) -> Arc<BindingRecord> {

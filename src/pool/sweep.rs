@@ -32,6 +32,11 @@ impl Pools {
     /// Removes every labelled container no live binder owns; returns how
     /// many binders' containers it removed.
     pub async fn sweep(&self) -> Result<usize, PoolError> {
+        // In shared mode a pod unknown here may be another replica's start:
+        // the binding's Lease holder removes stale starts instead.
+        if self.cluster().is_some() {
+            return Ok(0);
+        }
         let mut found = self.shared.backend.list().await?;
         // One at a time, in a fixed order (the log reads the same each run).
         found.sort_by(|a, b| a.binder_id.cmp(&b.binder_id));

@@ -47,9 +47,11 @@ use tokio::sync::broadcast;
 
 use super::plan::{ContainerPlan, LABEL_PORT};
 use super::{
-    Backend, BackendError, BackendKind, Discovered, Exit, ExitSink, Instance, StartSpec,
-    LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
+    Backend, BackendError, BackendKind, Claim, Cluster, Discovered, Exit, ExitSink, Instance,
+    PodView, StartSpec, LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
 };
+
+pub mod shared;
 
 /// `[kubernetes]` in the config: where the kubernetes backend puts pods.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
@@ -61,7 +63,20 @@ pub struct KubernetesConfig {
     /// Merged over every pod's spec: `nodeSelector`, `tolerations`,
     /// `imagePullSecrets`, `runtimeClassName`, ... (Kubernetes spelling).
     pub pod_template: Option<toml::Table>,
+    /// Several replicas on one namespace (see `shared`): handouts are
+    /// claims on the pods, bindings' reconcilers run where their Lease is.
+    /// Off by default: one replica, the local allocator.
+    #[serde(default)]
+    pub shared: bool,
+    /// This replica's name in claims and Leases (default: `POD_NAME`, then
+    /// `HOSTNAME`, then a random one).
+    pub replica: Option<String>,
+    /// How long a binding's Lease lasts unless renewed (default 15 s).
+    pub lease_seconds: Option<u64>,
 }
+
+/// A Lease's default duration.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 
 /// How long one API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,6 +104,8 @@ pub struct KubernetesBackend {
     changes: broadcast::Sender<String>,
     /// Whether the API server answers, as the watcher last saw it.
     availability: Arc<super::Availability>,
+    /// Shared mode's claims, leases and views.
+    shared: Option<shared::Shared>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
@@ -254,20 +271,33 @@ impl KubernetesBackend {
     /// In-cluster config or kubeconfig (kube's defaults), then [`Self::new`].
     pub async fn connect(
         data_dir: &std::path::Path,
-        namespace: Option<String>,
-        pod_template: Option<serde_json::Value>,
+        config: &KubernetesConfig,
         limits: Limits,
         exits: ExitSink,
     ) -> Result<KubernetesBackend, BackendError> {
+        let namespace = config.namespace.clone();
+        let pod_template = config
+            .pod_template
+            .as_ref()
+            .map(|t| serde_json::to_value(t).unwrap_or_default());
         let client = kube::Client::try_default().await.map_err(unavailable)?;
         let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-        let backend = KubernetesBackend::new(
-            client,
-            &namespace,
-            super::owner_key(data_dir),
-            pod_template,
-            exits,
-        )
+        let backend = if config.shared {
+            let replica = shared::replica_name(config.replica.as_deref());
+            let lease = config
+                .lease_seconds
+                .map_or(DEFAULT_LEASE, Duration::from_secs);
+            tracing::info!(%replica, %namespace, "shared mode: handouts are claims on the pods");
+            KubernetesBackend::new_shared(client, &namespace, replica, lease, pod_template, exits)
+        } else {
+            KubernetesBackend::new(
+                client,
+                &namespace,
+                super::owner_key(data_dir),
+                pod_template,
+                exits,
+            )
+        }
         .with_limits(limits);
         // One cheap call: a missing namespace or no permission is clear now.
         timed(
@@ -292,6 +322,45 @@ impl KubernetesBackend {
         pod_template: Option<serde_json::Value>,
         exits: ExitSink,
     ) -> KubernetesBackend {
+        KubernetesBackend::build(client, namespace, owner, pod_template, exits, None)
+    }
+
+    /// A backend in shared mode: one of several replicas on `namespace`,
+    /// named `replica`, holding Leases for `lease_duration`.
+    pub fn new_shared(
+        client: kube::Client,
+        namespace: &str,
+        replica: String,
+        lease_duration: Duration,
+        pod_template: Option<serde_json::Value>,
+        exits: ExitSink,
+    ) -> KubernetesBackend {
+        let (views, taken) = tokio::sync::mpsc::unbounded_channel();
+        let shared = shared::Shared {
+            replica,
+            lease_duration,
+            leases: Api::namespaced(client.clone(), namespace),
+            views,
+            taken: std::sync::Mutex::new(Some(taken)),
+        };
+        KubernetesBackend::build(
+            client,
+            namespace,
+            shared::shared_owner_key(namespace),
+            pod_template,
+            exits,
+            Some(shared),
+        )
+    }
+
+    fn build(
+        client: kube::Client,
+        namespace: &str,
+        owner: String,
+        pod_template: Option<serde_json::Value>,
+        exits: ExitSink,
+        shared: Option<shared::Shared>,
+    ) -> KubernetesBackend {
         let (changes, _) = broadcast::channel(1024);
         let backend = KubernetesBackend {
             pods: Api::namespaced(client, namespace),
@@ -301,6 +370,7 @@ impl KubernetesBackend {
             seen: Arc::new(DashMap::new()),
             changes,
             availability: Arc::default(),
+            shared,
         };
         backend.follow_pods(exits);
         backend
@@ -321,6 +391,7 @@ impl KubernetesBackend {
             self.changes.clone(),
             self.availability.clone(),
         );
+        let views = self.shared.as_ref().map(|s| s.views.clone());
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
@@ -346,6 +417,9 @@ impl KubernetesBackend {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 if let PodProgress::Failed(reason) = progress(&pod) {
                     report_exit(&exits, &pod, reason);
+                }
+                if let Some(view) = views.as_ref().and_then(|_| shared::view(&pod)) {
+                    let _ = views.as_ref().map(|v| v.send(view));
                 }
                 seen.insert(name.clone(), pod);
                 let _ = changes.send(name);
@@ -526,7 +600,10 @@ impl Backend for KubernetesBackend {
             spec.binding.name,
             &spec.binder_id[..spec.binder_id.len().min(12)]
         );
-        let pod = self.pod_for(&spec, &name)?;
+        let mut pod = self.pod_for(&spec, &name)?;
+        if let (Some(shared), Some(labels)) = (&self.shared, pod.metadata.labels.as_mut()) {
+            shared::starting_labels(labels, &shared.replica);
+        }
         timed(
             "creating the pod",
             self.pods.create(&PostParams::default(), &pod),
@@ -594,6 +671,10 @@ impl Backend for KubernetesBackend {
             .collect())
     }
 
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        self.shared.as_ref().map(|_| self as &dyn Cluster)
+    }
+
     async fn adopt(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
         // The watcher already follows every pod with our labels.
         Ok(())
@@ -630,6 +711,41 @@ impl Backend for KubernetesBackend {
         };
         let text = timed("reading logs", self.pods.logs(&instance.handle, &params)).await?;
         Ok(super::tail_lines(&text, tail))
+    }
+}
+
+#[async_trait]
+impl Cluster for KubernetesBackend {
+    fn replica(&self) -> &str {
+        self.shared.as_ref().map_or("", |s| s.replica.as_str())
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.shared.as_ref().map_or(DEFAULT_LEASE, |s| s.lease_duration)
+    }
+
+    fn take_views(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<PodView>> {
+        self.shared.as_ref()?.taken.lock().ok()?.take()
+    }
+
+    async fn offer(
+        &self,
+        instance: &Instance,
+        kernel: Option<(&str, &str)>,
+    ) -> Result<(), BackendError> {
+        self.offer_pod(instance, kernel).await
+    }
+
+    async fn claim(&self, instance: &Instance, claim: &Claim<'_>) -> Result<bool, BackendError> {
+        self.claim_pod(instance, claim).await
+    }
+
+    async fn lease(&self, name: &str) -> Result<bool, BackendError> {
+        self.take_lease(name).await
+    }
+
+    fn stale_starts(&self, binding: &str, older_than: Duration) -> Vec<Discovered> {
+        self.stale_pods(binding, older_than)
     }
 }
 
