@@ -21,7 +21,8 @@
 //! - anything else under `{base_url}` → `{"path","method","query","binder"}`
 //! - outside `{base_url}` → 404
 //!
-//! `binderd-standin --port N [--base-url /user/t/] [--delay-ms N] [--exit-after-ms N]`
+//! `binderd-standin --port N [--base-url /user/t/] [--delay-ms N] [--exit-after-ms N]
+//! [--bind 127.0.0.N | --all-interfaces]`
 //! (`BINDERD_PORT` and `BINDERD_BASE_URL` are the fallbacks).
 
 #![forbid(unsafe_code)]
@@ -82,6 +83,11 @@ fn opts() -> Result<Opts, String> {
                 ))
             }
             "--all-interfaces" => o.bind = [0, 0, 0, 0],
+            "--bind" => {
+                let ip: std::net::Ipv4Addr =
+                    value()?.parse().map_err(|e| format!("--bind: {e}"))?;
+                o.bind = ip.octets();
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }

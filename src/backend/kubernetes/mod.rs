@@ -302,7 +302,9 @@ impl KubernetesBackend {
         // One cheap call: a missing namespace or no permission is clear now.
         timed(
             "listing pods",
-            backend.pods.list(&ListParams::default().limit(1)),
+            backend
+                .pods
+                .list(&ListParams::default().labels(&backend.selector()).limit(1)),
         )
         .await?;
         Ok(backend)

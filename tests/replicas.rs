@@ -1,0 +1,302 @@
+//! Several binderd replicas in shared mode (`[kubernetes] shared = true`),
+//! as separate processes, against one fake API server on loopback
+//! (`tests/kube_api`): a real cluster was not run here (none can be had on
+//! this machine). Each pod's notebook is a real stand-in process on an
+//! address of its own, so "reachable through every replica" means the
+//! replica routed to that pod.
+
+mod common;
+mod kube_api;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use kube_api::KubeApi;
+
+const LEASE_SECONDS: u64 = 3;
+
+struct Replicas {
+    api: Arc<KubeApi>,
+    dir: DataDir,
+    procs: Vec<Process>,
+}
+
+fn config(dir: &DataDir, replica: &str, min: u32, max: u32) -> std::path::PathBuf {
+    let path = dir.0.join(format!("{replica}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"backend = "kubernetes"
+cull_interval_ms = 200
+
+[rate_limit]
+anonymous_per_minute = 0
+global_per_second = 0
+
+[kubernetes]
+namespace = "{ns}"
+shared = true
+replica = "{replica}"
+lease_seconds = {LEASE_SECONDS}
+
+[[bindings]]
+name = "nb"
+image = "standin:1"
+port = 8888
+public = true
+start_timeout_seconds = 10
+pool = {{ min = {min}, max = {max} }}
+"#,
+            ns = kube_api::NS
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Replicas {
+    async fn start(name: &str, n: usize, min: u32, max: u32) -> Replicas {
+        let api = KubeApi::start(standin()).await;
+        let dir = DataDir::new(name);
+        let kubeconfig = dir.0.join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+        let mut r = Replicas {
+            api,
+            dir,
+            procs: Vec::new(),
+        };
+        for i in 0..n {
+            r.spawn(&format!("r{i}"), min, max);
+        }
+        r
+    }
+
+    fn spawn(&mut self, replica: &str, min: u32, max: u32) {
+        let data = DataDir(self.dir.0.join(replica));
+        std::fs::create_dir_all(&data.0).unwrap();
+        let cfg = config(&self.dir, replica, min, max);
+        let kubeconfig = self.dir.0.join("kubeconfig");
+        let p = Process::spawn(
+            &data,
+            &["--config", cfg.to_str().unwrap()],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        );
+        std::mem::forget(data); // the parent dir is cleaned with `dir`
+        self.procs.push(p);
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        self.procs[i].url(path)
+    }
+}
+
+/// Hands out one binder through replica `i`: (id, token) on 201.
+async fn hand_out_at(http: &Http, r: &Replicas, i: usize) -> Result<(String, String), String> {
+    let a = http
+        .call(Method::POST, &r.url(i, "/binders/nb"), Some(ADMIN))
+        .await;
+    if a.status != 201 && a.status != 202 {
+        return Err(format!("{}: {}", a.status, a.body));
+    }
+    let mut doc = a.json();
+    // Started for the caller (202): its location comes once it is ready.
+    let id = doc["id"].as_str().unwrap_or_default().to_owned();
+    for _ in 0..400 {
+        if doc["location"].as_str().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        doc = http
+            .call(Method::GET, &r.url(i, &format!("/binders/nb/{id}")), Some(ADMIN))
+            .await
+            .json();
+    }
+    let location = doc["location"].as_str().unwrap_or_default().to_owned();
+    let token = location
+        .trim_start_matches("/user/")
+        .trim_end_matches('/')
+        .to_owned();
+    Ok((doc["id"].as_str().unwrap_or_default().to_owned(), token))
+}
+
+/// Through replica `i`, the binder id the pod behind `token` reports.
+async fn reached(http: &Http, r: &Replicas, i: usize, token: &str) -> Option<String> {
+    let a = http
+        .get(&r.url(i, &format!("/user/{token}/api/status")))
+        .await;
+    (a.status == 200).then(|| a.json()["binder"].as_str().unwrap_or_default().to_owned())
+}
+
+fn assert_each_pod_claimed_once(api: &KubeApi) {
+    let claims = api.claims.lock().unwrap().clone();
+    let mut pods = HashSet::new();
+    for c in &claims {
+        assert!(pods.insert(c.pod.clone()), "pod {} claimed twice: {claims:?}", c.pod);
+        assert_eq!(c.token_hash.len(), 40, "{c:?}");
+    }
+    assert!(api.violations().is_empty(), "{:?}", api.violations());
+}
+
+async fn wait_warm(api: &KubeApi, n: usize) {
+    eventually(60, &format!("{n} warm pods"), || async move {
+        api.pods_in("warm") >= n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hand_out_each_pod_once_and_any_replica_reaches_any_binder() {
+    let r = Replicas::start("replicas-burst", 3, 6, 40).await;
+    wait_warm(&r.api, 6).await;
+    // One replica leads the binding and made every pod.
+    let makers: HashSet<String> = r
+        .api
+        .pod_names()
+        .iter()
+        .filter_map(|n| r.api.pod(n))
+        .map(|p| p["metadata"]["labels"]["binderd.replica"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(makers.len(), 1, "pods made by {makers:?}");
+
+    let http = Http::new();
+    let burst = (0..18).map(|k| {
+        let http = &http;
+        let r = &r;
+        async move { hand_out_at(http, r, k % 3).await }
+    });
+    let answers = futures_util::future::join_all(burst).await;
+    let handed: Vec<(String, String)> = answers.into_iter().map(|a| a.unwrap()).collect();
+    let tokens: HashSet<&String> = handed.iter().map(|(_, t)| t).collect();
+    assert_eq!(tokens.len(), handed.len(), "a token handed out twice: {handed:?}");
+    let ids: HashSet<&String> = handed.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), handed.len(), "a binder handed out twice");
+    assert_each_pod_claimed_once(&r.api);
+    assert_eq!(r.api.claims.lock().unwrap().len(), handed.len());
+
+    // Every binder answers through every replica, from its own pod.
+    for (id, token) in &handed {
+        for i in 0..3 {
+            let (http, r) = (&http, &r);
+            let got = wait_for(20, &format!("{id} through replica {i}"), || async move {
+                reached(http, r, i, token).await
+            })
+            .await;
+            assert_eq!(&got, id, "replica {i} routed {token} to another pod");
+        }
+    }
+    // A token nobody was given reaches nothing anywhere.
+    for i in 0..3 {
+        assert!(reached(&http, &r, i, "not-a-token-0123456789").await.is_none());
+    }
+    // The pool refills to its minimum, still from one maker at a time.
+    wait_warm(&r.api, 6).await;
+    assert_each_pod_claimed_once(&r.api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_loses_its_leases_and_nothing_it_handed_out() {
+    let mut r = Replicas::start("replicas-kill", 3, 4, 40).await;
+    wait_warm(&r.api, 4).await;
+    let http = Http::new();
+    let lease = wait_for(20, "a lease holder", || async {
+        r.api.lease_holders().into_iter().next()
+    })
+    .await;
+    let holder: usize = lease.1.trim_start_matches('r').parse().unwrap();
+    // Handed out through the holder, then the holder dies mid-burst.
+    let mine = hand_out_at(&http, &r, holder).await.unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
+    let before = futures_util::future::join_all(
+        (0..6).map(|k| hand_out_at(&http, &r, others[k % 2])),
+    );
+    let pid = r.procs[holder].child.id().to_string();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let killed = std::process::Command::new("kill").args(["-9", &pid]).status();
+        assert!(killed.unwrap().success());
+    };
+    let (answers, ()) = tokio::join!(before, kill);
+    let mut handed: Vec<(String, String)> =
+        answers.into_iter().map(|a| a.unwrap()).collect();
+    let killed_at = tokio::time::Instant::now();
+    r.procs[holder].sigkill(); // reaped
+    // The others keep handing out.
+    for k in 0..6 {
+        handed.push(hand_out_at(&http, &r, others[k % 2]).await.unwrap());
+    }
+    // Its lease moves to a live replica within the lease time (plus a
+    // renewal period).
+    let moved = wait_for(3 * LEASE_SECONDS + 5, "the lease to move", || async {
+        let (_, h) = r.api.lease_holders().into_iter().find(|(n, _)| *n == lease.0)?;
+        (h != lease.1).then_some(h)
+    })
+    .await;
+    assert!(
+        killed_at.elapsed() <= Duration::from_secs(2 * LEASE_SECONDS + 2),
+        "the lease took {:?} to move to {moved}",
+        killed_at.elapsed()
+    );
+    // The new holder keeps the pool warm.
+    let before = r.api.claims.lock().unwrap().len();
+    wait_warm(&r.api, 4).await;
+    let _ = before;
+    // What the lost replica handed out still answers through the others.
+    for (id, token) in std::iter::once(&mine).chain(handed.iter()) {
+        for &i in &others {
+            let (http, r) = (&http, &r);
+            let got = wait_for(20, &format!("{id} through replica {i}"), || async move {
+                reached(http, r, i, token).await
+            })
+            .await;
+            assert_eq!(&got, id);
+        }
+    }
+    assert_each_pod_claimed_once(&r.api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lease_holders_at_once_still_hand_out_no_pod_twice() {
+    let r = Replicas::start("replicas-split", 0, 3, 60).await;
+    // Every replica is told every Lease is free: all three lead at once.
+    r.api.split_brain.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut r = r;
+    for i in 0..3 {
+        r.spawn(&format!("r{i}"), 3, 60);
+    }
+    eventually(60, "pods from more than one leader", || async {
+        let makers: HashSet<String> = r
+            .api
+            .pod_names()
+            .iter()
+            .filter_map(|n| r.api.pod(n))
+            .filter_map(|p| p["metadata"]["labels"]["binderd.replica"].as_str().map(str::to_owned))
+            .collect();
+        makers.len() >= 2 && r.api.pods_in("warm") >= 6
+    })
+    .await;
+    let http = Http::new();
+    let answers = futures_util::future::join_all((0..24).map(|k| {
+        let http = &http;
+        let r = &r;
+        async move { hand_out_at(http, r, k % 3).await }
+    }))
+    .await;
+    let handed: Vec<(String, String)> = answers.into_iter().map(|a| a.unwrap()).collect();
+    let tokens: HashSet<&String> = handed.iter().map(|(_, t)| t).collect();
+    assert_eq!(tokens.len(), handed.len());
+    assert_each_pod_claimed_once(&r.api);
+    let by_replica: HashMap<String, usize> =
+        r.api
+            .claims
+            .lock()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, c| {
+                *m.entry(c.replica.clone()).or_default() += 1;
+                m
+            });
+    assert!(by_replica.len() >= 2, "{by_replica:?}");
+}
