@@ -131,7 +131,11 @@ impl Pools {
     /// [`Self::find`], and in shared mode the claim on a warm binder's pod:
     /// a claim lost to another replica leaves that binder assigned (to
     /// them) and tries the next.
-    async fn take(&self, pool: &Arc<Pool>, owner: &Owner) -> Result<(Arc<Binder>, Found), PoolError> {
+    async fn take(
+        &self,
+        pool: &Arc<Pool>,
+        owner: &Owner,
+    ) -> Result<(Arc<Binder>, Found), PoolError> {
         loop {
             let (binder, found) = self.find(pool)?;
             if found != Found::Warm || self.cluster().is_none() {

@@ -63,7 +63,8 @@ pub struct KubeApi {
     log: Mutex<Vec<(u64, Value)>>,
     live: broadcast::Sender<(u64, Value)>,
     kubelet: Mutex<HashMap<String, Running>>,
-    next_ip: AtomicU32,
+    /// Every change of a Lease's holder: (lease, new holder, when).
+    pub takeovers: Mutex<Vec<(String, String, std::time::Instant)>>,
     pub claims: Mutex<Vec<ClaimSeen>>,
     pub violations: Mutex<Vec<String>>,
     pub conflicts: AtomicU64,
@@ -175,18 +176,15 @@ fn query_map(query: &str) -> HashMap<String, String> {
 
 /// Whether `labels` satisfy an equality selector (`a=b,c!=d`).
 pub fn selects(selector: &str, labels: &Value) -> bool {
-    selector
-        .split(',')
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                labels.get(k).and_then(Value::as_str) != Some(v)
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                labels.get(k).and_then(Value::as_str) == Some(v)
-            } else {
-                labels.get(term).is_some()
-            }
-        })
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels.get(k).and_then(Value::as_str) != Some(v)
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels.get(k).and_then(Value::as_str) == Some(v)
+        } else {
+            labels.get(term).is_some()
+        }
+    })
 }
 
 fn labels(obj: &Value) -> &Value {
@@ -207,7 +205,7 @@ impl KubeApi {
             log: Mutex::default(),
             live: broadcast::channel(4096).0,
             kubelet: Mutex::default(),
-            next_ip: AtomicU32::new(0),
+            takeovers: Mutex::default(),
             claims: Mutex::default(),
             violations: Mutex::default(),
             conflicts: AtomicU64::new(0),
@@ -275,7 +273,9 @@ impl KubeApi {
         let leases = self.leases.lock().unwrap();
         leases
             .iter()
-            .filter_map(|(n, l)| Some((n.clone(), l["spec"]["holderIdentity"].as_str()?.to_owned())))
+            .filter_map(|(n, l)| {
+                Some((n.clone(), l["spec"]["holderIdentity"].as_str()?.to_owned()))
+            })
             .collect()
     }
 
@@ -345,10 +345,17 @@ impl KubeApi {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_owned(),
+                    e["value"].as_str()?.to_owned(),
+                ))
+            })
             .collect();
         let port: u16 = container["ports"][0]["containerPort"].as_u64().unwrap_or(0) as u16;
-        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
+        // One counter for every fake in the process: tests run side by side.
+        static NEXT_IP: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
         let ip = Ipv4Addr::new(127, 0, 1 + (n / 250) as u8 % 250, 1 + (n % 250) as u8);
         let child = std::process::Command::new(&self.standin)
             .args(["--port", &port.to_string(), "--bind", &ip.to_string()])
@@ -477,7 +484,9 @@ impl KubeApi {
             let name = rest.trim_start_matches('/');
             return self.lease(method.as_str(), name, body);
         }
-        self.violation(format!("{method} {path}: outside the namespace's pods and leases"));
+        self.violation(format!(
+            "{method} {path}: outside the namespace's pods and leases"
+        ));
         status(404, "NotFound", format!("{path} not found"))
     }
 
@@ -488,7 +497,12 @@ impl KubeApi {
         };
         let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
         let l = labels(&pod);
-        for key in ["binderd.owner", "binderd.binder", "binderd.binding", "binderd.state"] {
+        for key in [
+            "binderd.owner",
+            "binderd.binder",
+            "binderd.binding",
+            "binderd.state",
+        ] {
             if l.get(key).is_none() {
                 self.violation(format!("POST pod {name}: no {key} label"));
             }
@@ -496,7 +510,11 @@ impl KubeApi {
         {
             let mut pods = self.pods.lock().unwrap();
             if pods.contains_key(&name) {
-                return status(409, "AlreadyExists", format!("pods \"{name}\" already exists"));
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("pods \"{name}\" already exists"),
+                );
             }
             pod["metadata"]["namespace"] = json!(NS);
             pod["metadata"]["uid"] = json!(format!("uid-{}", self.next_rv()));
@@ -513,7 +531,9 @@ impl KubeApi {
     fn list(&self, query: &HashMap<String, String>) -> Response<Body> {
         let selector = query.get("labelSelector").cloned().unwrap_or_default();
         if !selector.contains("binderd.owner=") {
-            self.violation(format!("a pod list without binderd's owner selector: {selector:?}"));
+            self.violation(format!(
+                "a pod list without binderd's owner selector: {selector:?}"
+            ));
         }
         let pods = self.pods.lock().unwrap();
         let rv = self.rv.load(Ordering::SeqCst);
@@ -532,7 +552,9 @@ impl KubeApi {
     fn watch(&self, query: &HashMap<String, String>) -> Response<Body> {
         let selector = query.get("labelSelector").cloned().unwrap_or_default();
         if !selector.contains("binderd.owner=") {
-            self.violation(format!("a pod watch without binderd's owner selector: {selector:?}"));
+            self.violation(format!(
+                "a pod watch without binderd's owner selector: {selector:?}"
+            ));
         }
         let since: u64 = query
             .get("resourceVersion")
@@ -546,11 +568,8 @@ impl KubeApi {
             // Under the pods lock: no event can slip between replay and live.
             let _pods = self.pods.lock().unwrap();
             let log = self.log.lock().unwrap();
-            let replay: Vec<(u64, Value)> = log
-                .iter()
-                .filter(|(rv, _)| *rv > since)
-                .cloned()
-                .collect();
+            let replay: Vec<(u64, Value)> =
+                log.iter().filter(|(rv, _)| *rv > since).cloned().collect();
             (replay, self.live.subscribe())
         };
         let last = replay.last().map_or(since, |(rv, _)| *rv);
@@ -567,7 +586,10 @@ impl KubeApi {
             move |(mut replay, mut live, last, keep)| async move {
                 if let Some(event) = replay.next() {
                     let line = Bytes::from(event.to_string() + "\n");
-                    return Some((Ok::<_, Infallible>(Frame::data(line)), (replay, live, last, keep)));
+                    return Some((
+                        Ok::<_, Infallible>(Frame::data(line)),
+                        (replay, live, last, keep),
+                    ));
                 }
                 loop {
                     match tokio::time::timeout_at(deadline, live.recv()).await {
@@ -595,14 +617,18 @@ impl KubeApi {
 
     fn patch_pod(&self, name: &str, content_type: &str, body: Option<Value>) -> Response<Body> {
         if !content_type.starts_with("application/merge-patch+json") {
-            self.violation(format!("PATCH pod {name} as {content_type:?}, not a merge patch"));
+            self.violation(format!(
+                "PATCH pod {name} as {content_type:?}, not a merge patch"
+            ));
             return status(415, "UnsupportedMediaType", content_type.to_owned());
         }
         let Some(patch) = body else {
             return status(400, "BadRequest", "not JSON".into());
         };
         let claiming = patch["metadata"]["labels"]["binderd.state"] == "assigned";
-        let precondition = patch["metadata"]["resourceVersion"].as_str().map(str::to_owned);
+        let precondition = patch["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned);
         if claiming && precondition.is_none() {
             self.violation(format!("a claim on {name} without a resourceVersion"));
         }
@@ -662,7 +688,11 @@ impl KubeApi {
                 };
                 let name = lease["metadata"]["name"].as_str().unwrap_or("").to_owned();
                 if leases.contains_key(&name) && !split {
-                    return status(409, "AlreadyExists", format!("leases \"{name}\" already exists"));
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        format!("leases \"{name}\" already exists"),
+                    );
                 }
                 lease["metadata"]["resourceVersion"] = json!(self.next_rv().to_string());
                 leases.insert(name, lease.clone());
@@ -677,11 +707,24 @@ impl KubeApi {
                 };
                 let want = lease["metadata"]["resourceVersion"].as_str();
                 if want.is_none() {
-                    self.violation(format!("a Lease replaced without a resourceVersion: {name}"));
+                    self.violation(format!(
+                        "a Lease replaced without a resourceVersion: {name}"
+                    ));
                 }
                 if want != current["metadata"]["resourceVersion"].as_str() && !split {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
                     return status(409, "Conflict", format!("Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified"));
+                }
+                let holder = lease["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                if current["spec"]["holderIdentity"].as_str() != Some(holder.as_str()) {
+                    self.takeovers.lock().unwrap().push((
+                        name.to_owned(),
+                        holder,
+                        std::time::Instant::now(),
+                    ));
                 }
                 lease["metadata"]["resourceVersion"] = json!(self.next_rv().to_string());
                 leases.insert(name.to_owned(), lease.clone());
@@ -712,7 +755,10 @@ mod tests {
             &mut pod,
             &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [2]}}),
         );
-        assert_eq!(pod, json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [2]}}));
+        assert_eq!(
+            pod,
+            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [2]}})
+        );
         let l = json!({"binderd.owner": "o", "binderd.state": "warm"});
         assert!(selects("binderd.owner=o", &l));
         assert!(selects("binderd.owner==o,binderd.state!=assigned", &l));

@@ -723,7 +723,9 @@ impl Cluster for KubernetesBackend {
     }
 
     fn lease_duration(&self) -> Duration {
-        self.shared.as_ref().map_or(DEFAULT_LEASE, |s| s.lease_duration)
+        self.shared
+            .as_ref()
+            .map_or(DEFAULT_LEASE, |s| s.lease_duration)
     }
 
     fn take_views(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<PodView>> {

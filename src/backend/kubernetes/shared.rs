@@ -45,7 +45,10 @@ pub const STATE_ASSIGNED: &str = "assigned";
 
 /// The owner label every replica on `namespace` shares.
 pub fn shared_owner_key(namespace: &str) -> String {
-    format!("s{}", &token_hash(&format!("binderd-shared:{namespace}"))[..15])
+    format!(
+        "s{}",
+        &token_hash(&format!("binderd-shared:{namespace}"))[..15]
+    )
 }
 
 /// The token's hash as the claim labels it (40 hex digits of SHA-256).
@@ -94,7 +97,11 @@ fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 /// The token a pod serves under, from its `BINDERD_BASE_URL` (`/user/{token}/`).
