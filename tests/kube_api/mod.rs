@@ -390,7 +390,7 @@ impl KubeApi {
                     .lock()
                     .unwrap()
                     .get_mut(&name)
-                    .map_or(true, |r| r.child.try_wait().ok().flatten().is_some());
+                    .is_none_or(|r| r.child.try_wait().ok().flatten().is_some());
                 if exited {
                     break;
                 }

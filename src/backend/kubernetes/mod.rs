@@ -420,8 +420,11 @@ impl KubernetesBackend {
                 if let PodProgress::Failed(reason) = progress(&pod) {
                     report_exit(&exits, &pod, reason);
                 }
-                if let Some(view) = views.as_ref().and_then(|_| shared::view(&pod)) {
-                    let _ = views.as_ref().map(|v| v.send(view));
+                if let Some(views) = &views {
+                    if let Some(view) = shared::view(&pod) {
+                        // Closed only when binderd stops.
+                        let _ = views.send(view).is_ok();
+                    }
                 }
                 seen.insert(name.clone(), pod);
                 let _ = changes.send(name);
