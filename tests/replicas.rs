@@ -338,3 +338,79 @@ async fn two_lease_holders_at_once_still_hand_out_no_pod_twice() {
             });
     assert!(by_replica.len() >= 2, "{by_replica:?}");
 }
+
+/// A shared-mode backend in this process, as replica `name`.
+async fn backend_as(api: &KubeApi, name: &str) -> binderd::backend::kubernetes::KubernetesBackend {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&api.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let (exits, _) = tokio::sync::mpsc::unbounded_channel();
+    binderd::backend::kubernetes::KubernetesBackend::new_shared(
+        client,
+        kube_api::NS,
+        name.to_owned(),
+        Duration::from_secs(LEASE_SECONDS),
+        None,
+        exits,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_racing_claims_on_one_pod_the_api_server_takes_one() {
+    use binderd::backend::{Backend, Claim, Cluster, SharedPhase};
+    let r = Replicas::start("replicas-race", 1, 2, 10).await;
+    wait_warm(&r.api, 2).await;
+    let (a, b) = (
+        backend_as(&r.api, "ra").await,
+        backend_as(&r.api, "rb").await,
+    );
+    // Both see the same warm pod, at the same version.
+    let mut views = a.cluster().unwrap().take_views().unwrap();
+    let warm = wait_for(20, "a warm pod in the watch", || {
+        let got = views.try_recv().ok();
+        async move { got.filter(|v| matches!(v.phase, SharedPhase::Warm { .. })) }
+    })
+    .await;
+    let mut other = b.cluster().unwrap().take_views().unwrap();
+    wait_for(20, "the same pod in the other watch", || {
+        let got = other.try_recv().ok();
+        let id = warm.binder_id.clone();
+        async move { got.filter(|v| v.binder_id == id) }
+    })
+    .await;
+    let conflicts = r.api.conflicts.load(std::sync::atomic::Ordering::Relaxed);
+    let claim = |token: &'static str| Claim {
+        token,
+        owner: None,
+        at: 1,
+        from_starting: false,
+    };
+    let (ca, cb) = (claim("token-of-a"), claim("token-of-b"));
+    let (x, y) = tokio::join!(a.claim(&warm.instance, &ca), b.claim(&warm.instance, &cb));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x ^ y, "exactly one claim must win: {x} {y}");
+    assert_eq!(
+        r.api.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        conflicts + 1,
+        "the loser's PATCH was refused by its resourceVersion"
+    );
+    let winner = if x { "token-of-a" } else { "token-of-b" };
+    let pod = r.api.pod(&warm.instance.handle).unwrap();
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(labels["binderd.state"], "assigned");
+    assert_eq!(
+        labels["binderd.token-hash"],
+        binderd::backend::kubernetes::shared::token_hash(winner)
+    );
+    // No token in the pod's labels or annotations.
+    let meta = pod["metadata"].to_string();
+    assert!(!meta.contains("token-of-"), "{meta}");
+    // A pod already claimed cannot be claimed again.
+    assert!(!a.claim(&warm.instance, &claim("token-of-c")).await.unwrap());
+    assert_each_pod_claimed_once(&r.api);
+}

@@ -125,9 +125,15 @@ impl Pools {
                 id: id.clone(),
                 name: name.clone(),
             }),
-            SharedPhase::Claimed { owner, at, .. } => {
+            SharedPhase::Claimed {
+                owner, at, replica, ..
+            } => {
                 binder.hand_to(owner_of(owner.as_deref()), None);
                 binder.set_assigned_at(*at);
+                // Claimed by this replica before it restarted: culled here.
+                if self.cluster().is_some_and(|c| c.replica() == replica) {
+                    self.watch_for_culling(&binder);
+                }
             }
             SharedPhase::Warm { kernel: None } | SharedPhase::Starting => {}
         }
