@@ -320,6 +320,48 @@ mod tests {
     }
 
     #[test]
+    fn deploys_configmap_is_a_valid_shared_mode_config_and_shared_mode_is_checked() {
+        let yaml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml"),
+        )
+        .unwrap();
+        let body: String = yaml
+            .split("binderd.toml: |\n")
+            .nth(1)
+            .expect("the ConfigMap holds binderd.toml")
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l.trim_start()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tmp("deploy");
+        let load = |text: &str| {
+            std::fs::write(dir.join("binderd.toml"), text).unwrap();
+            Config::load(
+                ServeArgs {
+                    config: Some(dir.join("binderd.toml")),
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        let cfg = load(&body).unwrap();
+        assert_eq!(cfg.backend, crate::backend::BackendKind::Kubernetes);
+        assert!(cfg.kubernetes.shared);
+        assert_eq!(
+            cfg.kubernetes.namespace.as_deref(),
+            Some("binderd-notebooks")
+        );
+        let e = load("[kubernetes]\nshared = true\n").unwrap_err();
+        assert!(e.to_string().contains("backend"), "{e}");
+        let e = load("backend = \"kubernetes\"\n[kubernetes]\nshared = true\nreplica = \"a/b\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("label value"), "{e}");
+        let e = load("backend = \"kubernetes\"\n[kubernetes]\nshared = true\nlease_seconds = 1\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("lease_seconds"), "{e}");
+    }
+
+    #[test]
     fn flags_beat_file_and_file_beats_defaults() {
         let dir = tmp("prec");
         std::fs::create_dir_all(dir.join("bindings")).unwrap();
