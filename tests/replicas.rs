@@ -219,6 +219,32 @@ async fn three_replicas_hand_out_each_pod_once_and_any_replica_reaches_any_binde
             assert_eq!(&got, id, "replica {i} routed {token} to another pod");
         }
     }
+    // What the replicas must agree on is not changed through one of them.
+    let created = http
+        .post_json(
+            &r.url(0, "/bindings"),
+            Some(ADMIN),
+            &serde_json::json!({"name": "other", "image": "standin:1", "port": 8888}),
+        )
+        .await;
+    assert_error(&created, 409);
+    assert!(created.body.contains("config"), "{}", created.body);
+    let resized = http
+        .post_json(
+            &r.url(1, "/pools/nb"),
+            Some(ADMIN),
+            &serde_json::json!({"minPool": 1}),
+        )
+        .await;
+    assert_error(&resized, 409);
+    let deleted = http
+        .call(
+            Method::DELETE,
+            &r.url(2, "/bindings/nb?force=true"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_error(&deleted, 409);
     // A token nobody was given reaches nothing anywhere.
     for i in 0..3 {
         assert!(reached(&http, &r, i, "not-a-token-0123456789")

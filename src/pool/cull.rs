@@ -129,7 +129,7 @@ impl Pools {
         }
     }
 
-    fn cull_now(&self, pool: &Arc<Pool>, binder: &Arc<Binder>, reason: String) {
+    pub(super) fn cull_now(&self, pool: &Arc<Pool>, binder: &Arc<Binder>, reason: String) {
         tracing::info!(binder = %binder.id, binding = %pool.name, %reason, "culling");
         binder.set_failure(reason);
         pool.metrics.culled.increment(1);

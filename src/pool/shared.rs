@@ -209,6 +209,21 @@ impl Pools {
             .await
     }
 
+    /// The Lease holder culls every binder of the pool past its maximum age,
+    /// whichever replica claimed it: the one bound on binders whose
+    /// replica is gone (idle culling is the claiming replica's, from the
+    /// traffic it saw). Culling one twice is harmless.
+    fn cull_aged(&self, pool: &Arc<Pool>) {
+        let max_age = pool.current().binding.cull.max_age_seconds;
+        let now = crate::binder::now_unix();
+        for binder in self.binders_of(pool) {
+            let at = binder.assigned_at();
+            if binder.state() == State::Assigned && at > 0 && at.saturating_add(max_age) <= now {
+                self.cull_now(pool, &binder, "older than cull.max_age_seconds".into());
+            }
+        }
+    }
+
     fn spawn_lease_keeper(&self, pool: Arc<Pool>) {
         let this = self.clone();
         tokio::spawn(async move { this.keep_lease(pool).await });
@@ -240,6 +255,7 @@ impl Pools {
                 tracing::info!(binding = %pool.name, lease = %name, "no longer leading this binding");
             }
             if held {
+                self.cull_aged(&pool);
                 let timeout = Duration::from_secs(pool.current().binding.start_timeout_seconds);
                 for stale in cluster.stale_starts(pool.name.as_str(), timeout + STALE_MARGIN) {
                     tracing::info!(binder = %stale.binder_id, binding = %pool.name, "removing a start its replica left unfinished");
