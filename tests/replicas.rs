@@ -440,3 +440,29 @@ async fn of_two_racing_claims_on_one_pod_the_api_server_takes_one() {
     assert!(!a.claim(&warm.instance, &claim("token-of-c")).await.unwrap());
     assert_each_pod_claimed_once(&r.api);
 }
+
+/// The fake's own rules, as the API server has them.
+#[test]
+fn merge_patches_and_selectors_behave_like_the_api_servers() {
+    let mut pod =
+        serde_json::json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1]}});
+    kube_api::merge_patch(
+        &mut pod,
+        &serde_json::json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [2]}}),
+    );
+    assert_eq!(
+        pod,
+        serde_json::json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [2]}})
+    );
+    let l = serde_json::json!({"binderd.owner": "o", "binderd.state": "warm"});
+    assert!(kube_api::selects("binderd.owner=o", &l));
+    assert!(kube_api::selects(
+        "binderd.owner==o,binderd.state!=assigned",
+        &l
+    ));
+    assert!(!kube_api::selects("binderd.owner=p", &l));
+    assert_eq!(
+        kube_api::percent_decode("binderd.owner%3Do%2Cx"),
+        "binderd.owner=o,x"
+    );
+}

@@ -141,7 +141,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -748,28 +748,5 @@ impl KubeApi {
 impl Drop for KubeApi {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_patches_and_selectors_behave_like_the_api_servers() {
-        let mut pod = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1]}});
-        merge_patch(
-            &mut pod,
-            &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [2]}}),
-        );
-        assert_eq!(
-            pod,
-            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [2]}})
-        );
-        let l = json!({"binderd.owner": "o", "binderd.state": "warm"});
-        assert!(selects("binderd.owner=o", &l));
-        assert!(selects("binderd.owner==o,binderd.state!=assigned", &l));
-        assert!(!selects("binderd.owner=p", &l));
-        assert_eq!(percent_decode("binderd.owner%3Do%2Cx"), "binderd.owner=o,x");
     }
 }
