@@ -466,3 +466,34 @@ fn merge_patches_and_selectors_behave_like_the_api_servers() {
         "binderd.owner=o,x"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_after_a_crash_adopts_its_binders_from_the_claims() {
+    let mut r = Replicas::start("replicas-restart", 1, 2, 10).await;
+    wait_warm(&r.api, 2).await;
+    let http = Http::new();
+    let (id, token) = hand_out_at(&http, &r, 0).await.unwrap();
+    r.procs[0].sigkill();
+    r.spawn("r0", 2, 10);
+    let got = wait_for(20, "the binder through the restarted replica", || {
+        let (http, r, token) = (&http, &r, &token);
+        async move { reached(http, r, 1, token).await }
+    })
+    .await;
+    assert_eq!(got, id);
+    let doc = http
+        .call(
+            Method::GET,
+            &r.url(1, &format!("/binders/nb/{id}")),
+            Some(ADMIN),
+        )
+        .await
+        .json();
+    assert_eq!(doc["state"], "ready", "{doc}");
+    // The claimed pod is never handed out again.
+    for _ in 0..3 {
+        let (other, _) = hand_out_at(&http, &r, 1).await.unwrap();
+        assert_ne!(other, id);
+    }
+    assert_each_pod_claimed_once(&r.api);
+}
