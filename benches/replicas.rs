@@ -68,7 +68,7 @@ fn start_replica(
 ) -> (Child, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let data = dir.join(name);
-    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(data.join("none")).unwrap();
     let config = dir.join(format!("{name}.toml"));
     let shared = if shared {
         format!("shared = true\nreplica = \"{name}\"\nlease_seconds = 5\n")

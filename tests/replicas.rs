@@ -497,3 +497,230 @@ async fn a_replica_restarted_after_a_crash_adopts_its_binders_from_the_claims() 
     }
     assert_each_pod_claimed_once(&r.api);
 }
+
+/// Removes the containers and networks of the Docker replicas test.
+struct DockerRun(String);
+
+impl Drop for DockerRun {
+    fn drop(&mut self) {
+        let filter = format!("label=binderd-replicas-test={}", self.0);
+        let ids = docker(&["ps", "-aq", "--filter", &filter]);
+        if std::thread::panicking() {
+            for id in &ids {
+                let out = std::process::Command::new("docker")
+                    .args(["logs", "--tail", "30", id])
+                    .output()
+                    .unwrap();
+                eprintln!(
+                    "--- container {id} ---\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        for n in docker(&["network", "ls", "-q", "--filter", &filter]) {
+            docker(&["network", "rm", &n]);
+        }
+    }
+}
+
+fn inspect(what: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, what])
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_docker_a_replica_cut_off_from_the_api_server_stops_handing_out_and_the_others_go_on() {
+    if !docker_ready() {
+        return;
+    }
+    let built = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-test-image"
+    ))
+    .arg(binderd_bin())
+    .env("IMAGE", "binderd/binderd:test")
+    .status()
+    .unwrap();
+    assert!(built.success());
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let _cleanup = DockerRun(tag.clone());
+    let label = format!("binderd-replicas-test={tag}");
+    // The API server's network, and an internal one (no route out) the
+    // test reaches the replicas on.
+    let api_net = format!("binderd-api-{tag}");
+    let client_net = format!("binderd-clients-{tag}");
+    docker(&["network", "create", "--label", &label, &api_net]);
+    docker(&[
+        "network",
+        "create",
+        "--internal",
+        "--label",
+        &label,
+        &client_net,
+    ]);
+    let gateway = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        &api_net,
+    ])
+    .into_iter()
+    .next()
+    .expect("the network's gateway");
+    let api = KubeApi::start_on(
+        standin(),
+        gateway.parse().unwrap(),
+        kube_api::Kubelet::Docker {
+            network: api_net.clone(),
+            image: TEST_IMAGE.into(),
+            label: label.clone(),
+        },
+    )
+    .await;
+    let dir = DataDir::new("replicas-docker");
+    std::fs::write(dir.0.join("kubeconfig"), api.kubeconfig()).unwrap();
+    let mut bases = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let replica = format!("r{i}");
+        let cfg = config(&dir, &replica, 3, 30);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("listen = \"0.0.0.0:8585\"\n{text}")).unwrap();
+        let name = format!("binderd-{replica}-{tag}");
+        let volume = format!("{}:/cfg:ro", dir.0.display());
+        let keys = format!("BINDERD_API_KEYS=admin:{ADMIN}:admin");
+        let created = docker(&[
+            "create",
+            "--name",
+            &name,
+            "--label",
+            &label,
+            "--network",
+            &client_net,
+            "-v",
+            &volume,
+            "-e",
+            "KUBECONFIG=/cfg/kubeconfig",
+            "-e",
+            &keys,
+            "-e",
+            "RUST_LOG=info",
+            "binderd/binderd:test",
+            "serve",
+            "--config",
+            &format!("/cfg/{replica}.toml"),
+            "--data-dir",
+            "/data",
+        ]);
+        assert_eq!(created.len(), 1, "docker create {name}");
+        docker(&["network", "connect", &api_net, &name]);
+        docker(&["start", &name]);
+        let ip = inspect(
+            &name,
+            &format!("{{{{(index .NetworkSettings.Networks \"{client_net}\").IPAddress}}}}"),
+        );
+        bases.push(format!("http://{ip}:8585"));
+        names.push(name);
+    }
+    let http = Http::new();
+    for base in &bases {
+        eventually(60, &format!("{base} answering"), || async {
+            let url = format!("{base}/healthcheck");
+            let answer = http
+                .try_send(Method::GET, &url, &[], bytes::Bytes::new())
+                .await;
+            answer.is_ok_and(|a| a.status == 200)
+        })
+        .await;
+    }
+    wait_warm(&api, 3).await;
+    let hand_out = |i: usize| {
+        let (http, base) = (&http, bases[i].clone());
+        async move {
+            let a = http
+                .call(Method::POST, &format!("{base}/binders/nb"), Some(ADMIN))
+                .await;
+            (a.status, a.json())
+        }
+    };
+    for i in 0..3 {
+        let (status, doc) = hand_out(i).await;
+        assert!(
+            status == 201 || status == 202,
+            "replica {i}: {status} {doc}"
+        );
+    }
+    // r1 loses the API server's network.
+    docker(&["network", "disconnect", &api_net, &names[1]]);
+    let cut_at = std::time::Instant::now();
+    let by_r1 = || {
+        api.claims
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.replica == "r1")
+            .count()
+    };
+    let claimed_by_r1 = by_r1();
+    // Within one lease renewal it knows it cannot reach the API server...
+    eventually(LEASE_SECONDS + 2, "r1 answering 503", || async {
+        hand_out(1).await.0 == 503
+    })
+    .await;
+    assert!(cut_at.elapsed() < Duration::from_secs(LEASE_SECONDS + 2));
+    // ...and from then on hands out nothing.
+    for _ in 0..3 {
+        let (status, doc) = hand_out(1).await;
+        assert_eq!(
+            status, 503,
+            "a replica that cannot claim must not hand out: {doc}"
+        );
+    }
+    assert_eq!(by_r1(), claimed_by_r1, "r1 claimed nothing once cut off");
+    // The others go on, and what they hand out answers through each other.
+    for k in 0..6 {
+        let i = [0, 2][k % 2];
+        let (status, doc) = hand_out(i).await;
+        assert!(
+            status == 201 || status == 202,
+            "replica {i}: {status} {doc}"
+        );
+        let id = doc["id"].as_str().unwrap().to_owned();
+        let base = &bases[i];
+        let location = wait_for(30, "a location", || {
+            let (http, id) = (&http, &id);
+            async move {
+                let d = http
+                    .call(Method::GET, &format!("{base}/binders/nb/{id}"), Some(ADMIN))
+                    .await
+                    .json();
+                d["location"]
+                    .as_str()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+            }
+        })
+        .await;
+        let other = &bases[2 - i];
+        let got = wait_for(30, "the binder through the other replica", || {
+            let (http, location) = (&http, &location);
+            async move {
+                let a = http.get(&format!("{other}{location}api/status")).await;
+                (a.status == 200).then(|| a.json()["binder"].as_str().unwrap_or("").to_owned())
+            }
+        })
+        .await;
+        assert_eq!(got, id);
+    }
+    assert_each_pod_claimed_once(&api);
+    api.shutdown();
+}

@@ -48,14 +48,51 @@ pub struct ClaimSeen {
     pub token_hash: String,
 }
 
+/// A pod's notebook: a process on the host, or a container on a Docker
+/// network (with [`Kubelet::Docker`]).
 struct Running {
-    child: std::process::Child,
-    ip: Ipv4Addr,
+    child: Option<std::process::Child>,
+    container: Option<String>,
+}
+
+impl Running {
+    fn stop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(id) = &self.container {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .output();
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+}
+
+/// Where the fake's kubelet runs pods.
+#[derive(Clone, Debug)]
+pub enum Kubelet {
+    /// Stand-in processes on 127.0.X.Y.
+    Processes,
+    /// Containers of `image` (the stand-in image) on the Docker network
+    /// `network`, labelled `label` (for clean-up).
+    Docker {
+        network: String,
+        image: String,
+        label: String,
+    },
 }
 
 pub struct KubeApi {
     pub addr: SocketAddr,
     standin: String,
+    how: Kubelet,
     rv: AtomicU64,
     pods: Mutex<BTreeMap<String, Value>>,
     leases: Mutex<BTreeMap<String, Value>>,
@@ -198,10 +235,17 @@ impl KubeApi {
     /// Starts the server on a free loopback port. `standin` is the stand-in
     /// binary the kubelet runs for every pod.
     pub async fn start(standin: &str) -> Arc<KubeApi> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        KubeApi::start_on(standin, [127, 0, 0, 1].into(), Kubelet::Processes).await
+    }
+
+    /// [`Self::start`] on `ip` (a Docker network's gateway, for replicas in
+    /// containers), with pods run as `how` says.
+    pub async fn start_on(standin: &str, ip: std::net::IpAddr, how: Kubelet) -> Arc<KubeApi> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let api = Arc::new(KubeApi {
             addr: listener.local_addr().unwrap(),
             standin: standin.to_owned(),
+            how,
             rv: AtomicU64::new(100),
             pods: Mutex::default(),
             leases: Mutex::default(),
@@ -326,8 +370,7 @@ impl KubeApi {
             pod
         };
         if let Some(mut run) = self.kubelet.lock().unwrap().remove(name) {
-            let _ = run.child.kill();
-            let _ = run.child.wait();
+            run.stop();
         }
         Some(removed)
     }
@@ -335,8 +378,7 @@ impl KubeApi {
     /// Stops every pod's process.
     pub fn shutdown(&self) {
         for (_, mut run) in self.kubelet.lock().unwrap().drain() {
-            let _ = run.child.kill();
-            let _ = run.child.wait();
+            run.stop();
         }
     }
 
@@ -357,6 +399,9 @@ impl KubeApi {
             })
             .collect();
         let port: u16 = container["ports"][0]["containerPort"].as_u64().unwrap_or(0) as u16;
+        if let Kubelet::Docker { .. } = &self.how {
+            return self.run_pod_in_docker(name, env, port);
+        }
         // One counter for every fake in the process: tests run side by side.
         static NEXT_IP: AtomicU32 = AtomicU32::new(0);
         let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
@@ -374,10 +419,13 @@ impl KubeApi {
                 return;
             }
         };
-        self.kubelet
-            .lock()
-            .unwrap()
-            .insert(name.clone(), Running { child, ip });
+        self.kubelet.lock().unwrap().insert(
+            name.clone(),
+            Running {
+                child: Some(child),
+                container: None,
+            },
+        );
         let api = self.clone();
         tokio::spawn(async move {
             let addr = SocketAddr::from((ip, port));
@@ -394,7 +442,7 @@ impl KubeApi {
                     .lock()
                     .unwrap()
                     .get_mut(&name)
-                    .is_none_or(|r| r.child.try_wait().ok().flatten().is_some());
+                    .is_none_or(Running::exited);
                 if exited {
                     break;
                 }
@@ -403,6 +451,85 @@ impl KubeApi {
             api.update_pod(&name, |pod| {
                 pod["status"] = json!({"phase": "Failed", "reason": "Error",
                     "message": "the notebook exited before it listened"});
+            });
+        });
+    }
+
+    /// The kubelet on Docker: the pod is a container of the stand-in image on
+    /// the network, Ready once its address answers.
+    fn run_pod_in_docker(self: &Arc<Self>, name: String, env: Vec<(String, String)>, port: u16) {
+        let Kubelet::Docker {
+            network,
+            image,
+            label,
+        } = self.how.clone()
+        else {
+            return;
+        };
+        let api = self.clone();
+        tokio::spawn(async move {
+            let base = env
+                .iter()
+                .find(|(k, _)| k == "BINDERD_BASE_URL")
+                .map_or("/".to_owned(), |(_, v)| v.clone());
+            let run = tokio::task::spawn_blocking(move || {
+                let mut cmd = std::process::Command::new("docker");
+                cmd.args(["run", "-d", "--network", &network, "--label", &label]);
+                for (k, v) in &env {
+                    cmd.args(["-e", &format!("{k}={v}")]);
+                }
+                cmd.args([
+                    &image,
+                    "--port",
+                    &port.to_string(),
+                    "--base-url",
+                    &base,
+                    "--all-interfaces",
+                ]);
+                let out = cmd.output().ok()?;
+                let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                if !out.status.success() || id.is_empty() {
+                    return None;
+                }
+                let format =
+                    format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+                let out = std::process::Command::new("docker")
+                    .args(["inspect", "-f", &format, &id])
+                    .output()
+                    .ok()?;
+                let ip: Ipv4Addr = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+                Some((id, ip))
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some((id, ip)) = run else {
+                api.violation(format!("kubelet cannot run {name} on Docker"));
+                return;
+            };
+            let mut run = Running {
+                child: None,
+                container: Some(id),
+            };
+            if api.pod(&name).is_none() {
+                run.stop(); // deleted while it was being made
+                return;
+            }
+            api.kubelet.lock().unwrap().insert(name.clone(), run);
+            let addr = SocketAddr::from((ip, port));
+            for _ in 0..1000 {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    api.update_pod(&name, |pod| {
+                        pod["status"] = json!({"phase": "Running", "podIP": ip.to_string(),
+                            "conditions": [{"type": "Ready", "status": "True"}]});
+                    });
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            api.update_pod(&name, |pod| {
+                pod["status"] = json!({"phase": "Failed", "reason": "Error",
+                    "message": "the notebook container never listened"});
             });
         });
     }
@@ -420,7 +547,7 @@ impl KubeApi {
                     .lock()
                     .unwrap()
                     .iter_mut()
-                    .filter_map(|(n, r)| r.child.try_wait().ok().flatten().map(|_| n.clone()))
+                    .filter_map(|(n, r)| r.exited().then(|| n.clone()))
                     .collect();
                 for name in dead {
                     api.kubelet.lock().unwrap().remove(&name);

@@ -252,13 +252,34 @@ impl super::KubernetesBackend {
                     }
                 }
                 Ok(Err(e)) if is_not_found(&e) => return Ok(false),
-                Ok(Err(e)) => return Err(classify(e, "claiming a pod")),
+                Ok(Err(e)) => {
+                    let e = classify(e, "claiming a pod");
+                    if let BackendError::Unavailable(why) = &e {
+                        self.availability.down(why.clone());
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(false)
     }
 
+    /// [`Self::try_lease`], and what it says of the API server: a replica
+    /// that cannot renew its Leases cannot claim either, so it reports
+    /// itself unavailable (handouts answer 503 at once) until a call
+    /// succeeds again. Its watch alone may not notice a cut network for
+    /// minutes (a quiet TCP stream).
     pub(crate) async fn take_lease(&self, name: &str) -> Result<bool, BackendError> {
+        let result = self.try_lease(name).await;
+        match &result {
+            Err(BackendError::Unavailable(why)) => self.availability.down(why.clone()),
+            Ok(_) => self.availability.up(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn try_lease(&self, name: &str) -> Result<bool, BackendError> {
         let shared = self.shared()?;
         let seconds = i32::try_from(shared.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let now = now_rfc3339_micros();
