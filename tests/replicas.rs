@@ -523,8 +523,16 @@ impl Drop for DockerRun {
             args.extend(ids.iter().map(String::as_str));
             docker(&args);
         }
-        for n in docker(&["network", "ls", "-q", "--filter", &filter]) {
-            docker(&["network", "rm", &n]);
+        // The engine may still be letting go of an endpoint: a few tries.
+        for _ in 0..10 {
+            let left = docker(&["network", "ls", "-q", "--filter", &filter]);
+            if left.is_empty() {
+                break;
+            }
+            for n in left {
+                docker(&["network", "rm", &n]);
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
