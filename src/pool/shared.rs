@@ -93,6 +93,17 @@ impl Pools {
             // Known: only a claim by another replica changes anything here.
             // (One this replica lost a claim on is assigned already, with
             // no owner yet.)
+            // A claim this replica counted lost on a pod that is still
+            // warm (its version had moved on for another reason): back in
+            // the queue.
+            if let SharedPhase::Warm { .. } = &view.phase {
+                let binder = &entry.binder;
+                if binder.owner().is_none() && pool.transition(binder, State::Assigned, State::Idle)
+                {
+                    pool.ready.push(binder.clone());
+                }
+                return;
+            }
             if let SharedPhase::Claimed { owner, at, .. } = &view.phase {
                 let binder = &entry.binder;
                 let taken = pool.transition(binder, State::Idle, State::Assigned);

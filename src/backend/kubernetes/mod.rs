@@ -426,7 +426,7 @@ impl KubernetesBackend {
                         let _ = views.send(view).is_ok();
                     }
                 }
-                seen.insert(name.clone(), pod);
+                shared::remember_newer(&seen, pod);
                 let _ = changes.send(name);
                 if exits.is_closed() {
                     return;

@@ -164,6 +164,31 @@ pub(crate) fn view(pod: &Pod) -> Option<PodView> {
     })
 }
 
+/// Puts `pod` in `seen` unless `seen` holds a newer version of it (by
+/// `resourceVersion`, which this API server numbers; one it cannot compare
+/// replaces). The watch and this replica's own writes both go through here,
+/// so a late watch event never hides a write this replica made.
+pub(crate) fn remember_newer(seen: &dashmap::DashMap<String, Pod>, pod: Pod) {
+    let Some(name) = pod.metadata.name.clone() else {
+        return;
+    };
+    let version = |p: &Pod| {
+        p.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let newer =
+        seen.get(&name)
+            .is_none_or(|cached| match (version(&pod), version(cached.value())) {
+                (Some(new), Some(old)) => new >= old,
+                _ => true,
+            });
+    if newer {
+        seen.insert(name, pod);
+    }
+}
+
 /// The labels a pod is created with in shared mode.
 pub(crate) fn starting_labels(labels: &mut BTreeMap<String, String>, replica: &str) {
     labels.insert(LABEL_STATE.to_owned(), STATE_STARTING.to_owned());
@@ -192,7 +217,7 @@ impl super::KubernetesBackend {
             patch["metadata"]["annotations"] =
                 serde_json::json!({ANNOTATION_WARM_KERNEL: format!("{id}/{name}")});
         }
-        timed(
+        let pod = timed(
             "offering a pod",
             self.pods.patch(
                 &instance.handle,
@@ -200,8 +225,18 @@ impl super::KubernetesBackend {
                 &Patch::Merge(&patch),
             ),
         )
-        .await
-        .map(drop)
+        .await?;
+        // Handed out here before the watch brings this change, the pod
+        // must be claimed at the version the offer made.
+        self.remember(pod);
+        Ok(())
+    }
+
+    /// Keeps `pod` in the watch's cache if it is newer than what is there:
+    /// this replica's own writes are never older in its cache than in the
+    /// API server.
+    pub(crate) fn remember(&self, pod: Pod) {
+        remember_newer(&self.seen, pod);
     }
 
     pub(crate) async fn claim_pod(
@@ -245,7 +280,10 @@ impl super::KubernetesBackend {
                         "claiming a pod: no answer within the call timeout",
                     ))
                 }
-                Ok(Ok(_)) => return Ok(true),
+                Ok(Ok(pod)) => {
+                    self.remember(pod);
+                    return Ok(true);
+                }
                 Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
                     if attempt == 0 {
                         seen = timed("reading a pod", self.pods.get_opt(&instance.handle)).await?;
@@ -369,6 +407,30 @@ impl super::KubernetesBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod_at(version: &str, state: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.resource_version = Some(version.into());
+        pod.metadata.labels = Some(BTreeMap::from([(LABEL_STATE.into(), state.into())]));
+        pod
+    }
+
+    #[test]
+    fn a_late_watch_event_never_hides_a_newer_write() {
+        let seen = dashmap::DashMap::new();
+        remember_newer(&seen, pod_at("7", STATE_WARM)); // the offer's answer
+        remember_newer(&seen, pod_at("6", STATE_STARTING)); // the watch, late
+        assert_eq!(
+            label(&seen.get("p").unwrap(), LABEL_STATE),
+            Some(STATE_WARM)
+        );
+        remember_newer(&seen, pod_at("9", STATE_ASSIGNED));
+        assert_eq!(
+            label(&seen.get("p").unwrap(), LABEL_STATE),
+            Some(STATE_ASSIGNED)
+        );
+    }
 
     #[test]
     fn token_hashes_are_label_values_and_owner_keys_are_per_namespace() {
