@@ -259,18 +259,26 @@ async fn sigkill_in_the_middle_of_a_rush_loses_no_handout() {
     let mut received: Vec<(String, String)> = Vec::new();
     for round in 0..3 {
         let url = p.url("/binders/rushed");
+        let first = std::sync::Arc::new(tokio::sync::Notify::new());
         let rush: Vec<_> = (0..40)
             .map(|_| {
-                let url = url.clone();
+                let (url, first) = (url.clone(), first.clone());
                 tokio::spawn(async move {
-                    Http::new()
+                    let a = Http::new()
                         .try_send(Method::POST, &url, &[], bytes::Bytes::new())
-                        .await
+                        .await;
+                    if a.as_ref().is_ok_and(|a| a.status == 201) {
+                        first.notify_one();
+                    }
+                    a
                 })
             })
             .collect();
-        // Killed while the rush is under way (some answered, some not).
-        tokio::time::sleep(Duration::from_millis(3 + 4 * round)).await;
+        // Killed while the rush is under way (some answered, some not):
+        // once the first answer is in (a loaded machine may take longer
+        // than the rush's first milliseconds to answer any), and a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(5), first.notified()).await;
+        tokio::time::sleep(Duration::from_millis(1 + 2 * round)).await;
         p.sigkill();
         let mut answered = 0;
         for task in rush {
