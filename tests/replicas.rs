@@ -594,8 +594,34 @@ async fn on_docker_a_replica_cut_off_from_the_api_server_stops_handing_out_and_t
         },
     )
     .await;
+    // The replicas reach it only through a relay container on the API's
+    // network: the host's own addresses stay reachable from any Docker
+    // network, a container on another network does not.
+    let relay = format!("binderd-apiserver-{tag}");
+    let upstream = api.addr.to_string();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &relay,
+        "--label",
+        &label,
+        "--network",
+        &api_net,
+        TEST_IMAGE,
+        "--port",
+        "6443",
+        "--all-interfaces",
+        "--relay-to",
+        &upstream,
+    ]);
+    let relay_ip = inspect(
+        &relay,
+        &format!("{{{{(index .NetworkSettings.Networks \"{api_net}\").IPAddress}}}}"),
+    );
     let dir = DataDir::new("replicas-docker");
-    std::fs::write(dir.0.join("kubeconfig"), api.kubeconfig()).unwrap();
+    let server: std::net::SocketAddr = format!("{relay_ip}:6443").parse().unwrap();
+    std::fs::write(dir.0.join("kubeconfig"), api.kubeconfig_via(server)).unwrap();
     let mut bases = Vec::new();
     let mut names = Vec::new();
     for i in 0..3 {
@@ -679,19 +705,27 @@ async fn on_docker_a_replica_cut_off_from_the_api_server_stops_handing_out_and_t
             .count()
     };
     let claimed_by_r1 = by_r1();
-    // Within one lease renewal it knows it cannot reach the API server...
-    eventually(LEASE_SECONDS + 2, "r1 answering 503", || async {
-        hand_out(1).await.0 == 503
-    })
+    // Within a Lease renewal and its call's limit it knows it cannot reach
+    // the API server, and says so where an operator's probe looks...
+    let health = format!("{}/health", bases[1]);
+    eventually(
+        2 * LEASE_SECONDS,
+        "r1 reporting the API server gone",
+        || async { http.get(&health).await.status == 503 },
+    )
     .await;
-    assert!(cut_at.elapsed() < Duration::from_secs(LEASE_SECONDS + 2));
-    // ...and from then on hands out nothing.
+    assert!(cut_at.elapsed() < Duration::from_secs(2 * LEASE_SECONDS));
+    let said = http.get(&health).await;
+    assert!(said.body.contains("Kubernetes API server"), "{}", said.body);
+    // ...and from then on hands out nothing: no claim, no start.
     for _ in 0..3 {
         let (status, doc) = hand_out(1).await;
         assert_eq!(
             status, 503,
             "a replica that cannot claim must not hand out: {doc}"
         );
+        let message = doc["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("Kubernetes API server"), "{doc}");
     }
     assert_eq!(by_r1(), claimed_by_r1, "r1 claimed nothing once cut off");
     // The others go on, and what they hand out answers through each other.

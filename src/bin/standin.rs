@@ -22,7 +22,8 @@
 //! - outside `{base_url}` → 404
 //!
 //! `binderd-standin --port N [--base-url /user/t/] [--delay-ms N] [--exit-after-ms N]
-//! [--bind 127.0.0.N | --all-interfaces]`
+//! [--bind 127.0.0.N | --all-interfaces] [--relay-to host:port]`
+//! (`--relay-to`: no HTTP, every connection relayed to that address)
 //! (`BINDERD_PORT` and `BINDERD_BASE_URL` are the fallbacks).
 
 #![forbid(unsafe_code)]
@@ -55,6 +56,8 @@ struct Opts {
     delay: Duration,
     exit_after: Option<Duration>,
     bind: [u8; 4],
+    /// Relay every connection to this address instead of serving HTTP.
+    relay_to: Option<String>,
 }
 
 fn opts() -> Result<Opts, String> {
@@ -67,6 +70,7 @@ fn opts() -> Result<Opts, String> {
         delay: Duration::ZERO,
         exit_after: None,
         bind: [127, 0, 0, 1],
+        relay_to: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -83,6 +87,7 @@ fn opts() -> Result<Opts, String> {
                 ))
             }
             "--all-interfaces" => o.bind = [0, 0, 0, 0],
+            "--relay-to" => o.relay_to = Some(value()?),
             "--bind" => {
                 let ip: std::net::Ipv4Addr =
                     value()?.parse().map_err(|e| format!("--bind: {e}"))?;
@@ -378,6 +383,22 @@ async fn file(req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// `--relay-to`: a TCP relay (the replicas test puts the fake API server
+/// behind one on a Docker network, so that leaving the network cuts it off).
+async fn relay(listener: tokio::net::TcpListener, to: String) -> ! {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let o = match opts() {
@@ -413,6 +434,9 @@ async fn main() {
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
+    if let Some(to) = o.relay_to {
+        relay(listener, to).await;
+    }
     let base: &'static str = Box::leak(o.base_url.into_boxed_str());
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -141,6 +141,13 @@ impl Pools {
             if found != Found::Warm || self.cluster().is_none() {
                 return Ok((binder, found));
             }
+            // Cut off from the API server: no claim can be made.
+            if let Some(reason) = self.shared.backend.unavailable() {
+                if pool.transition(&binder, State::Assigned, State::Idle) {
+                    pool.ready.push(binder);
+                }
+                return Err(BackendError::Unavailable(reason).into());
+            }
             match self.claim_warm(&binder, owner, now_unix()).await {
                 Ok(true) => return Ok((binder, found)),
                 Ok(false) => {

@@ -286,9 +286,14 @@ impl KubeApi {
 
     /// A kubeconfig naming this server and [`NS`].
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_via(self.addr)
+    }
+
+    /// A kubeconfig naming `server` (a relay in front of this one).
+    pub fn kubeconfig_via(&self, server: SocketAddr) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n",
-            self.addr
+            server
         )
     }
 

@@ -239,7 +239,51 @@ impl super::KubernetesBackend {
         remember_newer(&self.seen, pod);
     }
 
+    /// How long a claim or a Lease renewal may take: a third of the Lease
+    /// (at least a second). A replica whose calls hang (a cut network
+    /// drops packets, it answers nothing) must know before its Leases
+    /// expire, and a handout must not wait out the general call timeout.
+    fn quick_limit(&self) -> Duration {
+        self.shared
+            .as_ref()
+            .map_or(super::CALL_TIMEOUT, |s| s.lease_duration / 3)
+            .max(Duration::from_secs(1))
+    }
+
+    /// `call`, given [`Self::quick_limit`]; what it says of the API server
+    /// goes into the backend's availability: a failure or no answer marks
+    /// it down (handouts then answer 503 at once), an answer up.
+    async fn quick<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let limit = self.quick_limit();
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(super::unavailable(format!(
+                "{what}: no answer within {}s",
+                limit.as_secs()
+            ))),
+        };
+        match &result {
+            Err(BackendError::Unavailable(why)) => self.availability.down(why.clone()),
+            Ok(_) => self.availability.up(),
+            Err(_) => {}
+        }
+        result
+    }
+
     pub(crate) async fn claim_pod(
+        &self,
+        instance: &Instance,
+        claim: &Claim<'_>,
+    ) -> Result<bool, BackendError> {
+        self.quick("claiming a pod", self.try_claim(instance, claim))
+            .await
+    }
+
+    async fn try_claim(
         &self,
         instance: &Instance,
         claim: &Claim<'_>,
@@ -274,29 +318,18 @@ impl super::KubernetesBackend {
             }});
             let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
             let call = self.pods.patch(&instance.handle, &params, &patch);
-            match tokio::time::timeout(super::CALL_TIMEOUT, call).await {
-                Err(_) => {
-                    return Err(super::unavailable(
-                        "claiming a pod: no answer within the call timeout",
-                    ))
-                }
-                Ok(Ok(pod)) => {
+            match call.await {
+                Ok(pod) => {
                     self.remember(pod);
                     return Ok(true);
                 }
-                Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
+                Err(kube::Error::Api(status)) if status.code == 409 => {
                     if attempt == 0 {
                         seen = timed("reading a pod", self.pods.get_opt(&instance.handle)).await?;
                     }
                 }
-                Ok(Err(e)) if is_not_found(&e) => return Ok(false),
-                Ok(Err(e)) => {
-                    let e = classify(e, "claiming a pod");
-                    if let BackendError::Unavailable(why) = &e {
-                        self.availability.down(why.clone());
-                    }
-                    return Err(e);
-                }
+                Err(e) if is_not_found(&e) => return Ok(false),
+                Err(e) => return Err(classify(e, "claiming a pod")),
             }
         }
         Ok(false)
@@ -308,13 +341,7 @@ impl super::KubernetesBackend {
     /// succeeds again. Its watch alone may not notice a cut network for
     /// minutes (a quiet TCP stream).
     pub(crate) async fn take_lease(&self, name: &str) -> Result<bool, BackendError> {
-        let result = self.try_lease(name).await;
-        match &result {
-            Err(BackendError::Unavailable(why)) => self.availability.down(why.clone()),
-            Ok(_) => self.availability.up(),
-            Err(_) => {}
-        }
-        result
+        self.quick("renewing a lease", self.try_lease(name)).await
     }
 
     async fn try_lease(&self, name: &str) -> Result<bool, BackendError> {
