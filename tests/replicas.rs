@@ -25,6 +25,11 @@ struct Replicas {
 }
 
 fn config(dir: &DataDir, replica: &str, min: u32, max: u32) -> std::path::PathBuf {
+    config_with(dir, replica, min, max, "")
+}
+
+/// [`config`] with more lines for the binding.
+fn config_with(dir: &DataDir, replica: &str, min: u32, max: u32, more: &str) -> std::path::PathBuf {
     let path = dir.0.join(format!("{replica}.toml"));
     std::fs::write(
         &path,
@@ -49,6 +54,7 @@ port = 8888
 public = true
 start_timeout_seconds = 10
 pool = {{ min = {min}, max = {max} }}
+{more}
 "#,
             ns = kube_api::NS
         ),
@@ -765,4 +771,55 @@ async fn on_docker_a_replica_cut_off_from_the_api_server_stops_handing_out_and_t
     }
     assert_each_pod_claimed_once(&api);
     api.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_culls_a_lost_replicas_binders_by_age() {
+    let mut r = Replicas::start("replicas-age", 0, 2, 10).await;
+    for i in 0..2 {
+        let replica = format!("r{i}");
+        let cull = "cull = { max_age_seconds = 4, idle_seconds = 3600, unvisited_seconds = 0 }";
+        let cfg = config_with(&r.dir, &replica, 2, 10, cull);
+        let data = DataDir(r.dir.0.join(&replica));
+        std::fs::create_dir_all(&data.0).unwrap();
+        let kubeconfig = r.dir.0.join("kubeconfig");
+        r.procs.push(Process::spawn(
+            &data,
+            &["--config", cfg.to_str().unwrap()],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        ));
+        std::mem::forget(data);
+    }
+    wait_warm(&r.api, 2).await;
+    let holder = wait_for(20, "a lease holder", || async {
+        r.api.lease_holders().into_iter().next().map(|(_, h)| h)
+    })
+    .await;
+    let other: usize = if holder == "r0" { 1 } else { 0 };
+    let http = Http::new();
+    let (id, _) = hand_out_at(&http, &r, other).await.unwrap();
+    let pod = r
+        .api
+        .pod_names()
+        .into_iter()
+        .find(|n| {
+            r.api
+                .pod(n)
+                .is_some_and(|p| p["metadata"]["labels"]["binderd.binder"] == id.as_str())
+        })
+        .expect("the binder's pod");
+    // The replica that claimed it dies: nobody counts its traffic now.
+    r.procs[other].sigkill();
+    let killed = std::time::Instant::now();
+    eventually(15, "the lost replica's binder culled by age", || async {
+        r.api.pod(&pod).is_none()
+    })
+    .await;
+    // Not before its age (4 s after the claim, which came before the kill).
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_each_pod_claimed_once(&r.api);
 }
