@@ -24,7 +24,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use support::{cpu_seconds, free_port};
+use support::{cpu_seconds, free_port, wait_listening};
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "bench-admin-key";
@@ -125,16 +125,6 @@ impl Drop for Cleanup {
         ProcessBackend::kill_all(&self.0.join("data"));
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on {addr}");
 }
 
 /// Kills a child process on drop.

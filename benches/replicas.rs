@@ -20,6 +20,7 @@
 
 #[path = "../tests/kube_api/mod.rs"]
 mod kube_api;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use kube_api::KubeApi;
+use support::{free_port, wait_listening};
 
 const KEY: &str = "bench-admin-key";
 
@@ -42,24 +44,6 @@ impl Drop for Child {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on {addr}");
-}
-
 fn start_replica(
     dir: &std::path::Path,
     name: &str,
@@ -70,37 +54,12 @@ fn start_replica(
     let data = dir.join(name);
     std::fs::create_dir_all(data.join("none")).unwrap();
     let config = dir.join(format!("{name}.toml"));
-    let shared = if shared {
-        format!("shared = true\nreplica = \"{name}\"\nlease_seconds = 5\n")
-    } else {
-        String::new()
-    };
+    let text = kube_api::replica_config(shared.then_some(name), pool, pool * 3, "");
     std::fs::write(
         &config,
         format!(
-            r#"backend = "kubernetes"
-listen = "{addr}"
-data_dir = "{data}"
-bindings_dir = "{data}/none"
-
-[rate_limit]
-anonymous_per_minute = 0
-global_per_second = 0
-
-[kubernetes]
-namespace = "{ns}"
-{shared}
-[[bindings]]
-name = "nb"
-image = "standin:1"
-port = 8888
-public = true
-start_timeout_seconds = 20
-pool = {{ min = {pool}, max = {max} }}
-"#,
-            data = data.display(),
-            ns = kube_api::NS,
-            max = pool * 3,
+            "listen = \"{addr}\"\ndata_dir = \"{data}\"\nbindings_dir = \"{data}/none\"\n{text}",
+            data = data.display()
         ),
     )
     .unwrap();

@@ -16,7 +16,7 @@ use common::*;
 use http::Method;
 use kube_api::KubeApi;
 
-const LEASE_SECONDS: u64 = 3;
+use kube_api::LEASE_SECONDS;
 
 struct Replicas {
     api: Arc<KubeApi>,
@@ -31,35 +31,8 @@ fn config(dir: &DataDir, replica: &str, min: u32, max: u32) -> std::path::PathBu
 /// [`config`] with more lines for the binding.
 fn config_with(dir: &DataDir, replica: &str, min: u32, max: u32, more: &str) -> std::path::PathBuf {
     let path = dir.0.join(format!("{replica}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"backend = "kubernetes"
-cull_interval_ms = 200
-
-[rate_limit]
-anonymous_per_minute = 0
-global_per_second = 0
-
-[kubernetes]
-namespace = "{ns}"
-shared = true
-replica = "{replica}"
-lease_seconds = {LEASE_SECONDS}
-
-[[bindings]]
-name = "nb"
-image = "standin:1"
-port = 8888
-public = true
-start_timeout_seconds = 10
-pool = {{ min = {min}, max = {max} }}
-{more}
-"#,
-            ns = kube_api::NS
-        ),
-    )
-    .unwrap();
+    let text = kube_api::replica_config(Some(replica), min, max, more);
+    std::fs::write(&path, format!("cull_interval_ms = 200\n{text}")).unwrap();
     path
 }
 

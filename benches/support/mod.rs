@@ -35,6 +35,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (up to 10 s) until something accepts connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
 /// binderd in this process on a free loopback port, without rate limits,
 /// with the admin key [`KEY`].
 pub struct Binderd {

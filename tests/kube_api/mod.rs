@@ -37,6 +37,38 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 pub const NS: &str = "binderd-test";
+/// The Lease duration of [`replica_config`]'s replicas.
+pub const LEASE_SECONDS: u64 = 3;
+
+/// The config of a binderd replica against this fake: the kubernetes
+/// backend in `NS` (in shared mode as `replica`, or single when `None`), no
+/// rate limits, one binding `nb` of the stand-in image with its pool and
+/// `more` lines. Top-level keys go before it.
+pub fn replica_config(replica: Option<&str>, min: u32, max: u32, more: &str) -> String {
+    let shared = replica.map_or(String::new(), |r| {
+        format!("shared = true\nreplica = \"{r}\"\nlease_seconds = {LEASE_SECONDS}\n")
+    });
+    format!(
+        r#"backend = "kubernetes"
+
+[rate_limit]
+anonymous_per_minute = 0
+global_per_second = 0
+
+[kubernetes]
+namespace = "{NS}"
+{shared}
+[[bindings]]
+name = "nb"
+image = "standin:1"
+port = 8888
+public = true
+start_timeout_seconds = 10
+pool = {{ min = {min}, max = {max} }}
+{more}
+"#
+    )
+}
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -432,31 +464,35 @@ impl KubeApi {
             },
         );
         let api = self.clone();
-        tokio::spawn(async move {
-            let addr = SocketAddr::from((ip, port));
-            for _ in 0..400 {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    api.update_pod(&name, |pod| {
-                        pod["status"] = json!({"phase": "Running", "podIP": ip.to_string(),
-                            "conditions": [{"type": "Ready", "status": "True"}]});
-                    });
-                    return;
-                }
-                let exited = api
-                    .kubelet
-                    .lock()
-                    .unwrap()
-                    .get_mut(&name)
-                    .is_none_or(Running::exited);
-                if exited {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::spawn(async move { api.ready_when_listening(name, ip, port).await });
+    }
+
+    /// Marks the pod Running and Ready once `ip:port` accepts, or Failed if
+    /// its notebook exits (or never listens, 20 s).
+    async fn ready_when_listening(self: Arc<Self>, name: String, ip: Ipv4Addr, port: u16) {
+        let addr = SocketAddr::from((ip, port));
+        for _ in 0..1000 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                self.update_pod(&name, |pod| {
+                    pod["status"] = json!({"phase": "Running", "podIP": ip.to_string(),
+                        "conditions": [{"type": "Ready", "status": "True"}]});
+                });
+                return;
             }
-            api.update_pod(&name, |pod| {
-                pod["status"] = json!({"phase": "Failed", "reason": "Error",
-                    "message": "the notebook exited before it listened"});
-            });
+            let exited = self
+                .kubelet
+                .lock()
+                .unwrap()
+                .get_mut(&name)
+                .is_none_or(Running::exited);
+            if exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.update_pod(&name, |pod| {
+            pod["status"] = json!({"phase": "Failed", "reason": "Error",
+                "message": "the notebook exited before it listened"});
         });
     }
 
@@ -521,21 +557,7 @@ impl KubeApi {
                 return;
             }
             api.kubelet.lock().unwrap().insert(name.clone(), run);
-            let addr = SocketAddr::from((ip, port));
-            for _ in 0..1000 {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    api.update_pod(&name, |pod| {
-                        pod["status"] = json!({"phase": "Running", "podIP": ip.to_string(),
-                            "conditions": [{"type": "Ready", "status": "True"}]});
-                    });
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            api.update_pod(&name, |pod| {
-                pod["status"] = json!({"phase": "Failed", "reason": "Error",
-                    "message": "the notebook container never listened"});
-            });
+            api.ready_when_listening(name, ip, port).await;
         });
     }
 
