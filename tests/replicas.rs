@@ -198,16 +198,8 @@ async fn three_replicas_hand_out_each_pod_once_and_any_replica_reaches_any_binde
             assert_eq!(&got, id, "replica {i} routed {token} to another pod");
         }
     }
-    // What the replicas must agree on is not changed through one of them.
-    let created = http
-        .post_json(
-            &r.url(0, "/bindings"),
-            Some(ADMIN),
-            &serde_json::json!({"name": "other", "image": "standin:1", "port": 8888}),
-        )
-        .await;
-    assert_error(&created, 409);
-    assert!(created.body.contains("config"), "{}", created.body);
+    // The config file's binding is changed in the file, not through one
+    // replica's API.
     let resized = http
         .post_json(
             &r.url(1, "/pools/nb"),
@@ -795,4 +787,141 @@ async fn the_lease_holder_culls_a_lost_replicas_binders_by_age() {
         killed.elapsed()
     );
     assert_each_pod_claimed_once(&r.api);
+}
+
+/// Warm pods of `binding` in the fake.
+fn warm_of(api: &KubeApi, binding: &str) -> usize {
+    api.pod_names()
+        .iter()
+        .filter_map(|n| api.pod(n))
+        .filter(|p| {
+            p["metadata"]["labels"]["binderd.binding"] == binding
+                && p["metadata"]["labels"]["binderd.state"] == "warm"
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_made_resized_and_deleted_through_any_replica_reach_every_replica() {
+    let mut r = Replicas::start("replicas-bindings", 3, 1, 10).await;
+    wait_warm(&r.api, 1).await;
+    let http = Http::new();
+    let body = serde_json::json!({
+        "name": "made", "image": "standin:1", "port": 8888, "public": true,
+        "start_timeout_seconds": 10, "pool": {"min": 2, "max": 10},
+    });
+    let a = http
+        .post_json(&r.url(0, "/bindings"), Some(ADMIN), &body)
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    // Every replica has it, and one of them (the Lease holder) fills it.
+    for i in 0..3 {
+        let url = r.url(i, "/bindings/made");
+        eventually(10, &format!("the binding on replica {i}"), || async {
+            http.call(Method::GET, &url, Some(ADMIN)).await.status == 200
+        })
+        .await;
+    }
+    eventually(30, "two warm pods of it", || async {
+        warm_of(&r.api, "made") >= 2
+    })
+    .await;
+    let doc = r
+        .api
+        .configmap_data("binderd-bindings")
+        .expect("the shared document");
+    assert!(doc.to_string().contains("made"), "{doc}");
+    // A second create of the same name, on another replica: 409.
+    let again = http
+        .post_json(&r.url(2, "/bindings"), Some(ADMIN), &body)
+        .await;
+    assert_error(&again, 409);
+    // A replica that starts now has it from the start.
+    r.spawn("r3", 1, 10);
+    let late = http
+        .call(Method::GET, &r.url(3, "/bindings/made"), Some(ADMIN))
+        .await;
+    assert_eq!(late.status, 200, "{}", late.body);
+    // Resized through one replica, seen by another, filled by the holder.
+    let resized = http
+        .post_json(
+            &r.url(1, "/pools/made"),
+            Some(ADMIN),
+            &serde_json::json!({"minPool": 3}),
+        )
+        .await;
+    assert_eq!(resized.status, 200, "{}", resized.body);
+    let pool_url = r.url(2, "/pools/made");
+    eventually(10, "the new size on another replica", || async {
+        http.call(Method::GET, &pool_url, Some(ADMIN)).await.json()["minPool"] == 3
+    })
+    .await;
+    eventually(30, "three warm pods", || async {
+        warm_of(&r.api, "made") >= 3
+    })
+    .await;
+    let (id, token) = hand_out_at_binding(&http, &r, 2, "made").await;
+    assert_eq!(
+        reached(&http, &r, 0, &token).await.as_deref(),
+        Some(id.as_str())
+    );
+    // Deleted through a third: gone everywhere, its pods with it.
+    let deleted = http
+        .call(
+            Method::DELETE,
+            &r.url(2, "/bindings/made?force=true"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(deleted.status, 202, "{}", deleted.body);
+    for i in 0..4 {
+        let url = r.url(i, "/bindings/made");
+        eventually(
+            10,
+            &format!("the binding gone from replica {i}"),
+            || async { http.call(Method::GET, &url, Some(ADMIN)).await.status == 404 },
+        )
+        .await;
+    }
+    eventually(20, "its pods removed", || async {
+        !r.api
+            .pod_names()
+            .iter()
+            .filter_map(|n| r.api.pod(n))
+            .any(|p| p["metadata"]["labels"]["binderd.binding"] == "made")
+    })
+    .await;
+    // The file's binding is untouched.
+    assert_eq!(
+        http.call(Method::GET, &r.url(0, "/bindings/nb"), Some(ADMIN))
+            .await
+            .status,
+        200
+    );
+    assert_each_pod_claimed_once(&r.api);
+}
+
+/// A warm handout of `binding` through replica `i`: (id, token).
+async fn hand_out_at_binding(
+    http: &Http,
+    r: &Replicas,
+    i: usize,
+    binding: &str,
+) -> (String, String) {
+    let a = http
+        .call(
+            Method::POST,
+            &r.url(i, &format!("/binders/{binding}")),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let doc = a.json();
+    let token = doc["location"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/user/")
+        .trim_end_matches('/')
+        .to_owned();
+    (doc["id"].as_str().unwrap().to_owned(), token)
 }

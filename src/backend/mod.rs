@@ -263,6 +263,29 @@ pub trait Cluster: Send + Sync {
     /// Pods of `binding` still `starting` after `older_than`: a start whose
     /// replica was lost (a start that fails removes its own pod).
     fn stale_starts(&self, binding: &str, older_than: std::time::Duration) -> Vec<Discovered>;
+
+    /// The bindings made through the API, as every replica shares them (a
+    /// ConfigMap on Kubernetes): entry key → document, as it is now.
+    async fn binding_docs(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, BackendError>;
+
+    /// Sets (`Some`) or removes (`None`) one entry, fenced by the shared
+    /// document's version (another replica's write in between is read
+    /// again and kept). With `create_only`, an entry already there is left
+    /// alone and `Ok(false)` returned.
+    async fn put_binding_doc(
+        &self,
+        key: &str,
+        doc: Option<&str>,
+        create_only: bool,
+    ) -> Result<bool, BackendError>;
+
+    /// Every change of the shared bindings, as the whole map, from a watch.
+    /// Given once.
+    fn take_binding_changes(
+        &self,
+    ) -> Option<mpsc::UnboundedReceiver<std::collections::BTreeMap<String, String>>>;
 }
 
 /// A handout's claim on a pod.

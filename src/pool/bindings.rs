@@ -11,16 +11,85 @@ use crate::binding::{Binding, BindingName, InvalidBinding};
 use crate::store::{Source, StoredBinding};
 
 impl Pools {
-    /// In shared mode the replicas must agree on bindings and sizes, and
-    /// one replica's API call would change one replica's: refused.
-    fn refuse_if_shared(&self) -> Result<(), PoolError> {
-        match self.cluster() {
-            Some(_) => Err(BackendError::Unsupported(
-                "bindings and pool sizes come from the config file every replica reads in shared mode (deploy/: the binderd ConfigMap): change them there".into(),
-            )
-            .into()),
-            None => Ok(()),
+    /// In shared mode a binding of the config file is the same file's on
+    /// every replica: changed there, not through one replica's API.
+    fn refuse_if_file_in_shared(&self, pool: &Pool) -> Result<(), PoolError> {
+        if self.cluster().is_some() && pool.record().source == Source::File {
+            return Err(BackendError::Unsupported(format!(
+                "binding '{}' comes from the config file every replica reads (deploy/: the binderd ConfigMap): change it there",
+                pool.name
+            ))
+            .into());
         }
+        Ok(())
+    }
+
+    /// Shared mode's `put_binding`: the entry goes into the shared document
+    /// (a create fenced against another replica's), then is applied here as
+    /// every replica applies it.
+    async fn put_shared_binding(
+        &self,
+        name: BindingName,
+        mut record: BindingRecord,
+        replace: bool,
+    ) -> Result<(Arc<Pool>, bool), PoolError> {
+        let existing = self.get(&name);
+        if let Some(pool) = &existing {
+            if !replace {
+                return Err(PoolError::Exists(name));
+            }
+            self.refuse_if_file_in_shared(pool)?;
+            let old = pool.record();
+            record.owner = old.owner.clone();
+            record.created_at = old.created_at;
+        }
+        let size = record.binding.pool;
+        let entry = super::shared::SharedBinding {
+            binding: record.binding.clone(),
+            owner: record.owner.clone(),
+            created_at: record.created_at,
+            min: size.min,
+            max: size.max,
+        };
+        if !self
+            .share_binding(name.as_str(), Some(&entry), existing.is_none())
+            .await?
+        {
+            return Err(PoolError::Exists(name));
+        }
+        Ok(match existing {
+            Some(pool) => {
+                self.replace_template(&pool, record.binding);
+                pool.min.store(size.min, Ordering::Release);
+                pool.max.store(size.max, Ordering::Release);
+                (pool, false)
+            }
+            None => {
+                let pool = self.adopt_shared(entry);
+                tracing::info!(binding = %name, "binding created (shared)");
+                self.spawn_pool_tasks(pool.clone());
+                (pool, true)
+            }
+        })
+    }
+
+    /// A new template for `pool`: warm binders made from the old one are
+    /// replaced by surge (new ones first), so warm handouts go on
+    /// throughout.
+    pub(super) fn replace_template(&self, pool: &Arc<Pool>, binding: Binding) {
+        let old = pool.record();
+        pool.record.store(Arc::new(BindingRecord {
+            binding,
+            ..(*old).clone()
+        }));
+        pool.start_succeeded();
+        pool.generation.fetch_add(1, Ordering::AcqRel);
+        pool.stale.store(
+            pool.counters.get(&pool.counters.available),
+            Ordering::Release,
+        );
+        pool.rolling.store(true, Ordering::Release);
+        pool.wake.notify_one();
     }
 
     /// Creates a binding (or replaces it when `replace`). Returns the pool and
@@ -31,7 +100,6 @@ impl Pools {
         owner: &str,
         replace: bool,
     ) -> Result<(Arc<Pool>, bool), PoolError> {
-        self.refuse_if_shared()?;
         let name = binding.validate(
             self.backend_kind().runs_on_host(),
             self.shared.max_pool_limit,
@@ -44,6 +112,9 @@ impl Pools {
             created_at: now,
             source: Source::Api,
         };
+        if self.cluster().is_some() {
+            return self.put_shared_binding(name, record, replace).await;
+        }
         let (pool, created) = match self.shared.pools.entry(name.clone()) {
             dashmap::Entry::Occupied(_) if !replace => return Err(PoolError::Exists(name)),
             dashmap::Entry::Occupied(o) => {
@@ -95,16 +166,8 @@ impl Pools {
         if created {
             self.spawn_reconciler(pool.clone());
         } else {
-            // Warm binders were made from the old template: replace them by
-            // surge (new ones first), so warm handouts go on throughout.
-            pool.start_succeeded();
-            pool.generation.fetch_add(1, Ordering::AcqRel);
-            pool.stale.store(
-                pool.counters.get(&pool.counters.available),
-                Ordering::Release,
-            );
-            pool.rolling.store(true, Ordering::Release);
-            pool.wake.notify_one();
+            let binding = pool.record().binding.clone();
+            self.replace_template(&pool, binding);
         }
         Ok((pool, created))
     }
@@ -112,10 +175,10 @@ impl Pools {
     /// Deletes a binding, stops its binders and then sweeps for orphans
     /// (in the background; [`sweep`](super::sweep)).
     pub async fn delete_binding(&self, name: &BindingName, force: bool) -> Result<(), PoolError> {
-        self.refuse_if_shared()?;
         let pool = self
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.clone()))?;
+        self.refuse_if_file_in_shared(&pool)?;
         let assigned = self
             .binders_of(&pool)
             .iter()
@@ -127,17 +190,26 @@ impl Pools {
                 assigned,
             });
         }
-        self.shared.store.delete_binding(name.as_str()).await?;
+        if self.cluster().is_some() {
+            self.share_binding(name.as_str(), None, false).await?;
+        } else {
+            self.shared.store.delete_binding(name.as_str()).await?;
+        }
         tracing::info!(binding = %name, assigned, "binding deleted: stopping its binders");
+        self.retire(&pool);
+        Ok(())
+    }
+
+    /// Takes a deleted binding's pool out and stops its binders.
+    pub(super) fn retire(&self, pool: &Arc<Pool>) {
         self.shared
             .pools
-            .remove_if(name, |_, p| Arc::ptr_eq(p, &pool));
+            .remove_if(&pool.name, |_, p| Arc::ptr_eq(p, pool));
         // Cancel before listing: a binder registered after the list sees the
         // cancellation when its start begins.
         pool.retired.cancel();
-        let binders = self.binders_of(&pool);
-        self.stop_then_sweep(pool, binders);
-        Ok(())
+        let binders = self.binders_of(pool);
+        self.stop_then_sweep(pool.clone(), binders);
     }
 
     /// Sets `minPool` and/or `maxPool`. The change is persisted.
@@ -147,7 +219,7 @@ impl Pools {
         min: Option<u32>,
         max: Option<u32>,
     ) -> Result<PoolCounts, PoolError> {
-        self.refuse_if_shared()?;
+        self.refuse_if_file_in_shared(pool)?;
         let current = pool.counts();
         let max = max.unwrap_or(current.max);
         let min = min.unwrap_or(current.min.min(max));
@@ -163,10 +235,17 @@ impl Pools {
                 InvalidBinding(format!("minPool ({min}) is larger than maxPool ({max})")).into(),
             );
         }
-        self.shared
-            .store
-            .set_pool_size(pool.name.as_str(), min, max)
-            .await?;
+        if self.cluster().is_some() {
+            let mut entry = super::shared::SharedBinding::of(pool);
+            (entry.min, entry.max) = (min, max);
+            self.share_binding(pool.name.as_str(), Some(&entry), false)
+                .await?;
+        } else {
+            self.shared
+                .store
+                .set_pool_size(pool.name.as_str(), min, max)
+                .await?;
+        }
         pool.min.store(min, Ordering::Release);
         pool.max.store(max, Ordering::Release);
         pool.wake.notify_one();

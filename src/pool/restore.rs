@@ -33,7 +33,29 @@ impl Pools {
     ) -> Result<Restored, PoolError> {
         let mut report = Restored::default();
         let runs_on_host = self.backend_kind().runs_on_host();
-        for stored in loaded.bindings {
+        // Shared mode: the API's bindings and sizes are the cluster's (the
+        // shared document), not this replica's store.
+        let shared = self.cluster().is_some();
+        let (stored_bindings, stored_sizes) = if shared {
+            (Vec::new(), Vec::new())
+        } else {
+            (loaded.bindings, loaded.pool_sizes)
+        };
+        for entry in self.shared_bindings().await {
+            let valid = entry
+                .binding
+                .clone()
+                .validate(runs_on_host, self.shared.max_pool_limit);
+            match valid {
+                Ok(_) => {
+                    self.adopt_shared(entry);
+                }
+                Err(e) => {
+                    tracing::error!(binding = %entry.binding.name, error = %e, "shared binding is not valid here; skipped");
+                }
+            }
+        }
+        for stored in stored_bindings {
             let parsed = serde_json::from_str::<Binding>(&stored.spec)
                 .map_err(|e| e.to_string())
                 .and_then(|mut b| {
@@ -75,7 +97,7 @@ impl Pools {
                 source: Source::File,
             });
         }
-        for (name, min, max) in loaded.pool_sizes {
+        for (name, min, max) in stored_sizes {
             let Some(pool) = BindingName::parse(&name).ok().and_then(|n| self.get(&n)) else {
                 continue;
             };
@@ -94,6 +116,7 @@ impl Pools {
                 let _ = self.shared.store.delete_binder(&stored.id).await;
             }
             self.start_shared();
+            self.follow_shared_bindings();
             for pool in self.list() {
                 self.spawn_reconciler(pool);
             }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Pool, PoolError, Pools};
+use super::{BindingRecord, Pool, PoolError, Pools};
 use crate::auth::Owner;
 use crate::backend::{BackendError, Claim, Cluster, PodView, SharedPhase};
 use crate::binder::{Binder, State, WarmKernel};
@@ -47,6 +47,30 @@ pub fn lease_name(binding: &str) -> String {
         .take(40)
         .collect();
     format!("binderd-{}-{hash:08x}", readable.trim_matches('-'))
+}
+
+/// One binding made through the API, as the replicas share it (an entry of
+/// the shared document, keyed by [`lease_name`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SharedBinding {
+    pub binding: crate::binding::Binding,
+    pub owner: String,
+    pub created_at: u64,
+    pub min: u32,
+    pub max: u32,
+}
+
+impl SharedBinding {
+    pub(crate) fn of(pool: &Pool) -> SharedBinding {
+        let record = pool.record();
+        SharedBinding {
+            binding: record.binding.clone(),
+            owner: record.owner.clone(),
+            created_at: record.created_at,
+            min: pool.min.load(Ordering::Acquire),
+            max: pool.max.load(Ordering::Acquire),
+        }
+    }
 }
 
 fn owner_of(owner: Option<&str>) -> Owner {
@@ -235,6 +259,116 @@ impl Pools {
         }
     }
 
+    /// Writes one binding's entry of the shared document (`None` removes
+    /// it). `create_only`: `Ok(false)` if another replica made it first.
+    pub(crate) async fn share_binding(
+        &self,
+        name: &str,
+        entry: Option<&SharedBinding>,
+        create_only: bool,
+    ) -> Result<bool, PoolError> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(true);
+        };
+        let doc = entry.map(|e| serde_json::to_string(e).unwrap_or_default());
+        Ok(cluster
+            .put_binding_doc(&lease_name(name), doc.as_deref(), create_only)
+            .await?)
+    }
+
+    /// The shared document's bindings as they are now, for start-up.
+    pub(crate) async fn shared_bindings(&self) -> Vec<SharedBinding> {
+        let Some(cluster) = self.cluster() else {
+            return Vec::new();
+        };
+        match cluster.binding_docs().await {
+            Ok(docs) => parse_docs(&docs),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the shared bindings");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Follows the shared document: what another replica made, changed,
+    /// resized or deleted through the API is made so here.
+    pub(crate) fn follow_shared_bindings(&self) {
+        let Some(mut changes) = self.cluster().and_then(|c| c.take_binding_changes()) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(docs) = changes.recv().await {
+                this.apply_shared(parse_docs(&docs)).await;
+            }
+        });
+    }
+
+    async fn apply_shared(&self, entries: Vec<SharedBinding>) {
+        let mut named = std::collections::HashSet::new();
+        for entry in entries {
+            let Ok(name) = crate::binding::BindingName::parse(&entry.binding.name) else {
+                continue;
+            };
+            named.insert(name.clone());
+            match self.get(&name) {
+                None => {
+                    let pool = self.adopt_shared(entry);
+                    self.spawn_pool_tasks(pool);
+                }
+                Some(pool) if pool.record().source == crate::store::Source::File => {}
+                Some(pool) => {
+                    let same = serde_json::to_value(&pool.record().binding).ok()
+                        == serde_json::to_value(&entry.binding).ok();
+                    if !same {
+                        self.replace_template(&pool, entry.binding.clone());
+                    }
+                    pool.min.store(entry.min, Ordering::Release);
+                    pool.max.store(entry.max, Ordering::Release);
+                    pool.wake.notify_one();
+                }
+            }
+        }
+        for pool in self.list() {
+            if pool.record().source == crate::store::Source::Api && !named.contains(&pool.name) {
+                tracing::info!(binding = %pool.name, "binding deleted on another replica");
+                self.retire(&pool);
+            }
+        }
+    }
+
+    /// A pool for a shared entry (not started: see `spawn_pool_tasks`).
+    pub(crate) fn adopt_shared(&self, entry: SharedBinding) -> Arc<Pool> {
+        let name = crate::binding::BindingName::parse(&entry.binding.name)
+            .unwrap_or_else(|_| unreachable!("checked by the caller"));
+        let record = BindingRecord {
+            name: name.clone(),
+            binding: entry.binding,
+            owner: entry.owner,
+            created_at: entry.created_at,
+            source: crate::store::Source::Api,
+        };
+        let pool = self
+            .shared
+            .pools
+            .entry(name)
+            .or_insert_with(|| Arc::new(Pool::new(record)))
+            .clone();
+        pool.min.store(entry.min, Ordering::Release);
+        pool.max.store(entry.max, Ordering::Release);
+        pool
+    }
+
+    /// Starts a new pool's reconciler, and in shared mode its lease keeper
+    /// first (the reconciler then waits for the Lease).
+    pub(crate) fn spawn_pool_tasks(&self, pool: Arc<Pool>) {
+        if self.cluster().is_some() {
+            pool.leads.store(false, Ordering::Release);
+            self.spawn_lease_keeper(pool.clone());
+        }
+        self.spawn_reconciler(pool);
+    }
+
     fn spawn_lease_keeper(&self, pool: Arc<Pool>) {
         let this = self.clone();
         tokio::spawn(async move { this.keep_lease(pool).await });
@@ -287,6 +421,18 @@ impl Pools {
             }
         }
     }
+}
+
+fn parse_docs(docs: &std::collections::BTreeMap<String, String>) -> Vec<SharedBinding> {
+    docs.iter()
+        .filter_map(|(key, doc)| match serde_json::from_str::<SharedBinding>(doc) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                tracing::error!(key = %key, error = %e, "a shared binding that cannot be read; skipped");
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

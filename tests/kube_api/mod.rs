@@ -127,6 +127,8 @@ pub struct KubeApi {
     how: Kubelet,
     rv: AtomicU64,
     pods: Mutex<BTreeMap<String, Value>>,
+    /// ConfigMaps (their events share the pods' log, told apart by kind).
+    configmaps: Mutex<BTreeMap<String, Value>>,
     leases: Mutex<BTreeMap<String, Value>>,
     /// Pod events in rv order, for watches to replay.
     log: Mutex<Vec<(u64, Value)>>,
@@ -280,6 +282,7 @@ impl KubeApi {
             how,
             rv: AtomicU64::new(100),
             pods: Mutex::default(),
+            configmaps: Mutex::default(),
             leases: Mutex::default(),
             log: Mutex::default(),
             live: broadcast::channel(4096).0,
@@ -616,7 +619,7 @@ impl KubeApi {
             return match (method.as_str(), rest) {
                 ("POST", "") => self.create_pod(body),
                 ("GET", "") if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-                    self.watch(&query)
+                    self.watch(&query, "Pod")
                 }
                 ("GET", "") => self.list(&query),
                 ("GET", name) if name.ends_with("/log") => Response::builder()
@@ -636,6 +639,34 @@ impl KubeApi {
                     self.violation(format!("unexpected {method} {path}"));
                     status(405, "MethodNotAllowed", format!("{method} {path}"))
                 }
+            };
+        }
+        let configmaps = format!("/api/v1/namespaces/{NS}/configmaps");
+        if let Some(rest) = path.strip_prefix(&configmaps) {
+            let name = rest.trim_start_matches('/');
+            return match (method.as_str(), name) {
+                ("GET", "") if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                    self.watch(&query, "ConfigMap")
+                }
+                ("GET", "") => {
+                    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+                    let _order = self.pods.lock().unwrap();
+                    let items: Vec<Value> = self
+                        .configmaps
+                        .lock()
+                        .unwrap()
+                        .values()
+                        .filter(|c| selects(&selector, labels(c)))
+                        .cloned()
+                        .collect();
+                    let rv = self.rv.load(Ordering::SeqCst);
+                    answer(
+                        200,
+                        &json!({"kind": "ConfigMapList", "apiVersion": "v1",
+                                "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+                    )
+                }
+                (m, name) => self.configmap(m, name, body),
             };
         }
         if let Some(rest) = path.strip_prefix(&leases) {
@@ -678,6 +709,7 @@ impl KubeApi {
                 );
             }
             pod["metadata"]["namespace"] = json!(NS);
+            pod["kind"] = json!("Pod");
             pod["metadata"]["uid"] = json!(format!("uid-{}", self.next_rv()));
             pod["metadata"]["creationTimestamp"] = json!(now_rfc3339());
             pod["status"] = json!({"phase": "Pending"});
@@ -710,11 +742,11 @@ impl KubeApi {
         )
     }
 
-    fn watch(&self, query: &HashMap<String, String>) -> Response<Body> {
+    fn watch(&self, query: &HashMap<String, String>, kind: &'static str) -> Response<Body> {
         let selector = query.get("labelSelector").cloned().unwrap_or_default();
         if !selector.contains("binderd.owner=") {
             self.violation(format!(
-                "a pod watch without binderd's owner selector: {selector:?}"
+                "a {kind} watch without binderd's owner selector: {selector:?}"
             ));
         }
         let since: u64 = query
@@ -736,7 +768,9 @@ impl KubeApi {
         let last = replay.last().map_or(since, |(rv, _)| *rv);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let selector2 = selector.clone();
-        let keep = move |event: &Value| selects(&selector2, labels(&event["object"]));
+        let keep = move |event: &Value| {
+            event["object"]["kind"] == kind && selects(&selector2, labels(&event["object"]))
+        };
         let replay: Vec<Value> = replay
             .into_iter()
             .map(|(_, e)| e)
@@ -831,6 +865,73 @@ impl KubeApi {
         let mut log = self.log.lock().unwrap();
         self.emit("MODIFIED", pod, &mut log);
         answer(200, pod)
+    }
+
+    /// One ConfigMap: get, create (409 `AlreadyExists`), replace fenced by
+    /// its `resourceVersion` (409 `Conflict`).
+    fn configmap(&self, method: &str, name: &str, body: Option<Value>) -> Response<Body> {
+        // The pods' lock orders every event in the shared log.
+        let _order = self.pods.lock().unwrap();
+        let mut maps = self.configmaps.lock().unwrap();
+        let mut log = self.log.lock().unwrap();
+        match (method, name) {
+            ("GET", name) => match maps.get(name) {
+                Some(c) => answer(200, c),
+                None => status(404, "NotFound", format!("configmaps \"{name}\" not found")),
+            },
+            ("POST", "") => {
+                let Some(mut map) = body else {
+                    return status(400, "BadRequest", "not JSON".into());
+                };
+                let name = map["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                if maps.contains_key(&name) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        format!("configmaps \"{name}\" already exists"),
+                    );
+                }
+                map["kind"] = json!("ConfigMap");
+                self.emit("ADDED", &mut map, &mut log);
+                maps.insert(name, map.clone());
+                answer(201, &map)
+            }
+            ("PUT", name) => {
+                let Some(mut map) = body else {
+                    return status(400, "BadRequest", "not JSON".into());
+                };
+                let Some(current) = maps.get(name) else {
+                    return status(404, "NotFound", format!("configmaps \"{name}\" not found"));
+                };
+                let want = map["metadata"]["resourceVersion"].as_str();
+                if want.is_none() {
+                    self.violation(format!(
+                        "a ConfigMap replaced without a resourceVersion: {name}"
+                    ));
+                }
+                if want != current["metadata"]["resourceVersion"].as_str() {
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                    return status(409, "Conflict", format!("Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified"));
+                }
+                map["kind"] = json!("ConfigMap");
+                self.emit("MODIFIED", &mut map, &mut log);
+                maps.insert(name.to_owned(), map.clone());
+                answer(200, &map)
+            }
+            _ => {
+                self.violation(format!("unexpected {method} on configmaps/{name}"));
+                status(405, "MethodNotAllowed", method.to_owned())
+            }
+        }
+    }
+
+    /// A ConfigMap's data, as binderd last wrote it.
+    pub fn configmap_data(&self, name: &str) -> Option<Value> {
+        self.configmaps
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|c| c["data"].clone())
     }
 
     fn lease(&self, method: &str, name: &str, body: Option<Value>) -> Response<Body> {

@@ -338,10 +338,16 @@ impl KubernetesBackend {
         exits: ExitSink,
     ) -> KubernetesBackend {
         let (views, taken) = tokio::sync::mpsc::unbounded_channel();
+        let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
+        let configmaps = Api::namespaced(client.clone(), namespace);
+        let owner = shared::shared_owner_key(namespace);
+        KubernetesBackend::follow_binding_docs(configmaps.clone(), &owner, changes);
         let shared = shared::Shared {
             replica,
             lease_duration,
             leases: Api::namespaced(client.clone(), namespace),
+            configmaps,
+            binding_changes: std::sync::Mutex::new(Some(changed)),
             views,
             taken: std::sync::Mutex::new(Some(taken)),
         };
@@ -753,6 +759,25 @@ impl Cluster for KubernetesBackend {
 
     fn stale_starts(&self, binding: &str, older_than: Duration) -> Vec<Discovered> {
         self.stale_pods(binding, older_than)
+    }
+
+    async fn binding_docs(&self) -> Result<BTreeMap<String, String>, BackendError> {
+        self.read_binding_docs().await
+    }
+
+    async fn put_binding_doc(
+        &self,
+        key: &str,
+        doc: Option<&str>,
+        create_only: bool,
+    ) -> Result<bool, BackendError> {
+        self.write_binding_doc(key, doc, create_only).await
+    }
+
+    fn take_binding_changes(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<BTreeMap<String, String>>> {
+        self.shared.as_ref()?.binding_changes.lock().ok()?.take()
     }
 }
 

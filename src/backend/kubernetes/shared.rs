@@ -20,8 +20,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::super::{BackendError, Claim, Discovered, Instance, PodView, SharedPhase};
@@ -84,10 +85,16 @@ pub fn is_label_value(s: &str) -> bool {
 }
 
 /// The shared-mode half of the backend.
+/// The ConfigMap the replicas share the API's bindings in.
+pub const BINDINGS_CONFIGMAP: &str = "binderd-bindings";
+
 pub(crate) struct Shared {
     pub replica: String,
     pub lease_duration: Duration,
     pub leases: Api<Lease>,
+    pub configmaps: Api<ConfigMap>,
+    pub binding_changes:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BTreeMap<String, String>>>>,
     pub views: tokio::sync::mpsc::UnboundedSender<PodView>,
     pub taken: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PodView>>>,
 }
@@ -402,6 +409,115 @@ impl super::KubernetesBackend {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(classify(e, "renewing a lease")),
         }
+    }
+
+    pub(crate) async fn read_binding_docs(&self) -> Result<BTreeMap<String, String>, BackendError> {
+        let shared = self.shared()?;
+        let map = timed(
+            "reading the shared bindings",
+            shared.configmaps.get_opt(BINDINGS_CONFIGMAP),
+        )
+        .await?;
+        Ok(map.and_then(|m| m.data).unwrap_or_default())
+    }
+
+    /// Read, change one entry, write back with the version read; on a
+    /// conflict, again (a few times).
+    pub(crate) async fn write_binding_doc(
+        &self,
+        key: &str,
+        doc: Option<&str>,
+        create_only: bool,
+    ) -> Result<bool, BackendError> {
+        let shared = self.shared()?;
+        for _ in 0..8 {
+            let current = timed(
+                "reading the shared bindings",
+                shared.configmaps.get_opt(BINDINGS_CONFIGMAP),
+            )
+            .await?;
+            let exists = current.is_some();
+            let mut map = current.unwrap_or_else(|| ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(BINDINGS_CONFIGMAP.into()),
+                    labels: Some(BTreeMap::from([(
+                        super::super::LABEL_OWNER.to_owned(),
+                        self.owner.clone(),
+                    )])),
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+            let data = map.data.get_or_insert_with(BTreeMap::new);
+            if create_only && data.contains_key(key) {
+                return Ok(false);
+            }
+            match doc {
+                Some(doc) => {
+                    data.insert(key.to_owned(), doc.to_owned());
+                }
+                None => {
+                    data.remove(key);
+                }
+            }
+            let written = if exists {
+                shared
+                    .configmaps
+                    .replace(BINDINGS_CONFIGMAP, &PostParams::default(), &map)
+                    .await
+            } else {
+                shared.configmaps.create(&PostParams::default(), &map).await
+            };
+            match written {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(classify(e, "writing the shared bindings")),
+            }
+        }
+        Err(super::unavailable(
+            "writing the shared bindings: too many concurrent writes",
+        ))
+    }
+
+    /// Follows the shared bindings' ConfigMap; each change goes to the pool
+    /// as the whole map.
+    pub(crate) fn follow_binding_docs(
+        configmaps: Api<ConfigMap>,
+        owner: &str,
+        changes: tokio::sync::mpsc::UnboundedSender<BTreeMap<String, String>>,
+    ) {
+        let stream = kube::runtime::watcher(
+            configmaps,
+            kube::runtime::watcher::Config::default()
+                .labels(&format!("{}={owner}", super::super::LABEL_OWNER)),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let map = match event {
+                    Ok(kube::runtime::watcher::Event::Apply(m))
+                    | Ok(kube::runtime::watcher::Event::InitApply(m)) => m,
+                    Ok(kube::runtime::watcher::Event::Delete(_)) => ConfigMap::default(),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shared bindings watch failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if map
+                    .metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n != BINDINGS_CONFIGMAP)
+                {
+                    continue;
+                }
+                if changes.send(map.data.unwrap_or_default()).is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     pub(crate) fn stale_pods(&self, binding: &str, older_than: Duration) -> Vec<Discovered> {
