@@ -11,7 +11,12 @@
 //!   tried. The claim, not the local journal, is the handout's record.
 //! - **Leases**: each pool's reconciler starts and drains binders only while
 //!   this replica holds the binding's Lease ([`Pool::leads`]); the holder
-//!   also removes starts that a lost replica left half-made.
+//!   also removes starts that a lost replica left half-made and culls a
+//!   lost replica's binders by age.
+//! - **Bindings made through the API** are entries of a shared document
+//!   ([`SharedBinding`], a ConfigMap on Kubernetes) instead of the store:
+//!   written by the replica that answers the call, applied by every
+//!   replica as it changes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

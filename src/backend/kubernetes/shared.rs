@@ -6,7 +6,7 @@
 //!   mirrors all of them; `binderd.replica` names the replica that made a
 //!   pod, for the logs and `kubectl`.
 //! - **Life of a pod**, in its `binderd.state` label: `starting` when
-//!   created, `warm` once its maker saw it answer ([`Cluster::offer`]),
+//!   created, `warm` once its maker saw it answer ([`Cluster::offer`](crate::backend::Cluster::offer)),
 //!   `assigned` once claimed. A claim is one merge PATCH carrying the pod's
 //!   `metadata.resourceVersion` as it was seen: of two replicas racing for
 //!   one pod, the API server accepts one and answers the other 409
