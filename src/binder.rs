@@ -318,8 +318,6 @@ impl Binder {
         self.warm_kernel.load().is_some()
     }
 
-    /// Takes the warm kernel if it is of kernel spec `name` (`None`: any).
-    /// Of racing callers, at most one gets it.
     /// The warm kernel's (id, name), left in place.
     pub fn warm_kernel_ids(&self) -> Option<(String, String)> {
         self.warm_kernel
@@ -328,6 +326,8 @@ impl Binder {
             .map(|k| (k.id.clone(), k.name.clone()))
     }
 
+    /// Takes the warm kernel if it is of kernel spec `name` (`None`: any).
+    /// Of racing callers, at most one gets it.
     pub fn take_warm_kernel(&self, name: Option<&str>) -> Option<Arc<WarmKernel>> {
         let current = self.warm_kernel.load_full()?;
         if name.is_some_and(|n| n != current.name) {

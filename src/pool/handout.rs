@@ -102,9 +102,7 @@ impl Pools {
             // again. A warm one goes back to the pool; the others fail.
             if found == Found::Warm {
                 binder.release_charge();
-                if pool.transition(&binder, State::Assigned, State::Idle) {
-                    pool.ready.push(binder);
-                }
+                pool.requeue(binder);
             } else {
                 self.fail(pool, &binder, format!("cannot record the binder: {e}"))
                     .await;
@@ -143,9 +141,7 @@ impl Pools {
             }
             // Cut off from the API server: no claim can be made.
             if let Some(reason) = self.shared.backend.unavailable() {
-                if pool.transition(&binder, State::Assigned, State::Idle) {
-                    pool.ready.push(binder);
-                }
+                pool.requeue(binder);
                 return Err(BackendError::Unavailable(reason).into());
             }
             match self.claim_warm(&binder, owner, now_unix()).await {
@@ -155,9 +151,7 @@ impl Pools {
                     tracing::debug!(binder = %binder.id, "claim lost to another replica");
                 }
                 Err(e) => {
-                    if pool.transition(&binder, State::Assigned, State::Idle) {
-                        pool.ready.push(binder);
-                    }
+                    pool.requeue(binder);
                     return Err(e);
                 }
             }

@@ -42,18 +42,7 @@ impl Pools {
             (loaded.bindings, loaded.pool_sizes)
         };
         for entry in self.shared_bindings().await {
-            let valid = entry
-                .binding
-                .clone()
-                .validate(runs_on_host, self.shared.max_pool_limit);
-            match valid {
-                Ok(_) => {
-                    self.adopt_shared(entry);
-                }
-                Err(e) => {
-                    tracing::error!(binding = %entry.binding.name, error = %e, "shared binding is not valid here; skipped");
-                }
-            }
+            self.adopt_shared(entry);
         }
         for stored in stored_bindings {
             let parsed = serde_json::from_str::<Binding>(&stored.spec)

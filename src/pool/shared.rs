@@ -119,20 +119,17 @@ impl Pools {
             return;
         };
         if let Some(entry) = self.binder(&view.binder_id) {
-            // Known: only a claim by another replica changes anything here.
-            // (One this replica lost a claim on is assigned already, with
-            // no owner yet.)
-            // A claim this replica counted lost on a pod that is still
-            // warm (its version had moved on for another reason): back in
-            // the queue.
+            // Known. A claim this replica counted lost on a pod that is
+            // still warm (its version had moved on for another reason): back
+            // in the queue (one handed out here has its owner).
             if let SharedPhase::Warm { .. } = &view.phase {
-                let binder = &entry.binder;
-                if binder.owner().is_none() && pool.transition(binder, State::Assigned, State::Idle)
-                {
-                    pool.ready.push(binder.clone());
+                if entry.binder.owner().is_none() {
+                    pool.requeue(entry.binder.clone());
                 }
                 return;
             }
+            // A claim by another replica: assigned here too (one this
+            // replica lost a claim on is assigned already, with no owner).
             if let SharedPhase::Claimed { owner, at, .. } = &view.phase {
                 let binder = &entry.binder;
                 let taken = pool.transition(binder, State::Idle, State::Assigned);
@@ -287,7 +284,7 @@ impl Pools {
             return Vec::new();
         };
         match cluster.binding_docs().await {
-            Ok(docs) => parse_docs(&docs),
+            Ok(docs) => self.valid_entries(&docs),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the shared bindings");
                 Vec::new()
@@ -304,9 +301,36 @@ impl Pools {
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(docs) = changes.recv().await {
-                this.apply_shared(parse_docs(&docs)).await;
+                let entries = this.valid_entries(&docs);
+                this.apply_shared(entries).await;
             }
         });
+    }
+
+    /// The shared document's entries that read as bindings valid here (the
+    /// same check as the API's: an entry may have been written by another
+    /// version, or by hand); the others are logged and skipped.
+    fn valid_entries(
+        &self,
+        docs: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<SharedBinding> {
+        let runs_on_host = self.backend_kind().runs_on_host();
+        docs.iter()
+            .filter_map(|(key, doc)| {
+                let entry = serde_json::from_str::<SharedBinding>(doc)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut entry| {
+                        entry
+                            .binding
+                            .validate(runs_on_host, self.shared.max_pool_limit)
+                            .map_err(|e| e.to_string())?;
+                        Ok(entry)
+                    });
+                entry
+                    .map_err(|e| tracing::error!(key = %key, error = %e, "a shared binding that is not valid here; skipped"))
+                    .ok()
+            })
+            .collect()
     }
 
     async fn apply_shared(&self, entries: Vec<SharedBinding>) {
@@ -426,18 +450,6 @@ impl Pools {
             }
         }
     }
-}
-
-fn parse_docs(docs: &std::collections::BTreeMap<String, String>) -> Vec<SharedBinding> {
-    docs.iter()
-        .filter_map(|(key, doc)| match serde_json::from_str::<SharedBinding>(doc) {
-            Ok(entry) => Some(entry),
-            Err(e) => {
-                tracing::error!(key = %key, error = %e, "a shared binding that cannot be read; skipped");
-                None
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

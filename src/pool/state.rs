@@ -257,6 +257,16 @@ impl Pool {
         moved
     }
 
+    /// Puts a binder popped for a handout that did not happen back in the
+    /// queue (`Assigned` → `Idle`); false if it had left `Assigned`.
+    pub(super) fn requeue(&self, binder: Arc<Binder>) -> bool {
+        let moved = self.transition(&binder, State::Assigned, State::Idle);
+        if moved {
+            self.ready.push(binder);
+        }
+        moved
+    }
+
     /// Moves `binder` to `to` from whatever it was in; returns that state.
     pub fn force(&self, binder: &Binder, to: State) -> State {
         let from = self.counters.force(binder, to);

@@ -925,6 +925,17 @@ impl KubeApi {
         }
     }
 
+    /// Sets one entry of an existing ConfigMap as `kubectl edit` would.
+    pub fn set_configmap_entry(&self, name: &str, key: &str, value: &str) {
+        let _order = self.pods.lock().unwrap();
+        let mut maps = self.configmaps.lock().unwrap();
+        let mut log = self.log.lock().unwrap();
+        if let Some(map) = maps.get_mut(name) {
+            map["data"][key] = json!(value);
+            self.emit("MODIFIED", map, &mut log);
+        }
+    }
+
     /// A ConfigMap's data, as binderd last wrote it.
     pub fn configmap_data(&self, name: &str) -> Option<Value> {
         self.configmaps
