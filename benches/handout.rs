@@ -180,6 +180,7 @@ async fn main() {
         "name": "bench",
         "command": [env!("CARGO_BIN_EXE_binderd-standin"), "--port", "{port}", "--base-url", "{base_url}"],
         "repo": "https://github.com/binderd-bench/launch",
+        "content": {"from": "image"},
         "public": true,
         "pool": {"min": pool, "max": pool},
     });

@@ -111,6 +111,22 @@ pub struct Binding {
     pub services: Vec<Service>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
+    /// The branch, tag or commit of `repo` (default: its default branch).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// The commit `ref` named when the binding was created or last put
+    /// (filled by binderd; ignored on input).
+    #[serde(
+        default,
+        rename = "resolvedRef",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resolved_ref: Option<String>,
+    /// Where the binders' files come from: `repo` (the default with a
+    /// `repo`: fetched, `notebooks` copied into every binder) or `image`
+    /// (the image has them; `repo` only matches launch links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requirements: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +168,22 @@ pub struct Binding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub message: Option<serde_json::Value>,
+}
+
+/// Where a binding's files come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Content {
+    pub from: ContentFrom,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentFrom {
+    /// Fetched from `repo` at `ref`.
+    Repo,
+    /// In the image already (or no files at all).
+    Image,
 }
 
 /// A warm kernel: started through the server's Jupyter API once the server
@@ -402,6 +434,16 @@ impl Binding {
         60
     }
 
+    /// Where this binding's files come from: what `content` says, else the
+    /// repository when there is a `repo`.
+    pub fn content_from(&self) -> ContentFrom {
+        match (&self.content, &self.repo) {
+            (Some(c), _) => c.from,
+            (None, Some(_)) => ContentFrom::Repo,
+            (None, None) => ContentFrom::Image,
+        }
+    }
+
     /// Checks every field and returns the normalised name.
     ///
     /// `needs_command` is true on the `process` backend, which runs `command`
@@ -442,6 +484,8 @@ impl Binding {
         for (field, value) in [
             ("repo", &self.repo),
             ("requirements", &self.requirements),
+            ("ref", &self.git_ref),
+            ("resolvedRef", &self.resolved_ref),
             ("notebooks", &self.notebooks),
             ("resources.memory", &self.resources.memory),
             ("resources.cpu", &self.resources.cpu),

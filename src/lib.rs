@@ -45,6 +45,7 @@ pub mod binding;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod kernel;
 pub mod limits;
 pub mod metrics;
@@ -127,9 +128,11 @@ pub async fn run_with_backend(
         backend,
         store,
         upstream.clone(),
-        config.start_concurrency,
-        config.max_pool_limit,
-        config.cull_interval,
+        pool::Tuning {
+            start_concurrency: config.start_concurrency,
+            max_pool_limit: config.max_pool_limit,
+            cull_every: config.cull_interval,
+        },
         Arc::new(
             quota::Quotas::new(config.quotas.clone())
                 .map_err(|e| Error::Config(e.0))?
@@ -138,6 +141,7 @@ pub async fn run_with_backend(
                     config.rate_limit.anonymous_total,
                 ),
         ),
+        content::Cache::new(&config.data_dir, config.content.clone())?,
     );
     tokio::spawn(pools.clone().watch_exits(exits_rx));
     let restored = pools.restore(loaded, config.bindings.clone()).await?;

@@ -94,6 +94,9 @@ async fn a_binderhub_client_launches_a_repository_and_runs_code() {
     let http = Http::new();
     let mut binding = jupyter_binding(&venv, "requirements", 1);
     binding["repo"] = json!("https://github.com/binder-examples/requirements");
+    // The image (here: the command) has the files; the repository only
+    // names the binding in launch links.
+    binding["content"] = json!({"from": "image"});
     // Jupyter's own token on: the location's token is the server's token.
     for arg in binding["command"].as_array_mut().unwrap() {
         if arg == "--IdentityProvider.token=" {
@@ -152,6 +155,7 @@ async fn binderhub_clients_get_what_binderhub_gives_them_token_on_and_off() {
     for (name, token_on) in [("tokenon", true), ("tokenoff", false)] {
         let mut binding = jupyter_binding(&venv, name, 1);
         binding["repo"] = json!(format!("https://github.com/binder-examples/{name}"));
+        binding["content"] = json!({"from": "image"});
         if token_on {
             for arg in binding["command"].as_array_mut().unwrap() {
                 if arg == "--IdentityProvider.token=" {

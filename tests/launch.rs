@@ -16,6 +16,8 @@ const BUILD: &str = "/build/gh/binder-examples/requirements/HEAD";
 fn launchable(name: &str, min: u32, max: u32) -> Value {
     let mut b = standin_binding(name, min, max);
     b["repo"] = json!(REPO);
+    // Launch links find it by its repository; its files come with it.
+    b["content"] = json!({"from": "image"});
     b
 }
 
@@ -118,6 +120,7 @@ async fn build_streams_binderhub_phases_to_a_ready_url_and_token() {
     // saying when the container is up (its server answers 1 s later).
     let mut cold = standin_binding("coldreqs", 0, 2);
     cold["repo"] = json!("https://github.com/binder-examples/cold");
+    cold["content"] = json!({"from": "image"});
     cold["command"] = json!([
         "sh",
         "-c",

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tcp", 0),
     ("quota", 2),
     ("backend", 2),
+    ("content", 2),
     ("upstream", 2),
     ("ratelimit", 2),
     ("binder", 3),

@@ -61,6 +61,11 @@ pub enum BindingsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Resolve a binding's `ref` again and roll its pool over when the
+    /// commit changed (a `PUT` of the binding as it is).
+    Refresh { name: String },
+    /// The output of a binding's last content build.
+    BuildLogs { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +183,34 @@ async fn bindings(
             let path = format!("/bindings/{name}{}", if force { "?force=true" } else { "" });
             let doc = api.call(Method::DELETE, &path, None).await?;
             report.done(&doc, |_| format!("binding '{name}' deleted"));
+            Ok(())
+        }
+        BindingsCommand::Refresh { name } => {
+            let path = format!("/bindings/{name}");
+            let before = api.call(Method::GET, &path, None).await?;
+            let after = api.call(Method::PUT, &path, Some(&before)).await?;
+            report.done(&after, |after| {
+                let (old, new) = (&before["resolvedRef"], &after["resolvedRef"]);
+                if old == new {
+                    format!("binding '{name}': still at {}", text(new))
+                } else {
+                    format!(
+                        "binding '{name}': {} -> {}, rolling its pool over",
+                        text(old),
+                        text(new)
+                    )
+                }
+            });
+            Ok(())
+        }
+        BindingsCommand::BuildLogs { name } => {
+            let path = format!("/bindings/{name}/build/logs");
+            let (status, bytes) = api.raw(Method::GET, &path, None).await?;
+            if status >= 400 {
+                let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                return Err(AdminError::from_answer(status, &doc));
+            }
+            let _ = report.out.write_all(&bytes);
             Ok(())
         }
     }

@@ -9,7 +9,7 @@ use super::{binding_name, json, read_json, ApiError, App, Result};
 use crate::auth::{may_create_binding, Caller};
 use crate::binding::{printable, Binding, BindingName};
 use crate::body::Body;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{BuildPhase, Pool, PoolError};
 
 /// The binding as answered: the template with its pool's sizes as they are
 /// now, plus owner, created_at and status.
@@ -21,10 +21,32 @@ pub(super) fn render(pool: &Pool) -> Binding {
     doc.pool.max = counts.max;
     doc.owner = Some(record.owner.clone().into());
     doc.created_at = Some(record.created_at.into());
-    let error = pool.error();
-    doc.status = Some(if error.is_some() { "error" } else { "ready" }.into());
-    doc.message = error.map(Into::into);
+    let (status, message) = match pool.build().phase() {
+        Some(BuildPhase::Fetching | BuildPhase::Building) if !pool.content_ready() => {
+            ("building", None)
+        }
+        Some(BuildPhase::Failed(why)) if !pool.content_ready() => ("error", Some(why)),
+        _ => match pool.error() {
+            Some(why) => ("error", Some(why)),
+            None => ("ready", None),
+        },
+    };
+    doc.status = Some(status.into());
+    doc.message = message.map(Into::into);
     doc
+}
+
+/// `GET /bindings/{b}/build/logs`: the output of the binding's last
+/// content build (fetch, environment), as text; whoever sees the binding
+/// may read it.
+pub(super) fn build_logs(app: &App, caller: &Caller, raw_name: &str) -> Result<Response<Body>> {
+    let (name, pool) = visible(app, caller, raw_name)?;
+    let pool = pool.ok_or_else(|| not_found(&name))?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(super::full(pool.build().text()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 pub(super) fn list(app: &App, caller: &Caller) -> Result<Response<Body>> {

@@ -5,6 +5,7 @@
 //! `{"error": {"code": N, "message": "..."}}` with the fitting status and
 //! headers. Internal errors log their cause and answer a generic 500.
 
+use crate::content::ContentError;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use crate::auth::AuthError;
@@ -167,6 +168,12 @@ impl From<PoolError> for ApiError {
                 message: e.to_string(),
                 retry_after: 5,
             },
+            // The binding's repository: what it holds, or whether it
+            // answers, is the caller's to fix; a missing tool is ours.
+            PoolError::Content(ContentError::Invalid(m) | ContentError::Repo(m)) => {
+                ApiError::BadRequest(m)
+            }
+            PoolError::Content(e @ ContentError::Tool(_)) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -20,6 +20,8 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
+use crate::pool::{BuildPhase, BUILD_POLL};
+
 use super::views::{BuilderInfo, HealthCheck, HubHealth, LaunchEvent, Versions};
 use super::{admit_spawn, json, ApiError, App, Result, VERSION};
 use crate::auth::Caller;
@@ -214,13 +216,13 @@ pub(super) async fn build(
         );
         return events(vec![built, done], None);
     }
-    let head = vec![
-        built,
-        LaunchEvent::phase("launching", "Launching server...\n"),
-    ];
+    let launching = LaunchEvent::phase("launching", "Launching server...\n");
+    // Content from the repository still being made: the build's lines
+    // first (BinderHub's `building` phase), `built` once it is made.
+    let building = !pool.content_ready();
     let binder = match app.pools.handout(&pool, caller.owner(), Some(client)).await {
         Ok(Handout::Ready(b)) => {
-            let mut all = head;
+            let mut all = vec![built, launching];
             let kernel = if pool.current().binding.kernel.is_some() {
                 ", its kernel already running"
             } else {
@@ -246,14 +248,25 @@ pub(super) async fn build(
     };
     // Cold: the stream says where it is and ends when the binder is ready.
     let wait = start_wait(app, &pool);
-    let mut head = head;
-    head.push(LaunchEvent::phase(
+    let starting = LaunchEvent::phase(
         "launching",
         format!(
             "Starting a server for you (ready in about {} s)\n",
             pool.time_to_ready().as_secs().max(1)
         ),
-    ));
+    );
+    let (head, first) = if building {
+        let head = vec![LaunchEvent::phase(
+            "building",
+            "Making the repository's content ready\n",
+        )];
+        (
+            head,
+            Step::Building(pool.build().cursor().saturating_sub(50)),
+        )
+    } else {
+        (vec![built, launching, starting], Step::Launching(false))
+    };
     let cold = Arc::new(Cold {
         pools: app.pools.clone(),
         pool,
@@ -264,15 +277,34 @@ pub(super) async fn build(
         repo: spec.repo,
         request,
         wait,
-        deadline: tokio::time::Instant::now() + wait,
+        deadline: std::sync::Mutex::new(tokio::time::Instant::now() + wait),
     });
-    // The binder's progress: one `launching` event when its container is
-    // up, then `ready` (or `failed`). `None`: the stream has ended.
-    let tail = stream::unfold(Some(false), move |announced| {
+    // The build's lines while the content is made, then the binder's
+    // progress: one `launching` event when its container is up, then
+    // `ready` (or `failed`). `None`: the stream has ended.
+    let tail = stream::unfold(Some(first), move |step| {
         let cold = cold.clone();
-        async move { cold.next(announced?).await }
-    });
+        async move {
+            match step? {
+                Step::Building(cursor) => Some(cold.build_lines(cursor).await),
+                Step::Launching(announced) => {
+                    let (event, next) = cold.next(announced).await?;
+                    Some((vec![event], next.map(Step::Launching)))
+                }
+            }
+        }
+    })
+    .flat_map(stream::iter);
     events(head, Some(Box::pin(tail)))
+}
+
+/// Where a cold launch's stream is.
+enum Step {
+    /// The content is being made; the build's lines after this cursor are
+    /// still to send.
+    Building(u64),
+    /// The binder starts; whether its container's start was announced.
+    Launching(bool),
 }
 
 /// A cold launch under way, for its event stream.
@@ -286,20 +318,51 @@ struct Cold {
     repo: String,
     request: String,
     wait: Duration,
-    deadline: tokio::time::Instant,
+    deadline: std::sync::Mutex<tokio::time::Instant>,
 }
 
 /// How often a cold launch looks at its binder's progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl Cold {
+    /// The build's next lines as `building` events; once the content is
+    /// made, `built` and on to the launch; if the build failed, `failed`.
+    async fn build_lines(&self, cursor: u64) -> (Vec<LaunchEvent>, Option<Step>) {
+        let build = self.pool.build();
+        build.changed(BUILD_POLL).await;
+        let (lines, cursor) = build.since(cursor);
+        let mut out: Vec<LaunchEvent> = lines
+            .into_iter()
+            .map(|line| LaunchEvent::phase("building", format!("{line}\n")))
+            .collect();
+        match build.phase() {
+            Some(BuildPhase::Failed(why)) => {
+                self.pools.stop(&self.pool, &self.binder);
+                out.push(LaunchEvent::failed(format!("the build failed: {why}\n")));
+                (out, None)
+            }
+            _ if self.pool.content_ready() => {
+                out.push(
+                    LaunchEvent::phase("built", "Built, launching...\n").image_name(&self.image),
+                );
+                out.push(LaunchEvent::phase("launching", "Launching server...\n"));
+                // The launch's own wait starts now (a build has its own
+                // timeout, `[content] build_timeout_seconds`).
+                if let Ok(mut deadline) = self.deadline.lock() {
+                    *deadline = tokio::time::Instant::now() + self.wait;
+                }
+                (out, Some(Step::Launching(false)))
+            }
+            _ => (out, Some(Step::Building(cursor))),
+        }
+    }
+
     /// The next event, and whether the container's start was announced
     /// (`None` after the last event).
     async fn next(&self, announced: bool) -> Option<(LaunchEvent, Option<bool>)> {
         loop {
-            let left = self
-                .deadline
-                .saturating_duration_since(tokio::time::Instant::now());
+            let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let event = match self.binder.wait_started(left.min(PROGRESS_EVERY)).await {
                 State::Assigned => LaunchEvent::ready(
                     &self.binder,

@@ -256,6 +256,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
             bindings::delete(app, &caller, &name, query()).await
         }
         (Route::Binding(name), _) => bindings::get(app, &caller, &name),
+        (Route::BuildLogs(name), _) => bindings::build_logs(app, &caller, name),
         (Route::Binders(binding), Method::POST) => {
             binders::create(app, &caller, binding, client).await
         }

@@ -129,6 +129,8 @@ fn pause() {}
 
 #[utoipa::path(get, path = "/binders/{binding}/{id}/logs", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path), ("tail" = Option<u32>, Query)), security(("api_key" = [])), responses((status = 200, description = "Recent output", content_type = "text/plain", body = String), Errors))]
 fn logs() {}
+#[utoipa::path(get, path = "/bindings/{name}/build/logs", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, description = "The output of the binding's last content build: the repository's fetch and the environment its requirements built", content_type = "text/plain", body = String), Errors))]
+fn build_logs() {}
 
 #[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = SseEvent), Errors))]
 fn events() {}
@@ -188,7 +190,7 @@ fn hub_health() {}
         list_bindings, create_binding, get_binding, head_binding, create_named_binding,
         put_binding, delete_binding, get_two_part_binding, create_two_part_binding,
         head_two_part_binding, put_two_part_binding, delete_two_part_binding,
-        spawn, list_binders, get_binder, delete_binder, pause, logs, events,
+        spawn, list_binders, get_binder, delete_binder, pause, logs, build_logs, events,
         list_pools, get_pool, resize_pool, put_pool,
         tmpnb_spawn, tmpnb_stats, tmpnb_spawn_redirect, proxy,
         build, launch, legacy_repo, versions, hub_health,

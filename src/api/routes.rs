@@ -26,6 +26,8 @@ pub(super) enum Route<'a> {
     Binder(&'a str, &'a str),
     Pause(&'a str, &'a str),
     Logs(&'a str, &'a str),
+    /// `/bindings/{b}/build/logs`: the last content build's output.
+    BuildLogs(&'a str),
     Events(&'a str, &'a str),
     /// `/pools`
     Pools,
@@ -86,6 +88,7 @@ impl<'a> Route<'a> {
             ["bindings"] => Route::Bindings,
             ["bindings", name] => Route::Binding(Cow::Borrowed(name)),
             ["bindings", a, b] => Route::Binding(Cow::Owned(format!("{a}-{b}"))),
+            ["bindings", name, "build", "logs"] => Route::BuildLogs(name),
             ["binders", b] => Route::Binders(b),
             ["binders", b, id] => Route::Binder(b, id),
             ["binders", b, id, "actions", "pause"] => Route::Pause(b, id),
@@ -115,6 +118,7 @@ impl<'a> Route<'a> {
             | Route::Quota
             | Route::Pools
             | Route::Logs(..)
+            | Route::BuildLogs(_)
             | Route::TmpnbStats
             | Route::SpawnRedirect(_)
             | Route::Versions

@@ -74,6 +74,49 @@ pub struct StartSpec<'a> {
     pub binding: &'a Binding,
     /// `/user/{token}/`, the path the container serves under.
     pub base_url: &'a str,
+    /// Files and an environment from the binding's repository, made ready
+    /// before the start (`crate::content`).
+    pub content: Option<&'a Content>,
+}
+
+/// What a binder gets from its binding's repository: the files put into
+/// its working dir before it starts, and the environment its
+/// `requirements` built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Content {
+    /// A tar of the files (paths relative to the working dir).
+    pub files: Option<std::path::PathBuf>,
+    pub env: Option<BuiltEnv>,
+}
+
+/// An environment built from a `requirements` file ([`Backend::build_env`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuiltEnv {
+    /// A Python virtual environment (process backend): its `bin/` goes
+    /// first on `PATH`, its `site-packages` on `PYTHONPATH` (so the
+    /// Jupyter server's kernels import its packages too).
+    Venv {
+        dir: std::path::PathBuf,
+        site_packages: std::path::PathBuf,
+    },
+    /// An image the engine built (Docker), run instead of the binding's.
+    Image(String),
+}
+
+/// What [`Backend::build_env`] builds from.
+pub struct EnvRequest<'a> {
+    pub binding: &'a Binding,
+    /// The `requirements` file's bytes.
+    pub requirements: &'a [u8],
+    /// The Python that makes a virtual environment.
+    pub python: &'a str,
+    /// More arguments for `pip install`.
+    pub pip_args: &'a [String],
+    /// Whether pip may build source distributions (run a package's code).
+    pub allow_sdists: bool,
+    pub timeout: std::time::Duration,
+    /// Each line of the build's output, as it comes.
+    pub log: &'a (dyn Fn(&str) + Send + Sync),
 }
 
 /// A started container, as the backend knows it.
@@ -223,6 +266,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Shared mode (several replicas on one cluster): the cluster decides
     /// every handout. `None` (the single-process path) on every backend but
     /// Kubernetes with `[kubernetes] shared = true`.
+    /// Builds (or finds, built before from the same file) the environment
+    /// a binding's `requirements` names. The error is the tool's own.
+    async fn build_env(&self, _request: EnvRequest<'_>) -> Result<BuiltEnv, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "the {} backend does not build environments from 'requirements': build an image with them, push it, and name it in 'image'",
+            self.kind().as_str()
+        )))
+    }
+
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }

@@ -152,6 +152,7 @@ mod tests {
             token: "tok",
             binding: &b,
             base_url: "/user/tok/",
+            content: None,
         };
         let plan = ContainerPlan::new(&spec, "owner", "docker").unwrap();
         assert_eq!(plan.image, "img:1");
@@ -180,6 +181,7 @@ mod tests {
             token: "t",
             binding: &no_image,
             base_url: "/",
+            content: None,
         };
         let e = ContainerPlan::new(&spec, "o", "kubernetes").unwrap_err();
         assert!(

@@ -53,6 +53,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub content: crate::content::ContentConfig,
+    #[serde(default)]
     pub security: crate::auth::SecurityConfig,
     #[serde(default)]
     pub api_keys: Vec<FileKey>,

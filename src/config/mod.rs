@@ -93,6 +93,8 @@ pub struct Config {
     pub http2: bool,
     pub kubernetes: KubernetesConfig,
     pub process: ProcessConfig,
+    /// `[content]`: bindings' repositories and the environments they build.
+    pub content: crate::content::ContentConfig,
     /// `[limits]`: what every binder and service gets unless its binding
     /// lowers it (or, with an admin key, raises it).
     pub limits: Limits,
@@ -133,6 +135,7 @@ impl Config {
             http2: false,
             kubernetes: KubernetesConfig::default(),
             process: ProcessConfig::default(),
+            content: crate::content::ContentConfig::default(),
             limits: Limits::default(),
             security: crate::auth::SecurityConfig::default(),
             bindings: Vec::new(),
@@ -202,6 +205,7 @@ impl Config {
         cfg.docker = file.docker;
         cfg.kubernetes = file.kubernetes;
         cfg.process = file.process;
+        cfg.content = file.content;
         cfg.security = file.security;
         cfg.limits = file.limits.check().map_err(|e| invalid(e.0))?;
         if let Some(s) = file.spawn_wait_seconds {

@@ -104,6 +104,9 @@ impl Pools {
             self.backend_kind().runs_on_host(),
             self.shared.max_pool_limit,
         )?;
+        if super::content::needs_content(&binding) {
+            self.resolve_content(&mut binding).await?;
+        }
         let now = now_unix();
         let mut record = BindingRecord {
             name: name.clone(),
@@ -120,6 +123,10 @@ impl Pools {
             dashmap::Entry::Occupied(o) => {
                 let pool = o.get().clone();
                 let old = pool.record();
+                if old.binding == record.binding {
+                    // The same document, the same commit: nothing to roll.
+                    return Ok((pool, false));
+                }
                 record.owner = old.owner.clone();
                 record.created_at = old.created_at;
                 (pool, false)
@@ -170,6 +177,25 @@ impl Pools {
             self.replace_template(&pool, binding);
         }
         Ok((pool, created))
+    }
+
+    /// What can be known of a binding's repository at create time (400s):
+    /// its URL and paths, its ref (resolved here to a commit, kept as
+    /// `resolvedRef`), the folder and requirements file at that commit,
+    /// the tree's size. The fetch stays in the cache for the pool.
+    async fn resolve_content(&self, binding: &mut Binding) -> Result<(), PoolError> {
+        if self.backend_kind() == crate::backend::BackendKind::Kubernetes {
+            return Err(InvalidBinding(
+                "the kubernetes backend does not put a repository's files into pods: build an image that holds them and set \"content\": {\"from\": \"image\"}".into(),
+            )
+            .into());
+        }
+        let cache = &self.shared.content;
+        cache.check(binding)?;
+        let commit = cache.resolve(binding).await?;
+        cache.fetch(binding, &commit).await?;
+        binding.resolved_ref = Some(commit);
+        Ok(())
     }
 
     /// Deletes a binding, stops its binders and then sweeps for orphans

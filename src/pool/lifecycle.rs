@@ -172,11 +172,20 @@ impl Pools {
             return Err(PoolError::NotReady(State::Failed));
         };
         let base_url = binder.location();
+        // Its files are in its working dir already; its environment is
+        // still the one of its generation.
+        let content = pool
+            .content_for(binder.generation)
+            .map(|c| crate::backend::Content {
+                files: None,
+                env: c.env.clone(),
+            });
         let spec = crate::backend::StartSpec {
             binder_id: &binder.id,
             token: &binder.token,
             binding: &record.binding,
             base_url: &base_url,
+            content: content.as_ref(),
         };
         match self.shared.backend.resume(spec, &old).await {
             Ok(instance) => {

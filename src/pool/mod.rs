@@ -41,6 +41,7 @@ use crate::upstream::Upstream;
 
 pub mod allocator;
 mod bindings;
+mod content;
 mod cull;
 pub mod demand;
 mod handout;
@@ -53,6 +54,7 @@ mod start;
 mod state;
 pub mod sweep;
 
+pub use content::{Phase as BuildPhase, BUILD_POLL};
 pub use handout::Handout;
 pub use state::{BindingRecord, Pool, PoolCounts};
 
@@ -81,6 +83,8 @@ pub enum PoolError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
 }
 
 /// A binder together with the pool it belongs to.
@@ -107,6 +111,18 @@ pub(crate) struct Shared {
     /// queue, not a channel: a handout wakes no task.
     cull_inbox: crossbeam_queue::SegQueue<BinderId>,
     quotas: Arc<crate::quota::Quotas>,
+    /// Bindings' repositories, fetched once.
+    content: crate::content::Cache,
+}
+
+/// The pools' numbers from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Container starts in flight at once, over all bindings.
+    pub start_concurrency: usize,
+    pub max_pool_limit: u32,
+    /// How often the culler looks.
+    pub cull_every: Duration,
 }
 
 /// Every pool and binder. Cheap to clone.
@@ -116,17 +132,21 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Builds the pools and starts the culler (checking every `cull_every`).
-    /// Must be called inside a tokio runtime.
+    /// Builds the pools and starts the culler (checking every
+    /// `tuning.cull_every`). Must be called inside a tokio runtime.
     pub fn new(
         backend: Arc<dyn Backend>,
         store: Store,
         upstream: Arc<Upstream>,
-        start_concurrency: usize,
-        max_pool_limit: u32,
-        cull_every: Duration,
+        tuning: Tuning,
         quotas: Arc<crate::quota::Quotas>,
+        content: crate::content::Cache,
     ) -> Pools {
+        let Tuning {
+            start_concurrency,
+            max_pool_limit,
+            cull_every,
+        } = tuning;
         let pools = Pools {
             shared: Arc::new(Shared {
                 backend,
@@ -141,6 +161,7 @@ impl Pools {
                 starts: TaskTracker::new(),
                 cull_inbox: crossbeam_queue::SegQueue::new(),
                 quotas,
+                content,
             }),
         };
         pools.spawn_culler(cull_every);

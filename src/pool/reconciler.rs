@@ -88,7 +88,7 @@ impl Pools {
             let rolling = pool.rolling.load(Ordering::Acquire);
             // While the backend is unreachable, starting would only fail;
             // in shared mode another replica may hold the binding's Lease.
-            if !pool.leads() {
+            if !pool.leads() || !self.content_gate(&pool) {
                 tokio::select! {
                     _ = pool.wake.notified() => {}
                     _ = tokio::time::sleep(TICK) => {}

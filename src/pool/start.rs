@@ -27,6 +27,17 @@ impl Pools {
 
     /// Starts one binder's container and waits until it answers.
     async fn start(self, pool: Arc<Pool>, binder: Arc<Binder>) {
+        // The reconciler starts nothing before its content is made; a cold
+        // start for a caller waits for it here (holding no start permit).
+        let config = self.shared.content.config();
+        let wait = Duration::from_secs(config.fetch_timeout_seconds + config.build_timeout_seconds);
+        let content = match self.wait_content(&pool, binder.generation, wait).await {
+            Ok(content) => content,
+            Err(why) => {
+                self.fail(&pool, &binder, why).await;
+                return;
+            }
+        };
         let Ok(_permit) = self.shared.start_permits.clone().acquire_owned().await else {
             return;
         };
@@ -52,6 +63,7 @@ impl Pools {
                 token: &binder.token,
                 binding: &record.binding,
                 base_url: &base_url,
+                content: content.as_deref(),
             })
             .await;
         let instance = match started {

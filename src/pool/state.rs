@@ -105,6 +105,8 @@ pub struct Pool {
     /// Whether this replica runs the pool's reconciler: always on one
     /// replica; in shared mode while it holds the binding's Lease.
     pub(super) leads: AtomicBool,
+    /// Its content from a repository: phase, output, what was made.
+    pub(super) build: super::content::BuildLog,
     pub(crate) metrics: crate::metrics::PoolCounters,
 }
 
@@ -135,6 +137,7 @@ impl Pool {
             last_error: Mutex::new(None),
             retired: CancellationToken::new(),
             leads: AtomicBool::new(true),
+            build: Default::default(),
             metrics,
         }
     }

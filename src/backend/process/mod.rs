@@ -27,6 +27,7 @@
 //! belongs to the binder before signalling it (pids are reused). Linux only.
 
 pub mod sandbox;
+mod venv;
 
 use std::collections::HashMap;
 use std::fs;
@@ -49,7 +50,8 @@ use crate::limits::Limits;
 
 use self::sandbox::SandboxArgs;
 use super::{
-    fill_template, Backend, BackendError, BackendKind, Discovered, ExitSink, Instance, StartSpec,
+    fill_template, Backend, BackendError, BackendKind, BuiltEnv, Discovered, EnvRequest, ExitSink,
+    Instance, StartSpec,
 };
 
 const ENV_OWNER: &str = "BINDERD_OWNER";
@@ -137,6 +139,10 @@ pub struct ProcessBackend {
     /// reused until we reap them, and right after the fork their
     /// `/proc/{pid}/environ` may still be ours, not their labels.
     children: Arc<DashMap<i32, String>>,
+    /// Where environments built from `requirements` live (`venv`).
+    envs_root: PathBuf,
+    /// One environment build at a time (two bindings may name the same).
+    building: tokio::sync::Mutex<()>,
 }
 
 impl ProcessBackend {
@@ -203,6 +209,8 @@ impl ProcessBackend {
             root,
             uids: Arc::default(),
             children: Arc::default(),
+            envs_root: data_dir.join("envs"),
+            building: tokio::sync::Mutex::new(()),
         };
         match &backend.no_isolation {
             None => tracing::info!(
@@ -560,6 +568,18 @@ impl ProcessBackend {
         } else {
             None
         };
+        // The repository's files, before the binder runs (a resumed one
+        // has them, and its own changes to them).
+        if let (false, Some(files)) = (resume, spec.content.and_then(|c| c.files.as_ref())) {
+            let (files, dir) = (files.clone(), workdir.clone());
+            tokio::task::spawn_blocking(move || unpack(&files, &dir, uid))
+                .await
+                .map_err(|e| BackendError::Start(e.to_string()))?
+                .map_err(|e| {
+                    BackendError::Start(format!("cannot put the repository's files in place: {e}"))
+                })?;
+        }
+        let env = spec.content.and_then(|c| c.env.as_ref());
         let workdir_text = workdir.to_string_lossy();
         let limits = self.limits.with(spec.binding.resources.wanted());
         let helper_args = SandboxArgs {
@@ -575,7 +595,7 @@ impl ProcessBackend {
         let mut command = match &self.bwrap {
             Some(bwrap) => {
                 let mut c = Command::new(bwrap);
-                c.args(self.bwrap_args(&workdir, uid.is_some(), isolated_net));
+                c.args(self.bwrap_args(&workdir, uid.is_some(), isolated_net, env));
                 c.arg("--").arg(&self.helper);
                 c
             }
@@ -595,6 +615,10 @@ impl ProcessBackend {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
             )
+            .envs(venv::variables(
+                env,
+                &std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+            ))
             .env("HOME", &workdir)
             .env("TMPDIR", &tmp)
             .envs(spec.binding.env.iter().map(|(k, v)| {
@@ -678,6 +702,7 @@ impl ProcessBackend {
         workdir: &Path,
         as_other_uid: bool,
         own_network: bool,
+        env: Option<&BuiltEnv>,
     ) -> Vec<std::ffi::OsString> {
         let mut a = Args::default();
         a.add([
@@ -725,6 +750,11 @@ impl ProcessBackend {
         a.parents(&self.helper);
         let helper = self.helper.as_os_str();
         a.add(["--ro-bind".as_ref(), helper, helper]);
+        // Its environment (under the hidden data dir), read-only.
+        if let Some(BuiltEnv::Venv { dir, .. }) = env {
+            a.parents(dir);
+            a.add(["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
+        }
         a.parents(workdir);
         a.add(["--bind".as_ref(), workdir.as_os_str(), workdir.as_os_str()]);
         a.add(["--chdir".as_ref(), workdir.as_os_str()]);
@@ -860,6 +890,11 @@ impl Backend for ProcessBackend {
         self.spawn_binder(spec, false).await
     }
 
+    async fn build_env(&self, request: EnvRequest<'_>) -> Result<BuiltEnv, BackendError> {
+        let _one = self.building.lock().await;
+        venv::build(&self.envs_root, request).await
+    }
+
     async fn is_running(&self, instance: &Instance) -> Result<bool, BackendError> {
         Ok(parse_pid(instance).is_some_and(|pid| alive(pid.as_raw()) && self.is_ours(pid, None)))
     }
@@ -993,6 +1028,34 @@ impl Backend for ProcessBackend {
     }
 }
 
+/// Puts the files of `tar` into `dir` (made if missing), owned by `owner`
+/// when given. Links stay links (never followed), and nothing lands outside
+/// `dir`.
+pub fn unpack(tar: &Path, dir: &Path, owner: Option<u32>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut archive = ::tar::Archive::new(std::fs::File::open(tar)?);
+    archive.set_preserve_permissions(false);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        // Files, folders and links; nothing else (git's pax header, devices).
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
+            continue;
+        }
+        // `unpack_in` refuses a path that would leave `dir` (`..`, a link
+        // made by an earlier entry).
+        if !entry.unpack_in(dir)? {
+            continue;
+        }
+        if let Some(uid) = owner {
+            let path = entry.path()?.into_owned();
+            std::os::unix::fs::lchown(dir.join(path), Some(uid), Some(uid))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1071,6 +1134,7 @@ mod tests {
                 token: "tok",
                 binding: &b,
                 base_url: "/user/tok/",
+                content: None,
             })
             .await
             .unwrap();
@@ -1108,6 +1172,7 @@ mod tests {
                 token: "tok",
                 binding: &b,
                 base_url: "/",
+                content: None,
             })
             .await;
         // In a sandbox the helper finds the program missing: an exit whose
@@ -1141,5 +1206,35 @@ mod tests {
         assert!(!backend.is_ours(me, None));
         let _ = fs::remove_dir_all(&dir);
         let _ = fs::remove_file(dir.with_extension("helper"));
+    }
+
+    #[test]
+    fn a_hostile_tar_cannot_write_outside_the_working_dir() {
+        let dir = std::env::temp_dir().join(format!("binderd-tar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tar_path = dir.join("evil.tar");
+        {
+            let mut builder = ::tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+            // A link to a folder outside, then a file through the link.
+            let mut header = ::tar::Header::new_gnu();
+            header.set_entry_type(::tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            let outside = dir.join("outside");
+            std::fs::create_dir_all(&outside).unwrap();
+            builder.append_link(&mut header, "link", &outside).unwrap();
+            let body = b"pwned";
+            let mut header = ::tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(::tar::EntryType::Regular);
+            builder
+                .append_data(&mut header, "link/owned.txt", &body[..])
+                .unwrap();
+            builder.finish().unwrap();
+        }
+        let out = dir.join("work");
+        let _ = unpack(&tar_path, &out, None);
+        assert!(!dir.join("outside/owned.txt").exists());
     }
 }

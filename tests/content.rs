@@ -1,0 +1,509 @@
+//! Content from a repository (process backend): a binding's `repo` at its
+//! `ref` resolved to a commit, its `notebooks` folder in every binder's
+//! working dir before it joins the pool, a new commit rolled in by a `PUT`
+//! of the same document, `requirements` built into an environment the
+//! binder runs in, and every kind of bad input refused with nothing
+//! half-made. The repositories are made here with `git` and served over
+//! `file://` and `git daemon` on loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use http::Method;
+use serde_json::{json, Value};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A repository: on `main` a notebook folder (a notebook, a data file in a
+/// subfolder, a link pointing out of the tree), a README outside it, a
+/// `requirements.txt`; a branch `two` with one more notebook.
+struct Repo {
+    dir: PathBuf,
+    main: String,
+    two: String,
+}
+
+impl Repo {
+    fn new(data: &DataDir, requirements: &str) -> Repo {
+        let dir = data.0.join("repo");
+        std::fs::create_dir_all(dir.join("notebooks/data")).unwrap();
+        git(&dir, &["init", "-q"]);
+        std::fs::write(dir.join("README.md"), "outside the folder\n").unwrap();
+        std::fs::write(dir.join("notebooks/intro.ipynb"), r#"{"cells": []}"#).unwrap();
+        std::fs::write(dir.join("notebooks/data/table.csv"), "a,b\n1,2\n").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", dir.join("notebooks/shadow")).unwrap();
+        std::fs::write(dir.join("requirements.txt"), requirements).unwrap();
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-q", "-m", "one"]);
+        let main = git(&dir, &["rev-parse", "HEAD"]);
+        git(&dir, &["checkout", "-q", "-b", "two"]);
+        std::fs::write(dir.join("notebooks/second.ipynb"), "{}").unwrap();
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-q", "-m", "two"]);
+        let two = git(&dir, &["rev-parse", "HEAD"]);
+        git(&dir, &["checkout", "-q", "main"]);
+        Repo { dir, main, two }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+
+    /// A new commit on `main` (a new notebook); its id.
+    fn commit(&mut self, file: &str) -> String {
+        std::fs::write(self.dir.join("notebooks").join(file), "{}").unwrap();
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "-m", file]);
+        self.main = git(&self.dir, &["rev-parse", "HEAD"]);
+        self.main.clone()
+    }
+}
+
+/// Every file under `dir`, as paths relative to it (links as themselves),
+/// but the binder's own `tmp/`.
+fn files_of(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if rel == "tmp" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+async fn harness(name: &str) -> Harness {
+    Harness::with_config(name, |c| c.content.allow_local = true).await
+}
+
+fn repo_binding(name: &str, repo: &Repo, min: u32) -> Value {
+    let mut b = standin_binding(name, min, min + 2);
+    b["repo"] = json!(repo.url());
+    b["notebooks"] = json!("repo/notebooks");
+    b
+}
+
+async fn put(http: &Http, base: &str, name: &str, body: &Value) -> Answer {
+    http.send(
+        Method::PUT,
+        &format!("{base}/bindings/{name}"),
+        &[
+            ("authorization", ADMIN),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_warm_binder_holds_exactly_the_commits_folder_and_a_put_rolls_a_new_commit_in() {
+    let Harness { data, server, http } = harness("content-files").await;
+    let base = server.url("");
+    let mut repo = Repo::new(&data, "");
+    let binding = repo_binding("nbs", &repo, 2);
+    let created = create_binding(&http, &base, &binding).await.json();
+    assert_eq!(created["resolvedRef"], repo.main.as_str(), "{created}");
+    wait_pool(&http, &base, "nbs", 30, |p| p["available"] == 2).await;
+
+    let (id, location) = hand_out(&http, &base, "nbs", None).await;
+    let workdir = data.0.join("binders").join(&id);
+    assert_eq!(
+        files_of(&workdir),
+        ["data/table.csv", "intro.ipynb", "shadow"],
+        "the folder's files at the working dir's root, nothing else of the repository"
+    );
+    // A link stays a link: binderd (root) never read what it points to.
+    assert!(std::fs::symlink_metadata(workdir.join("shadow"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // The binder reads them, and may change them (they are its own).
+    let a = http
+        .get(&format!("{base}{location}file?name=intro.ipynb"))
+        .await;
+    assert_eq!(a.body, r#"{"cells": []}"#);
+    let a = http
+        .send(
+            Method::PUT,
+            &format!("{base}{location}file?name=intro.ipynb"),
+            &[],
+            "changed",
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // The same document again, the same commit: nothing rolls.
+    let same = put(&http, &base, "nbs", &created).await;
+    assert_eq!(same.status, 200, "{}", same.body);
+    // (`updated`: warm binders of the current template; a rollout would
+    // have begun again from none.)
+    let p = http.get(&format!("{base}/pools/nbs")).await.json();
+    assert_eq!(p["updated"], p["available"], "{p}");
+
+    // A new commit, then the same document: re-resolved, rolled over by
+    // surge, and every handout meanwhile is warm.
+    let new = repo.commit("third.ipynb");
+    let put_again = put(&http, &base, "nbs", &created).await;
+    assert_eq!(put_again.status, 200, "{}", put_again.body);
+    assert_eq!(put_again.json()["resolvedRef"], new.as_str());
+    let mut fresh = None;
+    for _ in 0..200 {
+        let (id, _) = hand_out(&http, &base, "nbs", None).await;
+        let files = files_of(&data.0.join("binders").join(&id));
+        if files.contains(&"third.ipynb".to_string()) {
+            fresh = Some(files);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fresh.expect("a binder of the new commit within 20 s"),
+        ["data/table.csv", "intro.ipynb", "shadow", "third.ipynb"]
+    );
+    // The branch: its own tree.
+    let mut branch = repo_binding("branch", &repo, 1);
+    branch["ref"] = json!("two");
+    let made = create_binding(&http, &base, &branch).await.json();
+    assert_eq!(made["resolvedRef"], repo.two.as_str());
+    wait_pool(&http, &base, "branch", 30, |p| p["available"] == 1).await;
+    let (id, _) = hand_out(&http, &base, "branch", None).await;
+    assert!(files_of(&data.0.join("binders").join(&id)).contains(&"second.ipynb".to_string()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_repositories_refs_and_paths_are_refused_at_create_and_nothing_starts() {
+    let Harness { data, server, http } = harness("content-bad").await;
+    let base = server.url("");
+    let repo = Repo::new(&data, "");
+    let refused = |change: &dyn Fn(&mut Value), needle: &'static str| {
+        let mut b = repo_binding("bad", &repo, 1);
+        change(&mut b);
+        let (http, base) = (&http, &base);
+        async move {
+            let a = http
+                .post_json(&format!("{base}/bindings"), Some(ADMIN), &b)
+                .await;
+            assert_error(&a, 400);
+            assert!(a.body.contains(needle), "{needle}: {}", a.body);
+        }
+    };
+    refused(&|b| b["ref"] = json!("nope"), "'nope'").await;
+    refused(
+        &|b| b["notebooks"] = json!("repo/../../etc"),
+        "inside the repository",
+    )
+    .await;
+    refused(&|b| b["notebooks"] = json!("/etc"), "inside the repository").await;
+    refused(
+        &|b| b["notebooks"] = json!("missing"),
+        "no folder 'missing'",
+    )
+    .await;
+    refused(&|b| b["notebooks"] = json!("README.md"), "not a folder").await;
+    refused(
+        &|b| b["requirements"] = json!("repo/none.txt"),
+        "no file 'none.txt'",
+    )
+    .await;
+    refused(
+        &|b| b["repo"] = json!(format!("file://{}/nowhere", data.0.display())),
+        "cannot list",
+    )
+    .await;
+    refused(&|b| b["repo"] = json!("ext::sh -c id"), "not a repository").await;
+    refused(&|b| b["ref"] = json!("--upload-pack=id"), "invalid ref").await;
+    // Nothing was created, nothing runs.
+    assert_eq!(http.get(&format!("{base}/bindings/bad")).await.status, 404);
+    assert_eq!(data.running_binders(), 0);
+    server.stop().await;
+
+    // Local repositories only where the operator allows them.
+    let Harness { data, server, http } = Harness::start("content-local").await;
+    let repo = Repo::new(&data, "");
+    let a = http
+        .post_json(
+            &server.url("/bindings"),
+            Some(ADMIN),
+            &repo_binding("local", &repo, 1),
+        )
+        .await;
+    assert_error(&a, 400);
+    assert!(a.body.contains("allow_local"), "{}", a.body);
+    server.stop().await;
+}
+
+/// `git daemon` serving `dir`'s repositories on a loopback port.
+struct Daemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(base: &Path) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+            ])
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Daemon { child, port }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_over_the_network_is_fetched_once_and_served_warm() {
+    // Network repositories need no operator's leave.
+    let Harness { data, server, http } = Harness::start("content-daemon").await;
+    let base = server.url("");
+    let repo = Repo::new(&data, "");
+    let daemon = Daemon::start(&data.0);
+    let mut binding = standin_binding("net", 3, 5);
+    binding["repo"] = json!(format!("git://127.0.0.1:{}/repo", daemon.port));
+    binding["ref"] = json!("two");
+    let made = create_binding(&http, &base, &binding).await.json();
+    assert_eq!(made["resolvedRef"], repo.two.as_str());
+    eventually(30, "the pool to fill", || async {
+        let p = http.get(&format!("{base}/pools/net")).await.json();
+        let b = http.get(&format!("{base}/bindings/net")).await.json();
+        assert_ne!(b["status"], "error", "{b}");
+        p["available"] == 3
+    })
+    .await;
+    // Fetched once: the daemon can go; every binder still gets the files.
+    drop(daemon);
+    for _ in 0..3 {
+        let (id, _) = hand_out(&http, &base, "net", None).await;
+        let files = files_of(&data.0.join("binders").join(&id));
+        assert!(files.contains(&"README.md".to_string()), "{files:?}");
+        assert!(
+            files.contains(&"notebooks/second.ipynb".to_string()),
+            "{files:?}"
+        );
+    }
+    server.stop().await;
+}
+
+/// The Python a binder's environment is made from: the system's, which
+/// every uid may run (the binders run as uids of their own).
+fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+async fn harness_with_wheels(name: &str, wheels: &Path) -> Harness {
+    let wheels = wheels.to_path_buf();
+    Harness::with_config(name, move |c| {
+        c.content.allow_local = true;
+        c.content.python = python();
+        c.content.pip_args = vec![
+            "--no-index".into(),
+            "--find-links".into(),
+            wheels.display().to_string(),
+        ];
+    })
+    .await
+}
+
+/// A binding whose command first imports `module` with the `python` its
+/// `PATH` finds, then serves: it answers only if the environment is there.
+fn importing(name: &str, repo: &Repo, module: &str) -> Value {
+    let mut b = repo_binding(name, repo, 1);
+    b["requirements"] = json!("repo/requirements.txt");
+    b["start_timeout_seconds"] = json!(30);
+    b["command"] = json!([
+        "sh",
+        "-c",
+        format!(
+            "python -c 'import {module}; print({module}.__file__)' && exec {} --port {{port}} --base-url {{base_url}}",
+            standin()
+        )
+    ]);
+    b
+}
+
+/// `/build/git/{url}/HEAD` for `url`, read to its end: its `data:` events.
+async fn build_stream(http: &Http, base: &str, url: &str) -> Vec<Value> {
+    let escaped: String = url
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let a = http
+        .send(
+            Method::GET,
+            &format!("{base}/build/git/{escaped}/HEAD"),
+            &[("accept", "text/event-stream")],
+            String::new(),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+fn phases(events: &[Value]) -> Vec<&str> {
+    let mut out: Vec<&str> = events
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap())
+        .collect();
+    out.dedup();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_build_an_environment_once_and_a_broken_one_shows_pips_error() {
+    let Some(venv) = venv() else { return };
+    let wheels = venv.join("wheelhouse");
+    let Harness { data, server, http } = harness_with_wheels("content-reqs", &wheels).await;
+    let base = server.url("");
+    let repo = Repo::new(&data, "cowsay==6.1\n");
+    create_binding(&http, &base, &importing("reqs", &repo, "cowsay")).await;
+    // Launched while it builds: BinderHub's `building` phase with the
+    // build's lines, then `built`, `launching`, `ready`.
+    let events = build_stream(&http, &base, &repo.url()).await;
+    let seen = phases(&events);
+    assert_eq!(seen.last(), Some(&"ready"), "{events:?}");
+    if seen.first() == Some(&"building") {
+        assert_eq!(
+            seen,
+            ["building", "built", "launching", "ready"],
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["message"].as_str().unwrap().contains("cowsay")),
+            "{events:?}"
+        );
+    }
+    let doc = http.get(&format!("{base}/bindings/reqs")).await.json();
+    assert_eq!(doc["status"], "ready", "{doc}");
+    let log = http.get(&format!("{base}/bindings/reqs/build/logs")).await;
+    assert_eq!(log.status, 200);
+    assert!(log.body.contains("cowsay-6.1"), "{}", log.body);
+    // The binder imported it from its environment: its command printed
+    // where from.
+    wait_pool(&http, &base, "reqs", 60, |p| p["available"] == 1).await;
+    let (id, _) = hand_out(&http, &base, "reqs", Some(ADMIN)).await;
+    let logs = http
+        .send(
+            Method::GET,
+            &format!("{base}/binders/reqs/{id}/logs"),
+            &[("authorization", ADMIN)],
+            String::new(),
+        )
+        .await;
+    assert!(
+        logs.body.contains("/envs/") && logs.body.contains("cowsay/__init__.py"),
+        "{}",
+        logs.body
+    );
+
+    // A second binding with the same file: built before, not again.
+    create_binding(&http, &base, &importing("reqs2", &repo, "cowsay")).await;
+    wait_pool(&http, &base, "reqs2", 60, |p| p["available"] == 1).await;
+    let log = http.get(&format!("{base}/bindings/reqs2/build/logs")).await;
+    assert!(log.body.contains("built before"), "{}", log.body);
+
+    // A requirements file that does not install: pip's own error in the
+    // stream, on the binding and in its log; no binder runs.
+    let other = DataDir::new("content-broken-repo");
+    let broken = Repo::new(&other, "no-such-package-here==1\n");
+    create_binding(&http, &base, &importing("broken", &broken, "cowsay")).await;
+    let events = build_stream(&http, &base, &broken.url()).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["phase"], "failed", "{events:?}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-package-here"),
+        "{events:?}"
+    );
+    let doc = http.get(&format!("{base}/bindings/broken")).await.json();
+    assert_eq!(doc["status"], "error", "{doc}");
+    assert!(
+        doc["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-package-here"),
+        "{doc}"
+    );
+    let log = http
+        .get(&format!("{base}/bindings/broken/build/logs"))
+        .await;
+    assert!(
+        log.body.contains("No matching distribution"),
+        "{}",
+        log.body
+    );
+    // Not retried in a loop: the log stays as it was.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let again = http
+        .get(&format!("{base}/bindings/broken/build/logs"))
+        .await;
+    assert_eq!(again.body, log.body);
+    let p = http.get(&format!("{base}/pools/broken")).await.json();
+    assert_eq!(p["running"], 0, "{p}");
+    server.stop().await;
+}
