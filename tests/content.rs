@@ -8,93 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
 use http::Method;
 use serde_json::{json, Value};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A repository: on `main` a notebook folder (a notebook, a data file in a
-/// subfolder, a link pointing out of the tree), a README outside it, a
-/// `requirements.txt`; a branch `two` with one more notebook.
-struct Repo {
-    dir: PathBuf,
-    main: String,
-    two: String,
-}
-
-impl Repo {
-    fn new(data: &DataDir, requirements: &str) -> Repo {
-        let dir = data.0.join("repo");
-        std::fs::create_dir_all(dir.join("notebooks/data")).unwrap();
-        git(&dir, &["init", "-q"]);
-        std::fs::write(dir.join("README.md"), "outside the folder\n").unwrap();
-        std::fs::write(dir.join("notebooks/intro.ipynb"), r#"{"cells": []}"#).unwrap();
-        std::fs::write(dir.join("notebooks/data/table.csv"), "a,b\n1,2\n").unwrap();
-        std::os::unix::fs::symlink("/etc/shadow", dir.join("notebooks/shadow")).unwrap();
-        std::fs::write(dir.join("requirements.txt"), requirements).unwrap();
-        git(&dir, &["add", "-A"]);
-        git(&dir, &["commit", "-q", "-m", "one"]);
-        let main = git(&dir, &["rev-parse", "HEAD"]);
-        git(&dir, &["checkout", "-q", "-b", "two"]);
-        std::fs::write(dir.join("notebooks/second.ipynb"), "{}").unwrap();
-        git(&dir, &["add", "-A"]);
-        git(&dir, &["commit", "-q", "-m", "two"]);
-        let two = git(&dir, &["rev-parse", "HEAD"]);
-        git(&dir, &["checkout", "-q", "main"]);
-        Repo { dir, main, two }
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.dir.display())
-    }
-
-    /// A new commit on `main` (a new notebook); its id.
-    fn commit(&mut self, file: &str) -> String {
-        std::fs::write(self.dir.join("notebooks").join(file), "{}").unwrap();
-        git(&self.dir, &["add", "-A"]);
-        git(&self.dir, &["commit", "-q", "-m", file]);
-        self.main = git(&self.dir, &["rev-parse", "HEAD"]);
-        self.main.clone()
-    }
-}
-
-/// Every file under `dir`, as paths relative to it (links as themselves),
-/// but the binder's own `tmp/`.
-fn files_of(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            if rel == "tmp" {
-                continue;
-            }
-            if entry.file_type().unwrap().is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.push(rel);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
 
 async fn harness(name: &str) -> Harness {
     Harness::with_config(name, |c| c.content.allow_local = true).await

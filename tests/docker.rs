@@ -598,3 +598,52 @@ async fn a_container_no_binder_owns_is_swept() {
         "only kept's binder is left in the engine"
     );
 }
+
+#[tokio::test]
+async fn a_repositorys_folder_is_in_every_container_before_it_starts() {
+    if !docker_ready() {
+        return;
+    }
+    let Harness { data, server, http } = Harness::with_config("docker-content", |c| {
+        docker_backend(c);
+        c.content.allow_local = true;
+    })
+    .await;
+    let _cleanup = DockerCleanup::new(&data);
+    let repo = Repo::new(&data, "");
+    let mut body = docker_binding("dockrepo", 1, 2);
+    body["repo"] = json!(repo.url());
+    body["notebooks"] = json!("repo/notebooks");
+    let made = create_binding(&http, &server.url(""), &body).await.json();
+    assert_eq!(made["resolvedRef"], repo.main.as_str());
+    wait_pool(&http, &server.url(""), "dockrepo", 60, |p| {
+        p["available"] == 1
+    })
+    .await;
+    let (_, location) = hand_out(&http, &server.url(""), "dockrepo", None).await;
+    // The image's working dir holds the folder's files (and not the
+    // repository's others), and the server reads and writes them.
+    let read = |name: &'static str| {
+        let url = server.url(&format!("{location}file?name={name}"));
+        let http = &http;
+        async move { http.get(&url).await }
+    };
+    let a = read("intro.ipynb").await;
+    assert_eq!((a.status, a.body.as_str()), (200, r#"{"cells": []}"#));
+    assert_eq!(read("README.md").await.status, 404);
+    let w = http
+        .send(
+            Method::PUT,
+            &server.url(&format!("{location}file?name=intro.ipynb")),
+            &[],
+            "mine",
+        )
+        .await;
+    assert_eq!(w.status, 200, "{}", w.body);
+    assert_eq!(read("intro.ipynb").await.body, "mine");
+    // The link is a link in the container too (to the container's own
+    // /etc/shadow, which this image does not have): nothing of the host's.
+    let shadow = read("shadow").await;
+    assert_eq!(shadow.status, 404, "{}", shadow.body);
+    server.stop().await;
+}

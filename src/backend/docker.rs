@@ -367,6 +367,11 @@ impl DockerBackend {
                 .await?;
             }
         }
+        // The repository's files, in the image's working dir, before the
+        // server runs.
+        if let Some(files) = spec.content.and_then(|c| c.files.as_ref()) {
+            self.put_files(&created.id, &image, files).await?;
+        }
         timed(
             "starting the container",
             self.docker.start_container(
@@ -380,6 +385,43 @@ impl DockerBackend {
             handle: created.id,
             addr,
         })
+    }
+
+    /// Copies the tar `files` into the created container `id`, at its
+    /// image's working dir, owned by the image's user when that is a
+    /// number (`uid[:gid]`; a name stays root's: binderd does not read the
+    /// image's `/etc/passwd`).
+    async fn put_files(
+        &self,
+        id: &str,
+        image: &str,
+        files: &std::path::Path,
+    ) -> Result<(), BackendError> {
+        let inspected = timed("inspecting the image", self.docker.inspect_image(image)).await?;
+        let config = inspected.config.unwrap_or_default();
+        let dir = config
+            .working_dir
+            .filter(|d| d.starts_with('/'))
+            .unwrap_or_else(|| "/".into());
+        let owner = config.user.as_deref().and_then(super::numeric_user);
+        let files = files.to_path_buf();
+        let archive = tokio::task::spawn_blocking(move || super::tar_owned_by(&files, owner))
+            .await
+            .map_err(|e| BackendError::Start(e.to_string()))?
+            .map_err(|e| BackendError::Start(format!("cannot read the repository's files: {e}")))?;
+        timed(
+            "copying the repository's files into the container",
+            self.docker.upload_to_container(
+                id,
+                Some(
+                    bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+                        .path(&dir)
+                        .build(),
+                ),
+                bollard::body_full(archive.into()),
+            ),
+        )
+        .await
     }
 
     /// The labels of a binder's services and of its network.

@@ -11,11 +11,13 @@ use serde_json::Value;
 mod client;
 mod engine;
 mod jupyter;
+mod repo;
 mod server;
 
 pub use self::client::*;
 pub use self::engine::*;
 pub use self::jupyter::*;
+pub use self::repo::*;
 pub use self::server::*;
 
 pub const ADMIN: &str = "admin-secret-key";
