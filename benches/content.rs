@@ -1,0 +1,235 @@
+//! Content from a repository, against the same binding without it, in one
+//! run (process backend, the stand-in server):
+//!
+//! - fill: the time from `POST /bindings` to 20 warm binders, with no
+//!   repository and with a 50 MB one (the copy happens at fill time);
+//! - handout: p50/p99 of `POST /binders/{b}` from those full pools (the
+//!   handout is a pop either way);
+//! - environment: the first build of a `requirements` file (a virtual
+//!   environment, pip from a local wheelhouse) vs a second binding naming
+//!   the same file (built before). Needs `scripts/jupyter-venv`'s
+//!   wheelhouse; skipped (said so) without it.
+//!
+//! `cargo bench --bench content` (`BENCH_CONTENT_MB`, default 50).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use support::{call, Binderd, Cleanup, Http};
+
+const BINDERS: u64 = 20;
+const HANDOUTS: usize = 200;
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.name=b", "-c", "user.email=b@b"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+/// A repository of `mb` MB of incompressible files (1 MB each) and a
+/// notebook, with a `requirements.txt` naming `cowsay`.
+fn repository(dir: &Path, mb: usize) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    git(dir, &["init", "-q"]);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..mb {
+        let mut bytes = vec![0u8; 1 << 20];
+        for chunk in bytes.chunks_mut(8) {
+            // xorshift: no compression for git or the cache to profit from
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(dir.join(format!("data/part{i}.bin")), bytes).unwrap();
+    }
+    std::fs::write(dir.join("intro.ipynb"), "{}").unwrap();
+    std::fs::write(dir.join("requirements.txt"), "cowsay==6.1\n").unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "bench"]);
+}
+
+fn binding(name: &str, repo: Option<&Path>) -> Value {
+    let mut b = json!({
+        "name": name,
+        "command": [env!("CARGO_BIN_EXE_binderd-standin"), "--port", "{port}", "--base-url", "{base_url}"],
+        "public": true,
+        "pool": {"min": BINDERS, "max": BINDERS + 5},
+    });
+    if let Some(repo) = repo {
+        b["repo"] = json!(format!("file://{}", repo.display()));
+    }
+    b
+}
+
+async fn wait_available(http: &Http, base: &str, name: &str, n: u64) {
+    loop {
+        let (_, p) = call(http, Method::GET, &format!("{base}/pools/{name}"), None).await;
+        if p["available"].as_u64() == Some(n) {
+            return;
+        }
+        let (_, b) = call(http, Method::GET, &format!("{base}/bindings/{name}"), None).await;
+        assert_ne!(b["status"], "error", "{b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Create → `BINDERS` warm: the fill time.
+async fn fill(http: &Http, base: &str, body: &Value) -> Duration {
+    let began = Instant::now();
+    let (status, doc) = call(http, Method::POST, &format!("{base}/bindings"), Some(body)).await;
+    assert_eq!(status, 201, "{doc}");
+    wait_available(http, base, body["name"].as_str().unwrap(), BINDERS).await;
+    began.elapsed()
+}
+
+/// p50 and p99 of `HANDOUTS` handouts, taken while the pool refills
+/// (one at a time: each is a pop of a warm one).
+async fn handouts(http: &Http, base: &str, name: &str) -> (Duration, Duration) {
+    let mut took = Vec::with_capacity(HANDOUTS);
+    for _ in 0..HANDOUTS {
+        wait_available(http, base, name, BINDERS).await;
+        let began = Instant::now();
+        let (status, doc) = call(http, Method::POST, &format!("{base}/binders/{name}"), None).await;
+        took.push(began.elapsed());
+        assert_eq!(status, 201, "{doc}");
+        let id = doc["id"].as_str().unwrap();
+        call(
+            http,
+            Method::DELETE,
+            &format!("{base}/binders/{name}/{id}"),
+            None,
+        )
+        .await;
+    }
+    took.sort();
+    (took[HANDOUTS / 2], took[HANDOUTS * 99 / 100])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn wheelhouse() -> Option<std::path::PathBuf> {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/jupyter-venv"))
+        .output()
+        .ok()?;
+    let venv = String::from_utf8(out.stdout).ok()?;
+    let wheels = Path::new(venv.trim()).join("wheelhouse");
+    wheels.join(".complete").exists().then_some(wheels)
+}
+
+#[tokio::main]
+async fn main() {
+    let mb: usize = std::env::var("BENCH_CONTENT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let data_dir =
+        std::env::temp_dir().join(format!("binderd-bench-content-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let _cleanup = Cleanup(data_dir.clone());
+    let repo = std::env::temp_dir().join(format!("binderd-bench-repo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    let _repo_cleanup = Cleanup(repo.clone());
+    repository(&repo, mb);
+    let wheels = wheelhouse();
+    let server = Binderd::start(&data_dir, |c| {
+        c.content.allow_local = true;
+        c.start_concurrency = 8;
+        if Path::new("/usr/bin/python3").exists() {
+            c.content.python = "/usr/bin/python3".into();
+        }
+        if let Some(w) = &wheels {
+            c.content.pip_args = vec![
+                "--no-index".into(),
+                "--find-links".into(),
+                w.display().to_string(),
+            ];
+        }
+    })
+    .await;
+    let base = server.base.clone();
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+
+    println!("content: {BINDERS} binders, a {mb} MB repository, {HANDOUTS} handouts each");
+    let plain = fill(&http, &base, &binding("plain", None)).await;
+    let with = fill(&http, &base, &binding("repo", Some(&repo))).await;
+    println!(
+        "fill to {BINDERS} warm: plain {:.0} ms, with the repository {:.0} ms (x{:.2})",
+        ms(plain),
+        ms(with),
+        with.as_secs_f64() / plain.as_secs_f64()
+    );
+    let (p50_plain, p99_plain) = handouts(&http, &base, "plain").await;
+    let (p50_repo, p99_repo) = handouts(&http, &base, "repo").await;
+    println!(
+        "handout p50: plain {:.3} ms, with the repository {:.3} ms (x{:.2}); p99 {:.3} vs {:.3} ms",
+        ms(p50_plain),
+        ms(p50_repo),
+        p50_repo.as_secs_f64() / p50_plain.as_secs_f64(),
+        ms(p99_plain),
+        ms(p99_repo)
+    );
+    // Stop those pools: the environments' fills are measured alone.
+    for name in ["plain", "repo"] {
+        call(
+            &http,
+            Method::DELETE,
+            &format!("{base}/bindings/{name}?force=true"),
+            None,
+        )
+        .await;
+    }
+
+    if wheels.is_none() {
+        println!("environment: skipped (no wheelhouse: run scripts/jupyter-venv)");
+    } else {
+        let mut first = binding("env1", Some(&repo));
+        first["requirements"] = json!("requirements.txt");
+        first["pool"] = json!({"min": 1, "max": 2});
+        let mut second = first.clone();
+        second["name"] = json!("env2");
+        let built = Instant::now();
+        let (status, doc) = call(
+            &http,
+            Method::POST,
+            &format!("{base}/bindings"),
+            Some(&first),
+        )
+        .await;
+        assert_eq!(status, 201, "{doc}");
+        wait_available(&http, &base, "env1", 1).await;
+        let built = built.elapsed();
+        let cached = Instant::now();
+        let (status, doc) = call(
+            &http,
+            Method::POST,
+            &format!("{base}/bindings"),
+            Some(&second),
+        )
+        .await;
+        assert_eq!(status, 201, "{doc}");
+        wait_available(&http, &base, "env2", 1).await;
+        let cached = cached.elapsed();
+        println!(
+            "environment to the first warm binder: first build {:.0} ms, built before {:.0} ms (x{:.1} faster)",
+            ms(built),
+            ms(cached),
+            built.as_secs_f64() / cached.as_secs_f64()
+        );
+    }
+    server.stop().await;
+}
