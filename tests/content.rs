@@ -426,3 +426,85 @@ async fn requirements_build_an_environment_once_and_a_broken_one_shows_pips_erro
     assert_eq!(p["running"], 0, "{p}");
     server.stop().await;
 }
+
+/// A notebook as Jupyter writes it: one code cell.
+const NOTEBOOK: &str = r#"{
+ "cells": [{"cell_type": "code", "execution_count": null, "id": "c1", "metadata": {},
+            "outputs": [], "source": ["print('from the repository')"]}],
+ "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+ "nbformat": 4, "nbformat_minor": 5
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binder_link_opens_the_repositorys_notebook_in_jupyterlab_whose_kernel_has_its_requirements(
+) {
+    let Some(venv) = browser_venv() else { return };
+    let wheels = venv.join("wheelhouse");
+    let Harness { data, server, http } = harness_with_wheels("content-lab", &wheels).await;
+    let base = server.url("");
+    let mut repo = Repo::new(&data, "cowsay==6.1\n");
+    repo.put("notebooks/intro.ipynb", NOTEBOOK);
+    let mut binding = jupyter_binding(&venv, "lab", 2);
+    binding["repo"] = json!(repo.url());
+    binding["notebooks"] = json!("repo/notebooks");
+    binding["requirements"] = json!("repo/requirements.txt");
+    // The warm kernel imports the package before the binder is pooled.
+    binding["kernel"] = json!({"name": "python3", "warmup": "import cowsay"});
+    create_binding(&http, &base, &binding).await;
+    wait_pool(&http, &base, "lab", 180, |p| p["available"] == 2).await;
+
+    // The link a Jupyter Book button makes, in Chromium.
+    let escaped: String = repo
+        .url()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let link = format!("{base}/v2/git/{escaped}/HEAD?labpath=intro.ipynb");
+    let report = browser_report(
+        venv.clone(),
+        "labpath_browser.py",
+        vec![link, "intro.ipynb".into()],
+    )
+    .await;
+    assert!(
+        report["landed"]
+            .as_str()
+            .unwrap()
+            .contains("/lab/tree/intro.ipynb"),
+        "{report}"
+    );
+    assert!(
+        report["cell"]
+            .as_str()
+            .unwrap()
+            .contains("from the repository"),
+        "{report}"
+    );
+
+    // A reader's kernel (the warm one) imports the requirements from the
+    // binding's environment.
+    let (_, location) = hand_out(&http, &base, "lab", None).await;
+    let (venv2, base2) = (venv.clone(), base.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        run_client(
+            &venv2,
+            &[
+                &base2,
+                "kernel",
+                &location,
+                "import cowsay; print(cowsay.__file__)",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let printed = out["output"].as_str().unwrap();
+    assert!(
+        printed.contains("/envs/") && printed.contains("cowsay"),
+        "{out}"
+    );
+    server.stop().await;
+}

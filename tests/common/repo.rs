@@ -86,3 +86,17 @@ pub fn files_of(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+impl Repo {
+    /// Writes `text` to `path` (from the root) and commits it on `main`;
+    /// the new commit's id.
+    pub fn put(&mut self, path: &str, text: &str) -> String {
+        let file = self.dir.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "-m", path]);
+        self.main = git(&self.dir, &["rev-parse", "HEAD"]);
+        self.main.clone()
+    }
+}

@@ -1,0 +1,57 @@
+"""A Binder link with `?labpath=` in a real headless Chromium (Debian's
+chromium and chromium-driver, driven by selenium): binderd's `/v2` link is
+followed to a warm binder's JupyterLab, which must open the notebook the
+link names, from the repository's files in the binder's working dir.
+
+    python labpath_browser.py LINK NOTEBOOK
+
+Prints a JSON report (the landing URL, the tab that opened, the page's
+title); exits non-zero on the first check that fails.
+"""
+
+import json
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+link, notebook = sys.argv[1], sys.argv[2]
+
+
+def until(what, check, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception:  # the page is still rendering
+            pass
+        time.sleep(0.2)
+    raise SystemExit("timed out waiting: " + what)
+
+
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+    options.add_argument(arg)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+try:
+    driver.get(link)
+    landed = until("JupyterLab's page", lambda: "/lab" in driver.current_url and driver.current_url)
+
+    def opened():
+        for tab in driver.find_elements(By.CSS_SELECTOR, ".lm-DockPanel-tabBar .lm-TabBar-tab"):
+            if notebook in tab.text:
+                return tab.text
+        return None
+
+    tab = until("a tab for " + notebook, opened)
+    # The notebook's own cell, from the repository's file.
+    cell = until("the notebook's cell", lambda: driver.find_element(
+        By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-InputArea-editor").text)
+    print(json.dumps({"landed": landed, "tab": tab, "cell": cell, "title": driver.title}))
+finally:
+    driver.quit()
