@@ -367,7 +367,7 @@ impl Default for SecurityConfig {
 
 /// `pattern` with `*` matching any run of characters (and nothing else
 /// special) matches all of `text`.
-fn wildcard(pattern: &str, text: &str) -> bool {
+pub fn wildcard(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = text.strip_prefix(first) else {

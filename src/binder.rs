@@ -114,6 +114,11 @@ pub struct Binder {
     instance: arc_swap::ArcSwapOption<Instance>,
     owner: OnceLock<Owner>,
     failure: OnceLock<String>,
+    /// The repository (as `repo_key` spells it) a launch handed it out
+    /// for (content given at launch), set once at the handout.
+    pub launched_with: OnceLock<String>,
+    /// Whether that repository's files were put in (or are being put).
+    pub launch_files: AtomicBool,
     assigned_at: AtomicU64,
     /// Unix seconds of the last proxied request (for culling).
     last_activity: AtomicU64,
@@ -177,6 +182,8 @@ impl Binder {
             instance: arc_swap::ArcSwapOption::empty(),
             owner: OnceLock::new(),
             failure: OnceLock::new(),
+            launched_with: OnceLock::new(),
+            launch_files: AtomicBool::new(false),
             assigned_at: AtomicU64::new(0),
             last_activity: AtomicU64::new(now_unix()),
             visited: AtomicBool::new(true),

@@ -175,6 +175,12 @@ pub struct Binding {
 #[serde(deny_unknown_fields)]
 pub struct Content {
     pub from: ContentFrom,
+    /// With `from: launch`: the repositories a launch link may name, as
+    /// `host/path` patterns where `*` matches any run of characters
+    /// (`github.com/org/*`; `gh/` and `gl/` stand for github.com and
+    /// gitlab.com).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -184,6 +190,28 @@ pub enum ContentFrom {
     Repo,
     /// In the image already (or no files at all).
     Image,
+    /// Given at launch: a `/build` or `/v2` link naming a repository that
+    /// `repos` accepts (and no binding serves) gets a warm binder of this
+    /// binding with that repository's files put in at handout.
+    Launch,
+}
+
+impl Content {
+    /// Whether a launch may bring the repository `key` (as
+    /// [`repo_key`] spells it).
+    pub fn accepts(&self, key: &str) -> bool {
+        self.from == ContentFrom::Launch
+            && self.repos.iter().any(|p| {
+                let pattern = if let Some(rest) = p.strip_prefix("gh/") {
+                    format!("github.com/{rest}")
+                } else if let Some(rest) = p.strip_prefix("gl/") {
+                    format!("gitlab.com/{rest}")
+                } else {
+                    p.clone()
+                };
+                crate::auth::wildcard(&repo_key(&pattern), key)
+            })
+    }
 }
 
 /// A warm kernel: started through the server's Jupyter API once the server
@@ -473,6 +501,19 @@ impl Binding {
             ));
         }
         self.check_services()?;
+        if let Some(content) = &self.content {
+            if content.from == ContentFrom::Launch && content.repos.is_empty() {
+                return Err(InvalidBinding(
+                    "'content.from' is 'launch': list the repositories it accepts in 'content.repos' (e.g. \"gh/org/*\")".into(),
+                ));
+            }
+            if content.repos.len() > 64 {
+                return Err(InvalidBinding("at most 64 'content.repos'".into()));
+            }
+            for pattern in &content.repos {
+                check_text("content.repos", pattern)?;
+            }
+        }
         check_capabilities("capabilities", &self.capabilities)?;
         self.resources.check()?;
         if let Some(kernel) = &self.kernel {

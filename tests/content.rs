@@ -508,3 +508,98 @@ async fn a_binder_link_opens_the_repositorys_notebook_in_jupyterlab_whose_kernel
     );
     server.stop().await;
 }
+
+/// A `/build` link's `ready` event's server: `GET {url}file?name={name}`.
+async fn read_in(http: &Http, ready: &Value, name: &str) -> Answer {
+    let url = ready["url"].as_str().unwrap();
+    http.get(&format!("{url}file?name={name}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_accepted_repository_launches_into_a_warm_binder_of_a_default_binding() {
+    let Harness { data, server, http } = harness("content-launch").await;
+    let base = server.url("");
+    let mut a = Repo::named(&data, "repo-a", "");
+    a.put("only-a.txt", "A");
+    let mut b = Repo::named(&data, "repo-b", "");
+    b.put("only-b.txt", "B");
+    let mut default = standin_binding("default", 3, 6);
+    default["content"] = json!({
+        "from": "launch",
+        "repos": [format!("file://{}/repo-*", data.0.display())],
+    });
+    create_binding(&http, &base, &default).await;
+    wait_pool(&http, &base, "default", 30, |p| p["available"] == 3).await;
+
+    // The first launch of a repository fetches it (`fetching`), then a
+    // warm binder with its files: only its own.
+    let events = build_stream(&http, &base, &a.url()).await;
+    assert_eq!(
+        phases(&events),
+        ["fetching", "built", "launching", "ready"],
+        "{events:?}"
+    );
+    let ready_a = events.last().unwrap().clone();
+    assert_eq!(read_in(&http, &ready_a, "only-a.txt").await.body, "A");
+    assert_eq!(read_in(&http, &ready_a, "only-b.txt").await.status, 404);
+    let events = build_stream(&http, &base, &b.url()).await;
+    let ready_b = events.last().unwrap().clone();
+    assert_eq!(ready_b["phase"], "ready", "{events:?}");
+    assert_eq!(read_in(&http, &ready_b, "only-b.txt").await.body, "B");
+    assert_eq!(read_in(&http, &ready_b, "only-a.txt").await.status, 404);
+    assert_ne!(ready_a["token"], ready_b["token"]);
+
+    // Again: cached, no fetch, straight to a warm binder.
+    let events = build_stream(&http, &base, &a.url()).await;
+    assert_eq!(
+        phases(&events),
+        ["built", "launching", "ready"],
+        "{events:?}"
+    );
+    assert_eq!(
+        read_in(&http, events.last().unwrap(), "only-a.txt")
+            .await
+            .body,
+        "A"
+    );
+
+    // A `/v2` link, as a browser follows it.
+    let escaped: String = b
+        .url()
+        .bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (c as char).to_string(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect();
+    let v2 = http
+        .get(&format!(
+            "{base}/v2/git/{escaped}/HEAD?urlpath=file%3Fname%3Donly-b.txt"
+        ))
+        .await;
+    assert_eq!(v2.status, 302, "{}", v2.body);
+    let to = v2.headers["location"].to_str().unwrap().to_owned();
+    let to = if to.starts_with('/') {
+        format!("{base}{to}")
+    } else {
+        to
+    };
+    let landed = http.get(&to).await;
+    assert_eq!(landed.body, "B", "{to}");
+
+    // A repository the binding does not accept: refused, nothing handed out.
+    let other = Repo::named(&data, "elsewhere", "");
+    let before = http.get(&format!("{base}/pools/default")).await.json();
+    let events = build_stream(&http, &base, &other.url()).await;
+    assert_eq!(phases(&events), ["failed"], "{events:?}");
+    assert!(
+        events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no binding serves"),
+        "{events:?}"
+    );
+    let after = http.get(&format!("{base}/pools/default")).await.json();
+    assert_eq!(before["running"], after["running"]);
+    server.stop().await;
+}

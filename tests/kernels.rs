@@ -38,8 +38,31 @@ async fn the_first_kernel_request_gets_the_kernel_warmed_before_the_handout() {
     let server = Server::start(test_config(&data)).await;
     let http = Http::new();
     let base = server.url("");
-    create_binding(&http, &base, &warm_binding(&venv, "warm", 2, "x = 41")).await;
-    create_binding(&http, &base, &jupyter_binding(&venv, "plain", 1)).await;
+    // Without JupyterLab's server extensions: at their start they run
+    // helpers for a moment (jupyter_builder's `node` yarn check,
+    // jupyter_lsp's language-server scan), which would count in the plain
+    // binder's memory sample below.
+    let without_lab = |mut b: Value| {
+        let command = b["command"].as_array_mut().unwrap();
+        for ext in ["jupyterlab", "jupyter_lsp"] {
+            command.push(json!(format!(
+                "--ServerApp.jpserver_extensions={ext}=False"
+            )));
+        }
+        b
+    };
+    create_binding(
+        &http,
+        &base,
+        &without_lab(warm_binding(&venv, "warm", 2, "x = 41")),
+    )
+    .await;
+    create_binding(
+        &http,
+        &base,
+        &without_lab(jupyter_binding(&venv, "plain", 1)),
+    )
+    .await;
     wait_pool(&http, &base, "warm", 120, |p| p["available"] == 2).await;
     wait_pool(&http, &base, "plain", 120, |p| p["available"] == 1).await;
 

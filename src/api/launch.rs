@@ -39,6 +39,9 @@ pub(super) struct Spec {
     pub repo: String,
     /// The ref the link names (not matched: see the module docs).
     pub reference: String,
+    /// The repository's URL, as fetched for a binding that takes content
+    /// at launch.
+    pub url: String,
 }
 
 impl Spec {
@@ -48,16 +51,18 @@ impl Spec {
         let (provider, spec) = rest.split_once('/').unwrap_or((rest, ""));
         let parts: Vec<&str> = spec.split('/').filter(|s| !s.is_empty()).collect();
         let (repo, reference) = match (provider, parts.as_slice()) {
-            ("gh", [org, repo, reference @ ..]) => {
-                (format!("github.com/{org}/{repo}"), reference.join("/"))
-            }
-            ("gl", [project, reference @ ..]) if project.contains("%2F") => (
-                format!("gitlab.com/{}", decode(project)?),
+            ("gh", [org, repo, reference @ ..]) => (
+                format!("https://github.com/{org}/{repo}"),
                 reference.join("/"),
             ),
-            ("gl", [group, project, reference @ ..]) => {
-                (format!("gitlab.com/{group}/{project}"), reference.join("/"))
-            }
+            ("gl", [project, reference @ ..]) if project.contains("%2F") => (
+                format!("https://gitlab.com/{}", decode(project)?),
+                reference.join("/"),
+            ),
+            ("gl", [group, project, reference @ ..]) => (
+                format!("https://gitlab.com/{group}/{project}"),
+                reference.join("/"),
+            ),
             ("git", [url, reference @ ..]) => (decode(url)?, reference.join("/")),
             ("gh" | "gl" | "git", _) => {
                 return Err(format!("'{provider}/{spec}' names no repository"))
@@ -71,6 +76,7 @@ impl Spec {
         Ok(Spec {
             provider: provider.to_owned(),
             repo: repo_key(&repo),
+            url: repo,
             reference: if reference.is_empty() {
                 "HEAD".into()
             } else {
@@ -102,26 +108,48 @@ fn decode(s: &str) -> std::result::Result<String, String> {
 }
 
 /// The pool of the binding that serves `spec`'s repository, if this caller
-/// may use it; else what to tell them.
-fn pool_for(app: &App, caller: &Caller, spec: &Spec) -> std::result::Result<Arc<Pool>, String> {
-    app.pools
-        .list()
-        .into_iter()
-        .find(|p| {
-            let record = p.current();
-            record.access().visible_to(caller)
-                && record
-                    .binding
-                    .repo
-                    .as_deref()
-                    .is_some_and(|r| repo_key(r) == spec.repo)
-        })
-        .ok_or_else(|| {
-            format!(
-                "no binding serves the repository {}",
-                crate::binding::printable(&spec.repo)
-            )
-        })
+/// may use it; else what to tell them. A binding whose `repo` is it comes
+/// first; else one that takes content at launch and accepts it (then
+/// `launch` is true: the repository's files go into the binder at handout).
+fn pool_for(
+    app: &App,
+    caller: &Caller,
+    spec: &Spec,
+) -> std::result::Result<(Arc<Pool>, bool), String> {
+    let pools = app.pools.list();
+    let visible = |p: &&Arc<Pool>| p.current().access().visible_to(caller);
+    let bound = pools.iter().filter(visible).find(|p| {
+        p.current()
+            .binding
+            .repo
+            .as_deref()
+            .is_some_and(|r| repo_key(r) == spec.repo)
+    });
+    if let Some(pool) = bound {
+        return Ok((pool.clone(), false));
+    }
+    let accepting = pools.iter().filter(visible).find(|p| {
+        p.current()
+            .binding
+            .content
+            .as_ref()
+            .is_some_and(|c| c.accepts(&spec.repo))
+    });
+    match accepting {
+        Some(pool) => Ok((pool.clone(), true)),
+        None => Err(format!(
+            "no binding serves the repository {}",
+            crate::binding::printable(&spec.repo)
+        )),
+    }
+}
+
+/// A launch that brings its repository's files: the tree's tar, and the
+/// repository's key.
+#[derive(Clone)]
+struct LaunchFiles {
+    repo: String,
+    tar: std::path::PathBuf,
 }
 
 /// Where users reach binderd: `--public-url`, else the request's host (the
@@ -196,13 +224,40 @@ pub(super) async fn build(
         Ok(spec) => spec,
         Err(message) => return failed(message),
     };
-    let pool = match pool_for(app, caller, &spec) {
-        Ok(pool) => pool,
+    let (pool, launch) = match pool_for(app, caller, &spec) {
+        Ok(found) => found,
         Err(message) => return failed(message),
     };
     let client = match admit_spawn(app, caller, req, peer) {
         Ok(client) => client,
         Err(e) => return failed(e.to_string()),
+    };
+    // Content given at launch: the repository, fetched once per commit
+    // (a first fetch is this stream's `fetching` phase).
+    let mut fetching = Vec::new();
+    let files = if launch {
+        match app.pools.launch_content(&spec.url, &spec.reference).await {
+            Ok((tar, commit, fresh)) => {
+                if fresh {
+                    fetching.push(LaunchEvent::phase(
+                        "fetching",
+                        format!("Fetched {} at {commit}\n", spec.url),
+                    ));
+                }
+                Some(LaunchFiles {
+                    repo: spec.repo.clone(),
+                    tar,
+                })
+            }
+            Err(e) => {
+                return failed(format!(
+                    "cannot fetch the repository: {}",
+                    ApiError::from(e)
+                ));
+            }
+        }
+    } else {
+        None
     };
     let image = image_of(&pool);
     let base = public_base(app, req.headers(), peer);
@@ -214,15 +269,34 @@ pub(super) async fn build(
             "ready",
             "Done! Found built image, not launching (build_only)\n",
         );
-        return events(vec![built, done], None);
+        fetching.extend([built, done]);
+        return events(fetching, None);
     }
     let launching = LaunchEvent::phase("launching", "Launching server...\n");
     // Content from the repository still being made: the build's lines
     // first (BinderHub's `building` phase), `built` once it is made.
     let building = !pool.content_ready();
-    let binder = match app.pools.handout(&pool, caller.owner(), Some(client)).await {
+    let handed = app.pools.handout(&pool, caller.owner(), Some(client)).await;
+    if let (Ok(Handout::Ready(b) | Handout::Starting(b)), Some(files)) = (&handed, &files) {
+        let _ = b.launched_with.set(files.repo.clone());
+    }
+    let binder = match handed {
         Ok(Handout::Ready(b)) => {
-            let mut all = vec![built, launching];
+            if let Some(files) = &files {
+                if let Err(e) = app
+                    .pools
+                    .put_launch_files(&pool, &b, &files.repo, &files.tar)
+                    .await
+                {
+                    fetching.push(LaunchEvent::failed(format!(
+                        "cannot put the repository's files in place: {}",
+                        ApiError::from(e)
+                    )));
+                    return events(fetching, None);
+                }
+            }
+            let mut all = fetching;
+            all.extend([built, launching]);
             let kernel = if pool.current().binding.kernel.is_some() {
                 ", its kernel already running"
             } else {
@@ -255,7 +329,7 @@ pub(super) async fn build(
             pool.time_to_ready().as_secs().max(1)
         ),
     );
-    let (head, first) = if building {
+    let (mut head, first) = if building {
         let head = vec![LaunchEvent::phase(
             "building",
             "Making the repository's content ready\n",
@@ -267,6 +341,8 @@ pub(super) async fn build(
     } else {
         (vec![built, launching, starting], Step::Launching(false))
     };
+    fetching.append(&mut head);
+    let head = fetching;
     let cold = Arc::new(Cold {
         pools: app.pools.clone(),
         pool,
@@ -278,6 +354,7 @@ pub(super) async fn build(
         request,
         wait,
         deadline: std::sync::Mutex::new(tokio::time::Instant::now() + wait),
+        files,
     });
     // The build's lines while the content is made, then the binder's
     // progress: one `launching` event when its container is up, then
@@ -319,6 +396,8 @@ struct Cold {
     request: String,
     wait: Duration,
     deadline: std::sync::Mutex<tokio::time::Instant>,
+    /// A launch's repository files, put in once the binder is up.
+    files: Option<LaunchFiles>,
 }
 
 /// How often a cold launch looks at its binder's progress.
@@ -364,6 +443,34 @@ impl Cold {
             let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let event = match self.binder.wait_started(left.min(PROGRESS_EVERY)).await {
+                State::Assigned if self.files.is_some() => {
+                    let files = self.files.clone().expect("checked");
+                    // In a task of its own: the engine call's future is not
+                    // `Sync`, which the stream must be.
+                    let (pools, pool, binder) =
+                        (self.pools.clone(), self.pool.clone(), self.binder.clone());
+                    let put = tokio::spawn(async move {
+                        pools
+                            .put_launch_files(&pool, &binder, &files.repo, &files.tar)
+                            .await
+                            .map_err(|e| ApiError::from(e).to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                    match put {
+                        Ok(()) => LaunchEvent::ready(
+                            &self.binder,
+                            &self.base,
+                            self.url.clone(),
+                            &self.image,
+                            &self.repo,
+                            &self.request,
+                        ),
+                        Err(e) => LaunchEvent::failed(format!(
+                            "cannot put the repository's files in place: {e}"
+                        )),
+                    }
+                }
                 State::Assigned => LaunchEvent::ready(
                     &self.binder,
                     &self.base,
@@ -453,27 +560,43 @@ pub(super) async fn v2(
 ) -> Result<Response<Body>> {
     let query = req.uri().query().unwrap_or("");
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
-    let pool = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
+    let (pool, launch) = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
+    // A binder of a launch is only ever this repository's.
     let waiting = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("binder="))
         .and_then(|id| app.pools.binder(id))
-        .filter(|e| Arc::ptr_eq(&e.pool, &pool) && e.binder.owner().is_some());
+        .filter(|e| Arc::ptr_eq(&e.pool, &pool) && e.binder.owner().is_some())
+        .filter(|e| !launch || e.binder.launched_with.get() == Some(&spec.repo));
+    let mut files = None;
+    if launch {
+        let (tar, _, _) = app.pools.launch_content(&spec.url, &spec.reference).await?;
+        files = Some(tar);
+    }
     let binder = match waiting {
         Some(entry) => entry.binder,
         None => {
             let client = admit_spawn(app, caller, req, peer)?;
-            match app
+            let binder = match app
                 .pools
                 .handout(&pool, caller.owner(), Some(client))
                 .await?
             {
                 Handout::Ready(b) | Handout::Starting(b) => b,
+            };
+            if launch {
+                let _ = binder.launched_with.set(spec.repo.clone());
             }
+            binder
         }
     };
     match binder.state() {
         State::Assigned => {
+            if let Some(tar) = &files {
+                app.pools
+                    .put_launch_files(&pool, &binder, &spec.repo, tar)
+                    .await?;
+            }
             // With the token, as BinderHub's own client opens the server: a
             // server whose token is on lets the browser in (harmless off).
             let path = landing(query);

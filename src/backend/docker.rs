@@ -370,7 +370,7 @@ impl DockerBackend {
         // The repository's files, in the image's working dir, before the
         // server runs.
         if let Some(files) = spec.content.and_then(|c| c.files.as_ref()) {
-            self.put_files(&created.id, &image, files).await?;
+            self.copy_files(&created.id, image, files).await?;
         }
         timed(
             "starting the container",
@@ -387,11 +387,11 @@ impl DockerBackend {
         })
     }
 
-    /// Copies the tar `files` into the created container `id`, at its
-    /// image's working dir, owned by the image's user when that is a
-    /// number (`uid[:gid]`; a name stays root's: binderd does not read the
-    /// image's `/etc/passwd`).
-    async fn put_files(
+    /// Copies the tar `files` into the container `id`, at its image's
+    /// working dir, owned by the image's user when that is a number
+    /// (`uid[:gid]`; a name stays root's: binderd does not read the image's
+    /// `/etc/passwd`).
+    async fn copy_files(
         &self,
         id: &str,
         image: &str,
@@ -399,11 +399,21 @@ impl DockerBackend {
     ) -> Result<(), BackendError> {
         let inspected = timed("inspecting the image", self.docker.inspect_image(image)).await?;
         let config = inspected.config.unwrap_or_default();
-        let dir = config
-            .working_dir
+        self.upload(id, config.working_dir, config.user, files)
+            .await
+    }
+
+    async fn upload(
+        &self,
+        id: &str,
+        working_dir: Option<String>,
+        user: Option<String>,
+        files: &std::path::Path,
+    ) -> Result<(), BackendError> {
+        let dir = working_dir
             .filter(|d| d.starts_with('/'))
             .unwrap_or_else(|| "/".into());
-        let owner = config.user.as_deref().and_then(super::numeric_user);
+        let owner = user.as_deref().and_then(super::numeric_user);
         let files = files.to_path_buf();
         let archive = tokio::task::spawn_blocking(move || super::tar_owned_by(&files, owner))
             .await
@@ -652,6 +662,25 @@ impl Backend for DockerBackend {
 
     fn unavailable(&self) -> Option<String> {
         self.availability.reason()
+    }
+
+    async fn put_files(
+        &self,
+        _binder_id: &str,
+        instance: &Instance,
+        files: &std::path::Path,
+    ) -> Result<(), BackendError> {
+        let inspected = timed(
+            "inspecting a container",
+            self.docker.inspect_container(
+                &instance.handle,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            ),
+        )
+        .await?;
+        let config = inspected.config.unwrap_or_default();
+        self.upload(&instance.handle, config.working_dir, config.user, files)
+            .await
     }
 
     async fn start(&self, spec: StartSpec<'_>) -> Result<Instance, BackendError> {

@@ -305,6 +305,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Shared mode (several replicas on one cluster): the cluster decides
     /// every handout. `None` (the single-process path) on every backend but
     /// Kubernetes with `[kubernetes] shared = true`.
+    /// Puts the files of the tar `files` into a running binder's working
+    /// dir (content given at launch), as its own user.
+    async fn put_files(
+        &self,
+        _binder_id: &str,
+        _instance: &Instance,
+        _files: &std::path::Path,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "the {} backend does not put a repository's files into a running binder",
+            self.kind().as_str()
+        )))
+    }
+
     /// Builds (or finds, built before from the same file) the environment
     /// a binding's `requirements` names. The error is the tool's own.
     async fn build_env(&self, _request: EnvRequest<'_>) -> Result<BuiltEnv, BackendError> {

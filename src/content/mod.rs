@@ -97,7 +97,13 @@ pub struct Cache {
     config: Arc<ContentConfig>,
     /// One fetch at a time per repository.
     locks: Arc<DashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Launches' refs resolved lately: (URL, ref) → (commit, when).
+    refs: Arc<DashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a launch trusts a ref it resolved: a new commit on a branch
+/// reaches launches within this.
+pub const LAUNCH_REF_TTL: Duration = Duration::from_secs(60);
 
 /// The largest `requirements` file read.
 const MAX_REQUIREMENTS_BYTES: usize = 1 << 20;
@@ -112,6 +118,7 @@ impl Cache {
             root,
             config: Arc::new(config),
             locks: Arc::default(),
+            refs: Arc::default(),
         })
     }
 
@@ -192,8 +199,68 @@ impl Cache {
     /// Fetches `commit` of the binding's repository (once: a cached tree is
     /// reused) and makes its `notebooks` tar and reads its `requirements`.
     pub async fn fetch(&self, binding: &Binding, commit: &str) -> Result<Fetched, ContentError> {
-        let url = binding.repo.as_deref().unwrap_or_default();
-        let folder = tree_path("notebooks", binding.notebooks.as_deref())?;
+        self.fetch_at(
+            binding.repo.as_deref().unwrap_or_default(),
+            binding.git_ref.as_deref(),
+            binding.notebooks.as_deref(),
+            binding.requirements.as_deref(),
+            commit,
+        )
+        .await
+    }
+
+    /// A repository a launch link names (for a binding whose `content` is
+    /// given at launch): `git_ref` resolved (remembered for
+    /// [`LAUNCH_REF_TTL`], so a launch of a cached repository asks no
+    /// server), its whole tree fetched once per commit. Also whether it had
+    /// to be fetched now (a first launch of that commit).
+    pub async fn launch(&self, url: &str, git_ref: &str) -> Result<(Fetched, bool), ContentError> {
+        self.check_url(url)?;
+        if git_ref.starts_with('-') || git_ref.contains("..") || git_ref.len() > 255 {
+            return Err(ContentError::Invalid(format!(
+                "invalid ref '{}'",
+                printable(git_ref)
+            )));
+        }
+        let wanted = (git_ref != "HEAD").then_some(git_ref);
+        let key = format!("{url}\0{git_ref}");
+        let known = self
+            .refs
+            .get(&key)
+            .filter(|e| e.1.elapsed() < LAUNCH_REF_TTL)
+            .map(|e| e.0.clone());
+        let commit = match known {
+            Some(commit) => commit,
+            None => {
+                let commit = git::resolve(url, wanted, self.protocols(), self.deadline()).await?;
+                if self.refs.len() > 10_000 {
+                    self.refs.retain(|_, e| e.1.elapsed() < LAUNCH_REF_TTL);
+                }
+                self.refs
+                    .insert(key, (commit.clone(), std::time::Instant::now()));
+                commit
+            }
+        };
+        let cached = self.tree_file(&commit, "").exists();
+        let fetched = self.fetch_at(url, wanted, None, None, &commit).await?;
+        Ok((fetched, !cached))
+    }
+
+    fn tree_file(&self, commit: &str, folder: &str) -> PathBuf {
+        self.root
+            .join("trees")
+            .join(format!("{commit}-{}.tar", short_hash(folder)))
+    }
+
+    async fn fetch_at(
+        &self,
+        url: &str,
+        git_ref: Option<&str>,
+        notebooks: Option<&str>,
+        requirements: Option<&str>,
+        commit: &str,
+    ) -> Result<Fetched, ContentError> {
+        let folder = tree_path("notebooks", notebooks)?;
         let repo_dir = self.root.join("git").join(short_hash(url));
         let lock = self
             .locks
@@ -203,19 +270,8 @@ impl Cache {
             .clone();
         let _held = lock.lock().await;
         let allowed = self.protocols();
-        git::fetch(
-            &repo_dir,
-            url,
-            commit,
-            binding.git_ref.as_deref(),
-            allowed,
-            self.deadline(),
-        )
-        .await?;
-        let files = self
-            .root
-            .join("trees")
-            .join(format!("{commit}-{}.tar", short_hash(&folder)));
+        git::fetch(&repo_dir, url, commit, git_ref, allowed, self.deadline()).await?;
+        let files = self.tree_file(commit, &folder);
         if !files.exists() {
             match git::kind_of(&repo_dir, commit, &folder, allowed).await? {
                 Some(true) => {}
@@ -244,7 +300,7 @@ impl Cache {
             std::fs::rename(&partial, &files)
                 .map_err(|e| ContentError::Tool(format!("cannot keep the tree: {e}")))?;
         }
-        let requirements = match &binding.requirements {
+        let requirements = match requirements {
             Some(path) => {
                 let path = tree_path("requirements", Some(path))?;
                 let bytes = git::show(&repo_dir, commit, &path, allowed)

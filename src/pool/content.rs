@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Pool, Pools};
+use super::{Pool, PoolError, Pools};
 use crate::backend::{Content, EnvRequest};
 use crate::binding::{Binding, ContentFrom};
 use crate::content::ContentError;
@@ -310,6 +310,55 @@ impl Pools {
             files: Some(fetched.files),
             env,
         })
+    }
+}
+
+impl Pools {
+    /// The repository a launch link names, for a binding that takes content
+    /// at launch: fetched once per commit (`crate::content::Cache::launch`);
+    /// the tree's tar and whether it was fetched just now.
+    pub async fn launch_content(
+        &self,
+        url: &str,
+        git_ref: &str,
+    ) -> Result<(std::path::PathBuf, String, bool), PoolError> {
+        let (fetched, fresh) = self.shared.content.launch(url, git_ref).await?;
+        Ok((fetched.files, fetched.commit, fresh))
+    }
+
+    /// Puts a launch's repository files into `binder` (handed out for
+    /// `repo`), once; a binder that cannot take them is stopped (nobody
+    /// gets a binder without the files the link promised).
+    pub async fn put_launch_files(
+        &self,
+        pool: &Arc<Pool>,
+        binder: &Arc<crate::binder::Binder>,
+        repo: &str,
+        files: &std::path::Path,
+    ) -> Result<(), PoolError> {
+        if binder.launched_with.get().map(String::as_str) != Some(repo) {
+            return Err(PoolError::NotReady(binder.state()));
+        }
+        if binder
+            .launch_files
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let Some(instance) = binder.instance() else {
+            return Err(PoolError::NotReady(binder.state()));
+        };
+        let put = self
+            .shared
+            .backend
+            .put_files(&binder.id, &instance, files)
+            .await;
+        if let Err(e) = put {
+            tracing::warn!(binder = %binder.id, error = %e, "a launch's files could not be put in");
+            self.stop(pool, binder);
+            return Err(e.into());
+        }
+        Ok(())
     }
 }
 

@@ -29,7 +29,12 @@ pub struct Repo {
 
 impl Repo {
     pub fn new(data: &DataDir, requirements: &str) -> Repo {
-        let dir = data.0.join("repo");
+        Repo::named(data, "repo", requirements)
+    }
+
+    /// [`Repo::new`] in `{data}/{name}`.
+    pub fn named(data: &DataDir, name: &str, requirements: &str) -> Repo {
+        let dir = data.0.join(name);
         std::fs::create_dir_all(dir.join("notebooks/data")).unwrap();
         git(&dir, &["init", "-q"]);
         std::fs::write(dir.join("README.md"), "outside the folder\n").unwrap();

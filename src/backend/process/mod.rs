@@ -890,6 +890,33 @@ impl Backend for ProcessBackend {
         self.spawn_binder(spec, false).await
     }
 
+    async fn put_files(
+        &self,
+        binder_id: &str,
+        _instance: &Instance,
+        files: &Path,
+    ) -> Result<(), BackendError> {
+        if !super::is_binder_id(binder_id) {
+            return Err(BackendError::Unsupported(format!(
+                "{binder_id:?} is not a binder id"
+            )));
+        }
+        let workdir = self.work_root.join(binder_id);
+        // As the uid that owns the working dir (the binder's, as root).
+        let owner = if self.root {
+            Some(fs::symlink_metadata(&workdir)?.uid())
+        } else {
+            None
+        };
+        let files = files.to_path_buf();
+        tokio::task::spawn_blocking(move || unpack(&files, &workdir, owner))
+            .await
+            .map_err(|e| BackendError::Start(e.to_string()))?
+            .map_err(|e| {
+                BackendError::Start(format!("cannot put the repository's files in place: {e}"))
+            })
+    }
+
     async fn build_env(&self, request: EnvRequest<'_>) -> Result<BuiltEnv, BackendError> {
         let _one = self.building.lock().await;
         venv::build(&self.envs_root, request).await
