@@ -5,6 +5,11 @@
 //!   repository and with a 50 MB one (the copy happens at fill time);
 //! - handout: p50/p99 of `POST /binders/{b}` from those full pools (the
 //!   handout is a pop either way);
+//! - launch: a `/build` link to the `ready` event, p50 of 30, for a
+//!   binding that serves its repository (files in the image: a pop) and
+//!   for a default binding that takes the repository at launch (cached:
+//!   a pop plus the copy of its files into the binder), with a small
+//!   repository (a notebook and 20 files of 10 KB) and the 50 MB one;
 //! - environment: the first build of a `requirements` file (a virtual
 //!   environment, pip from a local wheelhouse) vs a second binding naming
 //!   the same file (built before). Needs `scripts/jupyter-venv`'s
@@ -118,6 +123,46 @@ async fn handouts(http: &Http, base: &str, name: &str) -> (Duration, Duration) {
     (took[HANDOUTS / 2], took[HANDOUTS * 99 / 100])
 }
 
+/// `GET {url}` as an event-stream client, read to its end; the time and
+/// whether it ended `ready`.
+async fn launch(http: &Http, url: &str) -> (Duration, bool) {
+    let req = http::Request::get(url)
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let began = Instant::now();
+    let resp = http.request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let took = began.elapsed();
+    let text = String::from_utf8_lossy(&body);
+    (took, text.contains("\"phase\":\"ready\""))
+}
+
+fn escaped(url: &str) -> String {
+    url.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// p50 of `n` launches of `url`, each from a full pool of `name`.
+async fn launches(http: &Http, base: &str, name: &str, url: &str, n: usize, full: u64) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        wait_available(http, base, name, full).await;
+        let (t, ready) = launch(http, url).await;
+        assert!(ready, "{url}");
+        took.push(t);
+    }
+    took.sort();
+    took[n / 2]
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -183,8 +228,64 @@ async fn main() {
         ms(p99_plain),
         ms(p99_repo)
     );
+    // Launch links: a binding that serves the repository (its files in the
+    // image) vs a default binding taking it at launch (cached).
+    let small = std::env::temp_dir().join(format!("binderd-bench-small-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&small);
+    let _small_cleanup = Cleanup(small.clone());
+    std::fs::create_dir_all(small.join("data")).unwrap();
+    git(&small, &["init", "-q"]);
+    for i in 0..20 {
+        std::fs::write(small.join(format!("data/f{i}.csv")), vec![b'x'; 10 << 10]).unwrap();
+    }
+    std::fs::write(small.join("intro.ipynb"), "{}").unwrap();
+    git(&small, &["add", "-A"]);
+    git(&small, &["commit", "-q", "-m", "small"]);
+    const LAUNCHES: usize = 30;
+    let full = 4;
+    let mut served = binding("served", None);
+    served["repo"] = json!("https://example.org/served");
+    served["content"] = json!({"from": "image"});
+    served["pool"] = json!({"min": full, "max": full + 4});
+    let mut default = binding("default", None);
+    default["content"] =
+        json!({"from": "launch", "repos": [format!("{}/*", std::env::temp_dir().display())]});
+    default["pool"] = json!({"min": full, "max": full + 4});
+    for b in [&served, &default] {
+        let (status, doc) = call(&http, Method::POST, &format!("{base}/bindings"), Some(b)).await;
+        assert_eq!(status, 201, "{doc}");
+    }
+    let plain_url = format!(
+        "{base}/build/git/{}/HEAD",
+        escaped("https://example.org/served")
+    );
+    let small_url = format!(
+        "{base}/build/git/{}/HEAD",
+        escaped(&format!("file://{}", small.display()))
+    );
+    let big_url = format!(
+        "{base}/build/git/{}/HEAD",
+        escaped(&format!("file://{}", repo.display()))
+    );
+    // The first launch of each fetches; the rest are cached.
+    for url in [&small_url, &big_url] {
+        wait_available(&http, &base, "default", full).await;
+        assert!(launch(&http, url).await.1);
+    }
+    let p_plain = launches(&http, &base, "served", &plain_url, LAUNCHES, full).await;
+    let p_small = launches(&http, &base, "default", &small_url, LAUNCHES, full).await;
+    let p_big = launches(&http, &base, "default", &big_url, 10, full).await;
+    println!(
+        "launch to ready, p50: served {:.2} ms; at launch, cached: small {:.2} ms (x{:.2}), {mb} MB {:.1} ms (x{:.1})",
+        ms(p_plain),
+        ms(p_small),
+        p_small.as_secs_f64() / p_plain.as_secs_f64(),
+        ms(p_big),
+        p_big.as_secs_f64() / p_plain.as_secs_f64()
+    );
+
     // Stop those pools: the environments' fills are measured alone.
-    for name in ["plain", "repo"] {
+    for name in ["plain", "repo", "served", "default"] {
         call(
             &http,
             Method::DELETE,

@@ -568,6 +568,12 @@ pub(super) async fn v2(
         .and_then(|id| app.pools.binder(id))
         .filter(|e| Arc::ptr_eq(&e.pool, &pool) && e.binder.owner().is_some())
         .filter(|e| !launch || e.binder.launched_with.get() == Some(&spec.repo));
+    let client = match waiting {
+        Some(_) => None,
+        None => Some(admit_spawn(app, caller, req, peer)?),
+    };
+    // After the admission: an anonymous link cannot make binderd fetch
+    // more often than it may spawn.
     let mut files = None;
     if launch {
         let (tar, _, _) = app.pools.launch_content(&spec.url, &spec.reference).await?;
@@ -576,12 +582,7 @@ pub(super) async fn v2(
     let binder = match waiting {
         Some(entry) => entry.binder,
         None => {
-            let client = admit_spawn(app, caller, req, peer)?;
-            let binder = match app
-                .pools
-                .handout(&pool, caller.owner(), Some(client))
-                .await?
-            {
+            let binder = match app.pools.handout(&pool, caller.owner(), client).await? {
                 Handout::Ready(b) | Handout::Starting(b) => b,
             };
             if launch {

@@ -5,7 +5,8 @@
 //! (the pool hands the tar to the backend; a handout stays a pop).
 //!
 //! The cache (`{data_dir}/content/`): `git/{repo}` bare repositories (one
-//! per repository, fetches serialised per repository), `trees/{commit}-{path}.tar`.
+//! per repository, fetches serialised per repository), `trees/{url}-{commit}-{path}.tar`
+//! (hashes of the URL and folder).
 //! Everything is written under a temporary name and renamed, so a crash
 //! leaves no half-made entry that a later run would take for whole.
 
@@ -241,15 +242,19 @@ impl Cache {
                 commit
             }
         };
-        let cached = self.tree_file(&commit, "").exists();
+        let cached = self.tree_file(url, &commit, "").exists();
         let fetched = self.fetch_at(url, wanted, None, None, &commit).await?;
         Ok((fetched, !cached))
     }
 
-    fn tree_file(&self, commit: &str, folder: &str) -> PathBuf {
-        self.root
-            .join("trees")
-            .join(format!("{commit}-{}.tar", short_hash(folder)))
+    /// A tree's tar, by URL too: a server that names another repository's
+    /// commit must not be handed that repository's cached files.
+    fn tree_file(&self, url: &str, commit: &str, folder: &str) -> PathBuf {
+        self.root.join("trees").join(format!(
+            "{}-{commit}-{}.tar",
+            short_hash(url),
+            short_hash(folder)
+        ))
     }
 
     async fn fetch_at(
@@ -261,6 +266,16 @@ impl Cache {
         commit: &str,
     ) -> Result<Fetched, ContentError> {
         let folder = tree_path("notebooks", notebooks)?;
+        let files = self.tree_file(url, commit, &folder);
+        if requirements.is_none() && files.exists() {
+            // Made before from this URL's commit: no git at all (a launch's
+            // handout path).
+            return Ok(Fetched {
+                commit: commit.to_owned(),
+                files,
+                requirements: None,
+            });
+        }
         let repo_dir = self.root.join("git").join(short_hash(url));
         let lock = self
             .locks
@@ -271,7 +286,6 @@ impl Cache {
         let _held = lock.lock().await;
         let allowed = self.protocols();
         git::fetch(&repo_dir, url, commit, git_ref, allowed, self.deadline()).await?;
-        let files = self.tree_file(commit, &folder);
         if !files.exists() {
             match git::kind_of(&repo_dir, commit, &folder, allowed).await? {
                 Some(true) => {}

@@ -194,3 +194,25 @@ fn paths_stay_inside_the_tree_and_local_repositories_need_the_operator() {
     b.repo = Some("https://example.org/r".into());
     assert!(cache(true).check(&b).is_err());
 }
+
+#[tokio::test]
+async fn a_repository_that_names_anothers_commit_does_not_get_its_cached_files() {
+    let cache = cache(true);
+    let (private, main, _) = repo();
+    let private_url = format!("file://{}", private.display());
+    let (files, fresh) = cache.launch(&private_url, "main").await.unwrap();
+    assert!(fresh);
+    assert_eq!(files.commit, main);
+    // Cached now: the same URL again is not fetched.
+    assert!(!cache.launch(&private_url, "main").await.unwrap().1);
+    // Another repository (another server) naming that commit id gets
+    // nothing of it: it does not have it.
+    let other = temp("other");
+    sh(&other, &["init", "-q"]);
+    std::fs::write(other.join("x"), "other").unwrap();
+    sh(&other, &["add", "-A"]);
+    sh(&other, &["commit", "-q", "-m", "other"]);
+    let other_url = format!("file://{}", other.display());
+    let err = cache.launch(&other_url, &main).await.unwrap_err();
+    assert!(err.to_string().contains(&main), "{err}");
+}
