@@ -647,3 +647,75 @@ async fn a_repositorys_folder_is_in_every_container_before_it_starts() {
     assert_eq!(shadow.status, 404, "{}", shadow.body);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn requirements_build_an_image_once_whose_kernel_imports_them() {
+    if !docker_ready() {
+        return;
+    }
+    let Some(venv) = venv() else { return };
+    build_jupyter_image();
+    // The image holds the test venv at its own path, wheelhouse and all:
+    // the build needs no network (`none`) and no index.
+    let wheels = venv.join("wheelhouse");
+    let (pip, wheels_in_image) = (
+        venv.join("bin/pip").display().to_string(),
+        wheels.display().to_string(),
+    );
+    let Harness { data, server, http } = Harness::with_config("docker-env", |c| {
+        docker_backend(c);
+        c.content.allow_local = true;
+        c.content.image_pip = pip;
+        c.content.build_network = "none".into();
+        c.content.pip_args = vec!["--no-index".into(), "--find-links".into(), wheels_in_image];
+    })
+    .await;
+    let _cleanup = DockerCleanup::new(&data);
+    let base = server.url("");
+    let repo = Repo::new(&data, "cowsay==6.1\n");
+    let mut binding = docker_jupyter_binding("dockenv");
+    binding["repo"] = json!(repo.url());
+    binding["notebooks"] = json!("repo/notebooks");
+    binding["requirements"] = json!("repo/requirements.txt");
+    create_binding(&http, &base, &binding).await;
+    wait_pool(&http, &base, "dockenv", 180, |p| p["available"] == 1).await;
+    let log = http
+        .get(&format!("{base}/bindings/dockenv/build/logs"))
+        .await;
+    assert!(log.body.contains("cowsay"), "{}", log.body);
+    // Its containers run the built image, not the binding's.
+    let (id, location) = hand_out(&http, &base, "dockenv", None).await;
+    let names = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=binderd.binder={id}"),
+    ]);
+    let image = docker(&["inspect", "-f", "{{.Config.Image}}", &names[0]]);
+    assert!(image[0].starts_with("binderd-env/"), "{image:?}");
+    let (venv2, base2) = (venv.clone(), base.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        run_client(
+            &venv2,
+            &[
+                &base2,
+                "kernel",
+                &location,
+                "import cowsay; print(cowsay.__file__)",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out["output"].as_str().unwrap().contains("cowsay"), "{out}");
+    // A second binding with the same file and image: built before.
+    let mut again = binding.clone();
+    again["name"] = json!("dockenv2");
+    create_binding(&http, &base, &again).await;
+    wait_pool(&http, &base, "dockenv2", 120, |p| p["available"] == 1).await;
+    let log = http
+        .get(&format!("{base}/bindings/dockenv2/build/logs"))
+        .await;
+    assert!(log.body.contains("built before"), "{}", log.body);
+    server.stop().await;
+}

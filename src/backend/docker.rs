@@ -48,8 +48,8 @@ use futures_util::StreamExt;
 
 use super::plan::{self, ContainerPlan, LABEL_PORT, LABEL_ROLE, ROLE_NOTEBOOK, ROLE_SERVICE};
 use super::{
-    Backend, BackendError, BackendKind, Discovered, ExitSink, Instance, StartSpec, LABEL_BINDER,
-    LABEL_BINDING, LABEL_OWNER,
+    Backend, BackendError, BackendKind, BuiltEnv, Discovered, EnvRequest, ExitSink, Instance,
+    StartSpec, LABEL_BINDER, LABEL_BINDING, LABEL_OWNER,
 };
 
 /// `[docker]` in the config.
@@ -323,7 +323,11 @@ impl DockerBackend {
     }
 
     async fn start_inner(&self, spec: &StartSpec<'_>) -> Result<Instance, BackendError> {
-        let plan = ContainerPlan::new(spec, &self.owner, "docker")?;
+        let mut plan = ContainerPlan::new(spec, &self.owner, "docker")?;
+        // The image its requirements were built into, when they were.
+        if let Some(BuiltEnv::Image(built)) = spec.content.and_then(|c| c.env.as_ref()) {
+            plan.image = built;
+        }
         if spec.binding.network.egress == crate::binding::Egress::None {
             // An internal network publishes no ports, and binderd reaches
             // notebooks through theirs.
@@ -662,6 +666,115 @@ impl Backend for DockerBackend {
 
     fn unavailable(&self) -> Option<String> {
         self.availability.reason()
+    }
+
+    /// An image built by the engine from the binding's image plus its
+    /// requirements (`pip install` in a `RUN`), tagged by a hash of the
+    /// three and reused when it is there: no registry on one host.
+    async fn build_env(&self, request: EnvRequest<'_>) -> Result<BuiltEnv, BackendError> {
+        let Some(base) = request.binding.image.as_deref() else {
+            return Err(BackendError::Start(
+                "a binding with 'requirements' on Docker needs an 'image' to build on".into(),
+            ));
+        };
+        let mut install: Vec<String> = vec![
+            request.image_pip.to_owned(),
+            "install".into(),
+            "--disable-pip-version-check".into(),
+            "--no-input".into(),
+            "--no-cache-dir".into(),
+            "--progress-bar".into(),
+            "off".into(),
+        ];
+        if !request.allow_sdists {
+            install.push("--only-binary=:all:".into());
+        }
+        install.extend(request.pip_args.iter().cloned());
+        install.extend(["-r".into(), "/tmp/binderd-requirements.txt".into()]);
+        let dockerfile = format!(
+            "FROM {base}\nCOPY requirements.txt /tmp/binderd-requirements.txt\nRUN {}\n",
+            serde_json::to_string(&install).unwrap_or_default()
+        );
+        let mut key = Vec::new();
+        key.extend_from_slice(dockerfile.as_bytes());
+        key.extend_from_slice(request.requirements);
+        // The base image's id too: a rebuilt base is a new environment.
+        let base_id = timed("inspecting the image", self.docker.inspect_image(base))
+            .await?
+            .id
+            .unwrap_or_default();
+        key.extend_from_slice(base_id.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &key);
+        let hash: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tag = format!(
+            "binderd-env/{}:{hash}",
+            self.owner.get(..12).unwrap_or(&self.owner)
+        );
+        let log = request.log;
+        if timed_or_gone(
+            "looking for a built environment",
+            self.docker.inspect_image(&tag),
+        )
+        .await?
+        .is_some()
+        {
+            log(&format!("environment {tag} (built before)"));
+            return Ok(BuiltEnv::Image(tag));
+        }
+        let context = {
+            let mut tar = tar::Builder::new(Vec::new());
+            for (name, bytes) in [
+                ("Dockerfile", dockerfile.as_bytes()),
+                ("requirements.txt", request.requirements),
+            ] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o644);
+                tar.append_data(&mut header, name, bytes)?;
+            }
+            tar.into_inner()?
+        };
+        log(&format!("building {tag} from {base}"));
+        let options = bollard::query_parameters::BuildImageOptionsBuilder::new()
+            .dockerfile("Dockerfile")
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .networkmode(request.build_network)
+            .labels(&std::collections::HashMap::from([(
+                super::LABEL_OWNER.to_string(),
+                self.owner.clone(),
+            )]))
+            .build();
+        let build = async {
+            let mut stream =
+                self.docker
+                    .build_image(options, None, Some(bollard::body_full(context.into())));
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| BackendError::Start(format!("the build: {e}")))?;
+                if let Some(text) = info.stream.as_deref() {
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        log(line);
+                    }
+                }
+                if let Some(error) = info.error {
+                    log(&error);
+                    return Err(BackendError::Start(format!("the build failed: {error}")));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(request.timeout, build).await {
+            Ok(Ok(())) => Ok(BuiltEnv::Image(tag)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Start(format!(
+                "building the environment took longer than {} s",
+                request.timeout.as_secs()
+            ))),
+        }
     }
 
     async fn put_files(

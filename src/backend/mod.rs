@@ -151,6 +151,10 @@ pub struct EnvRequest<'a> {
     pub python: &'a str,
     /// More arguments for `pip install`.
     pub pip_args: &'a [String],
+    /// The `pip` inside an image (Docker).
+    pub image_pip: &'a str,
+    /// The network an image build runs on (Docker).
+    pub build_network: &'a str,
     /// Whether pip may build source distributions (run a package's code).
     pub allow_sdists: bool,
     pub timeout: std::time::Duration,

@@ -40,6 +40,13 @@ pub struct ContentConfig {
     pub python: String,
     /// More arguments for `pip install` (an index, `--find-links`, ...).
     pub pip_args: Vec<String>,
+    /// The `pip` a Docker environment's build runs inside the binding's
+    /// image (`RUN [pip, "install", ...]`; the image needs no shell).
+    pub image_pip: String,
+    /// The network a Docker environment's build runs on: `default` (the
+    /// engine's bridge: an index on the internet), `none` (`pip_args` name
+    /// a wheelhouse inside the image), `host`.
+    pub build_network: String,
     /// Whether `pip` may build source distributions. Off: installing a
     /// wheel runs none of the package's code, building an sdist runs its
     /// `setup.py` as binderd's user.
@@ -55,6 +62,8 @@ impl Default for ContentConfig {
             build_timeout_seconds: 900,
             python: "python3".into(),
             pip_args: Vec::new(),
+            image_pip: "pip".into(),
+            build_network: "default".into(),
             allow_sdists: false,
         }
     }

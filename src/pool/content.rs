@@ -297,6 +297,8 @@ impl Pools {
                         requirements,
                         python: &config.python,
                         pip_args: &config.pip_args,
+                        image_pip: &config.image_pip,
+                        build_network: &config.build_network,
                         allow_sdists: config.allow_sdists,
                         timeout: Duration::from_secs(config.build_timeout_seconds.max(1)),
                         log: &log,

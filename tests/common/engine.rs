@@ -87,6 +87,11 @@ impl DockerCleanup {
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
+        // Environments built for the test's bindings (images).
+        let filter = format!("label=binderd.owner={}", self.0);
+        for image in docker(&["images", "-q", "--filter", &filter]) {
+            docker(&["rmi", "-f", &image]);
+        }
         // A create the engine was still working on may land after a first
         // sweep: sweep until two looks in a row find nothing.
         let mut clean_looks = 0;
