@@ -246,11 +246,11 @@ async fn main() {
     let mut served = binding("served", None);
     served["repo"] = json!("https://example.org/served");
     served["content"] = json!({"from": "image"});
-    served["pool"] = json!({"min": full, "max": full + 4});
+    served["pool"] = json!({"min": full, "max": full + 50});
     let mut default = binding("default", None);
     default["content"] =
         json!({"from": "launch", "repos": [format!("{}/*", std::env::temp_dir().display())]});
-    default["pool"] = json!({"min": full, "max": full + 4});
+    default["pool"] = json!({"min": full, "max": full + 50});
     for b in [&served, &default] {
         let (status, doc) = call(&http, Method::POST, &format!("{base}/bindings"), Some(b)).await;
         assert_eq!(status, 201, "{doc}");

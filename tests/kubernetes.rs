@@ -809,3 +809,58 @@ async fn a_user_key_creates_only_allowed_images_and_a_bounded_share() {
     assert_eq!(create(big, ADMIN).await.status, 201);
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn a_repositorys_folder_is_cloned_into_each_pod_by_an_init_container() {
+    let data = DataDir::new("k8s-content");
+    let fake = FakeApi::new(owner_key(&data.0));
+    let standin = Standin::start();
+    let (server, stop) = binderd_with(&data, &fake, None, |c| c.content.allow_local = true).await;
+    let http = Http::new();
+    let repo = Repo::new(&data, "cowsay\n");
+    let mut body = binding("kuberepo", "notebook:1", standin.1, 1);
+    body["repo"] = json!(repo.url());
+    body["notebooks"] = json!("repo/notebooks");
+    let made = create_binding(&http, &server.url(""), &body).await.json();
+    assert_eq!(made["resolvedRef"], repo.main.as_str());
+    wait_pool(&http, &server.url(""), "kuberepo", 20, |p| {
+        p["available"] == 1
+    })
+    .await;
+    let created = fake.recorded("POST");
+    let pod = created[0].body.clone().unwrap();
+    let spec = &pod["spec"];
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["name"], "content");
+    assert_eq!(init["image"], "notebook:1", "the binding's own image");
+    assert_eq!(init["command"], json!(["sh", "-c", init["command"][2]]));
+    // The URL, commit and folder as arguments, never spliced into the script.
+    assert_eq!(
+        init["args"],
+        json!(["binderd-content", repo.url(), repo.main, "notebooks"])
+    );
+    assert!(!init["command"][2].as_str().unwrap().contains(&repo.main));
+    assert_eq!(
+        spec["volumes"],
+        json!([{"name": "content", "emptyDir": {}}])
+    );
+    let notebook = &spec["containers"][0];
+    assert_eq!(notebook["workingDir"], "/home/jovyan/work");
+    assert_eq!(
+        notebook["volumeMounts"][0]["mountPath"],
+        "/home/jovyan/work"
+    );
+    assert_restricted(spec);
+
+    // Requirements need an image built and pushed: refused, saying so.
+    let mut with_reqs = binding("kubereqs", "notebook:1", standin.1, 1);
+    with_reqs["repo"] = json!(repo.url());
+    with_reqs["requirements"] = json!("repo/requirements.txt");
+    let a = http
+        .post_json(&server.url("/bindings"), Some(ADMIN), &with_reqs)
+        .await;
+    assert_error(&a, 400);
+    assert!(a.body.contains("push it"), "{}", a.body);
+    assert_clean(&fake);
+    let _ = stop.send(());
+}

@@ -184,9 +184,11 @@ impl Pools {
     /// `resolvedRef`), the folder and requirements file at that commit,
     /// the tree's size. The fetch stays in the cache for the pool.
     async fn resolve_content(&self, binding: &mut Binding) -> Result<(), PoolError> {
-        if self.backend_kind() == crate::backend::BackendKind::Kubernetes {
+        if self.backend_kind() == crate::backend::BackendKind::Kubernetes
+            && binding.requirements.is_some()
+        {
             return Err(InvalidBinding(
-                "the kubernetes backend does not put a repository's files into pods: build an image that holds them and set \"content\": {\"from\": \"image\"}".into(),
+                "the kubernetes backend does not build environments from 'requirements' (its nodes pull images from a registry): build an image with them, push it, and name it in 'image'".into(),
             )
             .into());
         }

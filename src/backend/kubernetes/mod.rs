@@ -37,8 +37,9 @@ use futures_util::StreamExt;
 
 use crate::limits::Limits;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HostAlias, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HostAlias, Pod,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
@@ -73,6 +74,65 @@ pub struct KubernetesConfig {
     pub replica: Option<String>,
     /// How long a binding's Lease lasts unless renewed (default 15 s).
     pub lease_seconds: Option<u64>,
+}
+
+/// Where a binding's repository folder is in its pods, the notebook's
+/// working dir (repo2docker's home, a folder of it: the image's own home
+/// stays as it is).
+pub const CONTENT_DIR: &str = "/home/jovyan/work";
+
+/// The init container's script: the commit of the repository, its folder
+/// copied into the shared `emptyDir`. Arguments, never spliced in: `$1` the
+/// URL, `$2` the commit, `$3` the folder (`.` for the root).
+const CONTENT_SCRIPT: &str = "set -eu\n\
+    git init -q /tmp/binderd-repo\n\
+    cd /tmp/binderd-repo\n\
+    git fetch -q --depth 1 -- \"$1\" \"$2\" || git fetch -q -- \"$1\"\n\
+    git -c advice.detachedHead=false checkout -q \"$2\"\n\
+    cp -R -- \"./$3/.\" /binderd-content/\n\
+    rm -rf /binderd-content/.git\n";
+
+/// The init container that puts a binding's repository folder (at its
+/// `resolvedRef`) into the pod, from the binding's own image: that image
+/// must have `sh`, `git` and `cp`, and the pod egress to the repository.
+fn content_container(
+    binding: &crate::binding::Binding,
+    image: &str,
+    resources: ResourceRequirements,
+    security: SecurityContext,
+) -> Option<Container> {
+    if binding.content_from() != crate::binding::ContentFrom::Repo {
+        return None;
+    }
+    let (url, commit) = (binding.repo.as_ref()?, binding.resolved_ref.as_ref()?);
+    let folder = binding
+        .notebooks
+        .as_deref()
+        .map(|n| {
+            n.strip_prefix("repo/")
+                .unwrap_or(if n == "repo" { "" } else { n })
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or(".");
+    Some(Container {
+        name: "content".into(),
+        image: Some(image.to_owned()),
+        command: Some(vec!["sh".into(), "-c".into(), CONTENT_SCRIPT.into()]),
+        args: Some(vec![
+            "binderd-content".into(),
+            url.clone(),
+            commit.clone(),
+            folder.to_owned(),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "content".into(),
+            mount_path: "/binderd-content".into(),
+            ..Default::default()
+        }]),
+        resources: Some(resources),
+        security_context: Some(security),
+        ..Default::default()
+    })
 }
 
 /// A Lease's default duration.
@@ -491,6 +551,27 @@ impl KubernetesBackend {
                 ..Default::default()
             });
         }
+        // A repository's folder: cloned by an init container into an
+        // `emptyDir`, the notebook's working dir.
+        let init = content_container(
+            spec.binding,
+            plan.image,
+            resources(&quantities),
+            restricted(plan.capabilities)?,
+        );
+        let volumes = init.as_ref().map(|_| {
+            containers[0].volume_mounts = Some(vec![VolumeMount {
+                name: "content".into(),
+                mount_path: CONTENT_DIR.into(),
+                ..Default::default()
+            }]);
+            containers[0].working_dir = Some(CONTENT_DIR.into());
+            vec![Volume {
+                name: "content".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }]
+        });
         let host_aliases = (!plan.services.is_empty()).then(|| {
             vec![HostAlias {
                 ip: "127.0.0.1".into(),
@@ -505,6 +586,8 @@ impl KubernetesBackend {
             },
             spec: Some(PodSpec {
                 containers,
+                init_containers: init.map(|c| vec![c]),
+                volumes,
                 restart_policy: Some("Never".into()),
                 automount_service_account_token: Some(false),
                 enable_service_links: Some(false),
