@@ -297,13 +297,7 @@ fn importing(name: &str, repo: &Repo, module: &str) -> Value {
 
 /// `/build/git/{url}/HEAD` for `url`, read to its end: its `data:` events.
 async fn build_stream(http: &Http, base: &str, url: &str) -> Vec<Value> {
-    let escaped: String = url
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let escaped = escaped(url);
     let a = http
         .send(
             Method::GET,
@@ -454,14 +448,7 @@ async fn a_binder_link_opens_the_repositorys_notebook_in_jupyterlab_whose_kernel
     wait_pool(&http, &base, "lab", 180, |p| p["available"] == 2).await;
 
     // The link a Jupyter Book button makes, in Chromium.
-    let escaped: String = repo
-        .url()
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let escaped = escaped(&repo.url());
     let link = format!("{base}/v2/git/{escaped}/HEAD?labpath=intro.ipynb");
     let report = browser_report(
         venv.clone(),
@@ -487,20 +474,13 @@ async fn a_binder_link_opens_the_repositorys_notebook_in_jupyterlab_whose_kernel
     // A reader's kernel (the warm one) imports the requirements from the
     // binding's environment.
     let (_, location) = hand_out(&http, &base, "lab", None).await;
-    let (venv2, base2) = (venv.clone(), base.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        run_client(
-            &venv2,
-            &[
-                &base2,
-                "kernel",
-                &location,
-                "import cowsay; print(cowsay.__file__)",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let out = run_in_kernel(
+        &venv,
+        &base,
+        &location,
+        "import cowsay; print(cowsay.__file__)",
+    )
+    .await;
     let printed = out["output"].as_str().unwrap();
     assert!(
         printed.contains("/envs/") && printed.contains("cowsay"),
@@ -564,14 +544,7 @@ async fn any_accepted_repository_launches_into_a_warm_binder_of_a_default_bindin
     );
 
     // A `/v2` link, as a browser follows it.
-    let escaped: String = b
-        .url()
-        .bytes()
-        .map(|c| match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (c as char).to_string(),
-            _ => format!("%{c:02X}"),
-        })
-        .collect();
+    let escaped = escaped(&b.url());
     let v2 = http
         .get(&format!(
             "{base}/v2/git/{escaped}/HEAD?urlpath=file%3Fname%3Donly-b.txt"

@@ -699,20 +699,13 @@ async fn requirements_build_an_image_once_whose_kernel_imports_them() {
     ]);
     let image = docker(&["inspect", "-f", "{{.Config.Image}}", &names[0]]);
     assert!(image[0].starts_with("binderd-env/"), "{image:?}");
-    let (venv2, base2) = (venv.clone(), base.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        run_client(
-            &venv2,
-            &[
-                &base2,
-                "kernel",
-                &location,
-                "import cowsay; print(cowsay.__file__)",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let out = run_in_kernel(
+        &venv,
+        &base,
+        &location,
+        "import cowsay; print(cowsay.__file__)",
+    )
+    .await;
     assert!(out["output"].as_str().unwrap().contains("cowsay"), "{out}");
     // A second binding with the same file and image: built before.
     let mut again = binding.clone();

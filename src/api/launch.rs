@@ -404,6 +404,17 @@ struct Cold {
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl Cold {
+    fn ready(&self) -> LaunchEvent {
+        LaunchEvent::ready(
+            &self.binder,
+            &self.base,
+            self.url.clone(),
+            &self.image,
+            &self.repo,
+            &self.request,
+        )
+    }
+
     /// The build's next lines as `building` events; once the content is
     /// made, `built` and on to the launch; if the build failed, `failed`.
     async fn build_lines(&self, cursor: u64) -> (Vec<LaunchEvent>, Option<Step>) {
@@ -458,27 +469,13 @@ impl Cold {
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()));
                     match put {
-                        Ok(()) => LaunchEvent::ready(
-                            &self.binder,
-                            &self.base,
-                            self.url.clone(),
-                            &self.image,
-                            &self.repo,
-                            &self.request,
-                        ),
+                        Ok(()) => self.ready(),
                         Err(e) => LaunchEvent::failed(format!(
                             "cannot put the repository's files in place: {e}"
                         )),
                     }
                 }
-                State::Assigned => LaunchEvent::ready(
-                    &self.binder,
-                    &self.base,
-                    self.url.clone(),
-                    &self.image,
-                    &self.repo,
-                    &self.request,
-                ),
+                State::Assigned => self.ready(),
                 State::Failed => LaunchEvent::failed(format!(
                     "the server failed to start: {}",
                     self.binder.failure().unwrap_or("unknown reason")

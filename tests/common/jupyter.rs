@@ -103,6 +103,25 @@ pub fn run_client(venv: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `code` in a kernel of the Jupyter server at `location` (the warm
+/// one if it has one) with the test client; its answer (`output`).
+pub async fn run_in_kernel(
+    venv: &std::path::Path,
+    base: &str,
+    location: &str,
+    code: &str,
+) -> serde_json::Value {
+    let (venv, base, location, code) = (
+        venv.to_owned(),
+        base.to_owned(),
+        location.to_owned(),
+        code.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || run_client(&venv, &[&base, "kernel", &location, &code]))
+        .await
+        .unwrap()
+}
+
 /// Builds binderd/jupyter:test (no registry: scripts/build-jupyter-image;
 /// a no-op when it is up to date).
 pub fn build_jupyter_image() {

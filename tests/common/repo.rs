@@ -105,3 +105,14 @@ impl Repo {
         self.main.clone()
     }
 }
+
+/// `url` as one path segment (`/build/git/{escaped}/HEAD`): every byte but
+/// letters, digits, `-`, `_` and `.` as `%XX`.
+pub fn escaped(url: &str) -> String {
+    url.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
