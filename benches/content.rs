@@ -163,8 +163,8 @@ async fn launches(http: &Http, base: &str, name: &str, url: &str, n: usize, full
         wait_available(http, base, name, full).await;
         let (t, ready) = launch(http, url).await;
         let server = ready.unwrap_or_else(|| panic!("{url} did not end ready"));
-        if i == 0 {
-            // The notebook is there (the stand-in reads its working dir).
+        if i == 0 && name == "default" {
+            // A launch's notebook is there (the stand-in reads its working dir).
             let (status, _) = call(
                 http,
                 Method::GET,

@@ -189,3 +189,51 @@ async fn every_command_answers_with_tables_json_and_exit_codes() {
     assert!(!r.stderr.contains(ADMIN) && !r.stdout.contains(ADMIN));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rolls_a_new_commit_in_and_build_logs_prints_the_build() {
+    let Harness { data, server, http } =
+        Harness::with_config("cli-refresh", |c| c.content.allow_local = true).await;
+    let url = server.url("");
+    let admin = Some(ADMIN);
+    let mut repo = Repo::new(&data, "");
+    let mut binding = standin_binding("course", 1, 3);
+    binding["repo"] = serde_json::json!(repo.url());
+    create_binding(&http, &url, &binding).await;
+    let first = repo.main.clone();
+
+    // Nothing new: said so, nothing rolls.
+    let r = cli(&url, admin, &["bindings", "refresh", "course"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("still at {first}")),
+        "{}",
+        r.stdout
+    );
+    // A new commit: re-resolved and rolled.
+    let second = repo.commit("new.ipynb");
+    let r = cli(&url, admin, &["bindings", "refresh", "course"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("{first} -> {second}")),
+        "{}",
+        r.stdout
+    );
+    let doc = http.get(&format!("{url}/bindings/course")).await.json();
+    assert_eq!(doc["resolvedRef"], second.as_str());
+    // The new commit's content is made in the background, then logged.
+    let fetched = format!("at {second}");
+    let (url2, fetched2) = (url.clone(), fetched.clone());
+    wait_for(20, "the new commit's fetch in the build log", || {
+        let (url, fetched) = (url2.clone(), fetched2.clone());
+        async move {
+            let r = cli(&url, admin, &["bindings", "build-logs", "course"]).await;
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            r.stdout.contains(&fetched).then_some(())
+        }
+    })
+    .await;
+    let r = cli(&url, admin, &["bindings", "refresh", "nope"]).await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    server.stop().await;
+}
