@@ -50,11 +50,16 @@ impl fmt::Display for BindingName {
 
 /// The repository a `repo` URL names, as `host/path` in lower case without
 /// scheme, user, `.git` or trailing slash: `https://github.com/Org/Repo.git`
-/// and `github.com/org/repo/` are both `github.com/org/repo`.
+/// and `github.com/org/repo/` are both `github.com/org/repo`. Only the
+/// authority's user is dropped: an `@` in the path is the path's, so
+/// `https://evil.example/x@github.com/org/repo` is `evil.example/...`, the
+/// host git would fetch from (launch patterns match what is fetched).
 pub fn repo_key(url: &str) -> String {
     let s = url.trim();
     let s = s.split_once("://").map_or(s, |(_, rest)| rest);
-    let s = s.split_once('@').map_or(s, |(_, rest)| rest);
+    let (authority, path) = s.split_once('/').map_or((s, ""), |(a, p)| (a, p));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let s = format!("{host}/{path}");
     let s = s.trim_end_matches('/');
     let s = s.strip_suffix(".git").unwrap_or(s);
     s.to_ascii_lowercase()
@@ -692,6 +697,25 @@ mod tests {
             repo_key("https://gitlab.com/org/repo"),
             "github.com/org/repo"
         );
+    }
+
+    #[test]
+    fn a_launch_pattern_cannot_be_passed_with_an_at_sign_in_the_path() {
+        // git fetches these from evil.example and 169.254.169.254: they are
+        // not github.com/org's repositories, whatever follows the `@`.
+        let content = Content {
+            from: ContentFrom::Launch,
+            repos: vec!["gh/org/*".into()],
+        };
+        for url in [
+            "https://evil.example/x@github.com/org/repo",
+            "http://169.254.169.254/latest@github.com/org/repo",
+            "git://evil.example/@github.com/org/repo",
+        ] {
+            assert!(!content.accepts(&repo_key(url)), "{url}: {}", repo_key(url));
+        }
+        assert!(content.accepts(&repo_key("https://github.com/org/repo")));
+        assert!(content.accepts(&repo_key("https://token@github.com/org/repo")));
     }
 
     fn parse(json: &str) -> Result<Binding, serde_json::Error> {
