@@ -9,6 +9,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod profile;
+pub use profile::{Profile, MAX_PROFILES};
+
 /// Largest `maxPool` accepted unless the config raises it.
 pub const DEFAULT_MAX_POOL_LIMIT: u32 = 10_000;
 
@@ -155,6 +158,10 @@ pub struct Binding {
     #[serde(default = "Binding::default_start_timeout")]
     #[schema(minimum = 1, maximum = 3600)]
     pub start_timeout_seconds: u64,
+    /// Options chosen at launch (`{"profile": "large"}`), each with its own
+    /// warm pool; the binding's own pool serves the default one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<Profile>,
     // Answer-only fields: accepted and dropped on input (see `validate`),
     // filled in answers.
     /// (answer only) The API key that created it, or `config`.
@@ -493,7 +500,11 @@ impl Binding {
         self.created_at = None;
         self.status = None;
         self.message = None;
-        self.check_what_runs(needs_command)?;
+        if self.profiles.is_empty() {
+            // With profiles, each profile's template is checked instead
+            // (the image or command may be theirs).
+            self.check_what_runs(needs_command)?;
+        }
         self.pool.check(max_pool_limit)?;
         if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 3600 {
             return Err(InvalidBinding(
@@ -539,6 +550,9 @@ impl Binding {
             if let Some(v) = value {
                 check_text(field, v)?;
             }
+        }
+        if !self.profiles.is_empty() {
+            self.check_profiles(|t| t.validate(needs_command, max_pool_limit).map(|_| ()))?;
         }
         Ok(name)
     }
