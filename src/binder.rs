@@ -105,6 +105,9 @@ pub struct Binder {
     pub id: BinderId,
     pub token: Token,
     pub binding: BindingName,
+    /// The binding's profile it was made from (`None`: a binding without
+    /// profiles).
+    pub profile: Option<Arc<str>>,
     pub created_at: u64,
     /// The generation of its binding's template it was started from (a
     /// `PUT` starts a new one; see `Pool::generation`).
@@ -176,6 +179,7 @@ impl Binder {
             id,
             token,
             binding,
+            profile: None,
             created_at,
             generation: 0,
             state: AtomicU8::new(state as u8),
@@ -198,6 +202,21 @@ impl Binder {
     pub fn of_generation(mut self, generation: u64) -> Binder {
         self.generation = generation;
         self
+    }
+
+    /// Made from `profile` (see [`Binder::profile`]).
+    pub fn of_profile(mut self, profile: Option<Arc<str>>) -> Binder {
+        self.profile = profile;
+        self
+    }
+
+    /// Where the store files it: the binding's name, or `binding/profile`
+    /// when made from a profile (a `/` is in no binding name).
+    pub fn pool_key(&self) -> String {
+        match &self.profile {
+            Some(p) => format!("{}/{p}", self.binding),
+            None => self.binding.to_string(),
+        }
     }
 
     pub fn state(&self) -> State {

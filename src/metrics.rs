@@ -81,20 +81,32 @@ pub struct PoolCounters {
 }
 
 impl PoolCounters {
-    pub fn new(binding: &str) -> PoolCounters {
+    /// `profile`: a profile's own pool (series labelled `profile` too).
+    pub fn new(binding: &str, profile: Option<&str>) -> PoolCounters {
         init();
-        let b = binding.to_owned();
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut l = vec![metrics::Label::new("binding", binding.to_owned())];
+            if let Some(p) = profile {
+                l.push(metrics::Label::new("profile", p.to_owned()));
+            }
+            if let Some((k, v)) = extra {
+                l.push(metrics::Label::new(k, v));
+            }
+            l
+        };
+        let warm = Some(("warm", "true"));
+        let cold = Some(("warm", "false"));
         PoolCounters {
-            warm_handouts: metrics::counter!(HANDOUTS, "binding" => b.clone(), "warm" => "true"),
-            cold_handouts: metrics::counter!(HANDOUTS, "binding" => b.clone(), "warm" => "false"),
-            starts: metrics::counter!(STARTS, "binding" => b.clone()),
-            failed_starts: metrics::counter!(FAILED_STARTS, "binding" => b.clone()),
-            culled: metrics::counter!(CULLED, "binding" => b.clone()),
-            warm_kernels_given: metrics::counter!(WARM_KERNELS, "binding" => b.clone()),
-            lost_claims: metrics::counter!(LOST_CLAIMS, "binding" => b.clone()),
-            warm_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "true"),
-            cold_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, "binding" => b.clone(), "warm" => "false"),
-            time_to_ready: metrics::histogram!(READY_SECONDS, "binding" => b),
+            warm_handouts: metrics::counter!(HANDOUTS, labels(warm)),
+            cold_handouts: metrics::counter!(HANDOUTS, labels(cold)),
+            starts: metrics::counter!(STARTS, labels(None)),
+            failed_starts: metrics::counter!(FAILED_STARTS, labels(None)),
+            culled: metrics::counter!(CULLED, labels(None)),
+            warm_kernels_given: metrics::counter!(WARM_KERNELS, labels(None)),
+            lost_claims: metrics::counter!(LOST_CLAIMS, labels(None)),
+            warm_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, labels(warm)),
+            cold_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, labels(cold)),
+            time_to_ready: metrics::histogram!(READY_SECONDS, labels(None)),
         }
     }
 }
@@ -189,10 +201,10 @@ pub struct PoolGauges {
 /// `binding` label always is): a private binding's name must not reach a
 /// reader who may not see the binding, nor a deleted one's.
 pub fn render(
-    pools: impl IntoIterator<Item = (String, PoolGauges)>,
+    pools: impl IntoIterator<Item = (String, Option<String>, PoolGauges)>,
     shown: impl Fn(&str) -> bool,
 ) -> String {
-    for (name, g) in pools {
+    for (name, profile, g) in pools {
         let values = [
             f64::from(g.available),
             f64::from(g.running),
@@ -204,7 +216,11 @@ pub fn render(
             g.warm_binder_memory as f64,
         ];
         for ((gauge, _), value) in POOL_GAUGES.iter().zip(values) {
-            metrics::gauge!(*gauge, "binding" => name.clone()).set(value);
+            match &profile {
+                Some(p) => metrics::gauge!(*gauge, "binding" => name.clone(), "profile" => p.clone())
+                    .set(value),
+                None => metrics::gauge!(*gauge, "binding" => name.clone()).set(value),
+            }
         }
     }
     let all = handle().render();

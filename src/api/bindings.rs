@@ -15,10 +15,13 @@ use crate::pool::{BuildPhase, Pool, PoolError};
 /// now, plus owner, created_at and status.
 pub(super) fn render(pool: &Pool) -> Binding {
     let record = pool.record();
-    let mut doc = record.binding.clone();
-    let counts = pool.counts();
-    doc.pool.min = counts.min;
-    doc.pool.max = counts.max;
+    let mut doc = record.document().clone();
+    if doc.profiles.is_empty() {
+        // With profiles the sizes now are each pool's (`GET /pools/{b}`).
+        let counts = pool.counts();
+        doc.pool.min = counts.min;
+        doc.pool.max = counts.max;
+    }
     doc.owner = Some(record.owner.clone().into());
     doc.created_at = Some(record.created_at.into());
     let (status, message) = match pool.build().phase() {
@@ -79,15 +82,40 @@ pub(super) async fn create(
 
 /// A binding may lower the server's `[limits]` with any key; raising them
 /// takes an admin key (403 naming each limit).
+/// Each profile's resources follow the same rule.
 fn may_raise_limits(app: &App, caller: &Caller, binding: &Binding) -> Result<()> {
-    let raised = app.config.limits.raised_by(binding.resources.wanted());
-    if raised.is_empty() || caller.is_admin() {
+    if caller.is_admin() {
         return Ok(());
     }
-    Err(ApiError::Forbidden(format!(
-        "only admin keys may raise limits: {}",
-        raised.join("; ")
-    )))
+    for (profile, template) in templates(binding) {
+        let raised = app.config.limits.raised_by(template.resources.wanted());
+        if !raised.is_empty() {
+            return Err(ApiError::Forbidden(format!(
+                "only admin keys may raise limits: {}{}",
+                profile.map(|p| format!("profile '{p}': ")).unwrap_or_default(),
+                raised.join("; ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What each of a binding's pools would start from: the binding itself,
+/// or each profile's template (with its name).
+fn templates(binding: &Binding) -> Vec<(Option<&str>, std::borrow::Cow<'_, Binding>)> {
+    if binding.profiles.is_empty() {
+        return vec![(None, std::borrow::Cow::Borrowed(binding))];
+    }
+    binding
+        .profiles
+        .iter()
+        .map(|p| {
+            (
+                Some(p.name.as_str()),
+                std::borrow::Cow::Owned(binding.with_profile(p)),
+            )
+        })
+        .collect()
 }
 
 /// What a user key (not an admin) may create (`[security]`): only images
@@ -102,6 +130,7 @@ fn within_a_users_share(app: &App, caller: &Caller, binding: &Binding, new: bool
     let images = binding
         .image
         .iter()
+        .chain(binding.profiles.iter().filter_map(|p| p.image.as_ref()))
         .chain(binding.services.iter().filter_map(|s| s.image.as_ref()));
     for image in images {
         if !security.image_allowed(image) {
@@ -111,7 +140,13 @@ fn within_a_users_share(app: &App, caller: &Caller, binding: &Binding, new: bool
             )));
         }
     }
-    may_size_pool(app, caller, Some(binding.pool.min), Some(binding.pool.max))?;
+    // A binding's profiles share its allowance: their pools together.
+    let (min, max) = templates(binding)
+        .iter()
+        .fold((0u32, 0u32), |(min, max), (_, t)| {
+            (min.saturating_add(t.pool.min), max.saturating_add(t.pool.max))
+        });
+    may_size_pool(app, caller, Some(min), Some(max))?;
     if new {
         let owned = app
             .pools

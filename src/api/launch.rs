@@ -87,7 +87,7 @@ impl Spec {
 }
 
 /// `%XX` decoding of one path segment.
-fn decode(s: &str) -> std::result::Result<String, String> {
+pub(super) fn decode(s: &str) -> std::result::Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -227,6 +227,11 @@ pub(super) async fn build(
     let (pool, launch) = match pool_for(app, caller, &spec) {
         Ok(found) => found,
         Err(message) => return failed(message),
+    };
+    let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
+    let pool = match super::binders::choose_profile(&pool, caller, profile.as_deref()) {
+        Ok(pool) => pool,
+        Err(e) => return failed(e.to_string()),
     };
     let client = match admit_spawn(app, caller, req, peer) {
         Ok(client) => client,
@@ -558,6 +563,8 @@ pub(super) async fn v2(
     let query = req.uri().query().unwrap_or("");
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
     let (pool, launch) = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
+    let profile = super::query_param(query, "profile");
+    let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
     // A binder of a launch is only ever this repository's.
     let waiting = query
         .split('&')

@@ -258,7 +258,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         (Route::Binding(name), _) => bindings::get(app, &caller, &name),
         (Route::BuildLogs(name), _) => bindings::build_logs(app, &caller, name),
         (Route::Binders(binding), Method::POST) => {
-            binders::create(app, &caller, binding, client).await
+            binders::create(app, &caller, binding, req, client).await
         }
         (Route::Binders(binding), _) => binders::list(app, &caller, binding),
         (Route::Binder(binding, id), Method::DELETE) => binders::delete(app, &caller, binding, id),
@@ -297,7 +297,7 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Result<Response<B
 /// `GET /metrics`: the counters, with every pool's sizes as gauges; only
 /// the bindings the caller may see are named (an admin key sees all).
 fn metrics_page(app: &App, caller: &Caller) -> String {
-    let pools = app.pools.list();
+    let pools = app.pools.all();
     let shown: std::collections::HashSet<&str> = pools
         .iter()
         .filter(|pool| pool.current().access().visible_to(caller))
@@ -307,7 +307,10 @@ fn metrics_page(app: &App, caller: &Caller) -> String {
         pools
             .iter()
             .filter(|pool| shown.contains(pool.name.as_str()))
-            .map(|pool| (pool.name.to_string(), (&**pool).into())),
+            .map(|pool| {
+                let profile = pool.profile.as_ref().map(|p| p.to_string());
+                (pool.name.to_string(), profile, (&**pool).into())
+            }),
         |name| shown.contains(name),
     )
 }
@@ -364,6 +367,15 @@ fn admit_spawn(
 }
 
 /// Parses a binding name from the path (400 when malformed).
+/// The value of query parameter `name` (`%XX` and `+` decoded), the first
+/// if it is given more than once.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| launch::decode(&v.replace('+', " ")).unwrap_or_default())
+    })
+}
+
 fn binding_name(raw: &str) -> Result<BindingName> {
     Ok(BindingName::parse(raw)?)
 }

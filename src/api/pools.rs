@@ -36,7 +36,9 @@ struct Resize {
     max: Option<u32>,
 }
 
-/// `POST|PUT /pools/{binding}` `{"minPool": n, "maxPool": m}`.
+/// `POST|PUT /pools/{binding}[?profile=p]` `{"minPool": n, "maxPool": m}`
+/// (a profile's own pool with `?profile=`; the binding's pool, which serves
+/// its default profile, without).
 pub(super) async fn resize(
     app: &App,
     caller: &Caller,
@@ -53,6 +55,8 @@ pub(super) async fn resize(
             pool.name
         )));
     }
+    let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
+    let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
     let body: Resize = read_json(app, req).await?;
     if body.min.is_none() && body.max.is_none() {
         return Err(ApiError::BadRequest(

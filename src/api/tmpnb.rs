@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::binders::visible_pool;
+use super::binders::{choose_profile, visible_pool};
 use super::views::{Spawned, Stats};
 use super::{json, read_body, ApiError, App, Result, VERSION};
 use crate::auth::Caller;
@@ -91,11 +91,17 @@ pub(super) async fn spawn(
     req: Request<Incoming>,
     client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
+    let from_query = super::query_param(req.uri().query().unwrap_or(""), "profile");
     let body = read_body(app, req).await?;
-    let named = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("binding").and_then(|b| b.as_str()).map(str::to_owned));
-    let pool = default_pool(app, caller, named.as_deref())?;
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name).and_then(|b| b.as_str()).map(str::to_owned))
+    };
+    let pool = default_pool(app, caller, field("binding").as_deref())?;
+    let profile = field("profile").or(from_query);
+    let pool = choose_profile(&pool, caller, profile.as_deref())?;
     let binder = handout_and_wait(app, caller, &pool, client).await?;
     json(
         StatusCode::OK,
@@ -115,6 +121,8 @@ pub(super) async fn spawn_redirect(
     client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
     let pool = default_pool(app, caller, None)?;
+    let profile = query.and_then(|q| super::query_param(q, "profile"));
+    let pool = choose_profile(&pool, caller, profile.as_deref())?;
     let binder = handout_and_wait(app, caller, &pool, client).await?;
     let mut target = format!("{}{}", app.location(&binder), rest);
     if let Some(q) = query {

@@ -29,6 +29,10 @@ pub struct BinderView {
     #[schema(value_type = String)]
     pub id: crate::binder::BinderId,
     pub binding: String,
+    /// The binding's profile it was made from (absent for a binding
+    /// without profiles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// `starting`, `ready`, `paused`, `stopping`, `stopped` or `failed`.
     pub state: &'static str,
     /// Unix seconds.
@@ -62,6 +66,7 @@ impl BinderView {
         BinderView {
             id: binder.id.clone(),
             binding: binder.binding.to_string(),
+            profile: binder.profile.as_ref().map(|p| p.to_string()),
             state: state.public_name(),
             created_at: binder.created_at,
             location: shown.then(|| binder.location()),
@@ -110,12 +115,39 @@ pub struct PoolView {
         skip_serializing_if = "Option::is_none"
     )]
     pub warm_binder_memory_bytes: Option<u64>,
+    /// With profiles: the profile these counts are of (for the binding's
+    /// own pool, its default profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// With profiles: every profile's pool (the default one's counts are
+    /// the top level's), by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub profiles: Option<std::collections::BTreeMap<String, PoolView>>,
 }
 
 impl PoolView {
+    /// `pool`'s counts; for a binding's pool with profiles, each
+    /// profile's under `profiles`.
     pub fn of(pool: &Pool, with_name: bool) -> PoolView {
+        let mut view = PoolView::one(pool, with_name);
+        if view.profile.is_some() && pool.profile.is_none() {
+            let mut all = std::collections::BTreeMap::new();
+            all.insert(view.profile.clone().unwrap_or_default(), PoolView::one(pool, false));
+            for other in pool.profile_pools().iter() {
+                let v = PoolView::one(other, false);
+                all.insert(v.profile.clone().unwrap_or_default(), v);
+            }
+            view.profiles = Some(all);
+        }
+        view
+    }
+
+    fn one(pool: &Pool, with_name: bool) -> PoolView {
         let c = pool.counts();
         PoolView {
+            profile: pool.profile_name().map(|p| p.to_string()),
+            profiles: None,
             name: with_name.then(|| pool.name.to_string()),
             running: c.running,
             available: c.available,

@@ -108,14 +108,20 @@ impl Pools {
             self.resolve_content(&mut binding).await?;
         }
         let now = now_unix();
-        let mut record = BindingRecord {
-            name: name.clone(),
+        let mut record = BindingRecord::of_document(
+            name.clone(),
             binding,
-            owner: owner.to_owned(),
-            created_at: now,
-            source: Source::Api,
-        };
+            owner.to_owned(),
+            now,
+            Source::Api,
+        );
         if self.cluster().is_some() {
+            if !record.document().profiles.is_empty() {
+                return Err(BackendError::Unsupported(
+                    "profiles are not offered with several replicas (shared state) yet: make a binding per option".into(),
+                )
+                .into());
+            }
             return self.put_shared_binding(name, record, replace).await;
         }
         let (pool, created) = match self.shared.pools.entry(name.clone()) {
@@ -123,7 +129,7 @@ impl Pools {
             dashmap::Entry::Occupied(o) => {
                 let pool = o.get().clone();
                 let old = pool.record();
-                if old.binding == record.binding {
+                if old.document() == record.document() {
                     // The same document, the same commit: nothing to roll.
                     return Ok((pool, false));
                 }
@@ -132,25 +138,38 @@ impl Pools {
                 (pool, false)
             }
             dashmap::Entry::Vacant(v) => {
-                let pool = Arc::new(Pool::new(record.clone()));
+                let pool = self.new_pool(record.clone());
                 v.insert(pool.clone());
                 (pool, true)
             }
         };
         let stored = StoredBinding {
             name: name.to_string(),
-            spec: serde_json::to_string(&record.binding).unwrap_or_default(),
+            spec: serde_json::to_string(record.document()).unwrap_or_default(),
             owner: record.owner.clone(),
             created_at: record.created_at,
             source: Source::Api,
         };
-        let size = record.binding.pool;
+        let mut sizes = vec![(name.to_string(), record.binding.pool)];
+        let default = record.document().default_profile().map(|p| p.name.clone());
+        for p in &record.document().profiles {
+            if Some(&p.name) == default.as_ref() {
+                continue; // the binding's own pool, filed under its name
+            }
+            sizes.push((
+                format!("{name}/{}", p.name),
+                record.document().with_profile(p).pool,
+            ));
+        }
         let persisted = async {
             self.shared.store.put_binding(stored).await?;
-            self.shared
-                .store
-                .set_pool_size(name.as_str(), size.min, size.max)
-                .await
+            for (key, size) in &sizes {
+                self.shared
+                    .store
+                    .set_pool_size(key, size.min, size.max)
+                    .await?;
+            }
+            Ok::<_, crate::store::StoreError>(())
         }
         .await;
         if let Err(e) = persisted {
@@ -159,22 +178,20 @@ impl Pools {
             }
             return Err(e.into());
         }
-        pool.min.store(size.min, Ordering::Release);
-        pool.max.store(size.max, Ordering::Release);
-        pool.record.store(Arc::new(record));
+        let size = record.binding.pool;
         tracing::info!(
             binding = %name,
-            owner = %pool.current().owner,
+            owner = %record.owner,
             min = size.min,
             max = size.max,
+            profiles = record.document().profiles.len(),
             "{}",
-            if created { "binding created" } else { "binding replaced: rolling its warm binders over" }
+            if created { "binding created" } else { "binding replaced: rolling over the pools whose template changed" }
         );
         if created {
-            self.spawn_reconciler(pool.clone());
+            self.spawn_reconcilers(&pool);
         } else {
-            let binding = pool.record().binding.clone();
-            self.replace_template(&pool, binding);
+            self.apply_record(&pool, record);
         }
         Ok((pool, created))
     }
@@ -208,9 +225,9 @@ impl Pools {
             .ok_or_else(|| PoolError::NotFound(name.clone()))?;
         self.refuse_if_file_in_shared(&pool)?;
         let assigned = self
-            .binders_of(&pool)
+            .binders_of_binding(&pool)
             .iter()
-            .filter(|b| matches!(b.state(), State::Assigned | State::Paused))
+            .filter(|e| matches!(e.binder.state(), State::Assigned | State::Paused))
             .count() as u32;
         if assigned > 0 && !force {
             return Err(PoolError::InUse {
@@ -228,7 +245,8 @@ impl Pools {
         Ok(())
     }
 
-    /// Takes a deleted binding's pool out and stops its binders.
+    /// Takes a deleted binding's pool out and stops its binders (its
+    /// profiles' too).
     pub(super) fn retire(&self, pool: &Arc<Pool>) {
         self.shared
             .pools
@@ -236,8 +254,22 @@ impl Pools {
         // Cancel before listing: a binder registered after the list sees the
         // cancellation when its start begins.
         pool.retired.cancel();
-        let binders = self.binders_of(pool);
-        self.stop_then_sweep(pool.clone(), binders);
+        for other in pool.profile_pools().iter() {
+            other.retired.cancel();
+        }
+        let mut by_pool: Vec<(Arc<Pool>, Vec<Arc<crate::binder::Binder>>)> = Vec::new();
+        for e in self.binders_of_binding(pool) {
+            match by_pool.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &e.pool)) {
+                Some((_, binders)) => binders.push(e.binder),
+                None => by_pool.push((e.pool, vec![e.binder])),
+            }
+        }
+        if by_pool.is_empty() {
+            by_pool.push((pool.clone(), Vec::new()));
+        }
+        for (pool, binders) in by_pool {
+            self.stop_then_sweep(pool, binders);
+        }
     }
 
     /// Sets `minPool` and/or `maxPool`. The change is persisted.
@@ -271,7 +303,7 @@ impl Pools {
         } else {
             self.shared
                 .store
-                .set_pool_size(pool.name.as_str(), min, max)
+                .set_pool_size(&pool.key(), min, max)
                 .await?;
         }
         pool.min.store(min, Ordering::Release);

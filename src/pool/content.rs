@@ -274,6 +274,11 @@ impl Pools {
                 let record = pool.record();
                 let mut updated = (*record).clone();
                 updated.binding.resolved_ref = Some(commit.clone());
+                if let Some(doc) = &updated.document {
+                    let mut doc = (**doc).clone();
+                    doc.resolved_ref = Some(commit.clone());
+                    updated.document = Some(Arc::new(doc));
+                }
                 pool.record.store(Arc::new(updated));
                 commit
             }

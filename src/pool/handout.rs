@@ -180,7 +180,8 @@ impl Pools {
         if pool.counters.try_reserve(max) {
             let binder = Arc::new(
                 Binder::new(pool.name.clone(), State::StartingClaimed)
-                    .of_generation(pool.generation()),
+                    .of_generation(pool.generation())
+                    .of_profile(pool.profile_name()),
             );
             pool.counters.entered(State::StartingClaimed);
             return Ok((binder, Found::Cold));

@@ -46,6 +46,7 @@ mod cull;
 pub mod demand;
 mod handout;
 mod lifecycle;
+mod profiles;
 mod reconciler;
 pub mod restore;
 mod shared;

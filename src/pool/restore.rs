@@ -56,13 +56,13 @@ impl Pools {
                         .map_err(|e| e.to_string())
                 });
             match parsed {
-                Ok((name, binding)) => self.insert_pool(BindingRecord {
+                Ok((name, binding)) => self.insert_pool(BindingRecord::of_document(
                     name,
                     binding,
-                    owner: stored.owner,
-                    created_at: stored.created_at,
-                    source: stored.source,
-                }),
+                    stored.owner,
+                    stored.created_at,
+                    stored.source,
+                )),
                 Err(e) => {
                     tracing::error!(binding = %stored.name, error = %e, "stored binding is not valid here; skipped");
                 }
@@ -78,16 +78,16 @@ impl Pools {
             {
                 tracing::warn!(binding = %name, "a file binding replaces the API binding of the same name");
             }
-            self.insert_pool(BindingRecord {
+            self.insert_pool(BindingRecord::of_document(
                 name,
                 binding,
-                owner: "config".into(),
-                created_at: crate::binder::now_unix(),
-                source: Source::File,
-            });
+                "config".into(),
+                crate::binder::now_unix(),
+                Source::File,
+            ));
         }
-        for (name, min, max) in stored_sizes {
-            let Some(pool) = BindingName::parse(&name).ok().and_then(|n| self.get(&n)) else {
+        for (key, min, max) in stored_sizes {
+            let Some(pool) = self.pool_by_key(&key) else {
                 continue;
             };
             let max = max.clamp(1, self.shared.max_pool_limit);
@@ -128,9 +128,14 @@ impl Pools {
         }
         for stored in loaded.binders {
             let found = running.remove(&stored.id);
-            let pool = BindingName::parse(&stored.binding)
-                .ok()
-                .and_then(|n| self.get(&n));
+            let pool = self.pool_by_key(&stored.binding).or_else(|| {
+                // A removed profile's handed-out binder: its binding's pool
+                // keeps it until it is culled.
+                let (name, _) = stored.binding.split_once('/')?;
+                matches!(stored.state, State::Assigned | State::Paused)
+                    .then(|| self.get(&BindingName::parse(name).ok()?))
+                    .flatten()
+            });
             let live_state = match stored.state {
                 State::Assigned => Some(State::Assigned),
                 State::StartingClaimed => Some(State::StartingClaimed),
@@ -172,7 +177,8 @@ impl Pools {
                 pool.name.clone(),
                 state,
                 stored.created_at,
-            ));
+            )
+            .of_profile(stored.binding.split_once('/').map(|(_, p)| Arc::from(p))));
             if let Some(owner) = stored.owner {
                 // Charged as before the restart, whatever the limits say now.
                 let resources = &pool.record().binding.resources;
@@ -210,15 +216,42 @@ impl Pools {
             report.removed += 1;
         }
         for pool in self.list() {
-            self.spawn_reconciler(pool);
+            self.spawn_reconcilers(&pool);
         }
         self.spawn_sweeper();
         Ok(report)
     }
 
-    fn insert_pool(&self, record: BindingRecord) {
-        self.shared
-            .pools
-            .insert(record.name.clone(), Arc::new(Pool::new(record)));
+    fn insert_pool(&self, mut record: BindingRecord) {
+        if self.cluster().is_some() && record.document.is_some() {
+            tracing::error!(binding = %record.name, "profiles are not offered with several replicas (shared state) yet: only the default profile is served");
+            record.document = None;
+        }
+        let pool = self.new_pool(record);
+        self.shared.pools.insert(pool.name.clone(), pool);
+    }
+
+    /// The pool the store files under `key`: a binding's name, or
+    /// `binding/profile` for a profile's own pool.
+    fn pool_by_key(&self, key: &str) -> Option<Arc<Pool>> {
+        let (name, profile) = match key.split_once('/') {
+            Some((name, profile)) => (name, Some(profile)),
+            None => (key, None),
+        };
+        let pool = self.get(&BindingName::parse(name).ok()?)?;
+        match profile {
+            None => Some(pool),
+            // The default profile's binders are in the binding's own pool.
+            Some(profile) => pool
+                .profile_pools()
+                .iter()
+                .find(|p| p.profile.as_deref() == Some(profile))
+                .cloned()
+                .or_else(|| {
+                    let record = pool.current();
+                    let default = record.document().default_profile()?;
+                    (default.name == profile).then(|| pool.clone())
+                }),
+        }
     }
 }

@@ -373,6 +373,7 @@ impl Pools {
         let record = BindingRecord {
             name: name.clone(),
             binding: entry.binding,
+            document: None,
             owner: entry.owner,
             created_at: entry.created_at,
             source: crate::store::Source::Api,

@@ -18,17 +18,64 @@ use crate::binder::{Binder, State};
 use crate::binding::{Binding, BindingName};
 use crate::store::Source;
 
-/// A binding as binderd holds it.
+/// A binding as binderd holds it, as one pool sees it.
 #[derive(Debug, Clone)]
 pub struct BindingRecord {
     pub name: BindingName,
+    /// The template this pool starts from: the binding, or with profiles
+    /// the binding with this pool's profile applied.
     pub binding: Binding,
+    /// With profiles: the binding as it was put (what `GET` shows and the
+    /// store keeps), the same for all its pools.
+    pub document: Option<Arc<Binding>>,
     pub owner: String,
     pub created_at: u64,
     pub source: Source,
 }
 
 impl BindingRecord {
+    /// The binding as it was put (with its profiles).
+    pub fn document(&self) -> &Binding {
+        self.document.as_deref().unwrap_or(&self.binding)
+    }
+
+    /// The record of the binding's own pool (its default profile's
+    /// template), from the binding as put.
+    pub fn of_document(
+        name: BindingName,
+        document: Binding,
+        owner: String,
+        created_at: u64,
+        source: Source,
+    ) -> BindingRecord {
+        if document.profiles.is_empty() {
+            return BindingRecord {
+                name,
+                binding: document,
+                document: None,
+                owner,
+                created_at,
+                source,
+            };
+        }
+        BindingRecord {
+            name,
+            binding: document.default_template(),
+            document: Some(Arc::new(document)),
+            owner,
+            created_at,
+            source,
+        }
+    }
+
+    /// The record of profile `profile`'s own pool (same document).
+    pub fn for_profile(&self, profile: &crate::binding::Profile) -> BindingRecord {
+        BindingRecord {
+            binding: self.document().with_profile(profile),
+            ..self.clone()
+        }
+    }
+
     pub fn access(&self) -> Access<'_> {
         Access {
             owner: &self.owner,
@@ -64,9 +111,15 @@ impl From<&Pool> for crate::metrics::PoolGauges {
     }
 }
 
-/// One binding's pool.
+/// One binding's pool, or one of its profiles'.
 pub struct Pool {
     pub name: BindingName,
+    /// The profile whose own pool this is; `None` for the binding's pool,
+    /// which serves its default profile.
+    pub profile: Option<Arc<str>>,
+    /// On the binding's pool: its other profiles' pools (swapped whole when
+    /// the binding is put).
+    pub(super) profiles: ArcSwap<Vec<Arc<Pool>>>,
     pub(super) record: ArcSwap<BindingRecord>,
     pub(super) min: AtomicU32,
     pub(super) max: AtomicU32,
@@ -112,10 +165,17 @@ pub struct Pool {
 
 impl Pool {
     pub(super) fn new(record: BindingRecord) -> Pool {
+        Pool::of_profile(record, None)
+    }
+
+    /// The pool of `profile` (`None`: the binding's own).
+    pub(super) fn of_profile(record: BindingRecord, profile: Option<Arc<str>>) -> Pool {
         let size = record.binding.pool;
-        let metrics = crate::metrics::PoolCounters::new(record.name.as_str());
+        let metrics = crate::metrics::PoolCounters::new(record.name.as_str(), profile.as_deref());
         Pool {
             name: record.name.clone(),
+            profile,
+            profiles: ArcSwap::from_pointee(Vec::new()),
             record: ArcSwap::from_pointee(record),
             min: AtomicU32::new(size.min),
             max: AtomicU32::new(size.max),
@@ -140,6 +200,46 @@ impl Pool {
             build: Default::default(),
             metrics,
         }
+    }
+
+    /// The profile this pool serves: its own, or for the binding's pool
+    /// the default one (`None` without profiles).
+    pub fn profile_name(&self) -> Option<Arc<str>> {
+        self.profile.clone().or_else(|| {
+            self.current()
+                .document()
+                .default_profile()
+                .map(|p| Arc::from(p.name.as_str()))
+        })
+    }
+
+    /// Where the store files its sizes and binders: the binding's name, or
+    /// `binding/profile` for a profile's own pool.
+    pub fn key(&self) -> String {
+        match &self.profile {
+            Some(p) => format!("{}/{p}", self.name),
+            None => self.name.to_string(),
+        }
+    }
+
+    /// The other profiles' pools (on the binding's pool; empty otherwise).
+    pub fn profile_pools(&self) -> Arc<Vec<Arc<Pool>>> {
+        self.profiles.load_full()
+    }
+
+    /// The pool serving profile `name` of this binding (the binding's own
+    /// for its default profile); `None` when it has no such profile.
+    pub fn for_profile(self: &Arc<Self>, name: &str) -> Option<Arc<Pool>> {
+        let others = self.profiles.load();
+        if let Some(pool) = others
+            .iter()
+            .find(|p| p.profile.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        {
+            return Some(pool.clone());
+        }
+        let record = self.current();
+        let default = record.document().default_profile()?;
+        default.name.eq_ignore_ascii_case(name).then(|| self.clone())
     }
 
     /// Whether this replica runs the pool's reconciler (see `leads`).

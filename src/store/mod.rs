@@ -77,6 +77,8 @@ pub struct StoredBinding {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredBinder {
     pub id: String,
+    /// Its binding's name, or `binding/profile` for a binder made from a
+    /// profile ([`Binder::pool_key`]).
     pub binding: String,
     pub token: String,
     pub state: State,
@@ -91,7 +93,7 @@ impl From<&Binder> for StoredBinder {
     fn from(binder: &Binder) -> StoredBinder {
         StoredBinder {
             id: binder.id.to_string(),
-            binding: binder.binding.to_string(),
+            binding: binder.pool_key(),
             token: binder.token.to_string(),
             state: binder.state(),
             owner: binder.owner().cloned(),
@@ -237,7 +239,7 @@ impl Store {
         self.submit(Op::PutBinding(binding)).await
     }
 
-    /// Removes the binding and its pool size override.
+    /// Removes the binding and its pool size overrides (its profiles' too).
     pub async fn delete_binding(&self, name: &str) -> Result<(), StoreError> {
         self.submit(Op::DeleteBinding(name.to_owned())).await
     }

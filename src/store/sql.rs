@@ -145,8 +145,11 @@ pub(super) fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Re
         Op::DeleteBinding(name) => {
             conn.prepare_cached("DELETE FROM bindings WHERE name = ?1")?
                 .execute([name])?;
-            conn.prepare_cached("DELETE FROM pool_sizes WHERE binding = ?1")?
-                .execute([name])?;
+            // Its profiles' pools are filed as `name/profile`.
+            conn.prepare_cached(
+                "DELETE FROM pool_sizes WHERE binding = ?1 OR substr(binding, 1, length(?1) + 1) = ?1 || '/'",
+            )?
+            .execute([name])?;
         }
         Op::PutBinder(b) => {
             let owner = b.owner.as_ref().and_then(|o| serde_json::to_string(o).ok());

@@ -272,3 +272,23 @@ async fn the_previous_run_is_read_from_the_running_mark() {
     assert_eq!(loaded.previous, PreviousRun::Clean, "after a clean stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A binding's delete takes its profiles' pool sizes (`b/large`) with it,
+/// and no other binding's, however its name is spelled (`_` is a LIKE
+/// wildcard; the match must not be one).
+#[tokio::test]
+async fn deleting_a_binding_drops_its_profiles_sizes_only() {
+    let dir = fresh_dir("profile-sizes");
+    let (store, _) = Store::open(&dir).unwrap();
+    for key in ["b_x", "b_x/large", "b_x/small", "bax/large", "b_xy/large", "b"] {
+        store.set_pool_size(key, 1, 2).await.unwrap();
+    }
+    store.delete_binding("b_x").await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let (_store, loaded) = Store::open(&dir).unwrap();
+    let mut left: Vec<_> = loaded.pool_sizes.iter().map(|s| s.0.as_str()).collect();
+    left.sort();
+    assert_eq!(left, vec!["b", "b_xy/large", "bax/large"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
