@@ -55,6 +55,9 @@ pub enum Command {
     /// Hand out a binder (a progress bar while it starts), print its URL.
     Spawn {
         binding: String,
+        /// One of the binding's profiles (default: its default profile).
+        #[arg(long)]
+        profile: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -79,7 +82,11 @@ impl Command {
             Command::Apply { file, target } => (Admin::Apply { file }, target),
             Command::Pools { command, target } => (Admin::Pools(command), target),
             Command::Binders { command, target } => (Admin::Binders(command), target),
-            Command::Spawn { binding, target } => (Admin::Spawn { binding }, target),
+            Command::Spawn {
+                binding,
+                profile,
+                target,
+            } => (Admin::Spawn { binding, profile }, target),
         };
         Run::Admin(admin, target)
     }

@@ -217,8 +217,10 @@ pub fn render(
         ];
         for ((gauge, _), value) in POOL_GAUGES.iter().zip(values) {
             match &profile {
-                Some(p) => metrics::gauge!(*gauge, "binding" => name.clone(), "profile" => p.clone())
-                    .set(value),
+                Some(p) => {
+                    metrics::gauge!(*gauge, "binding" => name.clone(), "profile" => p.clone())
+                        .set(value)
+                }
                 None => metrics::gauge!(*gauge, "binding" => name.clone()).set(value),
             }
         }

@@ -782,6 +782,23 @@ async fn a_user_key_creates_only_allowed_images_and_a_bounded_share() {
     let refused = create(big.clone(), ALICE).await;
     assert_error(&refused, 403);
     assert!(refused.body.contains("user_max_pool"), "{}", refused.body);
+    // Through a profile: an image outside the list, a raised limit, pools
+    // that together pass the cap (a binding's profiles share its
+    // allowance): each 403 naming it.
+    let mut profiled = small.clone();
+    profiled["name"] = json!("profiled");
+    profiled["profiles"] = json!([{"name": "a"}, {"name": "b", "image": "xmrig/xmrig:latest"}]);
+    let refused = create(profiled.clone(), ALICE).await;
+    assert_error(&refused, 403);
+    assert!(refused.body.contains("xmrig"), "{}", refused.body);
+    profiled["profiles"] = json!([{"name": "a"}, {"name": "b", "resources": {"memory": "64Gi"}}]);
+    let refused = create(profiled.clone(), ALICE).await;
+    assert_error(&refused, 403);
+    assert!(refused.body.contains("profile 'b'"), "{}", refused.body);
+    profiled["profiles"] = json!([{"name": "a"}, {"name": "b"}]);
+    let refused = create(profiled.clone(), ALICE).await;
+    assert_error(&refused, 403);
+    assert!(refused.body.contains("user_max_pool"), "{}", refused.body);
     // Within the share: created; a resize beyond it is refused.
     assert_eq!(create(small.clone(), ALICE).await.status, 201);
     let resize = http

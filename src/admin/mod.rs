@@ -104,10 +104,15 @@ pub enum BindersCommand {
 #[derive(Debug)]
 pub enum Admin {
     Bindings(BindingsCommand),
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+    },
     Pools(PoolsCommand),
     Binders(BindersCommand),
-    Spawn { binding: String },
+    Spawn {
+        binding: String,
+        profile: Option<String>,
+    },
 }
 
 /// What a command prints to, and how.
@@ -159,7 +164,9 @@ pub async fn run(target: &Target, command: Admin, out: &mut dyn Write) -> Result
         Admin::Apply { file } => apply(&api, &file, &mut report).await,
         Admin::Pools(command) => pools(&api, command, &mut report).await,
         Admin::Binders(command) => binders(&api, command, &mut report).await,
-        Admin::Spawn { binding } => spawn(&api, &binding, &mut report).await,
+        Admin::Spawn { binding, profile } => {
+            spawn(&api, &binding, profile.as_deref(), &mut report).await
+        }
     }
 }
 
@@ -358,9 +365,15 @@ async fn logs(api: &Api, id: &str, follow: bool, out: &mut dyn Write) -> Result<
 
 /// `spawn`: a binder, with a progress bar while a cold one starts (from the
 /// binder's event stream), then its URL.
-async fn spawn(api: &Api, binding: &str, report: &mut Report<'_>) -> Result<(), AdminError> {
+async fn spawn(
+    api: &Api,
+    binding: &str,
+    profile: Option<&str>,
+    report: &mut Report<'_>,
+) -> Result<(), AdminError> {
+    let body = profile.map(|p| serde_json::json!({ "profile": p }));
     let mut doc = api
-        .call(Method::POST, &format!("/binders/{binding}"), None)
+        .call(Method::POST, &format!("/binders/{binding}"), body.as_ref())
         .await?;
     if doc["state"] == "starting" {
         let id = doc["id"].as_str().unwrap_or_default().to_owned();

@@ -106,7 +106,12 @@ async fn asked_profile(app: &App, req: Request<Incoming>) -> Result<Option<Strin
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         });
     let bytes = super::read_body(app, req).await?;
@@ -154,9 +159,14 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
         return Err(AuthError::Required.into());
     }
     let pool = visible_pool(app, caller, raw)?;
-    let docs: Vec<BinderView> = app
+    let mut binders: Vec<Arc<Binder>> = app
         .pools
-        .binders_of(&pool)
+        .binders_of_binding(&pool)
+        .into_iter()
+        .map(|e| e.binder)
+        .collect();
+    binders.sort_by_key(|b| b.created_at);
+    let docs: Vec<BinderView> = binders
         .iter()
         .filter(|b| b.owner().is_some() && b.state().is_live())
         .filter(|b| owns_binder(caller, b.owner()))

@@ -92,7 +92,9 @@ fn may_raise_limits(app: &App, caller: &Caller, binding: &Binding) -> Result<()>
         if !raised.is_empty() {
             return Err(ApiError::Forbidden(format!(
                 "only admin keys may raise limits: {}{}",
-                profile.map(|p| format!("profile '{p}': ")).unwrap_or_default(),
+                profile
+                    .map(|p| format!("profile '{p}': "))
+                    .unwrap_or_default(),
                 raised.join("; ")
             )));
         }
@@ -144,7 +146,10 @@ fn within_a_users_share(app: &App, caller: &Caller, binding: &Binding, new: bool
     let (min, max) = templates(binding)
         .iter()
         .fold((0u32, 0u32), |(min, max), (_, t)| {
-            (min.saturating_add(t.pool.min), max.saturating_add(t.pool.max))
+            (
+                min.saturating_add(t.pool.min),
+                max.saturating_add(t.pool.max),
+            )
         });
     may_size_pool(app, caller, Some(min), Some(max))?;
     if new {

@@ -133,7 +133,10 @@ impl PoolView {
         let mut view = PoolView::one(pool, with_name);
         if view.profile.is_some() && pool.profile.is_none() {
             let mut all = std::collections::BTreeMap::new();
-            all.insert(view.profile.clone().unwrap_or_default(), PoolView::one(pool, false));
+            all.insert(
+                view.profile.clone().unwrap_or_default(),
+                PoolView::one(pool, false),
+            );
             for other in pool.profile_pools().iter() {
                 let v = PoolView::one(other, false);
                 all.insert(v.profile.clone().unwrap_or_default(), v);

@@ -108,13 +108,8 @@ impl Pools {
             self.resolve_content(&mut binding).await?;
         }
         let now = now_unix();
-        let mut record = BindingRecord::of_document(
-            name.clone(),
-            binding,
-            owner.to_owned(),
-            now,
-            Source::Api,
-        );
+        let mut record =
+            BindingRecord::of_document(name.clone(), binding, owner.to_owned(), now, Source::Api);
         if self.cluster().is_some() {
             if !record.document().profiles.is_empty() {
                 return Err(BackendError::Unsupported(

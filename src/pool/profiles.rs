@@ -27,7 +27,7 @@ impl Pools {
     /// Every binder of the binding whose pool is `pool`, with the pool it
     /// is in: the binding's, its profiles', and a removed profile's (whose
     /// handed-out binders still run).
-    pub(super) fn binders_of_binding(&self, pool: &Arc<Pool>) -> Vec<super::Entry> {
+    pub fn binders_of_binding(&self, pool: &Arc<Pool>) -> Vec<super::Entry> {
         self.shared
             .binders
             .iter()
@@ -77,7 +77,10 @@ impl Pools {
         let old_others = pool.profile_pools();
         let mut others = Vec::new();
         for (name, rec) in other_profiles(&record) {
-            match old_others.iter().find(|p| p.profile.as_ref() == Some(&name)) {
+            match old_others
+                .iter()
+                .find(|p| p.profile.as_ref() == Some(&name))
+            {
                 Some(existing) => {
                     self.set_record(existing, rec);
                     others.push(existing.clone());

@@ -148,8 +148,11 @@ impl Pools {
             if !c.try_reserve(surge) {
                 break;
             }
-            let binder =
-                Arc::new(Binder::new(pool.name.clone(), State::Starting).of_generation(generation).of_profile(pool.profile_name()));
+            let binder = Arc::new(
+                Binder::new(pool.name.clone(), State::Starting)
+                    .of_generation(generation)
+                    .of_profile(pool.profile_name()),
+            );
             c.entered(State::Starting);
             self.register(pool, &binder);
             self.spawn_start(pool.clone(), binder);
@@ -185,7 +188,8 @@ impl Pools {
                 break;
             }
             let binder = Arc::new(
-                Binder::new(pool.name.clone(), State::Starting).of_generation(pool.generation())
+                Binder::new(pool.name.clone(), State::Starting)
+                    .of_generation(pool.generation())
                     .of_profile(pool.profile_name()),
             );
             c.entered(State::Starting);

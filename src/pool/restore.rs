@@ -171,14 +171,16 @@ impl Pools {
                 report.removed += 1;
                 continue;
             };
-            let binder = Arc::new(Binder::restore(
-                stored.id.as_str().into(),
-                stored.token.as_str().into(),
-                pool.name.clone(),
-                state,
-                stored.created_at,
-            )
-            .of_profile(stored.binding.split_once('/').map(|(_, p)| Arc::from(p))));
+            let binder = Arc::new(
+                Binder::restore(
+                    stored.id.as_str().into(),
+                    stored.token.as_str().into(),
+                    pool.name.clone(),
+                    state,
+                    stored.created_at,
+                )
+                .of_profile(stored.binding.split_once('/').map(|(_, p)| Arc::from(p))),
+            );
             if let Some(owner) = stored.owner {
                 // Charged as before the restart, whatever the limits say now.
                 let resources = &pool.record().binding.resources;

@@ -231,15 +231,19 @@ impl Pool {
     /// for its default profile); `None` when it has no such profile.
     pub fn for_profile(self: &Arc<Self>, name: &str) -> Option<Arc<Pool>> {
         let others = self.profiles.load();
-        if let Some(pool) = others
-            .iter()
-            .find(|p| p.profile.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        {
+        if let Some(pool) = others.iter().find(|p| {
+            p.profile
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        }) {
             return Some(pool.clone());
         }
         let record = self.current();
         let default = record.document().default_profile()?;
-        default.name.eq_ignore_ascii_case(name).then(|| self.clone())
+        default
+            .name
+            .eq_ignore_ascii_case(name)
+            .then(|| self.clone())
     }
 
     /// Whether this replica runs the pool's reconciler (see `leads`).

@@ -280,7 +280,14 @@ async fn the_previous_run_is_read_from_the_running_mark() {
 async fn deleting_a_binding_drops_its_profiles_sizes_only() {
     let dir = fresh_dir("profile-sizes");
     let (store, _) = Store::open(&dir).unwrap();
-    for key in ["b_x", "b_x/large", "b_x/small", "bax/large", "b_xy/large", "b"] {
+    for key in [
+        "b_x",
+        "b_x/large",
+        "b_x/small",
+        "bax/large",
+        "b_xy/large",
+        "b",
+    ] {
         store.set_pool_size(key, 1, 2).await.unwrap();
     }
     store.delete_binding("b_x").await.unwrap();

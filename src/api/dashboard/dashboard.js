@@ -47,13 +47,14 @@ function age(unix) {
   return s < 120 ? s + " s" : Math.round(s / 60) + " min";
 }
 
-async function resize(name, minInput, maxInput) {
+async function resize(name, profile, minInput, maxInput) {
   const body = {};
   if (minInput.value !== "") body.minPool = Number(minInput.value);
   if (maxInput.value !== "") body.maxPool = Number(maxInput.value);
+  const query = profile ? "?profile=" + encodeURIComponent(profile) : "";
   try {
-    await api("POST", "/pools/" + encodeURIComponent(name), body);
-    say("pool " + name + " resized", "ok");
+    await api("POST", "/pools/" + encodeURIComponent(name) + query, body);
+    say("pool " + name + (profile ? " (" + profile + ")" : "") + " resized", "ok");
     refresh();
   } catch (e) {
     say("resize refused: " + e.message, "error");
@@ -64,10 +65,20 @@ async function refreshPools() {
   const pools = await api("GET", "/pools");
   const body = $("#pools tbody");
   body.replaceChildren();
+  // A binding with profiles: one row per profile's pool.
+  const rows = [];
   for (const p of pools) {
+    if (p.profiles) {
+      for (const [profile, counts] of Object.entries(p.profiles)) rows.push({ ...counts, name: p.name, profile });
+    } else {
+      rows.push(p);
+    }
+  }
+  for (const p of rows) {
     const row = body.insertRow();
     row.dataset.name = p.name;
-    cell(row, p.name, "name");
+    if (p.profile) row.dataset.profile = p.profile;
+    cell(row, p.profile ? p.name + " · " + p.profile : p.name, "name");
     cell(row, p.available, "available");
     cell(row, p.starting, "starting");
     cell(row, p.running, "running");
@@ -80,7 +91,7 @@ async function refreshPools() {
     const min = Object.assign(document.createElement("input"), { type: "number", min: 0, placeholder: "min", className: "new-min" });
     const max = Object.assign(document.createElement("input"), { type: "number", min: 1, placeholder: "max", className: "new-max" });
     const go = Object.assign(document.createElement("button"), { textContent: "Resize", className: "resize" });
-    go.addEventListener("click", () => resize(p.name, min, max));
+    go.addEventListener("click", () => resize(p.name, p.profile, min, max));
     td.append(min, " ", max, " ", go);
   }
   $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
@@ -121,7 +132,7 @@ async function refreshBinders(pools) {
   for (const b of rows) {
     const row = body.insertRow();
     cell(row, b.id.slice(0, 12), "name");
-    cell(row, b.binding);
+    cell(row, b.profile ? b.binding + " · " + b.profile : b.binding);
     cell(row, b.owner || "-");
     cell(row, b.state);
     cell(row, age(b.assigned_at || b.created_at));
@@ -138,7 +149,7 @@ async function refreshBinders(pools) {
 async function refresh() {
   try {
     await refreshPools();
-    const names = [...document.querySelectorAll("#pools tbody tr")].map((r) => r.dataset.name);
+    const names = [...new Set([...document.querySelectorAll("#pools tbody tr")].map((r) => r.dataset.name))];
     await refreshBinders(names);
   } catch (e) {
     say("cannot read the pools: " + e.message, "error");
