@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use utoipa::{IntoResponses, OpenApi};
 
+use super::binders::HandoutRequest;
 use super::views::*;
 use crate::binding::Binding;
 
@@ -107,7 +108,7 @@ fn put_two_part_binding() {}
 #[utoipa::path(delete, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$"), ("force" = Option<bool>, Query)), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
 fn delete_two_part_binding() {}
 
-#[utoipa::path(post, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 201, description = "A warm binder", body = BinderView), (status = 202, description = "Starting one", body = BinderView), Errors))]
+#[utoipa::path(post, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("profile" = Option<String>, Query, description = "One of the binding's profiles (default: its default profile); unknown: 400 naming the choices; a keys_only one without a key: 403")), request_body(content = Option<HandoutRequest>, description = "Optional: `{\"profile\": \"large\"}` (as `?profile=`; both given, they must agree)", content_type = "application/json"), responses((status = 201, description = "A warm binder", body = BinderView), (status = 202, description = "Starting one", body = BinderView), Errors))]
 fn spawn() {}
 
 #[utoipa::path(get, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), security(("api_key" = [])), responses((status = 200, description = "The binders this key may see", body = Vec<BinderView>), Errors))]
@@ -149,28 +150,28 @@ struct ResizeRequest {
     max_pool: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(post, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("profile" = Option<String>, Query, description = "Resize this profile's own pool (without: the binding's pool, which serves its default profile)")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
 fn resize_pool() {}
 
-#[utoipa::path(put, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(put, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("profile" = Option<String>, Query, description = "Resize this profile's own pool (without: the binding's pool, which serves its default profile)")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
 fn put_pool() {}
 
-#[utoipa::path(post, path = "/api/spawn", request_body(content = Option<String>, description = "Any body or none; `{\"binding\": \"name\"}` picks a binding", content_type = "text/plain"), responses((status = 200, body = Spawned), Errors))]
+#[utoipa::path(post, path = "/api/spawn", params(("profile" = Option<String>, Query, description = "One of the binding's profiles (as `\"profile\"` in the body)")), request_body(content = Option<String>, description = "Any body or none; `{\"binding\": \"name\"}` picks a binding, `\"profile\"` one of its profiles (or `?profile=`)", content_type = "text/plain"), responses((status = 200, body = Spawned), Errors))]
 fn tmpnb_spawn() {}
 
 #[utoipa::path(get, path = "/api/stats", responses((status = 200, body = Stats), Errors))]
 fn tmpnb_stats() {}
 
-#[utoipa::path(get, path = "/spawn/{path}", params(("path" = String, Path, description = "Where to land inside the notebook")), responses((status = 302, description = "To /user/{token}/{path}", body = Spawned), Errors))]
+#[utoipa::path(get, path = "/spawn/{path}", params(("path" = String, Path, description = "Where to land inside the notebook"), ("profile" = Option<String>, Query, description = "One of the binding's profiles (default: its default profile); unknown: 400 naming the choices; a keys_only one without a key: 403")), responses((status = 302, description = "To /user/{token}/{path}", body = Spawned), Errors))]
 fn tmpnb_spawn_redirect() {}
 
 #[utoipa::path(get, path = "/user/{token}/{path}", params(("token" = String, Path), ("path" = String, Path)), responses((status = 200, description = "Whatever the container answers (any method, WebSocket upgrades too)"), (status = 502, description = "The container does not answer", body = ErrorBody), (status = 504, description = "The container took too long", body = ErrorBody), Errors))]
 fn proxy() {}
 
-#[utoipa::path(get, path = "/build/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path, description = "gh, gl or git"), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path, description = "Not matched: a binding serves one image")), responses((status = 200, description = "BinderHub's launch stream: `data: {LaunchEvent}` events (built, launching, then ready with url and token, or failed with a message)", content_type = "text/event-stream", body = SseEvent), Errors))]
+#[utoipa::path(get, path = "/build/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path, description = "gh, gl or git"), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path, description = "Not matched: a binding serves one image"), ("profile" = Option<String>, Query, description = "One of the binding's profiles (default: its default profile); unknown: 400 naming the choices; a keys_only one without a key: 403")), responses((status = 200, description = "BinderHub's launch stream: `data: {LaunchEvent}` events (built, launching, then ready with url and token, or failed with a message)", content_type = "text/event-stream", body = SseEvent), Errors))]
 fn build() {}
 
-#[utoipa::path(get, path = "/v2/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path), ("urlpath" = Option<String>, Query), ("labpath" = Option<String>, Query), ("filepath" = Option<String>, Query)), responses((status = 302, description = "To the binder's location plus the asked path"), (status = 200, description = "A page that looks again every second while a server starts", content_type = "text/html", body = String), Errors))]
+#[utoipa::path(get, path = "/v2/{provider}/{org}/{repo}/{ref}", params(("provider" = String, Path), ("org" = String, Path), ("repo" = String, Path), ("ref" = String, Path), ("urlpath" = Option<String>, Query), ("labpath" = Option<String>, Query), ("filepath" = Option<String>, Query), ("profile" = Option<String>, Query, description = "One of the binding's profiles (default: its default profile); unknown: 400 naming the choices; a keys_only one without a key: 403")), responses((status = 302, description = "To the binder's location plus the asked path"), (status = 200, description = "A page that looks again every second while a server starts", content_type = "text/html", body = String), Errors))]
 fn launch() {}
 
 #[utoipa::path(get, path = "/repo/{org}/{repo}", params(("org" = String, Path), ("repo" = String, Path)), responses((status = 302, description = "Binder's legacy link: to /v2/gh/{org}/{repo}/master (a path after the repository becomes ?urlpath=)"), Errors))]
@@ -242,8 +243,22 @@ mod tests {
             assert!(paths.contains_key(p), "{p} missing");
         }
         let schemas = doc["components"]["schemas"].as_object().unwrap();
-        for s in ["Binding", "BinderView", "PoolView", "ErrorBody"] {
+        for s in [
+            "Binding",
+            "BinderView",
+            "PoolView",
+            "ErrorBody",
+            "Profile",
+            "HandoutRequest",
+        ] {
             assert!(schemas.contains_key(s), "{s} missing");
         }
+        // The handout documents its choice of profile, body and query.
+        let spawn = &paths["/binders/{binding}"]["post"];
+        assert!(spawn["requestBody"].is_object(), "{spawn}");
+        let params = spawn["parameters"].as_array().unwrap();
+        assert!(params
+            .iter()
+            .any(|p| p["name"] == "profile" && p["in"] == "query"));
     }
 }
