@@ -13,6 +13,10 @@
 //! 3. launch, one connection: 50 BinderHub launches (`GET /build/gh/...`,
 //!    read until the stream's `ready` event) against 50 `POST /binders`.
 //!
+//! 4. profiles, one connection, interleaved: `POST /binders/bench` (the
+//!    default profile, the binding's own pool) against `?profile=large` and
+//!    a `{"profile": "large"}` body (the profile's own warm pool), 150 each.
+//!
 //! `cargo bench --bench handout` (N from `BENCH_POOL`, default 600).
 
 use std::time::{Duration, Instant};
@@ -174,8 +178,10 @@ async fn main() {
         let _ = stopped.await;
     }));
 
-    // The binding: N stand-ins (and the launches' share), no refill room.
-    let pool = n + 2 * LAUNCHES;
+    // The binding: N stand-ins (and the launches' and the profiles'
+    // share), no refill room; its profile `large` has a pool of its own.
+    let pool = n + 2 * LAUNCHES + PROFILED;
+    let large = 2 * PROFILED;
     let body = serde_json::json!({
         "name": "bench",
         "command": [env!("CARGO_BIN_EXE_binderd-standin"), "--port", "{port}", "--base-url", "{base_url}"],
@@ -183,6 +189,11 @@ async fn main() {
         "content": {"from": "image"},
         "public": true,
         "pool": {"min": pool, "max": pool},
+        "profiles": [
+            {"name": "standard", "default": true},
+            {"name": "large", "env": {"SIZE": "large"}, "resources": {"nofile": 512},
+             "pool": {"min": large, "max": large}},
+        ],
     });
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut admin, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -208,7 +219,9 @@ async fn main() {
         let resp = probe.send_request(req).await.unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        if v["available"].as_u64() == Some(pool as u64) {
+        if v["available"].as_u64() == Some(pool as u64)
+            && v["profiles"]["large"]["available"].as_u64() == Some(large as u64)
+        {
             break;
         }
         assert!(
@@ -219,9 +232,9 @@ async fn main() {
     }
     let fill = fill_start.elapsed();
     println!(
-        "pool of {pool} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)",
+        "pools of {pool} + {large} stand-in processes filled in {:.2}s ({:.0} starts/s, start_concurrency 32)",
         fill.as_secs_f64(),
-        pool as f64 / fill.as_secs_f64()
+        (pool + large) as f64 / fill.as_secs_f64()
     );
     // Let the machine settle after the fill.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -334,9 +347,80 @@ async fn main() {
         us(launch.p99) / us(posts.p99)
     );
 
+    // 4. A profile chosen vs the default, interleaved on one connection so
+    // that both see the same moment of the machine.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let chosen_body = Bytes::from_static(b"{\"profile\": \"large\"}");
+    let (mut default, mut query, mut body) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..PROFILED {
+        default.push(post(&mut sender, "/binders/bench", None, "standard").await);
+        query.push(post(&mut sender, "/binders/bench?profile=large", None, "large").await);
+        body.push(post(&mut sender, "/binders/bench", Some(chosen_body.clone()), "large").await);
+    }
+    let (default, query, body) = (stats(default), stats(query), stats(body));
+    println!();
+    println!("profiles, one connection, interleaved, {PROFILED} each (warm)");
+    println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "", "p50 µs", "p99 µs", "max µs"
+    );
+    for (what, s) in [
+        ("POST /binders (default profile)", &default),
+        ("POST /binders?profile=large", &query),
+        ("POST /binders {\"profile\":\"large\"}", &body),
+    ] {
+        println!(
+            "{:<34} {:>10.0} {:>10.0} {:>10.0}",
+            what,
+            us(s.p50),
+            us(s.p99),
+            us(s.max)
+        );
+    }
+    println!(
+        "ratio chosen/default: query p50 {:.2}x p99 {:.2}x, body p50 {:.2}x p99 {:.2}x",
+        us(query.p50) / us(default.p50),
+        us(query.p99) / us(default.p99),
+        us(body.p50) / us(default.p50),
+        us(body.p99) / us(default.p99)
+    );
+
     let _ = stop.send(());
     let _ = server.await;
 }
 
+/// One warm handout (201) with an optional JSON body, timed until its whole
+/// answer arrived; checks the binder is of `profile`.
+async fn post(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    body: Option<Bytes>,
+    profile: &str,
+) -> Duration {
+    let mut req = Request::post(path).header("host", "bench");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(Full::new(body.unwrap_or_default())).unwrap();
+    sender.ready().await.unwrap();
+    let t = Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let took = t.elapsed();
+    assert_eq!(status, 201, "POST {path}");
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["profile"], profile, "{doc}");
+    took
+}
+
 /// BinderHub launches measured (and handouts as their baseline).
 const LAUNCHES: usize = 50;
+
+/// Handouts of each kind in the profiles section.
+const PROFILED: usize = 150;
