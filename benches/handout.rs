@@ -360,7 +360,15 @@ async fn main() {
     for _ in 0..PROFILED {
         default.push(post(&mut sender, "/binders/bench", None, "standard").await);
         query.push(post(&mut sender, "/binders/bench?profile=large", None, "large").await);
-        body.push(post(&mut sender, "/binders/bench", Some(chosen_body.clone()), "large").await);
+        body.push(
+            post(
+                &mut sender,
+                "/binders/bench",
+                Some(chosen_body.clone()),
+                "large",
+            )
+            .await,
+        );
     }
     let (default, query, body) = (stats(default), stats(query), stats(body));
     println!();

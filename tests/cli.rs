@@ -237,3 +237,46 @@ async fn refresh_rolls_a_new_commit_in_and_build_logs_prints_the_build() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     server.stop().await;
 }
+
+/// `binderd spawn --profile`: a binding with profiles applied from TOML
+/// (the config files' form), a binder of the chosen profile, the default
+/// without a choice, and an unknown profile named in the error (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_chooses_a_profile() {
+    let Harness { data, server, http } = Harness::start("cli-profile").await;
+    let url = server.url("");
+    let admin = Some(ADMIN);
+    let file = data.0.join("course.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "command = [\"{}\", \"--port\", \"{{port}}\", \"--base-url\", \"{{base_url}}\"]\n\
+             public = true\npool = {{ min = 1, max = 3 }}\n\n\
+             [[profiles]]\nname = \"small\"\ndefault = true\n\n\
+             [[profiles]]\nname = \"large\"\nresources = {{ nofile = 300 }}\n",
+            standin()
+        ),
+    )
+    .unwrap();
+    let r = cli(&url, admin, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    wait_pool(&http, &url, "course", 20, |p| {
+        p["profiles"]["large"]["available"] == 1 && p["available"] == 1
+    })
+    .await;
+    let r = cli(
+        &url,
+        admin,
+        &["spawn", "course", "--profile", "large", "--output", "json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["profile"], "large", "{}", r.stdout);
+    let r = cli(&url, admin, &["spawn", "course", "--output", "json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["profile"], "small", "{}", r.stdout);
+    let r = cli(&url, admin, &["spawn", "course", "--profile", "huge"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("small, large"), "{}", r.stderr);
+    server.stop().await;
+}

@@ -18,6 +18,12 @@ async fn the_dashboard_works_in_a_real_browser() {
     let Some(venv) = browser_venv() else { return };
     let Harness { data, server, http } =
         Harness::with_pool("dashboard", standin_binding("dash", 2, 6)).await;
+    let mut profiled = standin_binding("dashp", 1, 6);
+    profiled["profiles"] = serde_json::json!([
+        {"name": "small"},
+        {"name": "large", "pool": {"min": 2, "max": 6}},
+    ]);
+    create_binding(&http, &server.url(""), &profiled).await;
     let base = server.url("");
     let shot = data.0.join("dashboard.png");
     let args = vec![base, ADMIN.to_owned(), shot.to_str().unwrap().to_owned()];
@@ -34,6 +40,17 @@ async fn the_dashboard_works_in_a_real_browser() {
     );
     let pool = http.get(&server.url("/pools/dash")).await.json();
     assert_eq!(pool["minPool"], 3, "{pool}");
+    // A row per profile, each resized on its own (the default's untouched).
+    assert_eq!(
+        report["profile_rows"],
+        serde_json::json!(["dashp · large", "dashp · small"]),
+        "{report}"
+    );
+    assert_eq!(
+        report["profile_mins"],
+        serde_json::json!({"small": 1, "large": 3}),
+        "{report}"
+    );
     server.stop().await;
 }
 

@@ -99,6 +99,24 @@ try:
     until("the binders table", lambda: driver.find_element(By.ID, "binders-section").is_displayed()
           and len(driver.find_elements(By.CSS_SELECTOR, "#binders tbody tr")) >= 1)
     report["binders"] = len(driver.find_elements(By.CSS_SELECTOR, "#binders tbody tr"))
+    # A binding with profiles (`dashp`, when the test made one): a row per
+    # profile, each resized on its own.
+    if api("GET", "/bindings/dashp", admin_key).get("profiles"):
+        prow = lambda p: '#pools tbody tr[data-name="dashp"][data-profile="%s"]' % p
+        pcell = lambda p, name: driver.find_element(By.CSS_SELECTOR, prow(p) + " td." + name).text
+        until("a row per profile", lambda: pcell("small", "available") == "1"
+              and pcell("large", "available") == "2")
+        report["profile_rows"] = [
+            r.find_element(By.CSS_SELECTOR, "td.name").text
+            for r in driver.find_elements(By.CSS_SELECTOR, '#pools tbody tr[data-name="dashp"]')
+        ]
+        large_min = driver.find_element(By.CSS_SELECTOR, prow("large") + " input.new-min")
+        large_min.send_keys("3")
+        click(driver, prow("large") + " button.resize")
+        until("the profile's resize", lambda: api("GET", "/pools/dashp")["profiles"]["large"]["minPool"] == 3)
+        pool = api("GET", "/pools/dashp")
+        report["profile_mins"] = {p: c["minPool"] for p, c in pool["profiles"].items()}
+        until("the page to show it", lambda: pcell("large", "min") == "3")
     if shot:
         driver.save_screenshot(shot)
     print(json.dumps(report))

@@ -244,6 +244,55 @@ async fn quotas_limit_live_binders_and_memory_and_report_usage() {
     server.stop().await;
 }
 
+/// A key's quota is checked against the chosen profile's size: the small
+/// profile fits where the large one of the same binding does not.
+#[tokio::test]
+async fn a_quota_is_checked_against_the_chosen_profiles_size() {
+    let data = DataDir::new("quota-profile");
+    let mut config = config(&data);
+    config.quotas = HashMap::from([(
+        "alice".to_string(),
+        QuotaSpec {
+            binders: Some(5),
+            memory: Some("100Mi".into()),
+            cpu: None,
+        },
+    )]);
+    let server = Server::start(config).await;
+    let http = Http::new();
+    let mut binding = standin_binding("sized", 0, 10);
+    binding["resources"] = json!({"memory": "40Mi"});
+    binding["profiles"] = json!([
+        {"name": "small"},
+        {"name": "large", "resources": {"memory": "80Mi"}},
+    ]);
+    create_binding(&http, &server.url(""), &binding).await;
+    let spawn = |query: &'static str| {
+        let (http, url) = (&http, server.url(&format!("/binders/sized{query}")));
+        async move { http.call(Method::POST, &url, Some(ALICE)).await }
+    };
+    assert_eq!(spawn("?profile=small").await.status, 202);
+    let over = spawn("?profile=large").await;
+    assert_error(&over, 403);
+    assert!(over.body.contains("memory"), "{}", over.body);
+    assert_eq!(spawn("").await.status, 202, "the default is small");
+    let q = http
+        .call(Method::GET, &server.url("/quota"), Some(ALICE))
+        .await
+        .json();
+    assert_eq!(q["usage"]["memory"], 80 << 20, "{q}");
+    // Bob has no quota: the large profile is his to take.
+    let a = http
+        .call(
+            Method::POST,
+            &server.url("/binders/sized?profile=large"),
+            Some(BOB),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn anonymous_spawns_are_rate_limited_per_client_with_retry_after() {
     let data = DataDir::new("rate");
