@@ -15,6 +15,69 @@ fn docker_backend(config: &mut binderd::config::Config) {
     config.backend = binderd::backend::BackendKind::Docker;
 }
 
+/// Profiles on the engine: each profile's pool is its own containers, and
+/// a handout of each lands in a container the engine limits as that
+/// profile says (memory, CPU, env), the binding's label on both.
+#[tokio::test]
+async fn each_profile_gets_containers_the_engine_limits_as_it_says() {
+    if !docker_ready() {
+        return;
+    }
+    let Harness { data, server, http } =
+        Harness::with_config("docker-profiles", docker_backend).await;
+    let _cleanup = DockerCleanup::new(&data);
+    let mut body = docker_binding("sizes", 1, 3);
+    body["resources"] = json!({"memory": "64Mi", "cpu": "0.5"});
+    body["env"] = json!({"SIZE": "base"});
+    body["profiles"] = json!([
+        {"name": "small", "env": {"SIZE": "small"}},
+        {"name": "large", "env": {"SIZE": "large"},
+         "resources": {"memory": "96Mi", "cpu": "1"}, "pool": {"min": 1, "max": 2}},
+    ]);
+    create_binding(&http, &server.url(""), &body).await;
+    wait_pool(&http, &server.url(""), "sizes", 60, |p| {
+        p["available"] == 1 && p["profiles"]["large"]["available"] == 1
+    })
+    .await;
+    for (query, profile, memory, cpus) in [
+        ("", "small", 64 << 20, 500_000_000u64),
+        ("?profile=large", "large", 96 << 20, 1_000_000_000),
+    ] {
+        let a = http
+            .call(
+                Method::POST,
+                &server.url(&format!("/binders/sizes{query}")),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let doc = a.json();
+        assert_eq!(doc["profile"], profile, "{doc}");
+        let id = doc["id"].as_str().unwrap();
+        let names = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=binderd.binder={id}"),
+            "--filter",
+            "label=binderd.role=notebook",
+        ]);
+        assert_eq!(names.len(), 1, "{names:?}");
+        let v: serde_json::Value =
+            serde_json::from_str(&docker(&["inspect", &names[0]]).join("\n")).unwrap();
+        let c = &v[0];
+        assert_eq!(c["HostConfig"]["Memory"], memory, "{profile}");
+        assert_eq!(c["HostConfig"]["NanoCpus"], cpus, "{profile}");
+        assert_eq!(c["Config"]["Labels"]["binderd.binding"], "sizes");
+        let env = c["Config"]["Env"].as_array().unwrap();
+        assert!(
+            env.iter().any(|e| *e == format!("SIZE={profile}")),
+            "{profile}: {env:?}"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn containers_are_labelled_limited_proxied_and_have_their_services() {
     if !docker_ready() {

@@ -881,3 +881,60 @@ async fn a_repositorys_folder_is_cloned_into_each_pod_by_an_init_container() {
     assert_clean(&fake);
     let _ = stop.send(());
 }
+
+/// Profiles on the kubernetes backend (one replica): each profile's pool
+/// is pods of its own, each pod asking the resources its profile says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_profiles_pods_ask_what_the_profile_says() {
+    let data = DataDir::new("k8s-profiles");
+    let fake = FakeApi::new(owner_key(&data.0));
+    let standin = Standin::start();
+    let (server, stop) = binderd(&data, &fake, None).await;
+    let http = Http::new();
+    let mut body = binding("kprof", "stand-in:1", standin.1, 1);
+    body["resources"] = json!({"memory": "512Mi", "cpu": "500m"});
+    body["profiles"] = json!([
+        {"name": "small"},
+        {"name": "large", "image": "stand-in:2", "resources": {"memory": "2Gi"},
+         "pool": {"min": 1, "max": 2}},
+    ]);
+    create_binding(&http, &server.url(""), &body).await;
+    wait_pool(&http, &server.url(""), "kprof", 20, |p| {
+        p["available"] == 1 && p["profiles"]["large"]["available"] == 1
+    })
+    .await;
+    for (query, profile, image, memory) in [
+        ("", "small", "stand-in:1", "512Mi"),
+        ("?profile=large", "large", "stand-in:2", "2Gi"),
+    ] {
+        let a = http
+            .call(
+                Method::POST,
+                &server.url(&format!("/binders/kprof{query}")),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let doc = a.json();
+        assert_eq!(doc["profile"], profile, "{doc}");
+        let id = doc["id"].as_str().unwrap();
+        let pod = fake
+            .recorded("POST")
+            .into_iter()
+            .filter_map(|r| r.body)
+            .find(|p| p["metadata"]["labels"]["binderd.binder"] == id)
+            .unwrap_or_else(|| panic!("no pod made for {id}"));
+        let notebook = &pod["spec"]["containers"][0];
+        assert_eq!(notebook["image"], image, "{profile}");
+        assert_eq!(
+            notebook["resources"]["limits"]["memory"], memory,
+            "{profile}"
+        );
+        assert_eq!(
+            notebook["resources"]["requests"]["cpu"], "500m",
+            "{profile}"
+        );
+        assert_eq!(pod["metadata"]["labels"]["binderd.binding"], "kprof");
+    }
+    let _ = stop.send(());
+}

@@ -848,6 +848,20 @@ async fn bindings_made_resized_and_deleted_through_any_replica_reach_every_repli
         assert!(!listed.body.contains("escape"), "{}", listed.body);
         assert!(listed.body.contains("made"), "{}", listed.body);
     }
+    // Profiles are not offered in shared mode (yet): a clear 400, nothing
+    // made.
+    let mut profiled = body.clone();
+    profiled["name"] = serde_json::json!("profiled");
+    profiled["profiles"] = serde_json::json!([{"name": "a"}, {"name": "b"}]);
+    let refused = http
+        .post_json(&r.url(1, "/bindings"), Some(ADMIN), &profiled)
+        .await;
+    assert_error(&refused, 400);
+    assert!(
+        refused.body.contains("several replicas"),
+        "{}",
+        refused.body
+    );
     // A second create of the same name, on another replica: 409.
     let again = http
         .post_json(&r.url(2, "/bindings"), Some(ADMIN), &body)

@@ -112,7 +112,7 @@ impl Pools {
             BindingRecord::of_document(name.clone(), binding, owner.to_owned(), now, Source::Api);
         if self.cluster().is_some() {
             if !record.document().profiles.is_empty() {
-                return Err(BackendError::Unsupported(
+                return Err(InvalidBinding(
                     "profiles are not offered with several replicas (shared state) yet: make a binding per option".into(),
                 )
                 .into());

@@ -324,6 +324,9 @@ impl Pools {
                             .binding
                             .validate(runs_on_host, self.shared.max_pool_limit)
                             .map_err(|e| e.to_string())?;
+                        if !entry.binding.profiles.is_empty() {
+                            return Err("profiles are not offered with several replicas yet".into());
+                        }
                         Ok(entry)
                     });
                 entry
