@@ -47,6 +47,10 @@ async fn the_dashboard_works_in_a_real_browser() {
         "{report}"
     );
     assert_eq!(
+        report["typed_kept"], "5",
+        "typed values survive the refresh"
+    );
+    assert_eq!(
         report["profile_mins"],
         serde_json::json!({"small": 1, "large": 3}),
         "{report}"

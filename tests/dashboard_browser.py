@@ -55,6 +55,29 @@ def click(driver, selector):
     until("a click on " + selector, attempt)
 
 
+def resize_row(driver, row, value, done):
+    """Types `value` into `row`'s min box and clicks its Resize, again if
+    the page re-rendered the row in between (its periodic refresh replaces
+    the rows, typed values and all), until `done()` holds."""
+
+    def attempt():
+        try:
+            box = driver.find_element(By.CSS_SELECTOR, row + " input.new-min")
+            box.clear()
+            box.send_keys(value)
+            driver.find_element(By.CSS_SELECTOR, row + " button.resize").click()
+        except Exception:  # a stale row: the next attempt finds the new one
+            return False
+        deadline = time.time() + 2
+        while time.time() < deadline:
+            if done():
+                return True
+            time.sleep(0.1)
+        return False
+
+    until("a resize of " + row, attempt, timeout=30)
+
+
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
 for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
@@ -110,13 +133,17 @@ try:
             r.find_element(By.CSS_SELECTOR, "td.name").text
             for r in driver.find_elements(By.CSS_SELECTOR, '#pools tbody tr[data-name="dashp"]')
         ]
-        large_min = driver.find_element(By.CSS_SELECTOR, prow("large") + " input.new-min")
-        large_min.send_keys("3")
-        click(driver, prow("large") + " button.resize")
-        until("the profile's resize", lambda: api("GET", "/pools/dashp")["profiles"]["large"]["minPool"] == 3)
+        resize_row(driver, prow("large"), "3",
+                   lambda: api("GET", "/pools/dashp")["profiles"]["large"]["minPool"] == 3)
         pool = api("GET", "/pools/dashp")
         report["profile_mins"] = {p: c["minPool"] for p, c in pool["profiles"].items()}
         until("the page to show it", lambda: pcell("large", "min") == "3")
+        # What is typed survives the page's refresh (every second).
+        box = driver.find_element(By.CSS_SELECTOR, prow("small") + " input.new-max")
+        box.send_keys("5")
+        time.sleep(2.5)
+        kept = driver.find_element(By.CSS_SELECTOR, prow("small") + " input.new-max").get_attribute("value")
+        report["typed_kept"] = kept
     if shot:
         driver.save_screenshot(shot)
     print(json.dumps(report))

@@ -470,6 +470,23 @@ async fn a_profiles_template_is_checked_as_a_binding_is() {
         assert!(a.body.contains(says), "{change}: {}", a.body);
     }
     assert_eq!(http.get(&server.url("/bindings/bad")).await.status, 404);
+    // A profile whose binders cannot start puts the binding in `error`,
+    // naming the profile (the default's pool is fine).
+    let mut broken = sized_binding("broken");
+    broken["profiles"][1]["command"] = json!(["sh", "-c", "exit 3"]);
+    create_binding(&http, &server.url(""), &broken).await;
+    let doc = wait_for(30, "the binding in error", || {
+        let (http, url) = (&http, server.url("/bindings/broken"));
+        async move {
+            let doc = http.get(&url).await.json();
+            (doc["status"] == "error").then_some(doc)
+        }
+    })
+    .await;
+    assert!(
+        doc["message"].as_str().unwrap().contains("profile 'large'"),
+        "{doc}"
+    );
     server.stop().await;
 }
 

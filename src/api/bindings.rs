@@ -29,7 +29,7 @@ pub(super) fn render(pool: &Pool) -> Binding {
             ("building", None)
         }
         Some(BuildPhase::Failed(why)) if !pool.content_ready() => ("error", Some(why)),
-        _ => match pool.error() {
+        _ => match pool.error().or_else(|| profiles_error(pool)) {
             Some(why) => ("error", Some(why)),
             None => ("ready", None),
         },
@@ -37,6 +37,17 @@ pub(super) fn render(pool: &Pool) -> Binding {
     doc.status = Some(status.into());
     doc.message = message.map(Into::into);
     doc
+}
+
+/// Why a profile's own pool last failed to start, naming the profile.
+fn profiles_error(pool: &Pool) -> Option<String> {
+    pool.profile_pools().iter().find_map(|p| {
+        let why = p.error()?;
+        Some(format!(
+            "profile '{}': {why}",
+            p.profile.as_deref().unwrap_or_default()
+        ))
+    })
 }
 
 /// `GET /bindings/{b}/build/logs`: the output of the binding's last

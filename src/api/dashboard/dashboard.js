@@ -55,6 +55,8 @@ async function resize(name, profile, minInput, maxInput) {
   try {
     await api("POST", "/pools/" + encodeURIComponent(name) + query, body);
     say("pool " + name + (profile ? " (" + profile + ")" : "") + " resized", "ok");
+    minInput.value = "";
+    maxInput.value = "";
     refresh();
   } catch (e) {
     say("resize refused: " + e.message, "error");
@@ -64,6 +66,17 @@ async function resize(name, profile, minInput, maxInput) {
 async function refreshPools() {
   const pools = await api("GET", "/pools");
   const body = $("#pools tbody");
+  // What the operator is typing survives the refresh (the rows are rebuilt
+  // every second): the resize boxes' values and which one has the focus.
+  const rowKey = (name, profile) => name + "\u0000" + (profile || "");
+  const typed = new Map();
+  for (const tr of body.rows) {
+    const min = tr.querySelector("input.new-min");
+    const max = tr.querySelector("input.new-max");
+    if (!min || !max) continue;
+    const focus = document.activeElement === min ? "min" : document.activeElement === max ? "max" : null;
+    if (min.value || max.value || focus) typed.set(rowKey(tr.dataset.name, tr.dataset.profile), { min: min.value, max: max.value, focus });
+  }
   body.replaceChildren();
   // A binding with profiles: one row per profile's pool.
   const rows = [];
@@ -93,6 +106,13 @@ async function refreshPools() {
     const go = Object.assign(document.createElement("button"), { textContent: "Resize", className: "resize" });
     go.addEventListener("click", () => resize(p.name, p.profile, min, max));
     td.append(min, " ", max, " ", go);
+    const kept = typed.get(rowKey(p.name, p.profile));
+    if (kept) {
+      min.value = kept.min;
+      max.value = kept.max;
+      if (kept.focus === "min") min.focus();
+      if (kept.focus === "max") max.focus();
+    }
   }
   $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
