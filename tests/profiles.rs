@@ -124,15 +124,7 @@ async fn each_profile_fills_its_own_pool_and_a_handout_gets_the_chosen_one() {
         assert!(a.status == 201 || a.status == 202, "{query}: {}", a.body);
         let doc = a.json();
         let id = doc["id"].as_str().unwrap().to_owned();
-        let location = wait_for(20, "the binder ready", || {
-            let (http, id) = (&http, id.clone());
-            let url = server.url(&format!("/binders/course/{id}"));
-            async move {
-                let d = http.get(&url).await.json();
-                d["location"].as_str().map(str::to_owned)
-            }
-        })
-        .await;
+        let location = ready_location(&http, &base, "course", &id).await;
         assert_eq!(doc["profile"], want_size, "{query}: {doc}");
         let (size, nofile) = inside(&http, &base, &location).await;
         assert_eq!(size, want_size, "{query} {body:?}");
@@ -321,8 +313,16 @@ async fn putting_one_profile_rolls_only_its_pool() {
         async move { starts(http, base, "rolled").await.get("large").copied() >= Some(4.0) }
     })
     .await;
-    let after = wait_profiles(&http, &base, "rolled", &[("small", 1), ("large", 2)]).await;
-    assert_eq!(after["profiles"]["large"]["updated"], 2, "{after}");
+    // Rolled over: both warm large binders are of the new template.
+    wait_for(30, "the large pool rolled over", || {
+        let (http, url) = (&http, server.url("/pools/rolled"));
+        async move {
+            let p = http.get(&url).await.json();
+            (p["profiles"]["large"]["updated"] == 2 && p["profiles"]["large"]["available"] == 2)
+                .then_some(p)
+        }
+    })
+    .await;
     // The default's pool (the binding's own) started nothing new.
     let starts_after = starts(&http, &base, "rolled").await;
     assert_eq!(
@@ -431,7 +431,13 @@ async fn hand_out_profile(
         .await;
     assert!(a.status == 201 || a.status == 202, "{}", a.body);
     let id = a.json()["id"].as_str().unwrap().to_owned();
-    let location = wait_for(20, "the binder ready", || {
+    let location = ready_location(http, base, binding, &id).await;
+    (id, location)
+}
+
+/// The binder's location once it is ready.
+async fn ready_location(http: &Http, base: &str, binding: &str, id: &str) -> String {
+    wait_for(20, "the binder ready", || {
         let url = format!("{base}/binders/{binding}/{id}");
         async move {
             http.get(&url).await.json()["location"]
@@ -439,8 +445,7 @@ async fn hand_out_profile(
                 .map(str::to_owned)
         }
     })
-    .await;
-    (id, location)
+    .await
 }
 
 /// A profile's template is checked as a binding's is (what a user key may
@@ -535,4 +540,62 @@ async fn a_restart_keeps_each_profiles_binders_and_sizes() {
     let (_, loc) = hand_out_profile(&http, &base, "kept", "small").await;
     assert_eq!(inside(&http, &base, &loc).await.0, "small");
     drop(p);
+}
+
+/// Attack on the bookkeeping: `PUT`s of one binding racing each other, each
+/// adding the same new profile with another template. Applied one at a
+/// time, they leave exactly one pool per profile: every process running
+/// for this data dir is one a pool counts (a second pool made for the same
+/// profile would keep warm binders nobody counts or retires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_puts_leave_one_pool_per_profile() {
+    let Harness { data, server, http } = Harness::start("profiles-race").await;
+    let base = server.url("");
+    let mut binding = standin_binding("race", 0, 2);
+    binding["profiles"] = json!([{"name": "base"}]);
+    create_binding(&http, &base, &binding).await;
+    for round in 0..8 {
+        let puts = (0..4).map(|i| {
+            let mut b = binding.clone();
+            b["profiles"] = json!([
+                {"name": "base"},
+                {"name": format!("x{round}"), "env": {"WHICH": format!("{i}")},
+                 "pool": {"min": 1, "max": 1}},
+            ]);
+            let (http, url) = (&http, server.url("/bindings/race"));
+            async move {
+                http.send(
+                    Method::PUT,
+                    &url,
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", ADMIN),
+                    ],
+                    b.to_string(),
+                )
+                .await
+            }
+        });
+        for a in futures_util::future::join_all(puts).await {
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+    }
+    // The last round's profile fills; the earlier rounds' were removed.
+    let pool = wait_profiles(&http, &base, "race", &[("x7", 1)]).await;
+    assert_eq!(pool["profiles"].as_object().unwrap().len(), 2, "{pool}");
+    eventually(20, "only the counted binders running", || {
+        let (http, base, data) = (&http, &base, &data);
+        async move {
+            let pool = http.get(&format!("{base}/pools/race")).await.json();
+            let counted: u64 = pool["profiles"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|p| p["running"].as_u64().unwrap())
+                .sum();
+            data.running_binders() as u64 == counted
+        }
+    })
+    .await;
+    server.stop().await;
 }

@@ -119,6 +119,7 @@ impl Pools {
             }
             return self.put_shared_binding(name, record, replace).await;
         }
+        let _changing = self.shared.changes.lock().await;
         let (pool, created) = match self.shared.pools.entry(name.clone()) {
             dashmap::Entry::Occupied(_) if !replace => return Err(PoolError::Exists(name)),
             dashmap::Entry::Occupied(o) => {
@@ -219,6 +220,7 @@ impl Pools {
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.clone()))?;
         self.refuse_if_file_in_shared(&pool)?;
+        let _changing = self.shared.changes.lock().await;
         let assigned = self
             .binders_of_binding(&pool)
             .iter()

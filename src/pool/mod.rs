@@ -114,6 +114,11 @@ pub(crate) struct Shared {
     quotas: Arc<crate::quota::Quotas>,
     /// Bindings' repositories, fetched once.
     content: crate::content::Cache,
+    /// Held by a binding's create, replace or delete from its store write
+    /// to its last change in memory, so that two `PUT`s of one binding
+    /// apply in the order they were stored and never make two pools for
+    /// one profile (admin paths only; the handout never takes it).
+    changes: tokio::sync::Mutex<()>,
 }
 
 /// The pools' numbers from the config.
@@ -163,6 +168,7 @@ impl Pools {
                 cull_inbox: crossbeam_queue::SegQueue::new(),
                 quotas,
                 content,
+                changes: tokio::sync::Mutex::new(()),
             }),
         };
         pools.spawn_culler(cull_every);
