@@ -278,5 +278,47 @@ async fn spawn_chooses_a_profile() {
     let r = cli(&url, admin, &["spawn", "course", "--profile", "huge"]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("small, large"), "{}", r.stderr);
+    // pools: a row per profile; one profile's pool resized on its own.
+    let r = cli(&url, admin, &["pools", "list"]).await;
+    assert!(
+        r.stdout.contains("course/large") && r.stdout.contains("course/small"),
+        "{}",
+        r.stdout
+    );
+    let r = cli(
+        &url,
+        admin,
+        &[
+            "pools",
+            "resize",
+            "course",
+            "--profile",
+            "large",
+            "--min",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("course/large"), "{}", r.stdout);
+    let pool = http.get(&format!("{url}/pools/course")).await.json();
+    assert_eq!(pool["profiles"]["large"]["minPool"], 2, "{pool}");
+    assert_eq!(pool["profiles"]["small"]["minPool"], 1, "{pool}");
+    let r = cli(
+        &url,
+        admin,
+        &[
+            "pools",
+            "resize",
+            "course",
+            "--profile",
+            "a&minPool=9",
+            "--min",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("a&minPool=9"), "{}", r.stderr);
     server.stop().await;
 }

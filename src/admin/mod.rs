@@ -75,6 +75,10 @@ pub enum PoolsCommand {
     /// Set `minPool` and/or `maxPool`.
     Resize {
         name: String,
+        /// One profile's own pool (default: the binding's pool, which
+        /// serves its default profile).
+        #[arg(long)]
+        profile: Option<String>,
         #[arg(long)]
         min: Option<u32>,
         #[arg(long)]
@@ -243,8 +247,21 @@ async fn pools(
     report: &mut Report<'_>,
 ) -> Result<(), AdminError> {
     match command {
-        PoolsCommand::List => report.list::<PoolRow>(api.call(Method::GET, "/pools", None).await?),
-        PoolsCommand::Resize { name, min, max } => {
+        PoolsCommand::List => {
+            let docs = api.call(Method::GET, "/pools", None).await?;
+            if report.json {
+                report.json(&docs);
+                Ok(())
+            } else {
+                report.list::<PoolRow>(one_row_per_profile(docs))
+            }
+        }
+        PoolsCommand::Resize {
+            name,
+            profile,
+            min,
+            max,
+        } => {
             if min.is_none() && max.is_none() {
                 return Err(AdminError::new(2, "give --min and/or --max"));
             }
@@ -258,13 +275,23 @@ async fn pools(
             let doc = api
                 .call(
                     Method::POST,
-                    &format!("/pools/{name}"),
+                    &format!(
+                        "/pools/{name}{}",
+                        profile
+                            .as_deref()
+                            .map(|p| format!("?profile={}", escape(p)))
+                            .unwrap_or_default()
+                    ),
                     Some(&Value::Object(body)),
                 )
                 .await?;
             report.done(&doc, |doc| {
                 format!(
-                    "pool '{name}': minPool {}, maxPool {}",
+                    "pool '{name}{}': minPool {}, maxPool {}",
+                    profile
+                        .as_deref()
+                        .map(|p| format!("/{p}"))
+                        .unwrap_or_default(),
                     text(&doc["minPool"]),
                     text(&doc["maxPool"])
                 )
@@ -486,4 +513,41 @@ mod tests {
         assert_eq!(read_binding_file(&good).unwrap()["name"], "Named");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// `GET /pools` as the table shows it: a binding with profiles as one row
+/// per profile, named `binding/profile`.
+fn one_row_per_profile(docs: Value) -> Value {
+    let Value::Array(pools) = docs else {
+        return docs;
+    };
+    let mut rows = Vec::new();
+    for pool in pools {
+        match pool.get("profiles").and_then(Value::as_object) {
+            Some(profiles) => {
+                let name = text(&pool["name"]);
+                for (profile, counts) in profiles {
+                    let mut row = counts.clone();
+                    row["name"] = format!("{name}/{profile}").into();
+                    rows.push(row);
+                }
+            }
+            None => rows.push(pool),
+        }
+    }
+    Value::Array(rows)
+}
+
+/// A query value with everything but letters, digits, `.`, `_` and `-`
+/// percent-encoded.
+fn escape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
