@@ -490,31 +490,6 @@ pub(crate) fn text(v: &Value) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn toml_errors_name_the_line_and_column() {
-        let dir = std::env::temp_dir().join(format!("binderd-admin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "public = true\ncommand = [\"x\"\npool = 1\n").unwrap();
-        let e = read_binding_file(&bad).unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(
-            e.message.contains("line 2") || e.message.contains("line 3"),
-            "{}",
-            e.message
-        );
-        assert!(!e.message.contains('\n'), "{}", e.message);
-        let good = dir.join("Named.toml");
-        std::fs::write(&good, "command = [\"x\"]\n").unwrap();
-        assert_eq!(read_binding_file(&good).unwrap()["name"], "Named");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// `GET /pools` as the table shows it: a binding with profiles as one row
 /// per profile, named `binding/profile`.
 fn one_row_per_profile(docs: Value) -> Value {
@@ -550,4 +525,29 @@ fn escape(raw: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_errors_name_the_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("binderd-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "public = true\ncommand = [\"x\"\npool = 1\n").unwrap();
+        let e = read_binding_file(&bad).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(
+            e.message.contains("line 2") || e.message.contains("line 3"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains('\n'), "{}", e.message);
+        let good = dir.join("Named.toml");
+        std::fs::write(&good, "command = [\"x\"]\n").unwrap();
+        assert_eq!(read_binding_file(&good).unwrap()["name"], "Named");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
