@@ -197,12 +197,13 @@ pub struct PoolGauges {
 
 /// The Prometheus text page, with each binding's pool gauges brought up to date.
 ///
-/// Only the series of bindings `shown` names are kept (a series without a
-/// `binding` label always is): a private binding's name must not reach a
-/// reader who may not see the binding, nor a deleted one's.
+/// Only the series of the pools `shown` names, by binding and profile
+/// label, are kept (a series without a `binding` label always is): a
+/// private binding's name must not reach a reader who may not see the
+/// binding, nor a deleted one's, nor a removed profile's last counts.
 pub fn render(
     pools: impl IntoIterator<Item = (String, Option<String>, PoolGauges)>,
-    shown: impl Fn(&str) -> bool,
+    shown: impl Fn(&str, Option<&str>) -> bool,
 ) -> String {
     for (name, profile, g) in pools {
         let values = [
@@ -228,7 +229,11 @@ pub fn render(
     let all = handle().render();
     let mut out = String::with_capacity(all.len());
     for line in all.lines() {
-        if binding_label(line).is_none_or(&shown) {
+        let keep = match label(line, "binding") {
+            None => true,
+            Some(binding) => shown(binding, label(line, "profile")),
+        };
+        if keep {
             out.push_str(line);
             out.push('\n');
         }
@@ -236,14 +241,21 @@ pub fn render(
     out
 }
 
-/// The value of a series line's `binding` label.
-fn binding_label(line: &str) -> Option<&str> {
+/// The value of a series line's label `name`.
+fn label<'l>(line: &'l str, name: &str) -> Option<&'l str> {
     if line.starts_with('#') {
         return None;
     }
     let labels = &line[line.find('{')? + 1..line.find('}')?];
-    let at = labels.find("binding=\"")? + "binding=\"".len();
-    labels[at..].split('"').next()
+    let at = labels
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))?;
+    at.split('"').next()
+}
+
+#[cfg(test)]
+fn binding_label(line: &str) -> Option<&str> {
+    label(line, "binding")
 }
 
 #[cfg(test)]
@@ -269,5 +281,42 @@ mod tests {
             None
         );
         assert_eq!(binding_label("binderd_up 1"), None);
+        let line = "binderd_starts_total{binding=\"b\",profile=\"large\"} 2";
+        assert_eq!(label(line, "profile"), Some("large"));
+        assert_eq!(label(line, "binding"), Some("b"));
+        // A label whose name ends like another's is not it.
+        assert_eq!(
+            label("x{subbinding=\"a\",binding=\"b\"} 1", "binding"),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn a_removed_profiles_series_are_not_shown() {
+        init();
+        let gauges = PoolGauges {
+            available: 1,
+            running: 1,
+            starting: 0,
+            min: 1,
+            max: 2,
+            target: 1,
+            warm_share: 1.0,
+            warm_binder_memory: 0,
+        };
+        let pools = vec![
+            ("metric-p".to_string(), None, gauges),
+            ("metric-p".to_string(), Some("gone".to_string()), gauges),
+            ("metric-p".to_string(), Some("kept".to_string()), gauges),
+        ];
+        render(pools, |_, _| true);
+        let page = render(Vec::new(), |b, p| b == "metric-p" && p != Some("gone"));
+        let ours: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("binderd_pool_available{") && l.contains("metric-p"))
+            .collect();
+        assert_eq!(ours.len(), 2, "{ours:?}");
+        assert!(ours.iter().all(|l| !l.contains("gone")), "{ours:?}");
+        assert!(ours.iter().any(|l| l.contains("kept")), "{ours:?}");
     }
 }

@@ -485,7 +485,12 @@ async fn a_broken_command_sets_error_status_and_backs_off() {
     } else {
         assert_error(&a, 503);
     }
-    assert_eq!(data.running_binders(), 0);
+    // Nothing left running (a failed start's sandbox may take a moment to
+    // exit after the binder is marked failed, on a busy machine).
+    eventually(5, "no binder process left", || async {
+        data.running_binders() == 0
+    })
+    .await;
     server.stop().await;
 }
 

@@ -376,6 +376,13 @@ async fn putting_one_profile_rolls_only_its_pool() {
     assert_eq!(a.status, 200, "{}", a.body);
     let pool = http.get(&server.url("/pools/rolled")).await.json();
     assert!(pool["profiles"].get("staff").is_none(), "{pool}");
+    // Its series leave /metrics; the others' stay.
+    let after = starts(&http, &base, "rolled").await;
+    assert!(!after.contains_key("staff"), "{after:?}");
+    assert!(
+        after.contains_key("large") && after.contains_key(""),
+        "{after:?}"
+    );
     let a = http
         .call(
             Method::POST,

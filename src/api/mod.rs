@@ -298,20 +298,20 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Result<Response<B
 /// the bindings the caller may see are named (an admin key sees all).
 fn metrics_page(app: &App, caller: &Caller) -> String {
     let pools = app.pools.all();
-    let shown: std::collections::HashSet<&str> = pools
+    let shown: std::collections::HashSet<(&str, Option<&str>)> = pools
         .iter()
         .filter(|pool| pool.current().access().visible_to(caller))
-        .map(|pool| pool.name.as_str())
+        .map(|pool| (pool.name.as_str(), pool.profile.as_deref()))
         .collect();
     crate::metrics::render(
         pools
             .iter()
-            .filter(|pool| shown.contains(pool.name.as_str()))
+            .filter(|pool| shown.contains(&(pool.name.as_str(), pool.profile.as_deref())))
             .map(|pool| {
                 let profile = pool.profile.as_ref().map(|p| p.to_string());
                 (pool.name.to_string(), profile, (&**pool).into())
             }),
-        |name| shown.contains(name),
+        |name, profile| shown.contains(&(name, profile)),
     )
 }
 
