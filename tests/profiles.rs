@@ -172,6 +172,21 @@ async fn each_profile_fills_its_own_pool_and_a_handout_gets_the_chosen_one() {
         )
         .await;
     assert_error(&a, 415);
+    // With a key, a warm binder of the keys-only profile: 201 at once.
+    let a = http
+        .post_json(
+            &server.url("/pools/course?profile=staff"),
+            Some(ADMIN),
+            &json!({"minPool": 1}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_profiles(&http, &base, "course", &[("staff", 1)]).await;
+    let a = post(&http, &format!("{url}?profile=staff"), None, None).await;
+    assert_error(&a, 403);
+    let a = post(&http, &format!("{url}?profile=staff"), Some(BOB), None).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.json()["profile"], "staff", "{}", a.body);
     // A binding without profiles refuses a choice rather than ignoring it.
     create_binding(&http, &base, &standin_binding("plain", 0, 2)).await;
     let a = post(
