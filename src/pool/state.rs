@@ -48,20 +48,15 @@ impl BindingRecord {
         created_at: u64,
         source: Source,
     ) -> BindingRecord {
-        if document.profiles.is_empty() {
-            return BindingRecord {
-                name,
-                binding: document,
-                document: None,
-                owner,
-                created_at,
-                source,
-            };
-        }
+        let (binding, document) = if document.profiles.is_empty() {
+            (document, None)
+        } else {
+            (document.default_template(), Some(Arc::new(document)))
+        };
         BindingRecord {
             name,
-            binding: document.default_template(),
-            document: Some(Arc::new(document)),
+            binding,
+            document,
             owner,
             created_at,
             source,
