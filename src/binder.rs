@@ -135,6 +135,10 @@ pub struct Binder {
     /// The kernel started (and warmed up) in it while it waited in the pool,
     /// until the first client asking for a kernel takes it.
     warm_kernel: arc_swap::ArcSwapOption<WarmKernel>,
+    /// The warm kernel's channels, opened before the handout and held for
+    /// the first client that opens them (`api::warm_kernel::join`): the
+    /// kernel's id and the held WebSocket.
+    held_channels: std::sync::Mutex<Option<(String, crate::upstream::held::Held)>>,
     /// Its kept-alive connections for the proxy.
     pub conns: Arc<crate::upstream::Conns>,
 }
@@ -194,6 +198,7 @@ impl Binder {
             changed: tokio::sync::Notify::new(),
             charge: OnceLock::new(),
             warm_kernel: arc_swap::ArcSwapOption::empty(),
+            held_channels: std::sync::Mutex::new(None),
             conns: Arc::default(),
         }
     }
@@ -365,6 +370,29 @@ impl Binder {
         match &*previous {
             Some(p) if Arc::ptr_eq(p, &current) => Some(current),
             _ => None,
+        }
+    }
+
+    /// Holds kernel `kernel_id`'s channels for the first client opening them.
+    pub fn hold_channels(&self, kernel_id: String, held: crate::upstream::held::Held) {
+        *self.held_channels.lock().unwrap_or_else(|e| e.into_inner()) = Some((kernel_id, held));
+    }
+
+    /// Whether kernel `kernel_id`'s channels are held (and still open).
+    pub fn holds_channels_of(&self, kernel_id: &str) -> bool {
+        let held = self.held_channels.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .is_some_and(|(id, h)| id == kernel_id && h.is_open())
+    }
+
+    /// Takes kernel `kernel_id`'s held channels. Of racing callers, at most
+    /// one gets them.
+    pub fn take_held_channels(&self, kernel_id: &str) -> Option<crate::upstream::held::Held> {
+        let mut held = self.held_channels.lock().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref().is_some_and(|(id, _)| id == kernel_id) {
+            held.take().map(|(_, h)| h)
+        } else {
+            None
         }
     }
 

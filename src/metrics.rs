@@ -21,6 +21,7 @@ pub const HANDOUT_SECONDS: &str = "binderd_handout_seconds";
 pub const READY_SECONDS: &str = "binderd_time_to_ready_seconds";
 pub const WARM_SHARE: &str = "binderd_pool_warm_share";
 pub const WARM_KERNELS: &str = "binderd_warm_kernels_given_total";
+pub const WARM_CHANNELS: &str = "binderd_warm_channels_given_total";
 pub const LOST_CLAIMS: &str = "binderd_lost_claims_total";
 
 /// Histogram buckets (seconds): from a warm handout's tens of microseconds
@@ -74,6 +75,7 @@ pub struct PoolCounters {
     pub failed_starts: metrics::Counter,
     pub culled: metrics::Counter,
     pub warm_kernels_given: metrics::Counter,
+    pub warm_channels_given: metrics::Counter,
     pub lost_claims: metrics::Counter,
     pub warm_handout_seconds: metrics::Histogram,
     pub cold_handout_seconds: metrics::Histogram,
@@ -103,6 +105,7 @@ impl PoolCounters {
             failed_starts: metrics::counter!(FAILED_STARTS, labels(None)),
             culled: metrics::counter!(CULLED, labels(None)),
             warm_kernels_given: metrics::counter!(WARM_KERNELS, labels(None)),
+            warm_channels_given: metrics::counter!(WARM_CHANNELS, labels(None)),
             lost_claims: metrics::counter!(LOST_CLAIMS, labels(None)),
             warm_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, labels(warm)),
             cold_handout_seconds: metrics::histogram!(HANDOUT_SECONDS, labels(cold)),
@@ -133,6 +136,10 @@ pub fn init() {
         describe_counter!(
             WARM_KERNELS,
             "Kernel requests answered with the kernel warmed up before the handout, by binding"
+        );
+        describe_counter!(
+            WARM_CHANNELS,
+            "Kernel WebSockets joined to the warm kernel's channels held since before the handout, by binding"
         );
         describe_counter!(
             LOST_CLAIMS,

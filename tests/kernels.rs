@@ -305,3 +305,147 @@ async fn a_docker_binder_hands_out_its_warm_kernel() {
     assert!(bytes > 20_000_000, "server and kernel: {bytes} bytes");
     server.stop().await;
 }
+
+/// A kernel's channels, opened through binderd with `headers` added to the
+/// handshake: the socket, or the status the handshake was refused with.
+async fn open_channels(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    u16,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => {
+            assert!(
+                resp.headers().get("sec-websocket-protocol").is_none(),
+                "{resp:?}"
+            );
+            Ok(ws)
+        }
+        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// Runs `code` on open channels; its stream output.
+async fn execute_on(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    code: &str,
+) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    static CELLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let msg_id = format!(
+        "cell-{}",
+        CELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let request = binderd::kernel::execute_request(&msg_id, "reader", code);
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    let (mut output, mut idle) = (String::new(), false);
+    while !idle {
+        let text = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the channels ended: {other:?}"),
+        };
+        let msg: Value = serde_json::from_str(&text).unwrap();
+        if msg["parent_header"]["msg_id"] != msg_id.as_str() {
+            continue;
+        }
+        match msg["header"]["msg_type"].as_str() {
+            Some("stream") => output.push_str(msg["content"]["text"].as_str().unwrap()),
+            Some("status") => idle = msg["content"]["execution_state"] == "idle",
+            _ => {}
+        }
+    }
+    output
+}
+
+/// The warm kernel's channels are opened before the handout and held; the
+/// reader's first WebSocket to them rides that connection (the server
+/// counts one connection to the kernel before and after the reader joins,
+/// not two), but only once the server has said this reader may open them:
+/// a cross-origin page (the server allows no other origin here) and a
+/// plain GET are answered by the server as they would be, and the held
+/// channels stay for the reader. A second WebSocket is proxied as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readers_channels_ride_the_ones_held_since_before_the_handout() {
+    let Some(venv) = venv() else { return };
+    let data = DataDir::new("kernels-held");
+    let server = Server::start(test_config(&data)).await;
+    let http = Http::new();
+    let base = server.url("");
+    let mut binding = warm_binding(&venv, "held", 1, "x = 41");
+    // Cross-origin WebSockets refused by the server (its default).
+    binding["command"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|a| a != "--ServerApp.allow_origin=*");
+    create_binding(&http, &base, &binding).await;
+    wait_pool(&http, &base, "held", 120, |p| p["available"] == 1).await;
+    let (_, location) = hand_out(&http, &base, "held", None).await;
+    let kernels = http
+        .get(&format!("{base}{location}api/kernels"))
+        .await
+        .json();
+    assert_eq!(kernels.as_array().unwrap().len(), 1, "{kernels}");
+    let id = kernels[0]["id"].as_str().unwrap().to_owned();
+    let connections = || {
+        let (http, url) = (&http, format!("{base}{location}api/kernels/{id}"));
+        async move { http.get(&url).await.json()["connections"].clone() }
+    };
+    assert_eq!(connections().await, 1, "the held channels");
+    let given = || {
+        let http = &http;
+        let url = server.url("/metrics");
+        async move {
+            let body = http.get(&url).await.body;
+            body.lines()
+                .find_map(|l| {
+                    l.strip_prefix("binderd_warm_channels_given_total{binding=\"held\"} ")
+                })
+                .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        }
+    };
+    let url = format!(
+        "{}{location}api/kernels/{id}/channels?session_id=reader",
+        base.replacen("http://", "ws://", 1)
+    );
+
+    // Another site's page: the server refuses it, as it would have.
+    let evil = open_channels(&url, &[("origin", "http://evil.example")]).await;
+    assert_eq!(evil.err(), Some(403));
+    // Not a WebSocket at all: the server's answer too.
+    let plain = http.get(&url.replacen("ws://", "http://", 1)).await;
+    assert_eq!(plain.status, 400, "{}", plain.body);
+    assert_eq!(given().await, 0.0);
+    assert_eq!(connections().await, 1);
+
+    // The reader (same origin as the page it was served from).
+    let origin = base.trim_end_matches('/').to_owned();
+    let mut ws = open_channels(&url, &[("origin", &origin)]).await.unwrap();
+    assert_eq!(execute_on(&mut ws, "print(x + 1)").await, "42\n");
+    assert_eq!(given().await, 1.0);
+    assert_eq!(connections().await, 1, "the reader rides the held channels");
+
+    // A second one is the usual proxying: the server sees it.
+    let mut second = open_channels(&url.replace("reader", "second"), &[])
+        .await
+        .unwrap();
+    assert_eq!(execute_on(&mut second, "print(x + 2)").await, "43\n");
+    assert_eq!(connections().await, 2);
+    assert_eq!(given().await, 1.0);
+    assert_eq!(execute_on(&mut ws, "print(x)").await, "41\n");
+    let _ = ws.close(None).await;
+    let _ = second.close(None).await;
+    server.stop().await;
+}

@@ -12,7 +12,7 @@ use http::{header, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::warm_kernel::{self, asks_for_kernel, Ask};
+use super::warm_kernel::{self, asks_for_kernel, channels_of, Ask};
 use super::{ApiError, App, Result};
 use crate::binder::{is_secret_shaped, State};
 use crate::body::Body;
@@ -28,6 +28,9 @@ pub struct Reach<'p> {
     /// The request may be given the binder's warm kernel: the routes must
     /// see it (the fast path hands it over).
     pub kernel: Option<Ask>,
+    /// It opens the channels the binder holds: the routes must see it (the
+    /// fast path hands it over).
+    pub channels: bool,
 }
 
 /// Which binder a request for `path` (slashes folded) on `host` reaches,
@@ -74,10 +77,12 @@ pub fn reach<'p>(app: &App, method: &str, host: Option<&str>, path: &'p str) -> 
     } else {
         None
     };
+    let channels = channels_of(method, rest).is_some_and(|id| entry.binder.holds_channels_of(id));
     Ok(Reach {
         entry,
         rest,
         kernel,
+        channels,
     })
 }
 
@@ -93,6 +98,7 @@ pub(super) async fn proxy(
         entry,
         rest,
         kernel,
+        channels,
     } = reach(app, req.method().as_str(), super::host_of(&req), &path)?;
     // binderd's own key is not the container's business.
     if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
@@ -101,6 +107,9 @@ pub(super) async fn proxy(
         }
     }
     let strip_prefix = entry.pool.current().binding.strip_prefix;
+    if channels {
+        return warm_kernel::join(app, req, &entry, strip_prefix, rest, peer).await;
+    }
     if let Some(ask) = kernel {
         return warm_kernel::give(app, req, &entry, ask, strip_prefix, rest, peer).await;
     }

@@ -2,7 +2,9 @@
 //! api/sessions` into a binder that holds a warm kernel is given that
 //! kernel (the rules below decide which requests may be), so a reader's
 //! first cell runs on a kernel that was started, and warmed up, before the
-//! handout.
+//! handout; and the first client opening that kernel's channels is given
+//! the channels binderd opened to it before the handout ([`join`]), so the
+//! first cell does not wait for the server to set up a new connection.
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -35,6 +37,55 @@ pub fn asks_for_kernel(method: &Method, rest: &str) -> Option<Ask> {
         "/api/sessions" => Some(Ask::Session),
         _ => None,
     }
+}
+
+/// The kernel id of a `GET api/kernels/{id}/channels` (`rest`: the path
+/// after the location).
+pub fn channels_of<'r>(method: &str, rest: &'r str) -> Option<&'r str> {
+    if method != "GET" {
+        return None;
+    }
+    let id = rest
+        .strip_prefix("/api/kernels/")?
+        .strip_suffix("/channels")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The `Sec-WebSocket-Accept` answering a client's WebSocket opening
+/// handshake (RFC 6455 §4.2.1), or `None` if `headers` are not one.
+pub fn websocket_accept(headers: &http::HeaderMap) -> Option<String> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::UPGRADE, "websocket")
+        || !has(header::CONNECTION, "upgrade")
+        || headers.get(header::SEC_WEBSOCKET_VERSION)? != "13"
+    {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// Whether a client's handshake may be answered naming no subprotocol, as
+/// the held channels were opened (Jupyter's JSON messages): it offered none,
+/// or it is a browser's (`Origin`, and a `User-Agent` of `Mozilla/...`),
+/// whose WebSocket API accepts an answer naming none of those it offered
+/// (the page sees `protocol === ""`, and JupyterLab's and thebe's kernel
+/// clients then speak JSON, as they do with servers that have no other).
+/// A non-browser client that offers one may insist on it: it connects the
+/// usual way.
+fn takes_no_subprotocol(headers: &http::HeaderMap) -> bool {
+    if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        return true;
+    }
+    headers.contains_key(header::ORIGIN)
+        && headers
+            .get(header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(b"Mozilla/"))
 }
 
 /// The kernel name a request body asks for: `Ok(None)` for "the default"
@@ -161,6 +212,74 @@ pub(super) async fn give(
     }
 }
 
+/// A client opening the channels of the kernel whose channels the binder
+/// holds. The server's own rules decide whether this client may: the same
+/// credentials, origin and host (the request's headers and query, the
+/// token in it included) are asked of `GET api/kernels/{id}`, which a
+/// Jupyter server answers under the same authentication and origin checks
+/// as the channels. Only on its 200 does binderd answer the `101` itself
+/// and join the client to the held channels; anything else (a refusal, a
+/// request that is not a WebSocket handshake, channels the server closed
+/// meanwhile, a second client) is proxied as sent, and the server answers
+/// it as it would have.
+pub(super) async fn join(
+    app: &App,
+    mut req: Request<Incoming>,
+    entry: &Entry,
+    strip_prefix: bool,
+    rest: &str,
+    peer: SocketAddr,
+) -> Result<Response<Body>> {
+    let proxy = &app.proxy;
+    let binder = &entry.binder;
+    let kernel = channels_of(req.method().as_str(), rest).map(str::to_owned);
+    let accept = websocket_accept(req.headers()).filter(|_| takes_no_subprotocol(req.headers()));
+    let (Some(kernel), Some(accept)) = (kernel, accept) else {
+        return Ok(proxy
+            .forward(req.map(BodyExt::boxed), binder, strip_prefix, rest, peer)
+            .await?);
+    };
+    let mut check = Request::new(empty());
+    *check.uri_mut() = req.uri().clone();
+    *check.headers_mut() = req.headers().clone();
+    for h in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        check.headers_mut().remove(h);
+    }
+    let model = format!("/api/kernels/{kernel}");
+    let answer = proxy
+        .forward(check, binder, strip_prefix, &model, peer)
+        .await?;
+    let allowed = answer.status() == StatusCode::OK;
+    // Read to its end: the connection goes back to the pool.
+    let _ = Limited::new(answer.into_body(), MAX_KERNEL_REQUEST)
+        .collect()
+        .await;
+    let held = match allowed {
+        true => binder.take_held_channels(&kernel),
+        false => None,
+    };
+    let taken = match held {
+        Some(held) => held.take().await,
+        None => None,
+    };
+    let Some(taken) = taken else {
+        return Ok(proxy
+            .forward(req.map(BodyExt::boxed), binder, strip_prefix, rest, peer)
+            .await?);
+    };
+    entry.pool.metrics.warm_channels_given.increment(1);
+    Ok(proxy.join_held(&mut req, binder, taken, &accept))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +304,64 @@ mod tests {
             None
         );
         assert_eq!(asks_for_kernel(&Method::POST, "/x/api/kernels"), None);
+    }
+
+    #[test]
+    fn only_a_get_of_one_kernels_channels_is_one() {
+        assert_eq!(channels_of("GET", "/api/kernels/k1/channels"), Some("k1"));
+        assert_eq!(channels_of("POST", "/api/kernels/k1/channels"), None);
+        assert_eq!(channels_of("GET", "/api/kernels//channels"), None);
+        assert_eq!(channels_of("GET", "/api/kernels/a/b/channels"), None);
+        assert_eq!(channels_of("GET", "/api/kernels/k1"), None);
+        assert_eq!(channels_of("GET", "/x/api/kernels/k1/channels"), None);
+    }
+
+    #[test]
+    fn a_websocket_handshake_is_answered_with_its_accept() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        assert_eq!(websocket_accept(&h), None, "no key");
+        // RFC 6455's own example.
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        assert_eq!(
+            websocket_accept(&h).as_deref(),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        let mut old = h.clone();
+        old.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(websocket_accept(&old), None);
+        let mut not_ws = h.clone();
+        not_ws.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert_eq!(websocket_accept(&not_ws), None);
+        h.remove(header::CONNECTION);
+        assert_eq!(websocket_accept(&h), None);
+
+        let mut h = http::HeaderMap::new();
+        assert!(takes_no_subprotocol(&h), "offers none");
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v1.kernel.websocket.jupyter.org"),
+        );
+        assert!(!takes_no_subprotocol(&h), "a script that may insist");
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://a.example"));
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64) Chrome/156"),
+        );
+        assert!(takes_no_subprotocol(&h), "a browser");
+        h.remove(header::ORIGIN);
+        assert!(!takes_no_subprotocol(&h));
     }
 
     #[test]

@@ -194,7 +194,20 @@ impl Pools {
                     base: &path,
                 };
                 match server.warm(kernel, deadline).await {
-                    Ok(warm) => binder.set_warm_kernel(warm),
+                    Ok(warm) => {
+                        // Its channels, held for the reader's first client
+                        // (without them, that client opens its own).
+                        let held =
+                            tokio::time::timeout_at(deadline, server.hold_channels(&warm.id));
+                        match held.await {
+                            Ok(Ok(held)) => binder.hold_channels(warm.id.clone(), held),
+                            Ok(Err(e)) => {
+                                tracing::info!(binder = %binder.id, error = %e, "warm kernel's channels not held")
+                            }
+                            Err(_) => {}
+                        }
+                        binder.set_warm_kernel(warm);
+                    }
                     Err(e) => {
                         if matches!(binder.state(), State::Starting | State::StartingClaimed) {
                             self.fail(pool, binder, e.to_string()).await;

@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::binder::Binder;
 use crate::body::{empty, Body};
+use crate::tcp::QuickAck;
+use crate::upstream::held::Taken;
 use crate::upstream::Upstream;
 
 pub mod confine;
@@ -159,6 +161,50 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         confine_answer(&mut parts.headers, binder);
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+impl Proxy {
+    /// Answers a client's WebSocket handshake (`accept`: its
+    /// `Sec-WebSocket-Accept`) with binderd's own `101`, no extension and
+    /// no subprotocol (as the held socket was opened), and joins the
+    /// client to `held`, a WebSocket binderd opened to `binder`'s container
+    /// before (`upstream::held`): what the keeper had read of the next frame
+    /// goes to the client first, then the two are joined byte for byte as
+    /// any tunnel is. Whether this client may have it is the caller's
+    /// decision.
+    pub fn join_held<B>(
+        &self,
+        req: &mut Request<B>,
+        binder: &Arc<Binder>,
+        held: Taken,
+        accept: &str,
+    ) -> Response<Body> {
+        binder.touch();
+        crate::metrics::count_proxied();
+        let client_upgrade = hyper::upgrade::on(req);
+        let tunnelled = binder.clone();
+        let idle = self.tunnel_idle;
+        self.tunnels.spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let Ok(client) = client_upgrade.await else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            if !held.read.is_empty() && client.write_all(&held.read).await.is_err() {
+                return;
+            }
+            tunnel(client, QuickAck(held.stream), &tunnelled, idle).await;
+        });
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = resp.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        resp
     }
 }
 

@@ -69,6 +69,7 @@ pub(super) fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -
         entry,
         rest,
         kernel: None,
+        channels: false,
     }) = reach(app, method, host, path)
     else {
         return Plan::HandOver;

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::body::{empty, Body};
 
 pub mod ack;
+pub mod held;
 
 /// Idle connections a binder keeps, at most (as nginx's `keepalive 256`
 /// would for one upstream; fewer and a burst of clients churns
