@@ -27,6 +27,8 @@ use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_acc
 const MAX_HEAD: usize = 16 * 1024;
 /// A data frame up to this long is held until it is whole (see [`keep`]).
 const MAX_HELD_FRAME: u64 = 64 * 1024;
+/// How long a keeper may take to stop when its socket is taken.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,9 +71,17 @@ pub async fn open(addr: SocketAddr, path_and_query: &str) -> Result<Held, HoldEr
 impl Held {
     /// Stops the keeper and gives its socket, or `None` when the server
     /// closed it, or it cannot be given at a frame boundary.
-    pub async fn take(self) -> Option<Taken> {
+    /// A keeper stuck writing a pong to a server that reads nothing is
+    /// given up on after [`TAKE_TIMEOUT`].
+    pub async fn take(mut self) -> Option<Taken> {
         let _ = self.stop.send(());
-        self.keeper.await.ok().flatten()
+        match tokio::time::timeout(TAKE_TIMEOUT, &mut self.keeper).await {
+            Ok(taken) => taken.ok().flatten(),
+            Err(_) => {
+                self.keeper.abort();
+                None
+            }
+        }
     }
 
     /// True while the keeper holds the socket (the server has not closed it).
@@ -410,6 +420,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!held.is_open());
         assert!(held.take().await.is_none());
+
+        // A server that floods pings and reads nothing: the keeper's
+        // pongs stall; taking the socket gives up in time.
+        let (held, mut server) = kept(&[]).await;
+        let pings: Vec<u8> = (0..200_000)
+            .flat_map(|_| frame(true, 9, &[1; 125]))
+            .collect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), server.write_all(&pings)).await;
+        let began = std::time::Instant::now();
+        assert!(held.take().await.is_none());
+        assert!(began.elapsed() < Duration::from_secs(3));
 
         // A close frame.
         let (held, mut server) = kept(&[]).await;
