@@ -470,6 +470,15 @@ async fn a_binder_link_opens_the_repositorys_notebook_in_jupyterlab_whose_kernel
             .contains("from the repository"),
         "{report}"
     );
+    // JupyterLab ran it on the warm kernel, over the channels held for it
+    // (binderd answered its handshake naming no subprotocol: it speaks
+    // JSON then).
+    assert_eq!(report["output"], "from the repository", "{report}");
+    let metrics = http.get(&server.url("/metrics")).await.body;
+    assert!(
+        metrics.contains("binderd_warm_channels_given_total{binding=\"lab\"} 1"),
+        "{metrics}"
+    );
 
     // A reader's kernel (the warm one) imports the requirements from the
     // binding's environment.

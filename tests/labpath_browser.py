@@ -1,7 +1,9 @@
 """A Binder link with `?labpath=` in a real headless Chromium (Debian's
 chromium and chromium-driver, driven by selenium): binderd's `/v2` link is
 followed to a warm binder's JupyterLab, which must open the notebook the
-link names, from the repository's files in the binder's working dir.
+link names, from the repository's files in the binder's working dir, and
+run its cell (on the binder's warm kernel, over the channels binderd held
+for it) to the cell's output.
 
     python labpath_browser.py LINK NOTEBOOK
 
@@ -15,7 +17,9 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 link, notebook = sys.argv[1], sys.argv[2]
 
@@ -52,6 +56,14 @@ try:
     # The notebook's own cell, from the repository's file.
     cell = until("the notebook's cell", lambda: driver.find_element(
         By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-InputArea-editor").text)
-    print(json.dumps({"landed": landed, "tab": tab, "cell": cell, "title": driver.title}))
+    # Run it: JupyterLab's kernel client (which offers the v1 WebSocket
+    # subprotocol) on the binder's warm kernel, its output on the page.
+    editor = driver.find_element(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-InputArea-editor")
+    editor.click()
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+    output = until("the cell's output", lambda: driver.find_element(
+        By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-OutputArea-output").text)
+    print(json.dumps({"landed": landed, "tab": tab, "cell": cell, "output": output,
+                      "title": driver.title}))
 finally:
     driver.quit()

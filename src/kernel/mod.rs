@@ -28,6 +28,12 @@ use crate::upstream::Upstream;
 mod channels;
 pub use channels::{execute_request, Channels, Outcome};
 
+/// What a kernel without warm-up code runs before the handout: a cell
+/// with output, so the kernel's first cell (its compiler, the output path)
+/// has run once and the reader's first cell does not pay for it. Binderd's
+/// own session gets the output; no reader sees it.
+const FIRST_CELL: &str = "print(end='')";
+
 /// Largest server answer read (kernel models and lists are a few KiB).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
@@ -120,7 +126,11 @@ impl Server<'_> {
                     .await?;
             }
             let id = self.start(&kernel.name).await?;
-            let code = kernel.warmup.as_deref().unwrap_or("");
+            let code = kernel
+                .warmup
+                .as_deref()
+                .filter(|c| !c.trim().is_empty())
+                .unwrap_or(FIRST_CELL);
             let mut channels = Channels::connect(self.addr, self.base, &id).await?;
             let outcome = channels.execute(code).await?;
             channels.close().await;
