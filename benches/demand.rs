@@ -57,6 +57,8 @@ struct Outcome {
     p99: Duration,
     pool_seconds: f64,
     peak_target: u64,
+    /// Which readers (in arrival order) waited for a start.
+    cold: Vec<usize>,
 }
 
 async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcome {
@@ -148,9 +150,13 @@ async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcom
     }
     let mut waits = Vec::new();
     let mut warm = 0;
-    for r in readers {
+    let mut cold = Vec::new();
+    for (i, r) in readers.into_iter().enumerate() {
         let (was_warm, took) = r.await.unwrap();
         warm += usize::from(was_warm);
+        if !was_warm {
+            cold.push(i);
+        }
         waits.push(took);
     }
     let _ = done.send(());
@@ -166,6 +172,7 @@ async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcom
         p99,
         pool_seconds,
         peak_target,
+        cold,
     }
 }
 
@@ -209,6 +216,14 @@ fn print_table(fixed: &Outcome, demand: &Outcome) {
             o.p99.as_secs_f64() * 1e3,
             o.pool_seconds,
             o.peak_target
+        );
+    }
+    for (name, o) in [("fixed", fixed), ("demand-sized", demand)] {
+        let shown: Vec<String> = o.cold.iter().take(20).map(usize::to_string).collect();
+        let more = if o.cold.len() > 20 { ", ..." } else { "" };
+        println!(
+            "{name}: readers served cold (arrival order): [{}{more}]",
+            shown.join(", ")
         );
     }
 }
