@@ -14,7 +14,10 @@
 //! and the demand-sized one again.
 //!
 //! `cargo bench --bench demand` (`BENCH_DEMAND_SECONDS`, default 60;
-//! `BENCH_DEMAND_ARRIVALS`, default 150).
+//! `BENCH_DEMAND_ARRIVALS`, default 150; `BENCH_DEMAND_ONLY_RUSH=1` runs the
+//! rush alone; `BENCH_DEMAND_TRACE=1` prints each click and the pool's
+//! counts every 100 ms to stderr). Each pool's cold readers are listed by
+//! arrival order.
 
 mod support;
 
@@ -107,6 +110,7 @@ async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcom
         let (http, url) = (http.clone(), format!("{base}/pools/{name}"));
         tokio::spawn(async move {
             let (mut seconds, mut peak) = (0.0, 0);
+            let (trace, trace0) = (std::env::var("BENCH_DEMAND_TRACE").is_ok(), Instant::now());
             let mut last = Instant::now();
             loop {
                 tokio::select! {
@@ -115,6 +119,16 @@ async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcom
                 }
                 let (_, p) = call(&http, Method::GET, &url, None).await;
                 let now = Instant::now();
+                if trace {
+                    eprintln!(
+                        "trace {:.2} avail {} starting {} target {} running {}",
+                        (now - trace0).as_secs_f64(),
+                        p["available"],
+                        p["starting"],
+                        p["targetPool"],
+                        p["running"]
+                    );
+                }
                 let idle =
                     p["available"].as_u64().unwrap_or(0) + p["starting"].as_u64().unwrap_or(0);
                 seconds += idle as f64 * (now - last).as_secs_f64();
@@ -130,6 +144,9 @@ async fn replay(name: &str, warm_target: Option<f64>, times: Vec<f64>) -> Outcom
         readers.push(tokio::spawn(async move {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64(at)).into()).await;
             let clicked = Instant::now();
+            if std::env::var("BENCH_DEMAND_TRACE").is_ok() {
+                eprintln!("click {:.2}", (clicked - t0).as_secs_f64());
+            }
             let (status, doc) =
                 call(&http, Method::POST, &format!("{base}/binders/{name}"), None).await;
             assert!(status == 201 || status == 202, "{status} {doc}");
@@ -189,9 +206,11 @@ async fn main() {
     println!(
         "{n} readers over {span:.0} s (rate rising then falling), servers ready 2 s after start"
     );
-    let fixed = replay("fixed", None, arrivals(n, span)).await;
-    let demand = replay("demand", Some(0.99), arrivals(n, span)).await;
-    print_table(&fixed, &demand);
+    if std::env::var("BENCH_DEMAND_ONLY_RUSH").is_err() {
+        let fixed = replay("fixed", None, arrivals(n, span)).await;
+        let demand = replay("demand", Some(0.99), arrivals(n, span)).await;
+        print_table(&fixed, &demand);
+    }
     println!("\n90 readers over 15 s, the rate rising steadily to 12/s (a rush that speeds up)");
     let fixed = replay("rush-fixed", None, rush(90, 15.0)).await;
     let demand = replay("rush-demand", Some(0.99), rush(90, 15.0)).await;

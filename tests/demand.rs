@@ -72,6 +72,44 @@ async fn a_rush_grows_the_pool_and_the_cool_down_shrinks_it_back() {
     server.stop().await;
 }
 
+/// A cold handout is the surest sign a pool is short: the demand estimate
+/// takes it in at once, not at the reconciler's next look a second later
+/// (in a rush that speeds up, that second cost a reader a warm binder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_handout_raises_the_target_at_once() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::start("demand-cold").await;
+    let mut body = standin_binding("empty", 0, 10);
+    body["pool"]["warm_target"] = json!(0.99);
+    create_and_fill(&http, &server.url(""), &body).await;
+    let quiet = http.get(&server.url("/pools/empty")).await.json();
+    assert_eq!(quiet["targetPool"], 0, "{quiet}");
+    // Right after the reconciler's look at the new binding: its next one
+    // is a second away.
+    let cold = http
+        .call(Method::POST, &server.url("/binders/empty"), None)
+        .await;
+    assert_eq!(cold.status, 202, "{}", cold.body);
+    let began = std::time::Instant::now();
+    let mut target = 0;
+    while began.elapsed() < Duration::from_millis(400) {
+        let p = http.get(&server.url("/pools/empty")).await.json();
+        target = p["targetPool"].as_u64().unwrap();
+        if target > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        target > 0,
+        "the target stayed at {target} for 400 ms after a cold handout"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_change_rolls_over_without_a_cold_handout() {
     let Harness {

@@ -110,6 +110,13 @@ impl Pools {
             return Err(e.into());
         }
         pool.handed_out(found == Found::Warm);
+        // A demand-sized pool's estimate reads the handout count: its
+        // reconciler looks again now that this one counts (the wake in
+        // `find` may run before it does), and after a cold handout (the
+        // pool was short) whatever the pool's kind.
+        if found == Found::Cold || pool.current().binding.pool.warm_target.is_some() {
+            pool.wake.notify_one();
+        }
         Ok(match found {
             Found::Warm => {
                 self.watch_for_culling(&binder);
