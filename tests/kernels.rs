@@ -308,13 +308,7 @@ async fn a_docker_binder_hands_out_its_warm_kernel() {
 
 /// A kernel's channels, opened through binderd with `headers` added to the
 /// handshake: the socket, or the status the handshake was refused with.
-async fn open_channels(
-    url: &str,
-    headers: &[(&'static str, &str)],
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    u16,
-> {
+async fn open_channels(url: &str, headers: &[(&'static str, &str)]) -> Result<KernelSocket, u16> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Error;
     let mut req = url.into_client_request().unwrap();
@@ -332,42 +326,6 @@ async fn open_channels(
         Err(Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("{url}: {e}"),
     }
-}
-
-/// Runs `code` on open channels; its stream output.
-async fn execute_on(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    code: &str,
-) -> String {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    static CELLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let msg_id = format!(
-        "cell-{}",
-        CELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let request = binderd::kernel::execute_request(&msg_id, "reader", code);
-    ws.send(Message::text(request.to_string())).await.unwrap();
-    let (mut output, mut idle) = (String::new(), false);
-    while !idle {
-        let text = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => text,
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("the channels ended: {other:?}"),
-        };
-        let msg: Value = serde_json::from_str(&text).unwrap();
-        if msg["parent_header"]["msg_id"] != msg_id.as_str() {
-            continue;
-        }
-        match msg["header"]["msg_type"].as_str() {
-            Some("stream") => output.push_str(msg["content"]["text"].as_str().unwrap()),
-            Some("status") => idle = msg["content"]["execution_state"] == "idle",
-            _ => {}
-        }
-    }
-    output
 }
 
 /// The warm kernel's channels are opened before the handout and held; the

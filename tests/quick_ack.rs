@@ -16,9 +16,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 
 /// Inodes of this process's sockets.
 fn own_sockets() -> HashSet<u64> {
@@ -92,24 +90,7 @@ async fn binderd_acks_a_kernels_frames_at_once() {
     let binderd_port = server.addr.port();
     let mut client_delayed = 0;
     for cell in 0..12 {
-        let msg_id = format!("cell-{cell}");
-        let request = binderd::kernel::execute_request(&msg_id, "t", "print(6*7)");
-        ws.send(Message::text(request.to_string())).await.unwrap();
-        let (mut output, mut idle) = (String::new(), false);
-        while !idle {
-            let Some(Ok(Message::Text(text))) = ws.next().await else {
-                continue;
-            };
-            let msg: Value = serde_json::from_str(&text).unwrap();
-            if msg["parent_header"]["msg_id"] != msg_id.as_str() {
-                continue;
-            }
-            match msg["header"]["msg_type"].as_str() {
-                Some("stream") => output.push_str(msg["content"]["text"].as_str().unwrap()),
-                Some("status") => idle = msg["content"]["execution_state"] == "idle",
-                _ => {}
-            }
-        }
+        let output = execute_on(&mut ws, "print(6*7)").await;
         // At once: a delayed ACK would be sent (and the mode left) within
         // 40 ms.
         let conns = own_connections();

@@ -153,3 +153,40 @@ pub fn docker_jupyter_binding(name: &str) -> serde_json::Value {
         "start_timeout_seconds": 90,
     })
 }
+
+/// A kernel's channels as a test client opens them.
+pub type KernelSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Runs `code` on a kernel's open channels (JSON messages, as a client
+/// without a subprotocol speaks them) until the kernel is idle again; its
+/// stream output.
+pub async fn execute_on(ws: &mut KernelSocket, code: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    static CELLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let msg_id = format!(
+        "cell-{}",
+        CELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let request = binderd::kernel::execute_request(&msg_id, "reader", code);
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    let (mut output, mut idle) = (String::new(), false);
+    while !idle {
+        let text = match tokio::time::timeout(std::time::Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the channels ended: {other:?}"),
+        };
+        let msg: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if msg["parent_header"]["msg_id"] != msg_id.as_str() {
+            continue;
+        }
+        match msg["header"]["msg_type"].as_str() {
+            Some("stream") => output.push_str(msg["content"]["text"].as_str().unwrap()),
+            Some("status") => idle = msg["content"]["execution_state"] == "idle",
+            _ => {}
+        }
+    }
+    output
+}
