@@ -55,6 +55,21 @@ def click(driver, selector):
     until("a click on " + selector, attempt)
 
 
+def type_into(driver, selector, value):
+    """Types `value` into what `selector` finds, scrolled into view, again
+    if the element was not ready for keys (re-rendered or not yet laid out:
+    Chromium refuses keys to an element it cannot interact with, before
+    typing any)."""
+
+    def attempt():
+        box = driver.find_element(By.CSS_SELECTOR, selector)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+        box.send_keys(value)
+        return True
+
+    until("typing into " + selector, attempt)
+
+
 def resize_row(driver, row, value, done):
     """Types `value` into `row`'s min box and clicks its Resize, again if
     the page re-rendered the row in between (its periodic refresh replaces
@@ -100,7 +115,7 @@ try:
     until("the counts to change", lambda: int(cell("running")) == running_before + 1)
     report["running"] = [running_before, running_before + 1]
     # A resize without a key is refused, visibly.
-    driver.find_element(By.CSS_SELECTOR, row + " input.new-min").send_keys("3")
+    type_into(driver, row + " input.new-min", "3")
     click(driver, row + " button.resize")
     message = until("the refusal", lambda: "refused" in driver.find_element(By.ID, "message").text
                     and driver.find_element(By.ID, "message"))
@@ -139,8 +154,7 @@ try:
         report["profile_mins"] = {p: c["minPool"] for p, c in pool["profiles"].items()}
         until("the page to show it", lambda: pcell("large", "min") == "3")
         # What is typed survives the page's refresh (every second).
-        box = driver.find_element(By.CSS_SELECTOR, prow("small") + " input.new-max")
-        box.send_keys("5")
+        type_into(driver, prow("small") + " input.new-max", "5")
         time.sleep(2.5)
         kept = driver.find_element(By.CSS_SELECTOR, prow("small") + " input.new-max").get_attribute("value")
         report["typed_kept"] = kept

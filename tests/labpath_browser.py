@@ -58,9 +58,13 @@ try:
         By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-InputArea-editor").text)
     # Run it: JupyterLab's kernel client (which offers the v1 WebSocket
     # subprotocol) on the binder's warm kernel, its output on the page.
-    editor = driver.find_element(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-InputArea-editor")
-    editor.click()
-    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+    def run_cell():
+        editor = driver.find_element(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-InputArea-editor")
+        editor.click()  # refused (and retried) while JupyterLab lays it out
+        ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+        return True
+
+    until("the cell to run", run_cell)
     output = until("the cell's output", lambda: driver.find_element(
         By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .jp-OutputArea-output").text)
     print(json.dumps({"landed": landed, "tab": tab, "cell": cell, "output": output,
