@@ -17,7 +17,7 @@ use crate::pool::{Handout, Pool};
 pub(super) fn visible_pool(app: &App, caller: &Caller, raw: &str) -> Result<Arc<Pool>> {
     let name = binding_name(raw)?;
     app.pools
-        .get(&name)
+        .binding(&name)
         .filter(|p| p.current().access().visible_to(caller))
         .ok_or_else(|| ApiError::NotFound(format!("binding '{name}' not found")))
 }
@@ -45,52 +45,15 @@ pub(super) struct HandoutRequest {
 }
 
 /// The pool serving the profile `chosen` of the binding whose pool is
-/// `pool` (`None`: its default). 400 for a profile it does not offer,
-/// naming those it does; 403 for a `keys_only` one without a key.
+/// `pool` (`None`: its default), by the pools' one set of rules
+/// ([`crate::pool::Pools::resolve`]).
 pub(super) fn choose_profile(
+    app: &App,
     pool: &Arc<Pool>,
     caller: &Caller,
     chosen: Option<&str>,
 ) -> Result<Arc<Pool>> {
-    let record = pool.current();
-    let document = record.document();
-    let profile = match chosen {
-        None => match document.default_profile() {
-            None => return Ok(pool.clone()),
-            Some(p) => p,
-        },
-        Some(name) if document.profiles.is_empty() => {
-            return Err(ApiError::BadRequest(format!(
-                "binding '{}' offers no profiles; asked for '{}'",
-                pool.name,
-                crate::binding::printable(name)
-            )))
-        }
-        Some(name) => document.profile(name).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "binding '{}' has no profile '{}': choose one of {}",
-                pool.name,
-                crate::binding::printable(name),
-                document.profile_names()
-            ))
-        })?,
-    };
-    if profile.keys_only && caller.key_name().is_none() {
-        return Err(ApiError::Forbidden(format!(
-            "profile '{}' of binding '{}' is for API keys only: send one in Authorization",
-            profile.name, pool.name
-        )));
-    }
-    pool.for_profile(&profile.name).ok_or_else(|| {
-        // Put again meanwhile, between reading the document and the pools.
-        ApiError::Unavailable {
-            message: format!(
-                "profile '{}' of binding '{}' is being replaced: try again",
-                profile.name, pool.name
-            ),
-            retry_after: 1,
-        }
-    })
+    Ok(app.pools.resolve(pool.name.clone(), chosen, caller)?)
 }
 
 /// The profile a handout asks for: `{"profile": ...}` in the body or
@@ -146,7 +109,7 @@ pub(super) async fn create(
 ) -> Result<Response<Body>> {
     let pool = visible_pool(app, caller, raw)?;
     let asked = asked_profile(app, req).await?;
-    let pool = choose_profile(&pool, caller, asked.as_deref())?;
+    let pool = choose_profile(app, &pool, caller, asked.as_deref())?;
     match app.pools.handout(&pool, caller.owner(), client).await? {
         Handout::Ready(binder) => json(StatusCode::CREATED, &render(app, &binder)),
         Handout::Starting(binder) => json(StatusCode::ACCEPTED, &render(app, &binder)),
@@ -161,7 +124,7 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
     let pool = visible_pool(app, caller, raw)?;
     let mut binders: Vec<Arc<Binder>> = app
         .pools
-        .binders_of_binding(&pool)
+        .binders_of(&pool.name)
         .into_iter()
         .map(|e| e.binder)
         .collect();

@@ -13,7 +13,7 @@ use crate::pool::{BuildPhase, Pool, PoolError};
 
 /// The binding as answered: the template with its pool's sizes as they are
 /// now, plus owner, created_at and status.
-pub(super) fn render(pool: &Pool) -> Binding {
+pub(super) fn render(app: &App, pool: &Pool) -> Binding {
     let record = pool.record();
     let mut doc = record.document().clone();
     if doc.profiles.is_empty() {
@@ -29,7 +29,7 @@ pub(super) fn render(pool: &Pool) -> Binding {
             ("building", None)
         }
         Some(BuildPhase::Failed(why)) if !pool.content_ready() => ("error", Some(why)),
-        _ => match pool.error().or_else(|| profiles_error(pool)) {
+        _ => match pool.error().or_else(|| profiles_error(app, pool)) {
             Some(why) => ("error", Some(why)),
             None => ("ready", None),
         },
@@ -40,8 +40,9 @@ pub(super) fn render(pool: &Pool) -> Binding {
 }
 
 /// Why a profile's own pool last failed to start, naming the profile.
-fn profiles_error(pool: &Pool) -> Option<String> {
-    pool.profile_pools().iter().find_map(|p| {
+fn profiles_error(app: &App, pool: &Pool) -> Option<String> {
+    app.pools.pools_of(&pool.name).iter().find_map(|p| {
+        p.profile.as_ref()?;
         let why = p.error()?;
         Some(format!(
             "profile '{}': {why}",
@@ -66,10 +67,10 @@ pub(super) fn build_logs(app: &App, caller: &Caller, raw_name: &str) -> Result<R
 pub(super) fn list(app: &App, caller: &Caller) -> Result<Response<Body>> {
     let docs: Vec<Binding> = app
         .pools
-        .list()
+        .bindings()
         .iter()
         .filter(|p| p.current().access().visible_to(caller))
-        .map(|p| render(p))
+        .map(|p| render(app, p))
         .collect();
     json(StatusCode::OK, &docs)
 }
@@ -88,7 +89,7 @@ pub(super) async fn create(
     within_a_users_share(app, caller, &binding, true)?;
     let owner = caller.key_name().unwrap_or_default();
     let (pool, _) = app.pools.put_binding(binding, owner, false).await?;
-    json(StatusCode::CREATED, &render(&pool))
+    json(StatusCode::CREATED, &render(app, &pool))
 }
 
 /// A binding may lower the server's `[limits]` with any key; raising them
@@ -166,7 +167,7 @@ fn within_a_users_share(app: &App, caller: &Caller, binding: &Binding, new: bool
     if new {
         let owned = app
             .pools
-            .list()
+            .bindings()
             .iter()
             .filter(|p| p.record().owner == key)
             .count();
@@ -219,7 +220,7 @@ fn visible(app: &App, caller: &Caller, raw_name: &str) -> Result<(BindingName, O
     let name = binding_name(raw_name)?;
     let pool = app
         .pools
-        .get(&name)
+        .binding(&name)
         .filter(|p| p.current().access().visible_to(caller));
     Ok((name, pool))
 }
@@ -232,7 +233,7 @@ fn not_found(name: &BindingName) -> ApiError {
 pub(super) fn get(app: &App, caller: &Caller, raw_name: &str) -> Result<Response<Body>> {
     let (name, pool) = visible(app, caller, raw_name)?;
     let pool = pool.ok_or_else(|| not_found(&name))?;
-    json(StatusCode::OK, &render(&pool))
+    json(StatusCode::OK, &render(app, &pool))
 }
 
 /// `PUT /bindings/{name}`: replace (owner or admin) or create.
@@ -259,7 +260,7 @@ pub(super) async fn put(
     may_raise_limits(app, caller, &binding)?;
     within_a_users_share(app, caller, &binding, visible.is_none())?;
     let owner = caller.key_name().unwrap_or_default();
-    if visible.is_none() && app.pools.get(&name).is_some() {
+    if visible.is_none() && app.pools.binding(&name).is_some() {
         // Exists but hidden from this caller: do not reveal or replace it.
         return Err(ApiError::Conflict(format!(
             "binding '{name}' already exists"
@@ -271,7 +272,7 @@ pub(super) async fn put(
     } else {
         StatusCode::OK
     };
-    json(status, &render(&pool))
+    json(status, &render(app, &pool))
 }
 
 /// `DELETE /bindings/{name}[?force=true]` (owner or admin).

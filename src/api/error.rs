@@ -12,7 +12,7 @@ use crate::auth::AuthError;
 use crate::backend::BackendError;
 use crate::binding::InvalidBinding;
 use crate::body::{full, Body};
-use crate::pool::PoolError;
+use crate::pool::{PoolError, Refused};
 use crate::proxy::ProxyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +174,14 @@ impl From<PoolError> for ApiError {
                 ApiError::BadRequest(m)
             }
             PoolError::Content(e @ ContentError::Tool(_)) => ApiError::Internal(e.to_string()),
+            PoolError::Refused(r @ (Refused::NoProfiles { .. } | Refused::Unknown { .. })) => {
+                ApiError::BadRequest(r.to_string())
+            }
+            PoolError::Refused(r @ Refused::KeysOnly { .. }) => ApiError::Forbidden(r.to_string()),
+            PoolError::Refused(r @ Refused::Replacing { .. }) => ApiError::Unavailable {
+                message: r.to_string(),
+                retry_after: 1,
+            },
         }
     }
 }

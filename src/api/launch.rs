@@ -116,7 +116,7 @@ fn pool_for(
     caller: &Caller,
     spec: &Spec,
 ) -> std::result::Result<(Arc<Pool>, bool), String> {
-    let pools = app.pools.list();
+    let pools = app.pools.bindings();
     let visible = |p: &&Arc<Pool>| p.current().access().visible_to(caller);
     let bound = pools.iter().filter(visible).find(|p| {
         p.current()
@@ -229,7 +229,7 @@ pub(super) async fn build(
         Err(message) => return failed(message),
     };
     let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
-    let pool = match super::binders::choose_profile(&pool, caller, profile.as_deref()) {
+    let pool = match super::binders::choose_profile(app, &pool, caller, profile.as_deref()) {
         Ok(pool) => pool,
         Err(e) => return failed(e.to_string()),
     };
@@ -564,7 +564,7 @@ pub(super) async fn v2(
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
     let (pool, launch) = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
     let profile = super::query_param(query, "profile");
-    let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
+    let pool = super::binders::choose_profile(app, &pool, caller, profile.as_deref())?;
     // A binder of a launch is only ever this repository's.
     let waiting = query
         .split('&')

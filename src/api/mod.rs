@@ -297,7 +297,7 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Result<Response<B
 /// `GET /metrics`: the counters, with every pool's sizes as gauges; only
 /// the bindings the caller may see are named (an admin key sees all).
 fn metrics_page(app: &App, caller: &Caller) -> String {
-    let pools = app.pools.all();
+    let pools = app.pools.pools();
     let shown: std::collections::HashSet<(&str, Option<&str>)> = pools
         .iter()
         .filter(|pool| pool.current().access().visible_to(caller))
@@ -329,7 +329,7 @@ fn configuration(app: &App) -> views::Configuration {
         max_pool_limit: c.max_pool_limit,
         start_concurrency: c.start_concurrency,
         api_keys: c.api_keys.len(),
-        bindings: app.pools.list().len(),
+        bindings: app.pools.bindings().len(),
     }
 }
 

@@ -14,17 +14,20 @@ use crate::body::Body;
 pub(super) fn list(app: &App, caller: &Caller) -> Result<Response<Body>> {
     let docs: Vec<PoolView> = app
         .pools
-        .list()
+        .bindings()
         .iter()
         .filter(|p| p.current().access().visible_to(caller))
-        .map(|p| PoolView::of(p, true))
+        .map(|p| PoolView::of(p, &app.pools.pools_of(&p.name), true))
         .collect();
     json(StatusCode::OK, &docs)
 }
 
 pub(super) fn get(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>> {
     let pool = visible_pool(app, caller, raw)?;
-    json(StatusCode::OK, &PoolView::of(&pool, false))
+    json(
+        StatusCode::OK,
+        &PoolView::of(&pool, &app.pools.pools_of(&pool.name), false),
+    )
 }
 
 #[derive(Deserialize)]
@@ -56,7 +59,7 @@ pub(super) async fn resize(
         )));
     }
     let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
-    let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
+    let pool = super::binders::choose_profile(app, &pool, caller, profile.as_deref())?;
     let body: Resize = read_json(app, req).await?;
     if body.min.is_none() && body.max.is_none() {
         return Err(ApiError::BadRequest(
@@ -65,7 +68,10 @@ pub(super) async fn resize(
     }
     super::bindings::may_size_pool(app, caller, body.min, body.max)?;
     app.pools.resize(&pool, body.min, body.max).await?;
-    json(StatusCode::OK, &PoolView::of(&pool, false))
+    json(
+        StatusCode::OK,
+        &PoolView::of(&pool, &app.pools.pools_of(&pool.name), false),
+    )
 }
 
 /// `GET /quota`: the calling key's quota and what it uses now.

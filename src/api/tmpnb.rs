@@ -28,7 +28,7 @@ fn default_pool(app: &App, caller: &Caller, named: Option<&str>) -> Result<Arc<P
     }
     let visible: Vec<_> = app
         .pools
-        .list()
+        .bindings()
         .into_iter()
         .filter(|p| p.current().access().visible_to(caller))
         .collect();
@@ -101,7 +101,7 @@ pub(super) async fn spawn(
     };
     let pool = default_pool(app, caller, field("binding").as_deref())?;
     let profile = field("profile").or(from_query);
-    let pool = choose_profile(&pool, caller, profile.as_deref())?;
+    let pool = choose_profile(app, &pool, caller, profile.as_deref())?;
     let binder = handout_and_wait(app, caller, &pool, client).await?;
     json(
         StatusCode::OK,
@@ -122,7 +122,7 @@ pub(super) async fn spawn_redirect(
 ) -> Result<Response<Body>> {
     let pool = default_pool(app, caller, None)?;
     let profile = query.and_then(|q| super::query_param(q, "profile"));
-    let pool = choose_profile(&pool, caller, profile.as_deref())?;
+    let pool = choose_profile(app, &pool, caller, profile.as_deref())?;
     let binder = handout_and_wait(app, caller, &pool, client).await?;
     let mut target = format!("{}{}", app.location(&binder), rest);
     if let Some(q) = query {
@@ -150,7 +150,7 @@ pub(super) fn stats(app: &App, caller: &Caller) -> Result<Response<Body>> {
         Some(name) => vec![visible_pool(app, caller, name.as_str())?],
         None => app
             .pools
-            .list()
+            .bindings()
             .into_iter()
             .filter(|p| p.current().access().visible_to(caller))
             .collect(),

@@ -127,9 +127,9 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    /// `pool`'s counts; for a binding's pool with profiles, each
-    /// profile's under `profiles`.
-    pub fn of(pool: &Pool, with_name: bool) -> PoolView {
+    /// The counts of a binding's default `pool`; with profiles, each
+    /// profile's (the binding's other `pools`) under `profiles`.
+    pub fn of(pool: &Pool, pools: &[std::sync::Arc<Pool>], with_name: bool) -> PoolView {
         let mut view = PoolView::one(pool, with_name);
         if view.profile.is_some() && pool.profile.is_none() {
             let mut all = std::collections::BTreeMap::new();
@@ -137,7 +137,7 @@ impl PoolView {
                 view.profile.clone().unwrap_or_default(),
                 PoolView::one(pool, false),
             );
-            for other in pool.profile_pools().iter() {
+            for other in pools.iter().filter(|p| p.profile.is_some()) {
                 let v = PoolView::one(other, false);
                 all.insert(v.profile.clone().unwrap_or_default(), v);
             }

@@ -261,7 +261,7 @@ impl Pools {
         pool: &Arc<Pool>,
         binding: &Binding,
     ) -> Result<Content, (String, bool)> {
-        let cache = &self.shared.content;
+        let cache = &self.inner.content;
         let failed = |e: ContentError| {
             let retry = matches!(e, ContentError::Repo(_));
             (e.to_string(), retry)
@@ -295,7 +295,7 @@ impl Pools {
                 let config = cache.config();
                 let log = |line: &str| pool.build.line(line);
                 let built = self
-                    .shared
+                    .inner
                     .backend
                     .build_env(EnvRequest {
                         binding,
@@ -329,7 +329,7 @@ impl Pools {
         url: &str,
         git_ref: &str,
     ) -> Result<(std::path::PathBuf, String, bool), PoolError> {
-        let (fetched, fresh) = self.shared.content.launch(url, git_ref).await?;
+        let (fetched, fresh) = self.inner.content.launch(url, git_ref).await?;
         Ok((fetched.files, fetched.commit, fresh))
     }
 
@@ -356,7 +356,7 @@ impl Pools {
             return Err(PoolError::NotReady(binder.state()));
         };
         let put = self
-            .shared
+            .inner
             .backend
             .put_files(&binder.id, &instance, files)
             .await;

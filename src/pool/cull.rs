@@ -69,7 +69,7 @@ impl Pools {
     /// adopted). Cheap: one lock-free push, no wake-up; the culler takes it
     /// at its next tick (due times are whole seconds away).
     pub(crate) fn watch_for_culling(&self, binder: &Binder) {
-        self.shared.cull_inbox.push(binder.id.clone());
+        self.inner.cull_inbox.push(binder.id.clone());
     }
 
     pub(crate) fn spawn_culler(&self, every: Duration) {
@@ -81,11 +81,11 @@ impl Pools {
         let mut heap: BinaryHeap<Reverse<(u64, BinderId)>> = BinaryHeap::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.inner.shutdown.clone();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    take_inbox(&self.shared.cull_inbox, &mut heap, |id| {
+                    take_inbox(&self.inner.cull_inbox, &mut heap, |id| {
                         let Entry { pool, binder } = self.binder(id)?;
                         due(&binder, &pool.record().binding.cull)
                     })
@@ -149,7 +149,7 @@ impl Pools {
                     binder.location()
                 };
                 let server = crate::kernel::Server {
-                    upstream: &this.shared.upstream,
+                    upstream: &this.inner.upstream,
                     addr: instance.addr,
                     base: &base,
                 };

@@ -45,7 +45,7 @@ impl Pools {
         client: Option<std::net::IpAddr>,
     ) -> Result<Handout, PoolError> {
         let began = tokio::time::Instant::now();
-        let quotas = &self.shared.quotas;
+        let quotas = &self.inner.quotas;
         let charge = match (&owner, client) {
             (Owner::Anonymous, Some(client)) => quotas.try_charge_anonymous(client)?,
             _ => quotas.try_charge(&owner, &pool.current().binding.resources, true)?,
@@ -87,15 +87,15 @@ impl Pools {
                 if self.cluster().is_some() {
                     Ok(()) // the claim on the pod is the record
                 } else {
-                    self.shared.store.record_handout(&binder.id, &owner, now)
+                    self.inner.store.record_handout(&binder.id, &owner, now)
                 }
             }
             Found::Cold => {
                 self.register(pool, &binder);
                 let row = StoredBinder::from(&*binder);
-                self.shared.store.put_binder(row).await
+                self.inner.store.put_binder(row).await
             }
-            Found::Claimed => self.shared.store.claim(&binder.id, owner).await,
+            Found::Claimed => self.inner.store.claim(&binder.id, owner).await,
         };
         if let Err(e) = recorded {
             // Not durable, so not handed out: a crash now could hand it out
@@ -147,7 +147,7 @@ impl Pools {
                 return Ok((binder, found));
             }
             // Cut off from the API server: no claim can be made.
-            if let Some(reason) = self.shared.backend.unavailable() {
+            if let Some(reason) = self.inner.backend.unavailable() {
                 pool.requeue(binder);
                 return Err(BackendError::Unavailable(reason).into());
             }
@@ -180,7 +180,7 @@ impl Pools {
             }
             return Ok((binder, Found::Warm));
         }
-        if let Some(reason) = self.shared.backend.unavailable() {
+        if let Some(reason) = self.inner.backend.unavailable() {
             return Err(BackendError::Unavailable(reason).into());
         }
         let max = pool.max.load(Ordering::Acquire);
@@ -217,7 +217,7 @@ impl Pools {
             return None;
         }
         let candidates: Vec<Arc<Binder>> = self
-            .shared
+            .inner
             .binders
             .iter()
             .filter(|e| Arc::ptr_eq(&e.pool, pool) && e.binder.state() == State::Starting)

@@ -25,7 +25,7 @@ impl Pools {
     /// Stops every binder, for `--cleanup-on-exit`. Waits for them.
     pub async fn stop_all(&self) {
         let entries: Vec<Entry> = self
-            .shared
+            .inner
             .binders
             .iter()
             .map(|e| e.value().clone())
@@ -43,12 +43,12 @@ impl Pools {
     /// Takes a dead binder out of service: no token, no record, and after
     /// [`RETENTION`] no id either.
     pub(super) async fn forget(&self, binder: &Arc<Binder>) {
-        self.shared.tokens.remove(&binder.token);
+        self.inner.tokens.remove(&binder.token);
         binder.release_charge();
-        if let Err(e) = self.shared.store.delete_binder(&binder.id).await {
+        if let Err(e) = self.inner.store.delete_binder(&binder.id).await {
             tracing::warn!(binder = %binder.id, error = %e, "cannot delete binder record");
         }
-        let shared = self.shared.clone();
+        let shared = self.inner.clone();
         let id = binder.id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RETENTION).await;
@@ -59,7 +59,7 @@ impl Pools {
     pub(super) async fn finish_stop(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) {
         std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(instance) = binder.instance() {
-            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
+            if let Err(e) = self.inner.backend.stop(&binder.id, &instance).await {
                 tracing::warn!(binder = %binder.id, error = %e, "stop failed");
             }
         }
@@ -85,7 +85,7 @@ impl Pools {
             tracing::warn!(binding = %pool.name, binder = %binder.id, %reason, "binder lost");
         }
         if let Some(instance) = binder.instance() {
-            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
+            if let Err(e) = self.inner.backend.stop(&binder.id, &instance).await {
                 tracing::warn!(binder = %binder.id, error = %e, "cleanup failed");
             }
         }
@@ -141,15 +141,15 @@ impl Pools {
                     other => Err(PoolError::NotReady(other)),
                 };
             }
-            self.shared
+            self.inner
                 .store
                 .set_binder_state(&binder.id, State::Paused)
                 .await?;
             if let Some(instance) = binder.instance() {
-                if let Err(e) = self.shared.backend.pause(&binder.id, &instance).await {
+                if let Err(e) = self.inner.backend.pause(&binder.id, &instance).await {
                     if pool.transition(binder, State::Paused, State::Assigned) {
                         let _ = self
-                            .shared
+                            .inner
                             .store
                             .set_binder_state(&binder.id, State::Assigned)
                             .await;
@@ -187,11 +187,11 @@ impl Pools {
             base_url: &base_url,
             content: content.as_ref(),
         };
-        match self.shared.backend.resume(spec, &old).await {
+        match self.inner.backend.resume(spec, &old).await {
             Ok(instance) => {
                 binder.set_instance(instance.clone());
                 if let Err(e) = self
-                    .shared
+                    .inner
                     .store
                     .put_binder(StoredBinder::from(&**binder))
                     .await
@@ -215,11 +215,7 @@ impl Pools {
     /// The binder's recent output.
     pub async fn logs(&self, binder: &Binder, tail: usize) -> Result<String, PoolError> {
         match binder.instance() {
-            Some(instance) => Ok(self
-                .shared
-                .backend
-                .logs(&binder.id, &instance, tail)
-                .await?),
+            Some(instance) => Ok(self.inner.backend.logs(&binder.id, &instance, tail).await?),
             None => Ok(String::new()),
         }
     }

@@ -40,16 +40,17 @@ use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
 
 pub mod allocator;
-mod bindings;
+mod changes;
 mod content;
 mod cull;
 pub mod demand;
 mod handout;
+mod key;
 mod lifecycle;
 mod profiles;
 mod reconciler;
+mod replicas;
 pub mod restore;
-mod shared;
 mod start;
 #[allow(clippy::module_inception)]
 mod state;
@@ -57,6 +58,7 @@ pub mod sweep;
 
 pub use content::{Phase as BuildPhase, BUILD_POLL};
 pub use handout::Handout;
+pub use key::{PoolKey, Refused};
 pub use state::{BindingRecord, Pool, PoolCounts};
 
 /// How long a stopped or failed binder stays visible to `GET /binders/{b}/{id}`.
@@ -86,6 +88,8 @@ pub enum PoolError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
 }
 
 /// A binder together with the pool it belongs to.
@@ -95,11 +99,13 @@ pub struct Entry {
     pub pool: Arc<Pool>,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct Inner {
     backend: Arc<dyn Backend>,
     store: Store,
     upstream: Arc<Upstream>,
-    pools: DashMap<BindingName, Arc<Pool>>,
+    /// Every pool by its target; a binding's default profile's is the
+    /// entry whose target names no profile.
+    pools: DashMap<PoolKey, Arc<Pool>>,
     binders: DashMap<BinderId, Entry>,
     tokens: DashMap<Token, Entry>,
     start_permits: Arc<Semaphore>,
@@ -134,7 +140,7 @@ pub struct Tuning {
 /// Every pool and binder. Cheap to clone.
 #[derive(Clone)]
 pub struct Pools {
-    shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
 impl Pools {
@@ -154,7 +160,7 @@ impl Pools {
             cull_every,
         } = tuning;
         let pools = Pools {
-            shared: Arc::new(Shared {
+            inner: Arc::new(Inner {
                 backend,
                 store,
                 upstream,
@@ -176,57 +182,75 @@ impl Pools {
     }
 
     pub fn backend_kind(&self) -> crate::backend::BackendKind {
-        self.shared.backend.kind()
+        self.inner.backend.kind()
     }
 
     /// Why the backend cannot be reached now (no I/O), or `None`.
     pub fn backend_unavailable(&self) -> Option<String> {
-        self.shared.backend.unavailable()
+        self.inner.backend.unavailable()
     }
 
     /// How the backend keeps binders apart (no I/O).
     pub fn isolation(&self) -> crate::backend::Isolation {
-        self.shared.backend.isolation()
+        self.inner.backend.isolation()
     }
 
     /// A key's quota `spec` and `usage`.
     pub fn quota_report(&self, key: &str) -> serde_json::Value {
-        self.shared.quotas.report(key)
+        self.inner.quotas.report(key)
     }
 
     pub fn max_pool_limit(&self) -> u32 {
-        self.shared.max_pool_limit
+        self.inner.max_pool_limit
     }
 
-    pub fn get(&self, name: &BindingName) -> Option<Arc<Pool>> {
-        self.shared.pools.get(name).map(|p| p.value().clone())
+    /// The pool a handout of `name` without a choice takes from, whose
+    /// record holds the binding as put (its document, owner, access).
+    pub fn binding(&self, name: &BindingName) -> Option<Arc<Pool>> {
+        self.pool(&PoolKey::default_of(name.clone()))
     }
 
-    /// Every pool, by name.
-    pub fn list(&self) -> Vec<Arc<Pool>> {
-        let mut pools: Vec<_> = self
-            .shared
+    /// Every binding, as its default pool, by name.
+    pub fn bindings(&self) -> Vec<Arc<Pool>> {
+        self.pools_where(|t| t.profile.is_none())
+    }
+
+    /// Every pool: each binding's default and its other profiles', by
+    /// binding then profile.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools_where(|_| true)
+    }
+
+    /// Every pool of binding `name`, its default first.
+    pub fn pools_of(&self, name: &BindingName) -> Vec<Arc<Pool>> {
+        self.pools_where(|t| &t.binding == name)
+    }
+
+    fn pools_where(&self, keep: impl Fn(&PoolKey) -> bool) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<(PoolKey, Arc<Pool>)> = self
+            .inner
             .pools
             .iter()
-            .map(|p| p.value().clone())
+            .filter(|e| keep(e.key()))
+            .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
-        pools
+        pools.sort_by(|a, b| a.0.cmp(&b.0));
+        pools.into_iter().map(|(_, p)| p).collect()
     }
 
     pub fn binder(&self, id: &str) -> Option<Entry> {
-        self.shared.binders.get(id).map(|e| e.value().clone())
+        self.inner.binders.get(id).map(|e| e.value().clone())
     }
 
     /// The proxy's O(1) lookup.
     pub fn by_token(&self, token: &str) -> Option<Entry> {
-        self.shared.tokens.get(token).map(|e| e.value().clone())
+        self.inner.tokens.get(token).map(|e| e.value().clone())
     }
 
-    /// Every binder of a binding that is not yet forgotten.
-    pub fn binders_of(&self, pool: &Arc<Pool>) -> Vec<Arc<Binder>> {
+    /// Every binder of `pool` that is not yet forgotten, oldest first.
+    pub fn binders_in(&self, pool: &Arc<Pool>) -> Vec<Arc<Binder>> {
         let mut out: Vec<_> = self
-            .shared
+            .inner
             .binders
             .iter()
             .filter(|e| Arc::ptr_eq(&e.pool, pool))
@@ -236,23 +260,35 @@ impl Pools {
         out
     }
 
+    /// Every binder of binding `name` with the pool it is in: its
+    /// profiles', and a removed profile's (whose handed-out binders still
+    /// run).
+    pub fn binders_of(&self, name: &BindingName) -> Vec<Entry> {
+        self.inner
+            .binders
+            .iter()
+            .filter(|e| &e.pool.name == name)
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
     /// Forgets clients that hold no anonymous binder (bounds memory).
     pub fn forget_idle_clients(&self) {
-        self.shared.quotas.forget_idle_clients();
+        self.inner.quotas.forget_idle_clients();
     }
 
     /// After [`Pools::shutdown`]: every write made durable on disk and the
     /// stop marked clean ([`Store::close`]).
     pub async fn close_store(&self) -> Result<(), StoreError> {
-        self.shared.store.close().await
+        self.inner.store.close().await
     }
 
     /// Stops the reconcilers and waits (up to `grace`) for starts in flight;
     /// running containers are left for adoption.
     pub async fn shutdown(&self, grace: Duration) {
-        self.shared.shutdown.cancel();
-        self.shared.starts.close();
-        if tokio::time::timeout(grace, self.shared.starts.wait())
+        self.inner.shutdown.cancel();
+        self.inner.starts.close();
+        if tokio::time::timeout(grace, self.inner.starts.wait())
             .await
             .is_err()
         {
@@ -265,7 +301,7 @@ impl Pools {
             binder: binder.clone(),
             pool: pool.clone(),
         };
-        self.shared.binders.insert(binder.id.clone(), entry.clone());
-        self.shared.tokens.insert(binder.token.clone(), entry);
+        self.inner.binders.insert(binder.id.clone(), entry.clone());
+        self.inner.tokens.insert(binder.token.clone(), entry);
     }
 }

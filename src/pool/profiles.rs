@@ -1,103 +1,92 @@
-//! Profiles' pools: a binding with `profiles` has one pool per profile.
-//! The binding's own pool (the one [`Pools::get`] finds) serves its default
-//! profile; each other profile's pool hangs off it ([`Pool::profile_pools`])
-//! and is a [`Pool`] like any other: its own template, sizes, reconciler,
-//! counters and metrics. A `PUT` rolls only the pools whose template
-//! changed.
+//! Profiles' pools: a binding with `profiles` has one pool per profile,
+//! each an entry of the registry under its [`PoolKey`] and a [`Pool`] like
+//! any other: its own template, sizes, reconciler, counters and metrics.
+//! The default profile's pool is the one whose key names no profile
+//! (`key.rs`). A `PUT` rolls only the pools whose template changed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{BindingRecord, Pool, Pools};
+use super::{BindingRecord, Pool, PoolKey, Pools};
 use crate::binder::State;
 
-/// The records of the pools a binding's other (not default) profiles get.
-fn other_profiles(record: &BindingRecord) -> Vec<(Arc<str>, BindingRecord)> {
+/// Each pool a binding's record makes, with its key: the default
+/// profile's (or the binding's, without profiles) first.
+fn pools_of_record(record: &BindingRecord) -> Vec<(PoolKey, BindingRecord)> {
     let document = record.document();
     let default = document.default_profile().map(|p| p.name.as_str());
-    document
-        .profiles
-        .iter()
-        .filter(|p| Some(p.name.as_str()) != default)
-        .map(|p| (Arc::from(p.name.as_str()), record.for_profile(p)))
-        .collect()
+    let mut out = vec![(PoolKey::default_of(record.name.clone()), record.clone())];
+    for p in document.profiles.iter() {
+        if Some(p.name.as_str()) != default {
+            let target = PoolKey {
+                binding: record.name.clone(),
+                profile: Some(Arc::from(p.name.as_str())),
+            };
+            out.push((target, record.with_profile(p)));
+        }
+    }
+    out
 }
 
 impl Pools {
-    /// Every binder of the binding whose pool is `pool`, with the pool it
-    /// is in: the binding's, its profiles', and a removed profile's (whose
-    /// handed-out binders still run).
-    pub fn binders_of_binding(&self, pool: &Arc<Pool>) -> Vec<super::Entry> {
-        self.shared
-            .binders
-            .iter()
-            .filter(|e| {
-                Arc::ptr_eq(&e.pool, pool) || (e.pool.profile.is_some() && e.pool.name == pool.name)
-            })
-            .map(|e| e.value().clone())
+    /// A new binding's pools (nothing started, nothing registered): the
+    /// default one first.
+    pub(super) fn new_pools(&self, record: &BindingRecord) -> Vec<Arc<Pool>> {
+        pools_of_record(record)
+            .into_iter()
+            .map(|(target, rec)| Arc::new(Pool::of_profile(rec, target.profile)))
             .collect()
     }
 
-    /// Every pool: each binding's and its profiles'.
-    pub fn all(&self) -> Vec<Arc<Pool>> {
-        let mut out = Vec::new();
-        for pool in self.list() {
-            let others = pool.profile_pools();
-            out.push(pool);
-            out.extend(others.iter().cloned());
+    /// Registers `pools` (of one binding, from [`Self::new_pools`]).
+    pub(super) fn register_pools(&self, pools: &[Arc<Pool>]) {
+        for pool in pools {
+            self.inner.pools.insert(pool.key(), pool.clone());
         }
-        out
     }
 
-    /// A new binding's pool with its profiles' pools (nothing started).
-    pub(super) fn new_pool(&self, record: BindingRecord) -> Arc<Pool> {
-        let others: Vec<Arc<Pool>> = other_profiles(&record)
+    /// Takes the pools of binding `default.name` out of the registry (those
+    /// registered now that are not a newer binding's of the same name).
+    pub(super) fn unregister_binding(&self, default: &Arc<Pool>) -> Vec<Arc<Pool>> {
+        let gone: Vec<Arc<Pool>> = self
+            .pools_of(&default.name)
             .into_iter()
-            .map(|(name, rec)| Arc::new(Pool::of_profile(rec, Some(name))))
+            .filter(|p| Arc::ptr_eq(p, default) || p.profile.is_some())
             .collect();
-        let pool = Arc::new(Pool::new(record));
-        pool.profiles.store(Arc::new(others));
-        pool
-    }
-
-    /// Starts the reconcilers of a binding's pool and its profiles'.
-    pub(super) fn spawn_reconcilers(&self, pool: &Arc<Pool>) {
-        self.spawn_reconciler(pool.clone());
-        for other in pool.profile_pools().iter() {
-            self.spawn_reconciler(other.clone());
+        for pool in &gone {
+            self.inner
+                .pools
+                .remove_if(&pool.key(), |_, p| Arc::ptr_eq(p, pool));
         }
+        gone
     }
 
-    /// The binding of `pool` as `record` now says (already stored): each
-    /// pool whose template changed rolls over, the others only take the
-    /// new record and sizes; a new profile's pool starts filling; a
-    /// removed profile's pool is retired (its handed-out binders run on
-    /// until culled or stopped).
+    /// The binding of `pool` (its default pool) as `record` now says
+    /// (already stored): each pool whose template changed rolls over, the
+    /// others only take the new record and sizes; a new profile's pool
+    /// starts filling; a removed profile's pool is retired (its handed-out
+    /// binders run on until culled or stopped).
     pub(super) fn apply_record(&self, pool: &Arc<Pool>, record: BindingRecord) {
-        let old_others = pool.profile_pools();
-        let mut others = Vec::new();
-        for (name, rec) in other_profiles(&record) {
-            match old_others
-                .iter()
-                .find(|p| p.profile.as_ref() == Some(&name))
-            {
-                Some(existing) => {
-                    self.set_record(existing, rec);
-                    others.push(existing.clone());
-                }
+        let wanted = pools_of_record(&record);
+        for (target, rec) in wanted.iter().skip(1) {
+            match self.pool(target) {
+                Some(existing) => self.set_record(&existing, rec.clone()),
                 None => {
-                    let new = Arc::new(Pool::of_profile(rec, Some(name)));
-                    self.spawn_reconciler(new.clone());
-                    others.push(new);
+                    let new = Arc::new(Pool::of_profile(rec.clone(), target.profile.clone()));
+                    self.inner.pools.insert(target.clone(), new.clone());
+                    self.spawn_reconciler(new);
                 }
             }
         }
-        for gone in old_others.iter() {
-            if !others.iter().any(|p| Arc::ptr_eq(p, gone)) {
-                self.retire_profile(gone);
+        for old in self.pools_of(&pool.name) {
+            let target = old.key();
+            if target.profile.is_some() && !wanted.iter().any(|(t, _)| *t == target) {
+                self.inner
+                    .pools
+                    .remove_if(&target, |_, p| Arc::ptr_eq(p, &old));
+                self.retire_profile(&old);
             }
         }
-        pool.profiles.store(Arc::new(others));
         self.set_record(pool, record);
     }
 
@@ -124,7 +113,7 @@ impl Pools {
         tracing::info!(binding = %pool.name, profile = pool.profile.as_deref().unwrap_or(""), "profile removed: stopping its warm binders");
         pool.retired.cancel();
         let binders = self
-            .binders_of(pool)
+            .binders_in(pool)
             .into_iter()
             .filter(|b| !matches!(b.state(), State::Assigned | State::Paused))
             .collect();

@@ -66,7 +66,7 @@ impl Pools {
     }
 
     async fn reconcile(self, pool: Arc<Pool>) {
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.inner.shutdown.clone();
         let mut demand = Demand::new(
             pool.handouts.load(Ordering::Relaxed),
             Instant::now(),
@@ -97,7 +97,7 @@ impl Pools {
                 }
                 continue;
             }
-            if self.shared.backend.unavailable().is_some() {
+            if self.inner.backend.unavailable().is_some() {
             } else if rolling {
                 self.roll(&pool, target);
             } else {
@@ -132,7 +132,7 @@ impl Pools {
         let generation = pool.generation();
         let (mut fresh_ready, mut fresh_starting, mut old_starting) = (0u32, 0u32, 0u32);
         let mut old_ready = Vec::new();
-        for binder in self.binders_of(pool) {
+        for binder in self.binders_in(pool) {
             let current = binder.generation == generation;
             match (binder.state(), current) {
                 (State::Idle, true) => fresh_ready += 1,

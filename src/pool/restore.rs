@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BindingRecord, Pool, PoolError, Pools};
+use super::{BindingRecord, Pool, PoolError, PoolKey, Pools};
 use crate::binder::{Binder, State};
 use crate::binding::{Binding, BindingName};
 use crate::store::{Loaded, Source};
@@ -51,7 +51,7 @@ impl Pools {
                     if let Some(said) = b.resources.upgrade_legacy() {
                         tracing::warn!(binding = %stored.name, "{said}");
                     }
-                    b.validate(runs_on_host, self.shared.max_pool_limit)
+                    b.validate(runs_on_host, self.inner.max_pool_limit)
                         .map(|name| (name, b))
                         .map_err(|e| e.to_string())
                 });
@@ -73,7 +73,7 @@ impl Pools {
                 continue;
             };
             if self
-                .get(&name)
+                .binding(&name)
                 .is_some_and(|p| p.record().source == Source::Api)
             {
                 tracing::warn!(binding = %name, "a file binding replaces the API binding of the same name");
@@ -90,29 +90,29 @@ impl Pools {
             let Some(pool) = self.pool_by_key(&key) else {
                 continue;
             };
-            let max = max.clamp(1, self.shared.max_pool_limit);
+            let max = max.clamp(1, self.inner.max_pool_limit);
             pool.min
                 .store(min.min(max), std::sync::atomic::Ordering::Release);
             pool.max.store(max, std::sync::atomic::Ordering::Release);
         }
-        report.bindings = self.shared.pools.len();
+        report.bindings = self.bindings().len();
 
         if self.cluster().is_some() {
             // Shared mode: the pods' claims are the record, and every
             // replica mirrors every pod from its watch (`shared`); this
             // replica's rows from an earlier life are not.
             for stored in loaded.binders {
-                let _ = self.shared.store.delete_binder(&stored.id).await;
+                let _ = self.inner.store.delete_binder(&stored.id).await;
             }
             self.start_shared();
             self.follow_shared_bindings();
-            for pool in self.list() {
+            for pool in self.pools() {
                 self.spawn_reconciler(pool);
             }
             return Ok(report);
         }
         let mut running: HashMap<String, _> = self
-            .shared
+            .inner
             .backend
             .list()
             .await?
@@ -133,7 +133,7 @@ impl Pools {
                 // keeps it until it is culled.
                 let (name, _) = stored.binding.split_once('/')?;
                 matches!(stored.state, State::Assigned | State::Paused)
-                    .then(|| self.get(&BindingName::parse(name).ok()?))
+                    .then(|| self.binding(&BindingName::parse(name).ok()?))
                     .flatten()
             });
             let live_state = match stored.state {
@@ -151,7 +151,7 @@ impl Pools {
                     .map(|d| d.instance.clone())
                     .or_else(|| stored.instance.clone()),
                 (Some(_), Some(d), Some(_)) => self
-                    .shared
+                    .inner
                     .backend
                     .is_running(&d.instance)
                     .await
@@ -161,11 +161,11 @@ impl Pools {
             };
             let (Some(pool), Some(instance), Some(state)) = (pool, instance, live_state) else {
                 if let Some(d) = found {
-                    if let Err(e) = self.shared.backend.stop(&stored.id, &d.instance).await {
+                    if let Err(e) = self.inner.backend.stop(&stored.id, &d.instance).await {
                         tracing::warn!(binder = %stored.id, error = %e, "cannot remove container");
                     }
                 }
-                if let Err(e) = self.shared.store.delete_binder(&stored.id).await {
+                if let Err(e) = self.inner.store.delete_binder(&stored.id).await {
                     tracing::warn!(binder = %stored.id, error = %e, "cannot delete binder record");
                 }
                 report.removed += 1;
@@ -184,7 +184,7 @@ impl Pools {
             if let Some(owner) = stored.owner {
                 // Charged as before the restart, whatever the limits say now.
                 let resources = &pool.record().binding.resources;
-                let charge = self.shared.quotas.try_charge(&owner, resources, false);
+                let charge = self.inner.quotas.try_charge(&owner, resources, false);
                 binder.hand_to(owner, charge.ok().flatten());
             }
             binder.set_assigned_at(stored.assigned_at);
@@ -193,7 +193,7 @@ impl Pools {
             pool.counters.entered(state);
             self.register(&pool, &binder);
             if state != State::Paused {
-                if let Err(e) = self.shared.backend.adopt(&binder.id, &instance).await {
+                if let Err(e) = self.inner.backend.adopt(&binder.id, &instance).await {
                     tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
                 }
             }
@@ -212,48 +212,47 @@ impl Pools {
         }
         for (id, d) in running {
             tracing::info!(binder = %id, binding = %d.binding, "removing a container binderd has no record of");
-            if let Err(e) = self.shared.backend.stop(&id, &d.instance).await {
+            if let Err(e) = self.inner.backend.stop(&id, &d.instance).await {
                 tracing::warn!(binder = %id, error = %e, "cannot remove container");
             }
             report.removed += 1;
         }
-        for pool in self.list() {
-            self.spawn_reconcilers(&pool);
+        for pool in self.pools() {
+            self.spawn_reconciler(pool);
         }
         self.spawn_sweeper();
         Ok(report)
     }
 
+    /// Registers a binding's pools, in place of any of the same name.
     fn insert_pool(&self, mut record: BindingRecord) {
         if self.cluster().is_some() && record.document.is_some() {
             tracing::error!(binding = %record.name, "profiles are not offered with several replicas (shared state) yet: only the default profile is served");
             record.document = None;
         }
-        let pool = self.new_pool(record);
-        self.shared.pools.insert(pool.name.clone(), pool);
+        self.inner.pools.retain(|t, _| t.binding != record.name);
+        let pools = self.new_pools(&record);
+        self.register_pools(&pools);
     }
 
     /// The pool the store files under `key`: a binding's name, or
-    /// `binding/profile` for a profile's own pool.
+    /// `binding/profile` for a profile's own pool (the default profile's
+    /// binders are filed so too, and are in the pool named by the binding).
     fn pool_by_key(&self, key: &str) -> Option<Arc<Pool>> {
         let (name, profile) = match key.split_once('/') {
             Some((name, profile)) => (name, Some(profile)),
             None => (key, None),
         };
-        let pool = self.get(&BindingName::parse(name).ok()?)?;
-        match profile {
-            None => Some(pool),
-            // The default profile's binders are in the binding's own pool.
-            Some(profile) => pool
-                .profile_pools()
-                .iter()
-                .find(|p| p.profile.as_deref() == Some(profile))
-                .cloned()
-                .or_else(|| {
-                    let record = pool.current();
-                    let default = record.document().default_profile()?;
-                    (default.name == profile).then(|| pool.clone())
-                }),
-        }
+        let mut target = PoolKey::default_of(BindingName::parse(name).ok()?);
+        let default = self.pool(&target)?;
+        let Some(profile) = profile else {
+            return Some(default);
+        };
+        target.profile = Some(Arc::from(profile));
+        self.pool(&target).or_else(|| {
+            let record = default.current();
+            let named = record.document().default_profile()?;
+            (named.name == profile).then(|| default.clone())
+        })
     }
 }

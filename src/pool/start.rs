@@ -20,7 +20,7 @@ const MEMORY_SAMPLE_EVERY: u64 = 30;
 impl Pools {
     pub(crate) fn spawn_start(&self, pool: Arc<Pool>, binder: Arc<Binder>) {
         let this = self.clone();
-        self.shared
+        self.inner
             .starts
             .spawn(async move { this.start(pool, binder).await });
     }
@@ -29,7 +29,7 @@ impl Pools {
     async fn start(self, pool: Arc<Pool>, binder: Arc<Binder>) {
         // The reconciler starts nothing before its content is made; a cold
         // start for a caller waits for it here (holding no start permit).
-        let config = self.shared.content.config();
+        let config = self.inner.content.config();
         let wait = Duration::from_secs(config.fetch_timeout_seconds + config.build_timeout_seconds);
         let content = match self.wait_content(&pool, binder.generation, wait).await {
             Ok(content) => content,
@@ -38,7 +38,7 @@ impl Pools {
                 return;
             }
         };
-        let Ok(_permit) = self.shared.start_permits.clone().acquire_owned().await else {
+        let Ok(_permit) = self.inner.start_permits.clone().acquire_owned().await else {
             return;
         };
         let began = Instant::now();
@@ -56,7 +56,7 @@ impl Pools {
         let base_url = binder.location();
         pool.metrics.starts.increment(1);
         let started = self
-            .shared
+            .inner
             .backend
             .start(StartSpec {
                 binder_id: &binder.id,
@@ -79,7 +79,7 @@ impl Pools {
         // backend was starting it; stopping twice is harmless.
         std::sync::atomic::fence(Ordering::SeqCst);
         if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
-            if let Err(e) = self.shared.backend.stop(&binder.id, &instance).await {
+            if let Err(e) = self.inner.backend.stop(&binder.id, &instance).await {
                 tracing::warn!(binder = %binder.id, error = %e, "stop failed");
             }
             if binder.state() == State::Stopping {
@@ -123,7 +123,7 @@ impl Pools {
             instance.clone(),
         );
         tokio::spawn(async move {
-            if let Some(bytes) = this.shared.backend.memory(&id, &instance).await {
+            if let Some(bytes) = this.inner.backend.memory(&id, &instance).await {
                 pool.warm_memory.store(bytes, Ordering::Relaxed);
             }
         });
@@ -133,7 +133,7 @@ impl Pools {
     /// crash would lose it). Returns whether it was recorded.
     async fn record_or_fail(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) -> bool {
         let row = StoredBinder::from(&**binder);
-        match self.shared.store.put_binder(row).await {
+        match self.inner.store.put_binder(row).await {
             Ok(()) => true,
             Err(e) => {
                 self.fail(pool, binder, format!("cannot record the binder: {e}"))
@@ -168,7 +168,7 @@ impl Pools {
             if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
                 return; // failed (exited) or stopped meanwhile
             }
-            if self.shared.upstream.answers(instance.addr, &path).await {
+            if self.inner.upstream.answers(instance.addr, &path).await {
                 break;
             }
             if Instant::now() >= deadline {
@@ -189,7 +189,7 @@ impl Pools {
         if let Some(kernel) = &record.binding.kernel {
             if binder.assigned_at() == 0 {
                 let server = crate::kernel::Server {
-                    upstream: &self.shared.upstream,
+                    upstream: &self.inner.upstream,
                     addr: instance.addr,
                     base: &path,
                 };
@@ -237,7 +237,7 @@ impl Pools {
         // assigned right below.
         if binder.state() == State::Starting {
             if let Err(e) = self
-                .shared
+                .inner
                 .store
                 .set_binder_state(&binder.id, State::Idle)
                 .await
@@ -267,7 +267,7 @@ impl Pools {
                 .owner()
                 .cloned()
                 .unwrap_or(crate::auth::Owner::Anonymous);
-            if let Err(e) = self.shared.store.assign(&binder.id, owner, at).await {
+            if let Err(e) = self.inner.store.assign(&binder.id, owner, at).await {
                 tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
             }
             self.watch_for_culling(binder);

@@ -64,7 +64,7 @@ impl BindingRecord {
     }
 
     /// The record of profile `profile`'s own pool (same document).
-    pub fn for_profile(&self, profile: &crate::binding::Profile) -> BindingRecord {
+    pub fn with_profile(&self, profile: &crate::binding::Profile) -> BindingRecord {
         BindingRecord {
             binding: self.document().with_profile(profile),
             ..self.clone()
@@ -106,15 +106,12 @@ impl From<&Pool> for crate::metrics::PoolGauges {
     }
 }
 
-/// One binding's pool, or one of its profiles'.
+/// The pool of one binding's profile (or of a binding without profiles).
 pub struct Pool {
     pub name: BindingName,
-    /// The profile whose own pool this is; `None` for the binding's pool,
-    /// which serves its default profile.
+    /// The profile whose own pool this is; `None` for the pool of the
+    /// binding's default profile (or of a binding without profiles).
     pub profile: Option<Arc<str>>,
-    /// On the binding's pool: its other profiles' pools (swapped whole when
-    /// the binding is put).
-    pub(super) profiles: ArcSwap<Vec<Arc<Pool>>>,
     pub(super) record: ArcSwap<BindingRecord>,
     pub(super) min: AtomicU32,
     pub(super) max: AtomicU32,
@@ -170,7 +167,6 @@ impl Pool {
         Pool {
             name: record.name.clone(),
             profile,
-            profiles: ArcSwap::from_pointee(Vec::new()),
             record: ArcSwap::from_pointee(record),
             min: AtomicU32::new(size.min),
             max: AtomicU32::new(size.max),
@@ -208,37 +204,12 @@ impl Pool {
         })
     }
 
-    /// Where the store files its sizes and binders: the binding's name, or
-    /// `binding/profile` for a profile's own pool.
-    pub fn key(&self) -> String {
-        match &self.profile {
-            Some(p) => format!("{}/{p}", self.name),
-            None => self.name.to_string(),
+    /// Its key in the registry.
+    pub fn key(&self) -> super::PoolKey {
+        super::PoolKey {
+            binding: self.name.clone(),
+            profile: self.profile.clone(),
         }
-    }
-
-    /// The other profiles' pools (on the binding's pool; empty otherwise).
-    pub fn profile_pools(&self) -> Arc<Vec<Arc<Pool>>> {
-        self.profiles.load_full()
-    }
-
-    /// The pool serving profile `name` of this binding (the binding's own
-    /// for its default profile); `None` when it has no such profile.
-    pub fn for_profile(self: &Arc<Self>, name: &str) -> Option<Arc<Pool>> {
-        let others = self.profiles.load();
-        if let Some(pool) = others.iter().find(|p| {
-            p.profile
-                .as_deref()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        }) {
-            return Some(pool.clone());
-        }
-        let record = self.current();
-        let default = record.document().default_profile()?;
-        default
-            .name
-            .eq_ignore_ascii_case(name)
-            .then(|| self.clone())
     }
 
     /// Whether this replica runs the pool's reconciler (see `leads`).

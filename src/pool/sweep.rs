@@ -37,7 +37,7 @@ impl Pools {
         if self.cluster().is_some() {
             return Ok(0);
         }
-        let mut found = self.shared.backend.list().await?;
+        let mut found = self.inner.backend.list().await?;
         // One at a time, in a fixed order (the log reads the same each run).
         found.sort_by(|a, b| a.binder_id.cmp(&b.binder_id));
         let mut removed = 0;
@@ -49,7 +49,7 @@ impl Pools {
                 continue;
             }
             tracing::info!(binder = %d.binder_id, binding = %d.binding, "removing a container no binder owns");
-            match self.shared.backend.stop(&d.binder_id, &d.instance).await {
+            match self.inner.backend.stop(&d.binder_id, &d.instance).await {
                 Ok(()) => removed += 1,
                 Err(e) => {
                     tracing::warn!(binder = %d.binder_id, error = %e, "cannot remove container")
@@ -63,7 +63,7 @@ impl Pools {
     /// until shutdown.
     pub(crate) fn spawn_sweeper(&self) {
         let this = self.clone();
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.inner.shutdown.clone();
         tokio::spawn(async move {
             let mut wait = SWEEP_FIRST;
             loop {

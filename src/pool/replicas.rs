@@ -85,7 +85,7 @@ fn owner_of(owner: Option<&str>) -> Owner {
 impl Pools {
     /// The cluster, in shared mode.
     pub(crate) fn cluster(&self) -> Option<&dyn Cluster> {
-        self.shared.backend.cluster()
+        self.inner.backend.cluster()
     }
 
     /// Starts the mirror and one lease keeper per pool. Called once, at
@@ -98,7 +98,7 @@ impl Pools {
             let this = self.clone();
             tokio::spawn(async move { this.mirror(views).await });
         }
-        for pool in self.list() {
+        for pool in self.bindings() {
             pool.leads.store(false, Ordering::Release);
             self.spawn_lease_keeper(pool);
         }
@@ -114,7 +114,7 @@ impl Pools {
     fn mirror_one(&self, view: PodView) {
         let Some(pool) = crate::binding::BindingName::parse(&view.binding)
             .ok()
-            .and_then(|n| self.get(&n))
+            .and_then(|n| self.binding(&n))
         else {
             return;
         };
@@ -253,7 +253,7 @@ impl Pools {
     fn cull_aged(&self, pool: &Arc<Pool>) {
         let max_age = pool.current().binding.cull.max_age_seconds;
         let now = crate::binder::now_unix();
-        for binder in self.binders_of(pool) {
+        for binder in self.binders_in(pool) {
             let at = binder.assigned_at();
             if binder.state() == State::Assigned && at > 0 && at.saturating_add(max_age) <= now {
                 self.cull_now(pool, &binder, "older than cull.max_age_seconds".into());
@@ -322,7 +322,7 @@ impl Pools {
                     .and_then(|mut entry| {
                         entry
                             .binding
-                            .validate(runs_on_host, self.shared.max_pool_limit)
+                            .validate(runs_on_host, self.inner.max_pool_limit)
                             .map_err(|e| e.to_string())?;
                         if !entry.binding.profiles.is_empty() {
                             return Err("profiles are not offered with several replicas yet".into());
@@ -343,7 +343,7 @@ impl Pools {
                 continue;
             };
             named.insert(name.clone());
-            match self.get(&name) {
+            match self.binding(&name) {
                 None => {
                     let pool = self.adopt_shared(entry);
                     self.spawn_pool_tasks(pool);
@@ -361,7 +361,7 @@ impl Pools {
                 }
             }
         }
-        for pool in self.list() {
+        for pool in self.bindings() {
             if pool.record().source == crate::store::Source::Api && !named.contains(&pool.name) {
                 tracing::info!(binding = %pool.name, "binding deleted on another replica");
                 self.retire(&pool);
@@ -382,9 +382,9 @@ impl Pools {
             source: crate::store::Source::Api,
         };
         let pool = self
-            .shared
+            .inner
             .pools
-            .entry(name)
+            .entry(super::PoolKey::default_of(name))
             .or_insert_with(|| Arc::new(Pool::new(record)))
             .clone();
         pool.min.store(entry.min, Ordering::Release);
@@ -416,7 +416,7 @@ impl Pools {
         };
         let name = lease_name(pool.name.as_str());
         let every = cluster.lease_duration() / 3;
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.inner.shutdown.clone();
         loop {
             let held = match cluster.lease(&name).await {
                 Ok(held) => held,
@@ -438,7 +438,7 @@ impl Pools {
                 for stale in cluster.stale_starts(pool.name.as_str(), timeout + STALE_MARGIN) {
                     tracing::info!(binder = %stale.binder_id, binding = %pool.name, "removing a start its replica left unfinished");
                     if let Err(e) = self
-                        .shared
+                        .inner
                         .backend
                         .stop(&stale.binder_id, &stale.instance)
                         .await

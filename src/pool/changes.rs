@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{BindingRecord, Pool, PoolCounts, PoolError, Pools};
+use super::{BindingRecord, Pool, PoolCounts, PoolError, PoolKey, Pools};
 use crate::backend::BackendError;
 use crate::binder::{now_unix, State};
 use crate::binding::{Binding, BindingName, InvalidBinding};
@@ -33,7 +33,7 @@ impl Pools {
         mut record: BindingRecord,
         replace: bool,
     ) -> Result<(Arc<Pool>, bool), PoolError> {
-        let existing = self.get(&name);
+        let existing = self.binding(&name);
         if let Some(pool) = &existing {
             if !replace {
                 return Err(PoolError::Exists(name));
@@ -44,7 +44,7 @@ impl Pools {
             record.created_at = old.created_at;
         }
         let size = record.binding.pool;
-        let entry = super::shared::SharedBinding {
+        let entry = super::replicas::SharedBinding {
             binding: record.binding.clone(),
             owner: record.owner.clone(),
             created_at: record.created_at,
@@ -102,7 +102,7 @@ impl Pools {
     ) -> Result<(Arc<Pool>, bool), PoolError> {
         let name = binding.validate(
             self.backend_kind().runs_on_host(),
-            self.shared.max_pool_limit,
+            self.inner.max_pool_limit,
         )?;
         if super::content::needs_content(&binding) {
             self.resolve_content(&mut binding).await?;
@@ -119,8 +119,9 @@ impl Pools {
             }
             return self.put_shared_binding(name, record, replace).await;
         }
-        let _changing = self.shared.changes.lock().await;
-        let (pool, created) = match self.shared.pools.entry(name.clone()) {
+        let _changing = self.inner.changes.lock().await;
+        let mut others = Vec::new();
+        let (pool, created) = match self.inner.pools.entry(PoolKey::default_of(name.clone())) {
             dashmap::Entry::Occupied(_) if !replace => return Err(PoolError::Exists(name)),
             dashmap::Entry::Occupied(o) => {
                 let pool = o.get().clone();
@@ -134,11 +135,15 @@ impl Pools {
                 (pool, false)
             }
             dashmap::Entry::Vacant(v) => {
-                let pool = self.new_pool(record.clone());
-                v.insert(pool.clone());
-                (pool, true)
+                let mut pools = self.new_pools(&record);
+                others = pools.split_off(1);
+                v.insert(pools[0].clone());
+                (pools.remove(0), true)
             }
         };
+        // The entry's lock is let go: the other profiles' pools join
+        // (another key may live in the same shard).
+        self.register_pools(&others);
         let stored = StoredBinding {
             name: name.to_string(),
             spec: serde_json::to_string(record.document()).unwrap_or_default(),
@@ -158,9 +163,9 @@ impl Pools {
             ));
         }
         let persisted = async {
-            self.shared.store.put_binding(stored).await?;
+            self.inner.store.put_binding(stored).await?;
             for (key, size) in &sizes {
-                self.shared
+                self.inner
                     .store
                     .set_pool_size(key, size.min, size.max)
                     .await?;
@@ -170,7 +175,7 @@ impl Pools {
         .await;
         if let Err(e) = persisted {
             if created {
-                self.shared.pools.remove(&name);
+                self.unregister_binding(&pool);
             }
             return Err(e.into());
         }
@@ -185,7 +190,9 @@ impl Pools {
             if created { "binding created" } else { "binding replaced: rolling over the pools whose template changed" }
         );
         if created {
-            self.spawn_reconcilers(&pool);
+            for pool in std::iter::once(&pool).chain(&others) {
+                self.spawn_reconciler(pool.clone());
+            }
         } else {
             self.apply_record(&pool, record);
         }
@@ -205,7 +212,7 @@ impl Pools {
             )
             .into());
         }
-        let cache = &self.shared.content;
+        let cache = &self.inner.content;
         cache.check(binding)?;
         let commit = cache.resolve(binding).await?;
         cache.fetch(binding, &commit).await?;
@@ -217,12 +224,12 @@ impl Pools {
     /// (in the background; [`sweep`](super::sweep)).
     pub async fn delete_binding(&self, name: &BindingName, force: bool) -> Result<(), PoolError> {
         let pool = self
-            .get(name)
+            .binding(name)
             .ok_or_else(|| PoolError::NotFound(name.clone()))?;
         self.refuse_if_file_in_shared(&pool)?;
-        let _changing = self.shared.changes.lock().await;
+        let _changing = self.inner.changes.lock().await;
         let assigned = self
-            .binders_of_binding(&pool)
+            .binders_of(name)
             .iter()
             .filter(|e| matches!(e.binder.state(), State::Assigned | State::Paused))
             .count() as u32;
@@ -235,27 +242,23 @@ impl Pools {
         if self.cluster().is_some() {
             self.share_binding(name.as_str(), None, false).await?;
         } else {
-            self.shared.store.delete_binding(name.as_str()).await?;
+            self.inner.store.delete_binding(name.as_str()).await?;
         }
         tracing::info!(binding = %name, assigned, "binding deleted: stopping its binders");
         self.retire(&pool);
         Ok(())
     }
 
-    /// Takes a deleted binding's pool out and stops its binders (its
-    /// profiles' too).
+    /// Takes a deleted binding's pools out and stops their binders.
     pub(super) fn retire(&self, pool: &Arc<Pool>) {
-        self.shared
-            .pools
-            .remove_if(&pool.name, |_, p| Arc::ptr_eq(p, pool));
+        let pools = self.unregister_binding(pool);
         // Cancel before listing: a binder registered after the list sees the
         // cancellation when its start begins.
-        pool.retired.cancel();
-        for other in pool.profile_pools().iter() {
-            other.retired.cancel();
+        for retired in &pools {
+            retired.retired.cancel();
         }
         let mut by_pool: Vec<(Arc<Pool>, Vec<Arc<crate::binder::Binder>>)> = Vec::new();
-        for e in self.binders_of_binding(pool) {
+        for e in self.binders_of(&pool.name) {
             match by_pool.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &e.pool)) {
                 Some((_, binders)) => binders.push(e.binder),
                 None => by_pool.push((e.pool, vec![e.binder])),
@@ -280,10 +283,10 @@ impl Pools {
         let current = pool.counts();
         let max = max.unwrap_or(current.max);
         let min = min.unwrap_or(current.min.min(max));
-        if max == 0 || max > self.shared.max_pool_limit {
+        if max == 0 || max > self.inner.max_pool_limit {
             return Err(InvalidBinding(format!(
                 "maxPool must be between 1 and {}",
-                self.shared.max_pool_limit
+                self.inner.max_pool_limit
             ))
             .into());
         }
@@ -293,14 +296,14 @@ impl Pools {
             );
         }
         if self.cluster().is_some() {
-            let mut entry = super::shared::SharedBinding::of(pool);
+            let mut entry = super::replicas::SharedBinding::of(pool);
             (entry.min, entry.max) = (min, max);
             self.share_binding(pool.name.as_str(), Some(&entry), false)
                 .await?;
         } else {
-            self.shared
+            self.inner
                 .store
-                .set_pool_size(&pool.key(), min, max)
+                .set_pool_size(&pool.key().filed_as(), min, max)
                 .await?;
         }
         pool.min.store(min, Ordering::Release);
