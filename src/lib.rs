@@ -76,6 +76,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("config: {0}")]
     Config(String),
+    #[error("serving: {0}")]
+    Serve(#[from] server::ServeError),
 }
 
 impl Error {
@@ -180,7 +182,7 @@ pub async fn run_with_backend(
             }
         })
     };
-    server::serve(app, listener, shutdown).await;
+    server::serve(app, listener, shutdown).await?;
     forgetting.abort();
     pools.shutdown(grace).await;
     if cleanup {

@@ -29,18 +29,44 @@ use clients::Clients;
 use conn::{Handler, Hyper};
 use workers::Workers;
 
+/// Why [`serve`] could not serve until its shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The proxy's event loops (their threads, their runtimes' epoll and
+    /// event fds) could not be made: nothing was served.
+    #[error("cannot start the proxy's event loops: {0}")]
+    Start(std::io::Error),
+    /// `accept` fails in a way no retry mends (the socket is not listening,
+    /// or not a socket at all): no connection can ever come.
+    #[error("the listener cannot accept connections: {0}")]
+    Listener(std::io::Error),
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting and
 /// waits up to the configured grace for in-flight requests and tunnels.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let mut front = match Listener::new(app, listener) {
-        Ok(front) => front,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the proxy's event loops");
-            return;
-        }
-    };
-    front.accept_until(shutdown).await;
+/// An error means it could not start, or its listener became unusable (then
+/// the connections it had are drained first, as at shutdown).
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let mut front = Listener::new(app, listener).map_err(ServeError::Start)?;
+    let accepted = front.accept_until(shutdown).await;
     front.drain().await;
+    accepted
+}
+
+/// Whether a failed `accept` means the listener can never accept: a bad
+/// descriptor, a socket that is not listening, or no socket. The rest (out
+/// of file descriptors or memory, a connection reset before it was taken,
+/// a network error passed on by Linux) pass.
+fn unusable(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::BADF | Errno::INVAL | Errno::NOTSOCK)
+    )
 }
 
 /// The accepting side: the listening socket and what every connection
@@ -97,8 +123,9 @@ impl Listener {
         })
     }
 
-    /// Accepts (a slot first, then a connection) until `shutdown`.
-    async fn accept_until(&mut self, shutdown: impl Future<Output = ()>) {
+    /// Accepts (a slot first, then a connection) until `shutdown`, or until
+    /// the listener turns out [`unusable`].
+    async fn accept_until(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
         loop {
             let accept = async {
@@ -108,6 +135,7 @@ impl Listener {
             let (slot, stream, peer) = tokio::select! {
                 (slot, accepted) = accept => match (slot, accepted) {
                     (Ok(slot), Ok((stream, peer))) => (slot, stream, peer),
+                    (_, Err(e)) if unusable(&e) => return Err(ServeError::Listener(e)),
                     (_, Err(e)) => {
                         // Out of file descriptors and the like: do not spin.
                         tracing::warn!(error = %e, "accept failed");
@@ -156,6 +184,7 @@ impl Listener {
                 Box::pin(tracked.track_future(handler.run(stream)))
             }));
         }
+        Ok(())
     }
 
     /// Stops accepting; idle connections close, busy ones get the grace

@@ -28,8 +28,8 @@ mod tests;
 mod writer;
 
 use journal::{Assigned, Journal};
-use sql::{load, replay_journal, SCHEMA};
-use writer::{Job, Op};
+use sql::{load, replay_journal, Op, SCHEMA};
+use writer::Job;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,8 +6,8 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 
 use super::journal::{self, Assigned};
-use super::writer::Op;
 use super::{Loaded, Source, StoreError, StoredBinder, StoredBinding};
+use crate::auth::Owner;
 use crate::binder::State;
 
 pub(super) const SCHEMA: &str = "
@@ -114,6 +114,23 @@ pub(super) fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         loaded.pool_sizes.push(row?);
     }
     Ok(loaded)
+}
+
+/// One write to the store, as the writer thread applies it ([`apply`]).
+pub(super) enum Op {
+    PutBinding(StoredBinding),
+    DeleteBinding(String),
+    PutBinder(StoredBinder),
+    Assign(Assigned),
+    Claim {
+        id: String,
+        owner: Owner,
+    },
+    SetBinderState(String, State),
+    DeleteBinder(String),
+    SetPoolSize(String, u32, u32),
+    /// Writes nothing: acknowledged once every write before it is committed.
+    Barrier,
 }
 
 /// Binder id → SQLite rowid, kept by the writer so that a handout updates its

@@ -15,11 +15,9 @@ use crossbeam_queue::SegQueue;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::journal::{Assigned, Journal};
-use super::sql::{apply, read_rows, Rows};
-use super::{StoreError, StoredBinder, StoredBinding};
-use crate::auth::Owner;
-use crate::binder::State;
+use super::journal::Journal;
+use super::sql::{apply, read_rows, Op, Rows};
+use super::StoreError;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -95,22 +93,6 @@ impl Commits {
             && (idle_ms >= CHECKPOINT_IDLE.as_millis() as u64
                 || pending >= CHECKPOINT_AFTER_COMMITS)
     }
-}
-
-pub(super) enum Op {
-    PutBinding(StoredBinding),
-    DeleteBinding(String),
-    PutBinder(StoredBinder),
-    Assign(Assigned),
-    Claim {
-        id: String,
-        owner: Owner,
-    },
-    SetBinderState(String, State),
-    DeleteBinder(String),
-    SetPoolSize(String, u32, u32),
-    /// Writes nothing: acknowledged once every write before it is committed.
-    Barrier,
 }
 
 pub(super) struct Job {
