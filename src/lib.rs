@@ -145,7 +145,6 @@ pub async fn run_with_backend(
         ),
         content::Cache::new(&config.data_dir, config.content.clone())?,
     );
-    tokio::spawn(pools.clone().watch_exits(exits_rx));
     let restored = pools.restore(loaded, config.bindings.clone()).await?;
     tracing::info!(
         bindings = restored.bindings,
@@ -171,19 +170,11 @@ pub async fn run_with_backend(
         proxy,
         local_addr,
     });
-    // Forget quiet clients of the per-IP limiter now and then: bounded memory.
-    let forgetting = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                app.limits.forget_quiet();
-                app.pools.forget_idle_clients();
-            }
-        })
-    };
-    server::serve(app, listener, shutdown).await?;
-    forgetting.abort();
+    let tasks = start_tasks(&app, exits_rx);
+    // A failed serve still stops as a shutdown does (starts in flight
+    // finished, the store closed cleanly), then says why.
+    let served = server::serve(app, listener, shutdown).await;
+    tasks.abort();
     pools.shutdown(grace).await;
     if cleanup {
         tracing::info!("stopping every container (cleanup on exit)");
@@ -193,5 +184,43 @@ pub async fn run_with_backend(
         tracing::warn!(error = %e, "the store could not be closed cleanly; the next start treats this stop as a crash");
     }
     tracing::info!("binderd stopped");
-    Ok(())
+    Ok(served?)
+}
+
+/// Every task binderd runs for as long as it serves, started here and
+/// nowhere else. (What is spawned for one binder — its start, stop,
+/// readiness or activity check — belongs to that binder; a pool made by a
+/// later `PUT` starts its own reconciler as these do.) The pools' tasks end
+/// with [`pool::Pools::shutdown`]; the one returned is aborted by `run`.
+fn start_tasks(
+    app: &Arc<api::App>,
+    exits: tokio::sync::mpsc::UnboundedReceiver<backend::Exit>,
+) -> tokio::task::JoinHandle<()> {
+    let pools = &app.pools;
+    // Containers that went away on their own leave their pools.
+    tokio::spawn(pools.clone().watch_exits(exits));
+    // The culler: idle, too old and never-visited binders.
+    pools.spawn_culler(pools.cull_every());
+    // Shared mode (several replicas): the pods' mirror, one Lease keeper
+    // per pool, and the shared bindings document followed.
+    pools.start_shared();
+    pools.follow_shared_bindings();
+    // One reconciler per pool, keeping it at its target.
+    for pool in pools.pools() {
+        pools.spawn_reconciler(pool);
+    }
+    // One replica: containers labelled as ours that no live binder owns.
+    if pools.cluster().is_none() {
+        pools.spawn_sweeper();
+    }
+    // The per-IP limiter and the anonymous quotas forget quiet clients
+    // now and then: bounded memory.
+    let app = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            app.limits.forget_quiet();
+            app.pools.forget_idle_clients();
+        }
+    })
 }

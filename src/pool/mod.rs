@@ -110,6 +110,7 @@ pub(crate) struct Inner {
     tokens: DashMap<Token, Entry>,
     start_permits: Arc<Semaphore>,
     max_pool_limit: u32,
+    cull_every: Duration,
     shutdown: CancellationToken,
     /// Starts in flight; shutdown lets them finish (bounded) so that no
     /// container is left half-made and unrecorded.
@@ -144,8 +145,8 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Builds the pools and starts the culler (checking every
-    /// `tuning.cull_every`). Must be called inside a tokio runtime.
+    /// Builds the pools (nothing started: see `binderd::run`'s list of
+    /// tasks).
     pub fn new(
         backend: Arc<dyn Backend>,
         store: Store,
@@ -159,7 +160,7 @@ impl Pools {
             max_pool_limit,
             cull_every,
         } = tuning;
-        let pools = Pools {
+        Pools {
             inner: Arc::new(Inner {
                 backend,
                 store,
@@ -169,6 +170,7 @@ impl Pools {
                 tokens: DashMap::new(),
                 start_permits: Arc::new(Semaphore::new(start_concurrency.max(1))),
                 max_pool_limit,
+                cull_every,
                 shutdown: CancellationToken::new(),
                 starts: TaskTracker::new(),
                 cull_inbox: crossbeam_queue::SegQueue::new(),
@@ -176,9 +178,12 @@ impl Pools {
                 content,
                 changes: tokio::sync::Mutex::new(()),
             }),
-        };
-        pools.spawn_culler(cull_every);
-        pools
+        }
+    }
+
+    /// How often the culler looks (`Tuning::cull_every`).
+    pub(crate) fn cull_every(&self) -> Duration {
+        self.inner.cull_every
     }
 
     pub fn backend_kind(&self) -> crate::backend::BackendKind {

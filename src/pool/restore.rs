@@ -1,5 +1,7 @@
 //! Start-up (`Pools::restore`): rebuild the pools from the config files and the store, and adopt
-//! the containers a previous run left behind.
+//! the containers a previous run left behind. It starts no background task
+//! (`binderd::run` starts them all once it returns); only the readiness
+//! check of each adopted pooled binder.
 //!
 //! The store says what each binder was (its token, whether it was handed
 //! out); the backend's labelled containers say what still runs. Assigned
@@ -103,11 +105,6 @@ impl Pools {
             // replica's rows from an earlier life are not.
             for stored in loaded.binders {
                 let _ = self.inner.store.delete_binder(&stored.id).await;
-            }
-            self.start_shared();
-            self.follow_shared_bindings();
-            for pool in self.pools() {
-                self.spawn_reconciler(pool);
             }
             return Ok(report);
         }
@@ -217,10 +214,6 @@ impl Pools {
             }
             report.removed += 1;
         }
-        for pool in self.pools() {
-            self.spawn_reconciler(pool);
-        }
-        self.spawn_sweeper();
         Ok(report)
     }
 
