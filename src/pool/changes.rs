@@ -144,35 +144,7 @@ impl Pools {
         // The entry's lock is let go: the other profiles' pools join
         // (another key may live in the same shard).
         self.register_pools(&others);
-        let stored = StoredBinding {
-            name: name.to_string(),
-            spec: serde_json::to_string(record.document()).unwrap_or_default(),
-            owner: record.owner.clone(),
-            created_at: record.created_at,
-            source: Source::Api,
-        };
-        let mut sizes = vec![(name.to_string(), record.binding.pool)];
-        let default = record.document().default_profile().map(|p| p.name.clone());
-        for p in &record.document().profiles {
-            if Some(&p.name) == default.as_ref() {
-                continue; // the binding's own pool, filed under its name
-            }
-            sizes.push((
-                format!("{name}/{}", p.name),
-                record.document().with_profile(p).pool,
-            ));
-        }
-        let persisted = async {
-            self.inner.store.put_binding(stored).await?;
-            for (key, size) in &sizes {
-                self.inner
-                    .store
-                    .set_pool_size(key, size.min, size.max)
-                    .await?;
-            }
-            Ok::<_, crate::store::StoreError>(())
-        }
-        .await;
+        let persisted = self.persist(&name, &record).await;
         if let Err(e) = persisted {
             if created {
                 self.unregister_binding(&pool);
@@ -197,6 +169,43 @@ impl Pools {
             self.apply_record(&pool, record);
         }
         Ok((pool, created))
+    }
+
+    /// Writes a binding as put, and the sizes of each of its pools.
+    async fn persist(
+        &self,
+        name: &BindingName,
+        record: &BindingRecord,
+    ) -> Result<(), crate::store::StoreError> {
+        let stored = StoredBinding {
+            name: name.to_string(),
+            spec: serde_json::to_string(record.document()).unwrap_or_default(),
+            owner: record.owner.clone(),
+            created_at: record.created_at,
+            source: Source::Api,
+        };
+        let mut sizes = vec![(name.to_string(), record.binding.pool)];
+        let default = record.document().default_profile().map(|p| p.name.clone());
+        for p in &record.document().profiles {
+            if Some(&p.name) == default.as_ref() {
+                continue; // the binding's own pool, filed under its name
+            }
+            sizes.push((
+                format!("{name}/{}", p.name),
+                record.document().with_profile(p).pool,
+            ));
+        }
+        async {
+            self.inner.store.put_binding(stored).await?;
+            for (key, size) in &sizes {
+                self.inner
+                    .store
+                    .set_pool_size(key, size.min, size.max)
+                    .await?;
+            }
+            Ok::<_, crate::store::StoreError>(())
+        }
+        .await
     }
 
     /// What can be known of a binding's repository at create time (400s):

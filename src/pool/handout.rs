@@ -1,7 +1,10 @@
 //! The handout: a warm binder if the queue has one (pop + one CAS, then one
 //! line appended to the store's journal), else one started for the caller,
-//! else, at `maxPool`, one already starting for the pool. Never a backend
-//! call; no lock held across an await.
+//! else, at `maxPool`, one already starting for the pool. No backend call
+//! on one replica (a start for the caller is spawned, not awaited); in
+//! shared mode a warm handout's one call is the claim on the binder's pod
+//! (`claim_warm`: a PATCH to the API server, fenced by its
+//! `resourceVersion`). No lock held across an await.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

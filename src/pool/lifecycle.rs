@@ -124,6 +124,34 @@ impl Pools {
         }
     }
 
+    /// Pauses a handed-out binder: recorded first, then its container
+    /// paused (undone if the backend cannot).
+    async fn pause(&self, pool: &Arc<Pool>, binder: &Arc<Binder>) -> Result<State, PoolError> {
+        if !pool.transition(binder, State::Assigned, State::Paused) {
+            return match binder.state() {
+                State::Paused => Ok(State::Paused),
+                other => Err(PoolError::NotReady(other)),
+            };
+        }
+        self.inner
+            .store
+            .set_binder_state(&binder.id, State::Paused)
+            .await?;
+        if let Some(instance) = binder.instance() {
+            if let Err(e) = self.inner.backend.pause(&binder.id, &instance).await {
+                if pool.transition(binder, State::Paused, State::Assigned) {
+                    let _ = self
+                        .inner
+                        .store
+                        .set_binder_state(&binder.id, State::Assigned)
+                        .await;
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(State::Paused)
+    }
+
     /// Pauses (`true`) or resumes (`false`) a handed-out binder. Resuming
     /// waits up to `wait` for the container to answer again; returns the
     /// binder's state.
@@ -135,29 +163,7 @@ impl Pools {
     ) -> Result<State, PoolError> {
         let Entry { pool, binder } = entry;
         if paused {
-            if !pool.transition(binder, State::Assigned, State::Paused) {
-                return match binder.state() {
-                    State::Paused => Ok(State::Paused),
-                    other => Err(PoolError::NotReady(other)),
-                };
-            }
-            self.inner
-                .store
-                .set_binder_state(&binder.id, State::Paused)
-                .await?;
-            if let Some(instance) = binder.instance() {
-                if let Err(e) = self.inner.backend.pause(&binder.id, &instance).await {
-                    if pool.transition(binder, State::Paused, State::Assigned) {
-                        let _ = self
-                            .inner
-                            .store
-                            .set_binder_state(&binder.id, State::Assigned)
-                            .await;
-                    }
-                    return Err(e.into());
-                }
-            }
-            return Ok(State::Paused);
+            return self.pause(pool, binder).await;
         }
         if !pool.transition(binder, State::Paused, State::StartingClaimed) {
             return match binder.state() {

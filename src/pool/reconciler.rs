@@ -1,10 +1,13 @@
-//! Keeping pools full: one reconciler task per binding. The start of each
-//! binder is in [`super::start`].
+//! Keeping pools full: one reconciler task per pool (each profile's its
+//! own). The start of each binder is in [`super::start`].
 //!
 //! The reconciler sleeps until woken (a handout, a failure, a resize) or a
 //! slow tick, then starts what is missing to bring `available + starting` up
-//! to `minPool` without passing `maxPool`, all at once (bounded overall by the
-//! start semaphore), and stops idle binders above `minPool`. After failed
+//! to the pool's target (`minPool`, or the size [`super::demand`] computes
+//! for a pool with `warm_target`) without passing `maxPool`, all at once
+//! (bounded overall by the start semaphore), and stops idle binders above
+//! that target. While the backend is unreachable it starts nothing (it only
+//! drains). After failed
 //! starts it waits, doubling the wait each time, so a broken binding costs
 //! little.
 
@@ -97,10 +100,11 @@ impl Pools {
                 }
                 continue;
             }
-            if self.inner.backend.unavailable().is_some() {
-            } else if rolling {
+            // No starts while the backend cannot be reached: each would fail.
+            let reachable = self.inner.backend.unavailable().is_none();
+            if reachable && rolling {
                 self.roll(&pool, target);
-            } else {
+            } else if reachable {
                 self.fill(&pool);
             }
             if !rolling {

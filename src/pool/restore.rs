@@ -18,6 +18,13 @@ use crate::binder::{Binder, State};
 use crate::binding::{Binding, BindingName};
 use crate::store::{Loaded, Source};
 
+/// What became of one stored binder.
+enum Adopted {
+    Assigned,
+    Pooled,
+    Removed,
+}
+
 /// What adoption did, for the start-up log line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
@@ -28,13 +35,13 @@ pub struct Restored {
 }
 
 impl Pools {
+    /// Rebuilds the pools and adopts what still runs (see the module doc).
     pub async fn restore(
         &self,
         loaded: Loaded,
         file_bindings: Vec<Binding>,
     ) -> Result<Restored, PoolError> {
         let mut report = Restored::default();
-        let runs_on_host = self.backend_kind().runs_on_host();
         // Shared mode: the API's bindings and sizes are the cluster's (the
         // shared document), not this replica's store.
         let shared = self.cluster().is_some();
@@ -46,6 +53,50 @@ impl Pools {
         for entry in self.shared_bindings().await {
             self.adopt_shared(entry);
         }
+        self.restore_stored_bindings(stored_bindings);
+        self.restore_file_bindings(file_bindings);
+        self.restore_sizes(stored_sizes);
+        report.bindings = self.bindings().len();
+
+        if shared {
+            // Shared mode: the pods' claims are the record, and every
+            // replica mirrors every pod from its watch (`replicas`); this
+            // replica's rows from an earlier life are not.
+            for stored in loaded.binders {
+                let _ = self.inner.store.delete_binder(&stored.id).await;
+            }
+            return Ok(report);
+        }
+        let mut running: HashMap<String, _> = self
+            .inner
+            .backend
+            .list()
+            .await?
+            .into_iter()
+            .map(|d| (d.binder_id.clone(), d))
+            .collect();
+        // After a crash that may have lost the page cache, a binder the
+        // store calls pooled may have been handed out with its journal line
+        // lost: replaced, never handed out (again).
+        let trust_pooled = loaded.previous.handouts_all_recorded();
+        if !trust_pooled {
+            tracing::warn!("binderd stopped uncleanly and the machine has booted since: pooled binders are replaced, not reused (a handout's record may have been lost)");
+        }
+        for stored in loaded.binders {
+            let found = running.remove(&stored.id);
+            match self.adopt(stored, found, trust_pooled).await {
+                Adopted::Assigned => report.assigned += 1,
+                Adopted::Pooled => report.pooled += 1,
+                Adopted::Removed => report.removed += 1,
+            }
+        }
+        report.removed += self.remove_unknown(running).await;
+        Ok(report)
+    }
+
+    /// The bindings the store kept (API-made), each checked again as here.
+    fn restore_stored_bindings(&self, stored_bindings: Vec<crate::store::StoredBinding>) {
+        let runs_on_host = self.backend_kind().runs_on_host();
         for stored in stored_bindings {
             let parsed = serde_json::from_str::<Binding>(&stored.spec)
                 .map_err(|e| e.to_string())
@@ -70,6 +121,10 @@ impl Pools {
                 }
             }
         }
+    }
+
+    /// The config files' bindings, which replace API ones of the same name.
+    fn restore_file_bindings(&self, file_bindings: Vec<Binding>) {
         for binding in file_bindings {
             let Ok(name) = BindingName::parse(&binding.name) else {
                 continue;
@@ -88,6 +143,10 @@ impl Pools {
                 Source::File,
             ));
         }
+    }
+
+    /// Pool sizes set through `/pools`, by the key the store files them under.
+    fn restore_sizes(&self, stored_sizes: Vec<(String, u32, u32)>) {
         for (key, min, max) in stored_sizes {
             let Some(pool) = self.pool_by_key(&key) else {
                 continue;
@@ -97,124 +156,120 @@ impl Pools {
                 .store(min.min(max), std::sync::atomic::Ordering::Release);
             pool.max.store(max, std::sync::atomic::Ordering::Release);
         }
-        report.bindings = self.bindings().len();
+    }
 
-        if self.cluster().is_some() {
-            // Shared mode: the pods' claims are the record, and every
-            // replica mirrors every pod from its watch (`shared`); this
-            // replica's rows from an earlier life are not.
-            for stored in loaded.binders {
-                let _ = self.inner.store.delete_binder(&stored.id).await;
-            }
-            return Ok(report);
-        }
-        let mut running: HashMap<String, _> = self
-            .inner
-            .backend
-            .list()
-            .await?
-            .into_iter()
-            .map(|d| (d.binder_id.clone(), d))
-            .collect();
-        // After a crash that may have lost the page cache, a binder the
-        // store calls pooled may have been handed out with its journal line
-        // lost: replaced, never handed out (again).
-        let trust_pooled = loaded.previous.handouts_all_recorded();
-        if !trust_pooled {
-            tracing::warn!("binderd stopped uncleanly and the machine has booted since: pooled binders are replaced, not reused (a handout's record may have been lost)");
-        }
-        for stored in loaded.binders {
-            let found = running.remove(&stored.id);
-            let pool = self.pool_by_key(&stored.binding).or_else(|| {
-                // A removed profile's handed-out binder: its binding's pool
-                // keeps it until it is culled.
-                let (name, _) = stored.binding.split_once('/')?;
-                matches!(stored.state, State::Assigned | State::Paused)
-                    .then(|| self.binding(&BindingName::parse(name).ok()?))
-                    .flatten()
-            });
-            let live_state = match stored.state {
-                State::Assigned => Some(State::Assigned),
-                State::StartingClaimed => Some(State::StartingClaimed),
-                State::Idle | State::Starting if trust_pooled => Some(State::Starting),
-                State::Paused => Some(State::Paused),
-                _ => None,
-            };
-            // A paused binder's container is stopped (or, for a process,
-            // gone): it is kept with its files. Others must still run.
-            let instance = match (&pool, &found, live_state) {
-                (Some(_), found, Some(State::Paused)) => found
-                    .as_ref()
-                    .map(|d| d.instance.clone())
-                    .or_else(|| stored.instance.clone()),
-                (Some(_), Some(d), Some(_)) => self
-                    .inner
-                    .backend
-                    .is_running(&d.instance)
-                    .await
-                    .unwrap_or(false)
-                    .then(|| d.instance.clone()),
-                _ => None,
-            };
-            let (Some(pool), Some(instance), Some(state)) = (pool, instance, live_state) else {
-                if let Some(d) = found {
-                    if let Err(e) = self.inner.backend.stop(&stored.id, &d.instance).await {
-                        tracing::warn!(binder = %stored.id, error = %e, "cannot remove container");
-                    }
-                }
-                if let Err(e) = self.inner.store.delete_binder(&stored.id).await {
-                    tracing::warn!(binder = %stored.id, error = %e, "cannot delete binder record");
-                }
-                report.removed += 1;
-                continue;
-            };
-            let binder = Arc::new(
-                Binder::restore(
-                    stored.id.as_str().into(),
-                    stored.token.as_str().into(),
-                    pool.name.clone(),
-                    state,
-                    stored.created_at,
-                )
-                .of_profile(stored.binding.split_once('/').map(|(_, p)| Arc::from(p))),
-            );
-            if let Some(owner) = stored.owner {
-                // Charged as before the restart, whatever the limits say now.
-                let resources = &pool.record().binding.resources;
-                let charge = self.inner.quotas.try_charge(&owner, resources, false);
-                binder.hand_to(owner, charge.ok().flatten());
-            }
-            binder.set_assigned_at(stored.assigned_at);
-            binder.set_instance(instance.clone());
-            pool.counters.adopted();
-            pool.counters.entered(state);
-            self.register(&pool, &binder);
-            if state != State::Paused {
-                if let Err(e) = self.inner.backend.adopt(&binder.id, &instance).await {
-                    tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
+    /// The pool, container and state a stored binder comes back with, or
+    /// `None` when it is to be removed (dead, of a deleted binding, or
+    /// pooled when pooled binders are not trusted).
+    async fn still_live(
+        &self,
+        stored: &crate::store::StoredBinder,
+        found: Option<&crate::backend::Discovered>,
+        trust_pooled: bool,
+    ) -> Option<(Arc<Pool>, crate::backend::Instance, State)> {
+        let pool = self.pool_by_key(&stored.binding).or_else(|| {
+            // A removed profile's handed-out binder: its binding's pool
+            // keeps it until it is culled.
+            let (name, _) = stored.binding.split_once('/')?;
+            matches!(stored.state, State::Assigned | State::Paused)
+                .then(|| self.binding(&BindingName::parse(name).ok()?))
+                .flatten()
+        });
+        let live_state = match stored.state {
+            State::Assigned => Some(State::Assigned),
+            State::StartingClaimed => Some(State::StartingClaimed),
+            State::Idle | State::Starting if trust_pooled => Some(State::Starting),
+            State::Paused => Some(State::Paused),
+            _ => None,
+        };
+        // A paused binder's container is stopped (or, for a process,
+        // gone): it is kept with its files. Others must still run.
+        let instance = match (&pool, found, live_state) {
+            (Some(_), found, Some(State::Paused)) => found
+                .map(|d| d.instance.clone())
+                .or_else(|| stored.instance.clone()),
+            (Some(_), Some(d), Some(_)) => self
+                .inner
+                .backend
+                .is_running(&d.instance)
+                .await
+                .unwrap_or(false)
+                .then(|| d.instance.clone()),
+            _ => None,
+        };
+        Some((pool?, instance?, live_state?))
+    }
+
+    /// One binder of the store, with its container if one still runs:
+    /// adopted into its pool, or removed (container and record).
+    async fn adopt(
+        &self,
+        stored: crate::store::StoredBinder,
+        found: Option<crate::backend::Discovered>,
+        trust_pooled: bool,
+    ) -> Adopted {
+        let live = self.still_live(&stored, found.as_ref(), trust_pooled).await;
+        let Some((pool, instance, state)) = live else {
+            if let Some(d) = found {
+                if let Err(e) = self.inner.backend.stop(&stored.id, &d.instance).await {
+                    tracing::warn!(binder = %stored.id, error = %e, "cannot remove container");
                 }
             }
-            tracing::info!(binder = %binder.id, binding = %pool.name, state = state.public_name(), "adopted");
-            if matches!(state, State::Assigned | State::Paused) {
-                report.assigned += 1;
-                self.watch_for_culling(&binder);
-            } else {
-                report.pooled += 1;
-                let this = self.clone();
-                let timeout = Duration::from_secs(pool.record().binding.start_timeout_seconds);
-                tokio::spawn(async move {
-                    this.settle(&pool, &binder, &instance, timeout).await;
-                });
+            if let Err(e) = self.inner.store.delete_binder(&stored.id).await {
+                tracing::warn!(binder = %stored.id, error = %e, "cannot delete binder record");
+            }
+            return Adopted::Removed;
+        };
+        let binder = Arc::new(
+            Binder::restore(
+                stored.id.as_str().into(),
+                stored.token.as_str().into(),
+                pool.name.clone(),
+                state,
+                stored.created_at,
+            )
+            .of_profile(stored.binding.split_once('/').map(|(_, p)| Arc::from(p))),
+        );
+        if let Some(owner) = stored.owner {
+            // Charged as before the restart, whatever the limits say now.
+            let resources = &pool.record().binding.resources;
+            let charge = self.inner.quotas.try_charge(&owner, resources, false);
+            binder.hand_to(owner, charge.ok().flatten());
+        }
+        binder.set_assigned_at(stored.assigned_at);
+        binder.set_instance(instance.clone());
+        pool.counters.adopted();
+        pool.counters.entered(state);
+        self.register(&pool, &binder);
+        if state != State::Paused {
+            if let Err(e) = self.inner.backend.adopt(&binder.id, &instance).await {
+                tracing::warn!(binder = %binder.id, error = %e, "cannot watch adopted container");
             }
         }
+        tracing::info!(binder = %binder.id, binding = %pool.name, state = state.public_name(), "adopted");
+        if matches!(state, State::Assigned | State::Paused) {
+            self.watch_for_culling(&binder);
+            return Adopted::Assigned;
+        }
+        let this = self.clone();
+        let timeout = Duration::from_secs(pool.record().binding.start_timeout_seconds);
+        tokio::spawn(async move {
+            this.settle(&pool, &binder, &instance, timeout).await;
+        });
+        Adopted::Pooled
+    }
+
+    /// Containers labelled as ours that the store has no record of.
+    async fn remove_unknown(&self, running: HashMap<String, crate::backend::Discovered>) -> usize {
+        let mut removed = 0;
         for (id, d) in running {
             tracing::info!(binder = %id, binding = %d.binding, "removing a container binderd has no record of");
             if let Err(e) = self.inner.backend.stop(&id, &d.instance).await {
                 tracing::warn!(binder = %id, error = %e, "cannot remove container");
             }
-            report.removed += 1;
+            removed += 1;
         }
-        Ok(report)
+        removed
     }
 
     /// Registers a binding's pools, in place of any of the same name.

@@ -159,17 +159,58 @@ impl Pools {
             binder.location()
         };
         let deadline = Instant::now() + timeout;
+        if !self
+            .answers_within(pool, binder, instance, &path, timeout)
+            .await
+        {
+            return;
+        }
+        // A binding with a kernel: the binder is ready once that kernel runs
+        // in it, warmed up. Not for a resumed binder (its owner had kernels
+        // of their own).
+        if let Some(kernel) = &record.binding.kernel {
+            if binder.assigned_at() == 0
+                && !self
+                    .warm_kernel(pool, binder, instance, &path, kernel, deadline)
+                    .await
+            {
+                return;
+            }
+        }
+        // Shared mode: claimed in the cluster for its caller, or offered to
+        // every replica, before it is handed out or queued here.
+        let claimed = binder.state() == State::StartingClaimed;
+        if let Err(e) = self.publish_ready(binder, claimed).await {
+            if starting(binder) {
+                self.fail(pool, binder, e.to_string()).await;
+            }
+            return;
+        }
+        self.ready(pool, binder, instance).await;
+    }
+
+    /// Checks until the binder answers HTTP at `path` (true), or fails it
+    /// after `timeout`; false too when it left its start meanwhile.
+    async fn answers_within(
+        &self,
+        pool: &Arc<Pool>,
+        binder: &Arc<Binder>,
+        instance: &Instance,
+        path: &str,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
         // Checks are one loopback request each: early ones come close
         // together (a sandboxed process or a container answers some
         // milliseconds after it starts, and a doubling wait from 20 ms
         // would add up to as much again), later ones back off to 250 ms.
         let mut pause = Duration::from_millis(5);
         loop {
-            if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
-                return; // failed (exited) or stopped meanwhile
+            if !starting(binder) {
+                return false; // failed (exited) or stopped meanwhile
             }
-            if self.inner.upstream.answers(instance.addr, &path).await {
-                break;
+            if self.inner.upstream.answers(instance.addr, path).await {
+                return true;
             }
             if Instant::now() >= deadline {
                 let reason = format!(
@@ -178,57 +219,56 @@ impl Pools {
                     timeout.as_secs()
                 );
                 self.fail(pool, binder, reason).await;
-                return;
+                return false;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 3 / 2).min(Duration::from_millis(250));
         }
-        // A binding with a kernel: the binder is ready once that kernel runs
-        // in it, warmed up. Not for a resumed binder (its owner had kernels
-        // of their own).
-        if let Some(kernel) = &record.binding.kernel {
-            if binder.assigned_at() == 0 {
-                let server = crate::kernel::Server {
-                    upstream: &self.inner.upstream,
-                    addr: instance.addr,
-                    base: &path,
-                };
-                match server.warm(kernel, deadline).await {
-                    Ok(warm) => {
-                        // Its channels, held for the reader's first client
-                        // (without them, that client opens its own).
-                        let held =
-                            tokio::time::timeout_at(deadline, server.hold_channels(&warm.id));
-                        match held.await {
-                            Ok(Ok(held)) => binder.hold_channels(warm.id.clone(), held),
-                            Ok(Err(e)) => {
-                                tracing::info!(binder = %binder.id, error = %e, "warm kernel's channels not held")
-                            }
-                            Err(_) => {}
-                        }
-                        binder.set_warm_kernel(warm);
+    }
+
+    /// Starts the binding's kernel in the binder and runs its warm-up, then
+    /// holds its channels; true when the binder goes on to be ready.
+    async fn warm_kernel(
+        &self,
+        pool: &Arc<Pool>,
+        binder: &Arc<Binder>,
+        instance: &Instance,
+        path: &str,
+        kernel: &crate::binding::Kernel,
+        deadline: Instant,
+    ) -> bool {
+        let server = crate::kernel::Server {
+            upstream: &self.inner.upstream,
+            addr: instance.addr,
+            base: path,
+        };
+        match server.warm(kernel, deadline).await {
+            Ok(warm) => {
+                // Its channels, held for the reader's first client
+                // (without them, that client opens its own).
+                let held = tokio::time::timeout_at(deadline, server.hold_channels(&warm.id));
+                match held.await {
+                    Ok(Ok(held)) => binder.hold_channels(warm.id.clone(), held),
+                    Ok(Err(e)) => {
+                        tracing::info!(binder = %binder.id, error = %e, "warm kernel's channels not held")
                     }
-                    Err(e) => {
-                        if matches!(binder.state(), State::Starting | State::StartingClaimed) {
-                            self.fail(pool, binder, e.to_string()).await;
-                        }
-                        return;
-                    }
+                    Err(_) => {}
                 }
-                if !matches!(binder.state(), State::Starting | State::StartingClaimed) {
-                    return;
+                binder.set_warm_kernel(warm);
+                starting(binder)
+            }
+            Err(e) => {
+                if starting(binder) {
+                    self.fail(pool, binder, e.to_string()).await;
                 }
+                false
             }
         }
-        // Shared mode: claimed in the cluster for its caller, or offered to
-        // every replica, before it is handed out or queued here.
-        let claimed = binder.state() == State::StartingClaimed;
-        if let Err(e) = self.publish_ready(binder, claimed).await {
-            if matches!(binder.state(), State::Starting | State::StartingClaimed) {
-                self.fail(pool, binder, e.to_string()).await;
-            }
-            return;
-        }
+    }
+
+    /// A binder that answers (and has its warm kernel): into the pool's
+    /// queue, or to the caller who claimed it while it started.
+    async fn ready(&self, pool: &Arc<Pool>, binder: &Arc<Binder>, instance: &Instance) {
         // Recorded as idle before it becomes Idle: so before any handout can
         // record "assigned" (which this "idle" must never overwrite), and so
         // that the pool never counts it available while it is not yet in the
@@ -251,26 +291,37 @@ impl Pools {
             self.sample_memory(pool, binder, instance);
         } else if pool.transition(binder, State::StartingClaimed, State::Assigned) {
             pool.start_succeeded();
-            // A resumed binder keeps its handout time (max age counts from
-            // it), and its owner asked for it back: it counts as visited.
-            let resumed = binder.assigned_at() != 0;
-            let at = if resumed {
-                binder.touch();
-                binder.assigned_at()
-            } else {
-                let now = now_unix();
-                binder.set_last_activity(now);
-                now
-            };
-            binder.set_assigned_at(at);
-            let owner = binder
-                .owner()
-                .cloned()
-                .unwrap_or(crate::auth::Owner::Anonymous);
-            if let Err(e) = self.inner.store.assign(&binder.id, owner, at).await {
-                tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
-            }
-            self.watch_for_culling(binder);
+            self.hand_claimed(binder).await;
         }
     }
+
+    /// A binder claimed while it started, now handed to its caller:
+    /// recorded as assigned and watched for culling.
+    async fn hand_claimed(&self, binder: &Arc<Binder>) {
+        // A resumed binder keeps its handout time (max age counts from
+        // it), and its owner asked for it back: it counts as visited.
+        let resumed = binder.assigned_at() != 0;
+        let at = if resumed {
+            binder.touch();
+            binder.assigned_at()
+        } else {
+            let now = now_unix();
+            binder.set_last_activity(now);
+            now
+        };
+        binder.set_assigned_at(at);
+        let owner = binder
+            .owner()
+            .cloned()
+            .unwrap_or(crate::auth::Owner::Anonymous);
+        if let Err(e) = self.inner.store.assign(&binder.id, owner, at).await {
+            tracing::warn!(binder = %binder.id, error = %e, "cannot record assignment");
+        }
+        self.watch_for_culling(binder);
+    }
+}
+
+/// Whether `binder` is still starting (for the pool or for a caller).
+fn starting(binder: &Binder) -> bool {
+    matches!(binder.state(), State::Starting | State::StartingClaimed)
 }
