@@ -6,8 +6,10 @@ use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::reply::json;
+use super::request::{binding_name, read_json};
 use super::views::{BinderView, Stopping};
-use super::{binding_name, json, read_json, ApiError, App, Result};
+use super::{ApiError, App, Result};
 use crate::auth::{may_stop_binder, owns_binder, AuthError, Caller};
 use crate::binder::{is_secret_shaped, Binder, State};
 use crate::body::Body;
@@ -26,11 +28,24 @@ pub(super) fn render(app: &App, binder: &Binder) -> BinderView {
     view_of(app.config.binder_host.as_ref(), binder)
 }
 
+/// Where a reader reaches `binder`: `/user/{token}/` on binderd's own
+/// host, or, with `binder_host`, the absolute URL of its own host. The one
+/// place that decides it.
+pub(super) fn location_with(
+    hosts: Option<&crate::config::BinderHost>,
+    binder: &crate::binder::Binder,
+) -> String {
+    match hosts {
+        Some(hosts) => hosts.url(&binder.token),
+        None => binder.location(),
+    }
+}
+
 /// [`render`] for what outlives the request (an event stream).
 fn view_of(hosts: Option<&crate::config::BinderHost>, binder: &Binder) -> BinderView {
     let mut view = BinderView::of(binder);
     if view.location.is_some() {
-        view.location = Some(super::location_with(hosts, binder));
+        view.location = Some(location_with(hosts, binder));
     }
     view
 }
@@ -63,14 +78,14 @@ pub(super) fn choose_profile(
             return Err(ApiError::BadRequest(format!(
                 "binding '{}' offers no profiles; asked for '{}'",
                 pool.name,
-                crate::binding::printable(name)
+                crate::text::printable(name)
             )))
         }
         Some(name) => document.profile(name).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "binding '{}' has no profile '{}': choose one of {}",
                 pool.name,
-                crate::binding::printable(name),
+                crate::text::printable(name),
                 document.profile_names()
             ))
         })?,
@@ -97,7 +112,7 @@ pub(super) fn choose_profile(
 /// `?profile=` (both: they must agree). No body, an empty one: none.
 async fn asked_profile(app: &App, req: Request<Incoming>) -> Result<Option<String>> {
     use hyper::body::Body as _;
-    let from_query = super::query_param(req.uri().query().unwrap_or(""), "profile");
+    let from_query = super::query::param(req.uri().query().unwrap_or(""), "profile");
     if req.body().is_end_stream() {
         return Ok(from_query);
     }
@@ -114,7 +129,7 @@ async fn asked_profile(app: &App, req: Request<Incoming>) -> Result<Option<Strin
                 .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         });
-    let bytes = super::read_body(app, req).await?;
+    let bytes = super::request::read_body(app, req).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(from_query);
     }
@@ -128,8 +143,8 @@ async fn asked_profile(app: &App, req: Request<Incoming>) -> Result<Option<Strin
     match (asked.profile, from_query) {
         (Some(a), Some(b)) if !a.eq_ignore_ascii_case(&b) => Err(ApiError::BadRequest(format!(
             "the body asks for profile '{}' and the query for '{}'",
-            crate::binding::printable(&a),
-            crate::binding::printable(&b)
+            crate::text::printable(&a),
+            crate::text::printable(&b)
         ))),
         (a, b) => Ok(a.or(b)),
     }
@@ -187,12 +202,8 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
 /// that nobody holds are not shown.
 fn find(app: &App, raw: &str, id: &str) -> Result<Arc<Binder>> {
     let name = binding_name(raw)?;
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "binder '{}' not found",
-            crate::binding::printable(id)
-        ))
-    };
+    let not_found =
+        || ApiError::NotFound(format!("binder '{}' not found", crate::text::printable(id)));
     if !is_secret_shaped(id) {
         return Err(not_found());
     }
@@ -285,7 +296,7 @@ pub(super) async fn logs(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(super::full(text))
+        .body(crate::body::full(text))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 

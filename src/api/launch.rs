@@ -22,8 +22,11 @@ use hyper::body::{Frame, Incoming};
 
 use crate::pool::{BuildPhase, BUILD_POLL};
 
+use super::admission::admit_spawn;
+use super::query::{self, decode};
+use super::reply::{found, json};
 use super::views::{BuilderInfo, HealthCheck, HubHealth, LaunchEvent, Versions};
-use super::{admit_spawn, json, ApiError, App, Result, VERSION};
+use super::{ApiError, App, Result, VERSION};
 use crate::auth::Caller;
 use crate::binder::State;
 use crate::binding::repo_key;
@@ -86,27 +89,6 @@ impl Spec {
     }
 }
 
-/// `%XX` decoding of one path segment.
-pub(super) fn decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad escape in '{}'", crate::binding::printable(s)))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the repository is not UTF-8".into())
-}
-
 /// The pool of the binding that serves `spec`'s repository, if this caller
 /// may use it; else what to tell them. A binding whose `repo` is it comes
 /// first; else one that takes content at launch and accepts it (then
@@ -139,7 +121,7 @@ fn pool_for(
         Some(pool) => Ok((pool.clone(), true)),
         None => Err(format!(
             "no binding serves the repository {}",
-            crate::binding::printable(&spec.repo)
+            crate::text::printable(&spec.repo)
         )),
     }
 }
@@ -228,7 +210,7 @@ pub(super) async fn build(
         Ok(found) => found,
         Err(message) => return failed(message),
     };
-    let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
+    let profile = query::param(req.uri().query().unwrap_or(""), "profile");
     let pool = match super::binders::choose_profile(&pool, caller, profile.as_deref()) {
         Ok(pool) => pool,
         Err(e) => return failed(e.to_string()),
@@ -268,7 +250,7 @@ pub(super) async fn build(
     let base = public_base(app, req.headers(), peer);
     let request = format!("v2/{rest}");
     let built = LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image);
-    if query_flag(req.uri().query().unwrap_or(""), "build_only") {
+    if query::flag(req.uri().query().unwrap_or(""), "build_only") {
         // Nothing is built here and nothing is launched for it.
         let done = LaunchEvent::phase(
             "ready",
@@ -563,7 +545,7 @@ pub(super) async fn v2(
     let query = req.uri().query().unwrap_or("");
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
     let (pool, launch) = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
-    let profile = super::query_param(query, "profile");
+    let profile = query::param(query, "profile");
     let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
     // A binder of a launch is only ever this repository's.
     let waiting = query
@@ -647,14 +629,6 @@ pub(super) async fn v2(
     }
 }
 
-/// Whether `name` is set true in the query (`name=true`, `name=1` or bare).
-fn query_flag(query: &str, name: &str) -> bool {
-    query.split('&').any(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
-        k == name && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
-    })
-}
-
 /// `GET /repo/{org}/{repo}[/{path}]`: Binder's first links, which BinderHub
 /// still redirects to `/v2/gh/{org}/{repo}/master` (the path as `urlpath`).
 pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
@@ -679,17 +653,6 @@ pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
         }
     }
     found(&target)
-}
-
-/// 302 to `target`.
-fn found(target: &str) -> Result<Response<Body>> {
-    let location = header::HeaderValue::from_str(target)
-        .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
-    Response::builder()
-        .status(StatusCode::FOUND)
-        .header(header::LOCATION, location)
-        .body(crate::body::empty())
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn escape(s: &str) -> String {
