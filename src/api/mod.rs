@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth::Keys;
@@ -46,7 +46,7 @@ use reply::{cors, guard};
 // `host_of` for `user`'s requests too.
 use request::{fold_path, host_of, wants_html};
 pub(crate) use request::{LINGER_BYTES, LINGER_TIME};
-use routes::Route;
+use routes::{Asked, Route};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -102,77 +102,64 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
     resp
 }
 
-/// Routes an API request: parse the route once, answer `OPTIONS` and 405
-/// from its method table, authenticate, admit spawns, dispatch.
+/// Routes an API request: find the route once (404, 405 and `OPTIONS`
+/// from the one table), authenticate, admit spawns, dispatch.
 async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
-    let no_route = || ApiError::NotFound(format!("no route for {}", crate::text::printable(&path)));
-    let route = Route::parse(&path).ok_or_else(no_route)?;
-    let method = req.method().clone();
-    if method == Method::OPTIONS {
-        return Response::builder()
-            .status(StatusCode::NO_CONTENT)
-            .header(header::ALLOW, format!("{}, OPTIONS", route.methods()))
-            .body(crate::body::empty())
-            .map_err(|e| ApiError::Internal(e.to_string()));
-    }
-    if !route.allows(&method) {
-        return Err(ApiError::MethodNotAllowed {
-            method,
-            allow: route.methods(),
-        });
-    }
+    let route = match routes::find(&path, req.method())? {
+        Asked::Route(route) => route,
+        Asked::Options(allow) => return options(allow),
+    };
     let caller = authenticate(app, &req)?;
-    let client = if route.spawns(&method) {
+    let client = if route.spawns() {
         Some(admit_spawn(app, &caller, &req, peer)?)
     } else {
         None
     };
     let query = || req.uri().query().unwrap_or("");
-    match (route, method) {
-        // A browser asking for `/` gets the dashboard; JSON clients as before.
-        (Route::Root, _) => about::root(app, &req),
-        (Route::Asset(file), _) => dashboard::serve(file),
-        (Route::Healthcheck, _) => about::healthcheck(app),
-        (Route::Metrics, _) => about::metrics(app, &caller),
-        (Route::OpenApi, _) => about::openapi(),
-        (Route::Configuration, _) => about::configuration(app),
-        (Route::Quota, _) => pools::quota(app, &caller),
-        (Route::Bindings, Method::POST) => bindings::create(app, &caller, None, req).await,
-        (Route::Bindings, _) => bindings::list(app, &caller),
-        (Route::Binding(name), Method::POST) => {
-            bindings::create(app, &caller, Some(&name), req).await
-        }
-        (Route::Binding(name), Method::PUT) => bindings::put(app, &caller, &name, req).await,
-        (Route::Binding(name), Method::DELETE) => {
-            bindings::delete(app, &caller, &name, query()).await
-        }
-        (Route::Binding(name), _) => bindings::get(app, &caller, &name),
-        (Route::BuildLogs(name), _) => bindings::build_logs(app, &caller, name),
-        (Route::Binders(binding), Method::POST) => {
-            binders::create(app, &caller, binding, req, client).await
-        }
-        (Route::Binders(binding), _) => binders::list(app, &caller, binding),
-        (Route::Binder(binding, id), Method::DELETE) => binders::delete(app, &caller, binding, id),
-        (Route::Binder(binding, id), _) => binders::get(app, binding, id),
-        (Route::Pause(binding, id), _) => binders::pause(app, &caller, binding, id, req).await,
-        (Route::Logs(binding, id), _) => binders::logs(app, &caller, binding, id, query()).await,
-        (Route::Events(binding, id), _) => binders::events(app, binding, id),
-        (Route::Pools, _) => pools::list(app, &caller),
-        (Route::Pool(binding), Method::POST | Method::PUT) => {
-            pools::resize(app, &caller, binding, req).await
-        }
-        (Route::Pool(binding), _) => pools::get(app, &caller, binding),
-        (Route::TmpnbSpawn, _) => tmpnb::spawn(app, &caller, req, client).await,
-        (Route::TmpnbStats, _) => tmpnb::stats(app, &caller),
-        (Route::Build(rest), _) => launch::build(app, &caller, rest, &req, peer).await,
-        (Route::Launch(rest), _) => launch::v2(app, &caller, rest, &req, peer).await,
-        (Route::Versions, _) => launch::versions(),
-        (Route::LegacyRepo(rest), _) => launch::legacy(rest),
-        (Route::HubHealth, _) => launch::health(app),
-        (Route::SpawnRedirect(rest), _) => {
+    match route {
+        Route::Root => about::root(app, &req),
+        Route::Asset(file) => dashboard::serve(file),
+        Route::Healthcheck => about::healthcheck(app),
+        Route::Metrics => about::metrics(app, &caller),
+        Route::OpenApi => about::openapi(),
+        Route::Configuration => about::configuration(app),
+        Route::Quota => pools::quota(app, &caller),
+        Route::ListBindings => bindings::list(app, &caller),
+        Route::CreateBinding(name) => bindings::create(app, &caller, name.as_deref(), req).await,
+        Route::GetBinding(name) => bindings::get(app, &caller, &name),
+        Route::PutBinding(name) => bindings::put(app, &caller, &name, req).await,
+        Route::DeleteBinding(name) => bindings::delete(app, &caller, &name, query()).await,
+        Route::BuildLogs(name) => bindings::build_logs(app, &caller, name),
+        Route::Handout(binding) => binders::create(app, &caller, binding, req, client).await,
+        Route::ListBinders(binding) => binders::list(app, &caller, binding),
+        Route::GetBinder(binding, id) => binders::get(app, binding, id),
+        Route::StopBinder(binding, id) => binders::delete(app, &caller, binding, id),
+        Route::Pause(binding, id) => binders::pause(app, &caller, binding, id, req).await,
+        Route::Logs(binding, id) => binders::logs(app, &caller, binding, id, query()).await,
+        Route::Events(binding, id) => binders::events(app, binding, id),
+        Route::ListPools => pools::list(app, &caller),
+        Route::GetPool(binding) => pools::get(app, &caller, binding),
+        Route::ResizePool(binding) => pools::resize(app, &caller, binding, req).await,
+        Route::TmpnbSpawn => tmpnb::spawn(app, &caller, req, client).await,
+        Route::TmpnbStats => tmpnb::stats(app, &caller),
+        Route::Build(rest) => launch::build(app, &caller, rest, &req, peer).await,
+        Route::Launch(rest) => launch::v2(app, &caller, rest, &req, peer).await,
+        Route::Versions => launch::versions(),
+        Route::LegacyRepo(rest) => launch::legacy(rest),
+        Route::HubHealth => launch::health(app),
+        Route::SpawnRedirect(rest) => {
             let query = req.uri().query();
             tmpnb::spawn_redirect(app, &caller, rest, query, client).await
         }
     }
+}
+
+/// `OPTIONS` on a route: 204 with what it answers.
+fn options(allow: String) -> Result<Response<Body>> {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ALLOW, allow)
+        .body(crate::body::empty())
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
