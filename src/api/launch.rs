@@ -25,6 +25,7 @@ use crate::pool::{BuildPhase, BUILD_POLL};
 use super::admission::admit_spawn;
 use super::query::{self, decode};
 use super::reply::{found, json};
+use super::target;
 use super::views::{BuilderInfo, HealthCheck, HubHealth, LaunchEvent, Versions};
 use super::{ApiError, App, Result, VERSION};
 use crate::auth::Caller;
@@ -210,8 +211,8 @@ pub(super) async fn build(
         Ok(found) => found,
         Err(message) => return failed(message),
     };
-    let profile = query::param(req.uri().query().unwrap_or(""), "profile");
-    let pool = match super::binders::choose_profile(&pool, caller, profile.as_deref()) {
+    let profile = target::in_query(req.uri().query());
+    let pool = match target::choose_profile(&pool, caller, profile.as_deref()) {
         Ok(pool) => pool,
         Err(e) => return failed(e.to_string()),
     };
@@ -545,8 +546,8 @@ pub(super) async fn v2(
     let query = req.uri().query().unwrap_or("");
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
     let (pool, launch) = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
-    let profile = query::param(query, "profile");
-    let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
+    let profile = target::in_query(Some(query));
+    let pool = target::choose_profile(&pool, caller, profile.as_deref())?;
     // A binder of a launch is only ever this repository's.
     let waiting = query
         .split('&')

@@ -35,6 +35,7 @@ mod query;
 mod reply;
 mod request;
 mod routes;
+mod target;
 mod tmpnb;
 pub mod user;
 pub mod views;

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use utoipa::{IntoResponses, OpenApi};
 
-use super::binders::HandoutRequest;
+use super::target::HandoutRequest;
 use super::views::*;
 use crate::binding::{Binding, NAME_PATTERN};
 

@@ -57,8 +57,8 @@ pub(super) async fn resize(
             pool.name
         )));
     }
-    let profile = super::query::param(req.uri().query().unwrap_or(""), "profile");
-    let pool = super::binders::choose_profile(&pool, caller, profile.as_deref())?;
+    let profile = super::target::in_query(req.uri().query());
+    let pool = super::target::choose_profile(&pool, caller, profile.as_deref())?;
     let body: Resize = read_json(app, req).await?;
     if body.min.is_none() && body.max.is_none() {
         return Err(ApiError::BadRequest(
