@@ -441,29 +441,7 @@ pub(super) async fn v2(
             ))
         }
         State::Starting | State::StartingClaimed => {
-            let again: String = query
-                .split('&')
-                .filter(|kv| !kv.is_empty() && !kv.starts_with("binder="))
-                .chain(std::iter::once(format!("binder={}", binder.id).as_str()))
-                .collect::<Vec<_>>()
-                .join("&");
-            let page = format!(
-                "<!doctype html><meta charset=utf-8>\
-                 <meta http-equiv=refresh content=\"1;url=/v2/{rest}?{again}\">\
-                 <title>Starting your server</title>\
-                 <h1>Starting your server</h1>\
-                 <p>{} is starting a server for {}; this page moves on by itself once it answers.</p>\n",
-                escape(&pool.name.to_string()),
-                escape(&spec.repo),
-                rest = escape(rest),
-                again = escape(&again),
-            );
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                .header(header::CACHE_CONTROL, "no-store")
-                .body(full(page))
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            starting_page(&pool, &spec, rest, query, &binder)
         }
         _ => Err(ApiError::Unavailable {
             message: format!(
@@ -473,6 +451,40 @@ pub(super) async fn v2(
             retry_after: 5,
         }),
     }
+}
+
+/// The page a browser sees while its binder starts: it looks again every
+/// second (`&binder={id}` keeps the handout), with no script.
+fn starting_page(
+    pool: &Pool,
+    spec: &Spec,
+    rest: &str,
+    query: &str,
+    binder: &crate::binder::Binder,
+) -> Result<Response<Body>> {
+    let again: String = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("binder="))
+        .chain(std::iter::once(format!("binder={}", binder.id).as_str()))
+        .collect::<Vec<_>>()
+        .join("&");
+    let page = format!(
+        "<!doctype html><meta charset=utf-8>\
+         <meta http-equiv=refresh content=\"1;url=/v2/{rest}?{again}\">\
+         <title>Starting your server</title>\
+         <h1>Starting your server</h1>\
+         <p>{} is starting a server for {}; this page moves on by itself once it answers.</p>\n",
+        escape(&pool.name.to_string()),
+        escape(&spec.repo),
+        rest = escape(rest),
+        again = escape(&again),
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(page))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// `GET /repo/{org}/{repo}[/{path}]`: Binder's first links, which BinderHub
