@@ -15,13 +15,18 @@ pub use profile::{Profile, MAX_PROFILES};
 /// Largest `maxPool` accepted unless the config raises it.
 pub const DEFAULT_MAX_POOL_LIMIT: u32 = 10_000;
 
+/// What a binding name matches (before it is folded to lower case): the
+/// one spelling of the rule, for [`BindingName::parse`]'s errors and the
+/// OpenAPI document's patterns.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+
 /// A binding name, normalised to lower case (names are case-insensitive).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct BindingName(String);
 
 impl BindingName {
-    /// Checks `^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$` and folds to lower case.
+    /// Checks [`NAME_PATTERN`] and folds to lower case.
     pub fn parse(raw: &str) -> Result<Self, InvalidBinding> {
         let bytes = raw.as_bytes();
         let ok = !bytes.is_empty()
@@ -34,7 +39,7 @@ impl BindingName {
             Ok(BindingName(raw.to_ascii_lowercase()))
         } else {
             Err(InvalidBinding(format!(
-                "invalid binding name '{}': names match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,62}}$",
+                "invalid binding name '{}': names match {NAME_PATTERN}",
                 printable(raw)
             )))
         }
@@ -68,10 +73,9 @@ pub fn repo_key(url: &str) -> String {
     s.to_ascii_lowercase()
 }
 
-/// Shortens and escapes user input before it goes into an error message.
-pub fn printable(raw: &str) -> String {
-    crate::limits::shown(raw)
-}
+/// Shortens and escapes user input before it goes into an error message;
+/// named here too for the modules that show a binding's fields.
+pub use crate::text::printable;
 
 /// Why a binding was refused. Becomes a 400.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,8 +97,8 @@ fn is_false(b: &bool) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
+    // Matches NAME_PATTERN (the OpenAPI document's modifier says so).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

@@ -56,6 +56,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod tcp;
+pub mod text;
 pub mod upstream;
 
 use backend::{Backend, BackendError};

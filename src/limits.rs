@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::printable;
+
 /// Why a quantity or a limit was refused. Becomes a 400 (or a config error).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -22,7 +24,7 @@ const KI: f64 = 1024.0;
 /// (`1k`, `1M`, `1G`, `1T`, `1P`, `1E`), binary (`1Ki` … `1Ei`) or with an
 /// exponent (`1e9`). `field` names it in errors.
 pub fn memory(field: &str, raw: &str) -> Result<u64, InvalidQuantity> {
-    let shown = shown(raw);
+    let shown = printable(raw);
     let (number, suffix) = split_number(raw);
     let value: f64 = number
         .parse()
@@ -102,7 +104,7 @@ pub fn cpu(field: &str, raw: &str) -> Result<u64, InvalidQuantity> {
     let bad = || {
         InvalidQuantity(format!(
             "invalid {field} '{}': e.g. '0.5', '2' or '500m'",
-            shown(raw)
+            printable(raw)
         ))
     };
     let cpus: f64 = match raw.strip_suffix('m') {
@@ -113,19 +115,6 @@ pub fn cpu(field: &str, raw: &str) -> Result<u64, InvalidQuantity> {
         return Err(bad());
     }
     Ok((cpus * 1000.0).round() as u64)
-}
-
-/// User input as it goes into an error message: short and escaped.
-pub fn shown(raw: &str) -> String {
-    let mut out: String = raw
-        .chars()
-        .take(64)
-        .flat_map(char::escape_default)
-        .collect();
-    if raw.chars().count() > 64 {
-        out.push('…');
-    }
-    out
 }
 
 fn split_number(raw: &str) -> (&str, &str) {

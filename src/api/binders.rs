@@ -6,8 +6,11 @@ use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::reply::json;
+use super::request::{binding_name, read_json};
+use super::target;
 use super::views::{BinderView, Stopping};
-use super::{binding_name, json, read_json, ApiError, App, Result};
+use super::{ApiError, App, Result};
 use crate::auth::{may_stop_binder, owns_binder, AuthError, Caller};
 use crate::binder::{is_secret_shaped, Binder, State};
 use crate::body::Body;
@@ -26,76 +29,26 @@ pub(super) fn render(app: &App, binder: &Binder) -> BinderView {
     view_of(app.config.binder_host.as_ref(), binder)
 }
 
+/// Where a reader reaches `binder`: `/user/{token}/` on binderd's own
+/// host, or, with `binder_host`, the absolute URL of its own host. The one
+/// place that decides it.
+pub(super) fn location_with(
+    hosts: Option<&crate::config::BinderHost>,
+    binder: &crate::binder::Binder,
+) -> String {
+    match hosts {
+        Some(hosts) => hosts.url(&binder.token),
+        None => binder.location(),
+    }
+}
+
 /// [`render`] for what outlives the request (an event stream).
 fn view_of(hosts: Option<&crate::config::BinderHost>, binder: &Binder) -> BinderView {
     let mut view = BinderView::of(binder);
     if view.location.is_some() {
-        view.location = Some(super::location_with(hosts, binder));
+        view.location = Some(location_with(hosts, binder));
     }
     view
-}
-
-/// `POST /binders/{binding}`'s body (optional; `?profile=` says the same).
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HandoutRequest {
-    /// One of the binding's `profiles` (default: its default profile).
-    #[serde(default)]
-    pub profile: Option<String>,
-}
-
-/// The pool serving the profile `chosen` of the binding whose pool is
-/// `pool` (`None`: its default), by the pools' one set of rules
-/// ([`crate::pool::Pools::resolve`]).
-pub(super) fn choose_profile(
-    app: &App,
-    pool: &Arc<Pool>,
-    caller: &Caller,
-    chosen: Option<&str>,
-) -> Result<Arc<Pool>> {
-    Ok(app.pools.resolve(pool.name.clone(), chosen, caller)?)
-}
-
-/// The profile a handout asks for: `{"profile": ...}` in the body or
-/// `?profile=` (both: they must agree). No body, an empty one: none.
-async fn asked_profile(app: &App, req: Request<Incoming>) -> Result<Option<String>> {
-    use hyper::body::Body as _;
-    let from_query = super::query_param(req.uri().query().unwrap_or(""), "profile");
-    if req.body().is_end_stream() {
-        return Ok(from_query);
-    }
-    let json_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        });
-    let bytes = super::read_body(app, req).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(from_query);
-    }
-    if json_type == Some(false) {
-        return Err(ApiError::UnsupportedMediaType(
-            "the body of POST /binders/{binding} is JSON ({\"profile\": ...}): send Content-Type: application/json".into(),
-        ));
-    }
-    let asked: HandoutRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    match (asked.profile, from_query) {
-        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(&b) => Err(ApiError::BadRequest(format!(
-            "the body asks for profile '{}' and the query for '{}'",
-            crate::binding::printable(&a),
-            crate::binding::printable(&b)
-        ))),
-        (a, b) => Ok(a.or(b)),
-    }
 }
 
 /// `POST /binders/{binding}`: 201 with a warm binder, 202 when one must
@@ -108,8 +61,8 @@ pub(super) async fn create(
     client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
     let pool = visible_pool(app, caller, raw)?;
-    let asked = asked_profile(app, req).await?;
-    let pool = choose_profile(app, &pool, caller, asked.as_deref())?;
+    let asked = target::asked_in_body_or_query(app, req).await?;
+    let pool = target::choose_profile(app, &pool, caller, asked.as_deref())?;
     match app.pools.handout(&pool, caller.owner(), client).await? {
         Handout::Ready(binder) => json(StatusCode::CREATED, &render(app, &binder)),
         Handout::Starting(binder) => json(StatusCode::ACCEPTED, &render(app, &binder)),
@@ -150,12 +103,8 @@ pub(super) fn list(app: &App, caller: &Caller, raw: &str) -> Result<Response<Bod
 /// that nobody holds are not shown.
 fn find(app: &App, raw: &str, id: &str) -> Result<Arc<Binder>> {
     let name = binding_name(raw)?;
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "binder '{}' not found",
-            crate::binding::printable(id)
-        ))
-    };
+    let not_found =
+        || ApiError::NotFound(format!("binder '{}' not found", crate::text::printable(id)));
     if !is_secret_shaped(id) {
         return Err(not_found());
     }
@@ -248,7 +197,7 @@ pub(super) async fn logs(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(super::full(text))
+        .body(crate::body::full(text))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{binding_name, json, read_json, ApiError, App, Result};
+use super::reply::json;
+use super::request::{binding_name, read_json};
+use super::{ApiError, App, Result};
 use crate::auth::{may_create_binding, Caller};
-use crate::binding::{printable, Binding, BindingName};
+use crate::binding::{Binding, BindingName};
 use crate::body::Body;
 use crate::pool::{BuildPhase, Pool, PoolError};
+use crate::text::printable;
 
 /// The binding as answered: the template with its pool's sizes as they are
 /// now, plus owner, created_at and status.
@@ -60,7 +63,7 @@ pub(super) fn build_logs(app: &App, caller: &Caller, raw_name: &str) -> Result<R
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(super::full(pool.build().text()))
+        .body(crate::body::full(pool.build().text()))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 

@@ -107,7 +107,7 @@ impl ApiError {
             .body(full(body))
             .unwrap_or_else(|_| Response::new(full(String::new())));
         let headers = resp.headers_mut();
-        super::guard(headers);
+        super::reply::guard(headers);
         match &self {
             ApiError::MethodNotAllowed { allow, .. } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));

@@ -14,16 +14,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use http::{header, HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 
-use crate::pool::{BuildPhase, BUILD_POLL};
+mod event_stream;
 
+use event_stream::{events, Cold, LaunchFiles, Step};
+
+use super::admission::admit_spawn;
+use super::query::{self, decode};
+use super::reply::{found, json};
+use super::target;
 use super::views::{BuilderInfo, HealthCheck, HubHealth, LaunchEvent, Versions};
-use super::{admit_spawn, json, ApiError, App, Result, VERSION};
+use super::{ApiError, App, Result, VERSION};
 use crate::auth::Caller;
 use crate::binder::State;
 use crate::binding::repo_key;
@@ -86,27 +90,6 @@ impl Spec {
     }
 }
 
-/// `%XX` decoding of one path segment.
-pub(super) fn decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad escape in '{}'", crate::binding::printable(s)))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the repository is not UTF-8".into())
-}
-
 /// The pool of the binding that serves `spec`'s repository, if this caller
 /// may use it; else what to tell them. A binding whose `repo` is it comes
 /// first; else one that takes content at launch and accepts it (then
@@ -139,17 +122,9 @@ fn pool_for(
         Some(pool) => Ok((pool.clone(), true)),
         None => Err(format!(
             "no binding serves the repository {}",
-            crate::binding::printable(&spec.repo)
+            crate::text::printable(&spec.repo)
         )),
     }
-}
-
-/// A launch that brings its repository's files: the tree's tar, and the
-/// repository's key.
-#[derive(Clone)]
-struct LaunchFiles {
-    repo: String,
-    tar: std::path::PathBuf,
 }
 
 /// Where users reach binderd: `--public-url`, else the request's host (the
@@ -228,8 +203,8 @@ pub(super) async fn build(
         Ok(found) => found,
         Err(message) => return failed(message),
     };
-    let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
-    let pool = match super::binders::choose_profile(app, &pool, caller, profile.as_deref()) {
+    let profile = target::in_query(req.uri().query());
+    let pool = match target::choose_profile(app, &pool, caller, profile.as_deref()) {
         Ok(pool) => pool,
         Err(e) => return failed(e.to_string()),
     };
@@ -268,7 +243,7 @@ pub(super) async fn build(
     let base = public_base(app, req.headers(), peer);
     let request = format!("v2/{rest}");
     let built = LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image);
-    if query_flag(req.uri().query().unwrap_or(""), "build_only") {
+    if query::flag(req.uri().query().unwrap_or(""), "build_only") {
         // Nothing is built here and nothing is launched for it.
         let done = LaunchEvent::phase(
             "ready",
@@ -380,153 +355,6 @@ pub(super) async fn build(
     events(head, Some(Box::pin(tail)))
 }
 
-/// Where a cold launch's stream is.
-enum Step {
-    /// The content is being made; the build's lines after this cursor are
-    /// still to send.
-    Building(u64),
-    /// The binder starts; whether its container's start was announced.
-    Launching(bool),
-}
-
-/// A cold launch under way, for its event stream.
-struct Cold {
-    pools: crate::pool::Pools,
-    pool: Arc<Pool>,
-    binder: Arc<crate::binder::Binder>,
-    url: String,
-    base: String,
-    image: String,
-    repo: String,
-    request: String,
-    wait: Duration,
-    deadline: std::sync::Mutex<tokio::time::Instant>,
-    /// A launch's repository files, put in once the binder is up.
-    files: Option<LaunchFiles>,
-}
-
-/// How often a cold launch looks at its binder's progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-impl Cold {
-    fn ready(&self) -> LaunchEvent {
-        LaunchEvent::ready(
-            &self.binder,
-            &self.base,
-            self.url.clone(),
-            &self.image,
-            &self.repo,
-            &self.request,
-        )
-    }
-
-    /// The build's next lines as `building` events; once the content is
-    /// made, `built` and on to the launch; if the build failed, `failed`.
-    async fn build_lines(&self, cursor: u64) -> (Vec<LaunchEvent>, Option<Step>) {
-        let build = self.pool.build();
-        build.changed(BUILD_POLL).await;
-        let (lines, cursor) = build.since(cursor);
-        let mut out: Vec<LaunchEvent> = lines
-            .into_iter()
-            .map(|line| LaunchEvent::phase("building", format!("{line}\n")))
-            .collect();
-        match build.phase() {
-            Some(BuildPhase::Failed(why)) => {
-                self.pools.stop(&self.pool, &self.binder);
-                out.push(LaunchEvent::failed(format!("the build failed: {why}\n")));
-                (out, None)
-            }
-            _ if self.pool.content_ready() => {
-                out.push(
-                    LaunchEvent::phase("built", "Built, launching...\n").image_name(&self.image),
-                );
-                out.push(LaunchEvent::phase("launching", "Launching server...\n"));
-                // The launch's own wait starts now (a build has its own
-                // timeout, `[content] build_timeout_seconds`).
-                if let Ok(mut deadline) = self.deadline.lock() {
-                    *deadline = tokio::time::Instant::now() + self.wait;
-                }
-                (out, Some(Step::Launching(false)))
-            }
-            _ => (out, Some(Step::Building(cursor))),
-        }
-    }
-
-    /// The next event, and whether the container's start was announced
-    /// (`None` after the last event).
-    async fn next(&self, announced: bool) -> Option<(LaunchEvent, Option<bool>)> {
-        loop {
-            let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let event = match self.binder.wait_started(left.min(PROGRESS_EVERY)).await {
-                State::Assigned if self.files.is_some() => {
-                    let files = self.files.clone().expect("checked");
-                    // In a task of its own: the engine call's future is not
-                    // `Sync`, which the stream must be.
-                    let (pools, pool, binder) =
-                        (self.pools.clone(), self.pool.clone(), self.binder.clone());
-                    let put = tokio::spawn(async move {
-                        pools
-                            .put_launch_files(&pool, &binder, &files.repo, &files.tar)
-                            .await
-                            .map_err(|e| ApiError::from(e).to_string())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                    match put {
-                        Ok(()) => self.ready(),
-                        Err(e) => LaunchEvent::failed(format!(
-                            "cannot put the repository's files in place: {e}"
-                        )),
-                    }
-                }
-                State::Assigned => self.ready(),
-                State::Failed => LaunchEvent::failed(format!(
-                    "the server failed to start: {}",
-                    self.binder.failure().unwrap_or("unknown reason")
-                )),
-                State::Starting | State::StartingClaimed if !left.is_zero() => {
-                    if !announced && self.binder.instance().is_some() {
-                        let up = LaunchEvent::phase(
-                            "launching",
-                            "Server starting: its container is up, waiting for it to answer\n",
-                        );
-                        return Some((up, Some(true)));
-                    }
-                    continue;
-                }
-                _ => {
-                    self.pools.stop(&self.pool, &self.binder);
-                    LaunchEvent::failed(format!(
-                        "no server was ready within {}s: try again",
-                        self.wait.as_secs()
-                    ))
-                }
-            };
-            return Some((event, None));
-        }
-    }
-}
-
-type Tail = std::pin::Pin<Box<dyn futures_util::Stream<Item = LaunchEvent> + Send + Sync>>;
-
-/// `text/event-stream` of `data: {json}` events: `head`, then `tail`'s as
-/// they come.
-fn events(head: Vec<LaunchEvent>, tail: Option<Tail>) -> Result<Response<Body>> {
-    let frame = |event: LaunchEvent| {
-        let doc = serde_json::to_string(&event).unwrap_or_default();
-        Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("data: {doc}\n\n"))))
-    };
-    let tail = stream::iter(tail).flatten();
-    let body = StreamBody::new(stream::iter(head).chain(tail).map(frame));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(BodyExt::boxed(body))
-        .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
 /// The path inside the server that BinderHub's query parameters ask for:
 /// `urlpath` as given, `labpath` in JupyterLab, `filepath` in the classic
 /// file view; none: the server's root.
@@ -563,8 +391,8 @@ pub(super) async fn v2(
     let query = req.uri().query().unwrap_or("");
     let spec = Spec::parse(rest).map_err(ApiError::NotFound)?;
     let (pool, launch) = pool_for(app, caller, &spec).map_err(ApiError::NotFound)?;
-    let profile = super::query_param(query, "profile");
-    let pool = super::binders::choose_profile(app, &pool, caller, profile.as_deref())?;
+    let profile = target::in_query(Some(query));
+    let pool = target::choose_profile(app, &pool, caller, profile.as_deref())?;
     // A binder of a launch is only ever this repository's.
     let waiting = query
         .split('&')
@@ -613,29 +441,7 @@ pub(super) async fn v2(
             ))
         }
         State::Starting | State::StartingClaimed => {
-            let again: String = query
-                .split('&')
-                .filter(|kv| !kv.is_empty() && !kv.starts_with("binder="))
-                .chain(std::iter::once(format!("binder={}", binder.id).as_str()))
-                .collect::<Vec<_>>()
-                .join("&");
-            let page = format!(
-                "<!doctype html><meta charset=utf-8>\
-                 <meta http-equiv=refresh content=\"1;url=/v2/{rest}?{again}\">\
-                 <title>Starting your server</title>\
-                 <h1>Starting your server</h1>\
-                 <p>{} is starting a server for {}; this page moves on by itself once it answers.</p>\n",
-                escape(&pool.name.to_string()),
-                escape(&spec.repo),
-                rest = escape(rest),
-                again = escape(&again),
-            );
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                .header(header::CACHE_CONTROL, "no-store")
-                .body(full(page))
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            starting_page(&pool, &spec, rest, query, &binder)
         }
         _ => Err(ApiError::Unavailable {
             message: format!(
@@ -647,12 +453,38 @@ pub(super) async fn v2(
     }
 }
 
-/// Whether `name` is set true in the query (`name=true`, `name=1` or bare).
-fn query_flag(query: &str, name: &str) -> bool {
-    query.split('&').any(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
-        k == name && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
-    })
+/// The page a browser sees while its binder starts: it looks again every
+/// second (`&binder={id}` keeps the handout), with no script.
+fn starting_page(
+    pool: &Pool,
+    spec: &Spec,
+    rest: &str,
+    query: &str,
+    binder: &crate::binder::Binder,
+) -> Result<Response<Body>> {
+    let again: String = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("binder="))
+        .chain(std::iter::once(format!("binder={}", binder.id).as_str()))
+        .collect::<Vec<_>>()
+        .join("&");
+    let page = format!(
+        "<!doctype html><meta charset=utf-8>\
+         <meta http-equiv=refresh content=\"1;url=/v2/{rest}?{again}\">\
+         <title>Starting your server</title>\
+         <h1>Starting your server</h1>\
+         <p>{} is starting a server for {}; this page moves on by itself once it answers.</p>\n",
+        escape(&pool.name.to_string()),
+        escape(&spec.repo),
+        rest = escape(rest),
+        again = escape(&again),
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(page))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// `GET /repo/{org}/{repo}[/{path}]`: Binder's first links, which BinderHub
@@ -679,17 +511,6 @@ pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
         }
     }
     found(&target)
-}
-
-/// 302 to `target`.
-fn found(target: &str) -> Result<Response<Body>> {
-    let location = header::HeaderValue::from_str(target)
-        .map_err(|_| ApiError::BadRequest("the path cannot be redirected to".into()))?;
-    Response::builder()
-        .status(StatusCode::FOUND)
-        .header(header::LOCATION, location)
-        .body(crate::body::empty())
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn escape(s: &str) -> String {

@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 
 use utoipa::{IntoResponses, OpenApi};
 
-use super::binders::HandoutRequest;
+use super::target::HandoutRequest;
 use super::views::*;
-use crate::binding::Binding;
+use crate::binding::{Binding, NAME_PATTERN};
 
 /// The error answers any operation may give (SPEC: every error is JSON).
 #[derive(IntoResponses)]
@@ -78,19 +78,19 @@ fn list_bindings() {}
 #[utoipa::path(post, path = "/bindings", request_body = Binding, security(("api_key" = [])), responses((status = 201, body = Binding), Errors))]
 fn create_binding() {}
 
-#[utoipa::path(get, path = "/bindings/{name}", params(("name" = String, Path, description = "Binding name (case-insensitive)", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, body = Binding), Errors))]
+#[utoipa::path(get, path = "/bindings/{name}", params(("name" = String, Path, description = "Binding name (case-insensitive)")), responses((status = 200, body = Binding), Errors))]
 fn get_binding() {}
 
-#[utoipa::path(head, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, description = "Exists"), Errors))]
+#[utoipa::path(head, path = "/bindings/{name}", params(("name" = String, Path)), responses((status = 200, description = "Exists"), Errors))]
 fn head_binding() {}
 
-#[utoipa::path(post, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = Binding, security(("api_key" = [])), responses((status = 201, body = Binding), Errors))]
+#[utoipa::path(post, path = "/bindings/{name}", params(("name" = String, Path)), request_body = Binding, security(("api_key" = [])), responses((status = 201, body = Binding), Errors))]
 fn create_named_binding() {}
 
-#[utoipa::path(put, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), request_body = Binding, security(("api_key" = [])), responses((status = 200, description = "Replaced", body = Binding), (status = 201, description = "Created", body = Binding), Errors))]
+#[utoipa::path(put, path = "/bindings/{name}", params(("name" = String, Path)), request_body = Binding, security(("api_key" = [])), responses((status = 200, description = "Replaced", body = Binding), (status = 201, description = "Created", body = Binding), Errors))]
 fn put_binding() {}
 
-#[utoipa::path(delete, path = "/bindings/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("force" = Option<bool>, Query, description = "Stop assigned binders too")), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
+#[utoipa::path(delete, path = "/bindings/{name}", params(("name" = String, Path), ("force" = Option<bool>, Query, description = "Stop assigned binders too")), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
 fn delete_binding() {}
 
 #[utoipa::path(get, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$")), responses((status = 200, description = "The binding named {a}-{b}", body = Binding), Errors))]
@@ -108,16 +108,16 @@ fn put_two_part_binding() {}
 #[utoipa::path(delete, path = "/bindings/{a}/{b}", params(("a" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$"), ("b" = String, Path, pattern = "^[A-Za-z0-9._-]{1,31}$"), ("force" = Option<bool>, Query)), security(("api_key" = [])), responses((status = 202, body = Deleting), Errors))]
 fn delete_two_part_binding() {}
 
-#[utoipa::path(post, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("profile" = Option<String>, Query, description = "One of the binding's profiles (default: its default profile); unknown: 400 naming the choices; a keys_only one without a key: 403")), request_body(content = Option<HandoutRequest>, description = "Optional: `{\"profile\": \"large\"}` (as `?profile=`; both given, they must agree)", content_type = "application/json"), responses((status = 201, description = "A warm binder", body = BinderView), (status = 202, description = "Starting one", body = BinderView), Errors))]
+#[utoipa::path(post, path = "/binders/{binding}", params(("binding" = String, Path), ("profile" = Option<String>, Query, description = "One of the binding's profiles (default: its default profile); unknown: 400 naming the choices; a keys_only one without a key: 403")), request_body(content = Option<HandoutRequest>, description = "Optional: `{\"profile\": \"large\"}` (as `?profile=`; both given, they must agree)", content_type = "application/json"), responses((status = 201, description = "A warm binder", body = BinderView), (status = 202, description = "Starting one", body = BinderView), Errors))]
 fn spawn() {}
 
-#[utoipa::path(get, path = "/binders/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), security(("api_key" = [])), responses((status = 200, description = "The binders this key may see", body = Vec<BinderView>), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}", params(("binding" = String, Path)), security(("api_key" = [])), responses((status = 200, description = "The binders this key may see", body = Vec<BinderView>), Errors))]
 fn list_binders() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, body = BinderView), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}", params(("binding" = String, Path), ("id" = String, Path)), responses((status = 200, body = BinderView), Errors))]
 fn get_binder() {}
 
-#[utoipa::path(delete, path = "/binders/{binding}/{id}", description = "A key's binder: its owner or an admin. An anonymous binder: whoever holds its id.", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), security(("api_key" = []), ()), responses((status = 202, body = Stopping), Errors))]
+#[utoipa::path(delete, path = "/binders/{binding}/{id}", description = "A key's binder: its owner or an admin. An anonymous binder: whoever holds its id.", params(("binding" = String, Path), ("id" = String, Path)), security(("api_key" = []), ()), responses((status = 202, body = Stopping), Errors))]
 fn delete_binder() {}
 
 #[derive(utoipa::ToSchema)]
@@ -125,21 +125,21 @@ struct PauseRequest {
     paused: bool,
 }
 
-#[utoipa::path(post, path = "/binders/{binding}/{id}/actions/pause", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), request_body = PauseRequest, security(("api_key" = [])), responses((status = 200, body = BinderView), Errors))]
+#[utoipa::path(post, path = "/binders/{binding}/{id}/actions/pause", params(("binding" = String, Path), ("id" = String, Path)), request_body = PauseRequest, security(("api_key" = [])), responses((status = 200, body = BinderView), Errors))]
 fn pause() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}/logs", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path), ("tail" = Option<u32>, Query)), security(("api_key" = [])), responses((status = 200, description = "Recent output", content_type = "text/plain", body = String), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}/logs", params(("binding" = String, Path), ("id" = String, Path), ("tail" = Option<u32>, Query)), security(("api_key" = [])), responses((status = 200, description = "Recent output", content_type = "text/plain", body = String), Errors))]
 fn logs() {}
-#[utoipa::path(get, path = "/bindings/{name}/build/logs", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, description = "The output of the binding's last content build: the repository's fetch and the environment its requirements built", content_type = "text/plain", body = String), Errors))]
+#[utoipa::path(get, path = "/bindings/{name}/build/logs", params(("name" = String, Path)), responses((status = 200, description = "The output of the binding's last content build: the repository's fetch and the environment its requirements built", content_type = "text/plain", body = String), Errors))]
 fn build_logs() {}
 
-#[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = SseEvent), Errors))]
+#[utoipa::path(get, path = "/binders/{binding}/{id}/events", params(("binding" = String, Path), ("id" = String, Path)), responses((status = 200, description = "Server-sent events: `data: {BinderView}` per state change, until ready or failed", content_type = "text/event-stream", body = SseEvent), Errors))]
 fn events() {}
 
 #[utoipa::path(get, path = "/pools", responses((status = 200, body = Vec<PoolView>), Errors))]
 fn list_pools() {}
 
-#[utoipa::path(get, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(get, path = "/pools/{binding}", params(("binding" = String, Path)), responses((status = 200, body = PoolView), Errors))]
 fn get_pool() {}
 
 #[derive(utoipa::ToSchema)]
@@ -150,10 +150,10 @@ struct ResizeRequest {
     max_pool: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("profile" = Option<String>, Query, description = "Resize this profile's own pool (without: the binding's pool, which serves its default profile)")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(post, path = "/pools/{binding}", params(("binding" = String, Path), ("profile" = Option<String>, Query, description = "Resize this profile's own pool (without: the binding's pool, which serves its default profile)")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
 fn resize_pool() {}
 
-#[utoipa::path(put, path = "/pools/{binding}", params(("binding" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"), ("profile" = Option<String>, Query, description = "Resize this profile's own pool (without: the binding's pool, which serves its default profile)")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
+#[utoipa::path(put, path = "/pools/{binding}", params(("binding" = String, Path), ("profile" = Option<String>, Query, description = "Resize this profile's own pool (without: the binding's pool, which serves its default profile)")), request_body = ResizeRequest, security(("api_key" = [])), responses((status = 200, body = PoolView), Errors))]
 fn put_pool() {}
 
 #[utoipa::path(post, path = "/api/spawn", params(("profile" = Option<String>, Query, description = "One of the binding's profiles (as `\"profile\"` in the body)")), request_body(content = Option<String>, description = "Any body or none; `{\"binding\": \"name\"}` picks a binding, `\"profile\"` one of its profiles (or `?profile=`)", content_type = "text/plain"), responses((status = 200, body = Spawned), Errors))]
@@ -196,7 +196,7 @@ fn hub_health() {}
         tmpnb_spawn, tmpnb_stats, tmpnb_spawn_redirect, proxy,
         build, launch, legacy_repo, versions, hub_health,
     ),
-    modifiers(&Security),
+    modifiers(&Security, &NamePatterns),
 )]
 struct Document;
 
@@ -213,6 +213,48 @@ impl utoipa::Modify for Security {
                 "`<key>`, `Bearer <key>` or `token <key>`",
             ))),
         );
+    }
+}
+
+/// Every binding name the document shows, a path's `{name}` and
+/// `{binding}` and [`Binding`]'s `name`, matches [`NAME_PATTERN`]: written
+/// here from the one constant rather than spelt in each operation.
+struct NamePatterns;
+
+impl utoipa::Modify for NamePatterns {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{RefOr, Schema};
+        let set = |schema: Option<&mut RefOr<Schema>>| {
+            if let Some(RefOr::T(Schema::Object(object))) = schema {
+                object.pattern = Some(NAME_PATTERN.to_owned());
+            }
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.head,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let parameters = operation.parameters.iter_mut().flatten();
+                for p in parameters.filter(|p| {
+                    p.parameter_in == ParameterIn::Path
+                        && matches!(p.name.as_str(), "name" | "binding")
+                }) {
+                    set(p.schema.as_mut());
+                }
+            }
+        }
+        let binding = openapi
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("Binding"));
+        if let Some(RefOr::T(Schema::Object(binding))) = binding {
+            set(binding.properties.get_mut("name"));
+        }
     }
 }
 

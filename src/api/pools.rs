@@ -6,8 +6,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::binders::visible_pool;
+use super::reply::json;
+use super::request::read_json;
 use super::views::{PoolView, QuotaView};
-use super::{json, read_json, ApiError, App, Result};
+use super::{ApiError, App, Result};
 use crate::auth::{AuthError, Caller};
 use crate::body::Body;
 
@@ -58,8 +60,8 @@ pub(super) async fn resize(
             pool.name
         )));
     }
-    let profile = super::query_param(req.uri().query().unwrap_or(""), "profile");
-    let pool = super::binders::choose_profile(app, &pool, caller, profile.as_deref())?;
+    let profile = super::target::in_query(req.uri().query());
+    let pool = super::target::choose_profile(app, &pool, caller, profile.as_deref())?;
     let body: Resize = read_json(app, req).await?;
     if body.min.is_none() && body.max.is_none() {
         return Err(ApiError::BadRequest(

@@ -7,9 +7,12 @@
 
 use std::sync::Arc;
 
-use super::binders::{choose_profile, visible_pool};
+use super::binders::visible_pool;
+use super::reply::json;
+use super::request::read_body;
+use super::target::{self, choose_profile};
 use super::views::{Spawned, Stats};
-use super::{json, read_body, ApiError, App, Result, VERSION};
+use super::{ApiError, App, Result, VERSION};
 use crate::auth::Caller;
 use crate::binder::{Binder, State};
 use crate::body::Body;
@@ -91,7 +94,7 @@ pub(super) async fn spawn(
     req: Request<Incoming>,
     client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
-    let from_query = super::query_param(req.uri().query().unwrap_or(""), "profile");
+    let from_query = target::in_query(req.uri().query());
     let body = read_body(app, req).await?;
     let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
     let field = |name: &str| {
@@ -121,7 +124,7 @@ pub(super) async fn spawn_redirect(
     client: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>> {
     let pool = default_pool(app, caller, None)?;
-    let profile = query.and_then(|q| super::query_param(q, "profile"));
+    let profile = target::in_query(query);
     let pool = choose_profile(app, &pool, caller, profile.as_deref())?;
     let binder = handout_and_wait(app, caller, &pool, client).await?;
     let mut target = format!("{}{}", app.location(&binder), rest);
