@@ -184,175 +184,235 @@ pub(super) async fn build(
     let failed = |message: String| events(vec![LaunchEvent::failed(message)], None);
     // As BinderHub: only an event-stream client launches (a crawler
     // following `/build` links would otherwise empty the pools).
-    let streams = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"));
-    if !streams {
+    if !asks_for_events(req) {
         let mut refused = LaunchEvent::failed("Missing Accept header: text/event-stream\n");
         refused.status_code = Some(400);
         return events(vec![refused], None);
     }
-    let spec = match Spec::parse(rest) {
-        Ok(spec) => spec,
+    let (spec, pool, launch, client) = match admitted(app, caller, rest, req, peer) {
+        Ok(admitted) => admitted,
         Err(message) => return failed(message),
-    };
-    let (pool, launch) = match pool_for(app, caller, &spec) {
-        Ok(found) => found,
-        Err(message) => return failed(message),
-    };
-    let profile = target::in_query(req.uri().query());
-    let pool = match target::choose_profile(app, &pool, caller, profile.as_deref()) {
-        Ok(pool) => pool,
-        Err(e) => return failed(e.to_string()),
-    };
-    let client = match admit_spawn(app, caller, req, peer) {
-        Ok(client) => client,
-        Err(e) => return failed(e.to_string()),
     };
     // Content given at launch: the repository, fetched once per commit
     // (a first fetch is this stream's `fetching` phase).
-    let mut fetching = Vec::new();
-    let files = if launch {
-        match app.pools.launch_content(&spec.url, &spec.reference).await {
-            Ok((tar, commit, fresh)) => {
-                if fresh {
-                    fetching.push(LaunchEvent::phase(
-                        "fetching",
-                        format!("Fetched {} at {commit}\n", spec.url),
-                    ));
-                }
-                Some(LaunchFiles {
-                    repo: spec.repo.clone(),
-                    tar,
-                })
-            }
-            Err(e) => {
-                return failed(format!(
-                    "cannot fetch the repository: {}",
-                    ApiError::from(e)
-                ));
-            }
-        }
-    } else {
-        None
+    let mut said = Vec::new();
+    let files = match launch_files(app, &spec, launch, &mut said).await {
+        Ok(files) => files,
+        Err(message) => return failed(message),
     };
-    let image = image_of(&pool);
-    let base = public_base(app, req.headers(), peer);
-    let request = format!("v2/{rest}");
-    let built = LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&image);
+    let mut build = Build {
+        image: image_of(&pool),
+        base: public_base(app, req.headers(), peer),
+        request: format!("v2/{rest}"),
+        said,
+        spec,
+        pool,
+        files,
+    };
     if query::flag(req.uri().query().unwrap_or(""), "build_only") {
         // Nothing is built here and nothing is launched for it.
         let done = LaunchEvent::phase(
             "ready",
             "Done! Found built image, not launching (build_only)\n",
         );
-        fetching.extend([built, done]);
-        return events(fetching, None);
+        let built = build.built();
+        build.said.extend([built, done]);
+        return events(build.said, None);
     }
-    let launching = LaunchEvent::phase("launching", "Launching server...\n");
     // Content from the repository still being made: the build's lines
     // first (BinderHub's `building` phase), `built` once it is made.
-    let building = !pool.content_ready();
-    let handed = app.pools.handout(&pool, caller.owner(), Some(client)).await;
-    if let (Ok(Handout::Ready(b) | Handout::Starting(b)), Some(files)) = (&handed, &files) {
+    let building = !build.pool.content_ready();
+    let handed = app
+        .pools
+        .handout(&build.pool, caller.owner(), Some(client))
+        .await;
+    if let (Ok(Handout::Ready(b) | Handout::Starting(b)), Some(files)) = (&handed, &build.files) {
         let _ = b.launched_with.set(files.repo.clone());
     }
-    let binder = match handed {
-        Ok(Handout::Ready(b)) => {
-            if let Some(files) = &files {
-                if let Err(e) = app
-                    .pools
-                    .put_launch_files(&pool, &b, &files.repo, &files.tar)
-                    .await
-                {
-                    fetching.push(LaunchEvent::failed(format!(
-                        "cannot put the repository's files in place: {}",
-                        ApiError::from(e)
-                    )));
-                    return events(fetching, None);
-                }
+    match handed {
+        Ok(Handout::Ready(b)) => build.warm(app, b).await,
+        Ok(Handout::Starting(b)) => build.cold(app, b, building),
+        Err(e @ PoolError::Full { .. }) => failed(e.to_string()),
+        Err(e) => failed(ApiError::from(e).to_string()),
+    }
+}
+
+/// Whether the client reads an event stream.
+fn asks_for_events(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// What a `/build` launches from, once admitted: the spec, the pool (its
+/// profile chosen), whether the repository's files come with the launch,
+/// and whom an anonymous binder is charged to; else why not.
+fn admitted(
+    app: &App,
+    caller: &Caller,
+    rest: &str,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> std::result::Result<(Spec, Arc<Pool>, bool, std::net::IpAddr), String> {
+    let spec = Spec::parse(rest)?;
+    let (pool, launch) = pool_for(app, caller, &spec)?;
+    let profile = target::in_query(req.uri().query());
+    let pool = target::choose_profile(app, &pool, caller, profile.as_deref())
+        .map_err(|e| e.to_string())?;
+    let client = admit_spawn(app, caller, req, peer).map_err(|e| e.to_string())?;
+    Ok((spec, pool, launch, client))
+}
+
+/// The repository's files when they come with the launch (a first fetch
+/// said in `said`); else why they cannot.
+async fn launch_files(
+    app: &App,
+    spec: &Spec,
+    launch: bool,
+    said: &mut Vec<LaunchEvent>,
+) -> std::result::Result<Option<LaunchFiles>, String> {
+    if !launch {
+        return Ok(None);
+    }
+    match app.pools.launch_content(&spec.url, &spec.reference).await {
+        Ok((tar, commit, fresh)) => {
+            if fresh {
+                said.push(LaunchEvent::phase(
+                    "fetching",
+                    format!("Fetched {} at {commit}\n", spec.url),
+                ));
             }
-            let mut all = fetching;
-            all.extend([built, launching]);
-            let kernel = if pool.current().binding.kernel.is_some() {
-                ", its kernel already running"
-            } else {
-                ""
-            };
-            all.push(LaunchEvent::phase(
+            Ok(Some(LaunchFiles {
+                repo: spec.repo.clone(),
+                tar,
+            }))
+        }
+        Err(e) => Err(format!(
+            "cannot fetch the repository: {}",
+            ApiError::from(e)
+        )),
+    }
+}
+
+/// One `/build` launch after its handout: what it said so far and what
+/// its last events name.
+struct Build {
+    said: Vec<LaunchEvent>,
+    spec: Spec,
+    pool: Arc<Pool>,
+    files: Option<LaunchFiles>,
+    image: String,
+    base: String,
+    request: String,
+}
+
+impl Build {
+    fn built(&self) -> LaunchEvent {
+        LaunchEvent::phase("built", "Found built image, launching...\n").image_name(&self.image)
+    }
+
+    /// A warm binder: its launch files put in place, then `ready`.
+    async fn warm(mut self, app: &App, b: Arc<crate::binder::Binder>) -> Result<Response<Body>> {
+        if let Some(files) = &self.files {
+            if let Err(e) = app
+                .pools
+                .put_launch_files(&self.pool, &b, &files.repo, &files.tar)
+                .await
+            {
+                self.said.push(LaunchEvent::failed(format!(
+                    "cannot put the repository's files in place: {}",
+                    ApiError::from(e)
+                )));
+                return events(self.said, None);
+            }
+        }
+        let built = self.built();
+        self.said.extend([built, launching()]);
+        let kernel = if self.pool.current().binding.kernel.is_some() {
+            ", its kernel already running"
+        } else {
+            ""
+        };
+        self.said.push(LaunchEvent::phase(
+            "launching",
+            format!("Server ready: one kept warm{kernel}\n"),
+        ));
+        self.said.push(LaunchEvent::ready(
+            &b,
+            &self.base,
+            absolute(app, &self.base, &b),
+            &self.image,
+            &self.spec.repo,
+            &self.request,
+        ));
+        events(self.said, None)
+    }
+
+    /// Cold: the stream says where it is and ends when the binder is ready.
+    fn cold(
+        mut self,
+        app: &App,
+        binder: Arc<crate::binder::Binder>,
+        building: bool,
+    ) -> Result<Response<Body>> {
+        let pool = self.pool;
+        let wait = start_wait(app, &pool);
+        let first = if building {
+            self.said.push(LaunchEvent::phase(
+                "building",
+                "Making the repository's content ready\n",
+            ));
+            Step::Building(pool.build().cursor().saturating_sub(50))
+        } else {
+            let starting = LaunchEvent::phase(
                 "launching",
-                format!("Server ready: one kept warm{kernel}\n"),
-            ));
-            all.push(LaunchEvent::ready(
-                &b,
-                &base,
-                absolute(app, &base, &b),
-                &image,
-                &spec.repo,
-                &request,
-            ));
-            return events(all, None);
-        }
-        Ok(Handout::Starting(b)) => b,
-        Err(e @ PoolError::Full { .. }) => return failed(e.to_string()),
-        Err(e) => return failed(ApiError::from(e).to_string()),
-    };
-    // Cold: the stream says where it is and ends when the binder is ready.
-    let wait = start_wait(app, &pool);
-    let starting = LaunchEvent::phase(
-        "launching",
-        format!(
-            "Starting a server for you (ready in about {} s)\n",
-            pool.time_to_ready().as_secs().max(1)
-        ),
-    );
-    let (mut head, first) = if building {
-        let head = vec![LaunchEvent::phase(
-            "building",
-            "Making the repository's content ready\n",
-        )];
-        (
-            head,
-            Step::Building(pool.build().cursor().saturating_sub(50)),
-        )
-    } else {
-        (vec![built, launching, starting], Step::Launching(false))
-    };
-    fetching.append(&mut head);
-    let head = fetching;
-    let cold = Arc::new(Cold {
-        pools: app.pools.clone(),
-        pool,
-        url: absolute(app, &base, &binder),
-        binder,
-        base,
-        image,
-        repo: spec.repo,
-        request,
-        wait,
-        deadline: std::sync::Mutex::new(tokio::time::Instant::now() + wait),
-        files,
-    });
-    // The build's lines while the content is made, then the binder's
-    // progress: one `launching` event when its container is up, then
-    // `ready` (or `failed`). `None`: the stream has ended.
-    let tail = stream::unfold(Some(first), move |step| {
-        let cold = cold.clone();
-        async move {
-            match step? {
-                Step::Building(cursor) => Some(cold.build_lines(cursor).await),
-                Step::Launching(announced) => {
-                    let (event, next) = cold.next(announced).await?;
-                    Some((vec![event], next.map(Step::Launching)))
+                format!(
+                    "Starting a server for you (ready in about {} s)\n",
+                    pool.time_to_ready().as_secs().max(1)
+                ),
+            );
+            let built = LaunchEvent::phase("built", "Found built image, launching...\n")
+                .image_name(&self.image);
+            self.said.extend([built, launching(), starting]);
+            Step::Launching(false)
+        };
+        let cold = Arc::new(Cold {
+            pools: app.pools.clone(),
+            pool,
+            url: absolute(app, &self.base, &binder),
+            binder,
+            base: self.base,
+            image: self.image,
+            repo: self.spec.repo,
+            request: self.request,
+            wait,
+            deadline: std::sync::Mutex::new(tokio::time::Instant::now() + wait),
+            files: self.files,
+        });
+        // The build's lines while the content is made, then the binder's
+        // progress: one `launching` event when its container is up, then
+        // `ready` (or `failed`). `None`: the stream has ended.
+        let tail = stream::unfold(Some(first), move |step| {
+            let cold = cold.clone();
+            async move {
+                match step? {
+                    Step::Building(cursor) => Some(cold.build_lines(cursor).await),
+                    Step::Launching(announced) => {
+                        let (event, next) = cold.next(announced).await?;
+                        Some((vec![event], next.map(Step::Launching)))
+                    }
                 }
             }
-        }
-    })
-    .flat_map(stream::iter);
-    events(head, Some(Box::pin(tail)))
+        })
+        .flat_map(stream::iter);
+        events(self.said, Some(Box::pin(tail)))
+    }
+}
+
+fn launching() -> LaunchEvent {
+    LaunchEvent::phase("launching", "Launching server...\n")
 }
 
 /// The path inside the server that BinderHub's query parameters ask for:
