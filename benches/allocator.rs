@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use binderd::binder::{Binder, State};
 use binderd::binding::BindingName;
-use binderd::pool::allocator::{Counters, ReadyQueue};
+use binderd::parts::{Binder, State};
+use binderd::parts::{Counters, ReadyQueue};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const OPS_PER_THREAD: u64 = 10_000;

@@ -140,7 +140,7 @@ impl PlainChannels {
 
     async fn execute(&mut self, code: &str) -> Executed {
         let msg_id = format!("{:x}", rand::random::<u64>());
-        let request = binderd::kernel::execute_request(&msg_id, "bench", code);
+        let request = binderd::parts::execute_request(&msg_id, "bench", code);
         let began = Instant::now();
         self.ws
             .send(Message::text(request.to_string()))

@@ -36,28 +36,44 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+// The crate's face: what `main`, the tests, the benches and
+// `examples/embed.rs` use. Everything else is binderd's own, so the
+// compiler (not only a test) keeps what may change a binder or a pool
+// inside the crate.
 pub mod admin;
-pub mod api;
 pub mod auth;
 pub mod backend;
-pub mod binder;
 pub mod binding;
-pub mod body;
 pub mod cli;
 pub mod config;
-pub mod content;
-pub mod kernel;
-pub mod limits;
-pub mod metrics;
-pub mod pool;
-pub mod proxy;
 pub mod quota;
-pub mod ratelimit;
-pub mod server;
-pub mod store;
-pub mod tcp;
-pub mod text;
-pub mod upstream;
+
+pub(crate) mod api;
+pub(crate) mod binder;
+pub(crate) mod body;
+pub(crate) mod content;
+pub(crate) mod kernel;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod pool;
+pub(crate) mod proxy;
+pub(crate) mod ratelimit;
+pub(crate) mod server;
+pub(crate) mod store;
+pub(crate) mod tcp;
+pub(crate) mod text;
+pub(crate) mod upstream;
+
+/// Parts that benches and tests measure or drive alone (the allocator,
+/// a kernel's execute message): not binderd's interface.
+#[doc(hidden)]
+pub mod parts {
+    pub use crate::binder::{Binder, State};
+    pub use crate::kernel::execute_request;
+    pub use crate::pool::allocator::{Counters, ReadyQueue};
+}
+
+pub use server::ServeError;
 
 use backend::{Backend, BackendError};
 use config::Config;

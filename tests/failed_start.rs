@@ -35,10 +35,7 @@ async fn a_listener_that_cannot_accept_ends_run_with_an_error() {
     .expect("binderd kept running on a listener that cannot accept");
     let e = ran.expect_err("run returned Ok without having served");
     assert!(
-        matches!(
-            e,
-            binderd::Error::Serve(binderd::server::ServeError::Listener(_))
-        ),
+        matches!(e, binderd::Error::Serve(binderd::ServeError::Listener(_))),
         "{e}"
     );
     assert_eq!(e.exit_code(), 70);

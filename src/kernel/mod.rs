@@ -26,7 +26,7 @@ use crate::upstream::held::{self, Held};
 use crate::upstream::Upstream;
 
 mod channels;
-pub use channels::{execute_request, Channels, Outcome};
+pub use channels::{execute_request, Channels};
 
 /// What a kernel without warm-up code runs before the handout: a cell
 /// that calls `print` (writing nothing), so the kernel's first cell (its

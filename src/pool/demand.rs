@@ -144,6 +144,7 @@ impl Demand {
         self.target.max(self.lead).clamp(min, max)
     }
 
+    #[cfg(test)]
     pub fn rate(&self) -> f64 {
         self.rate
     }

@@ -205,10 +205,6 @@ impl Pools {
         self.inner.quotas.report(key)
     }
 
-    pub fn max_pool_limit(&self) -> u32 {
-        self.inner.max_pool_limit
-    }
-
     /// The pool a handout of `name` without a choice takes from, whose
     /// record holds the binding as put (its document, owner, access).
     pub fn binding(&self, name: &BindingName) -> Option<Arc<Pool>> {

@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -298,8 +298,10 @@ impl Store {
             .await
     }
 }
-/// Reads one binder back (tests and diagnostics).
+/// Reads one binder back (the store's tests).
+#[cfg(test)]
 pub fn read_binder_state(data_dir: &Path, id: &str) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
     let conn = Connection::open(data_dir.join("binderd.sqlite3"))?;
     Ok(conn
         .query_row("SELECT state FROM binders WHERE id = ?1", [id], |r| {

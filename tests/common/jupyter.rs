@@ -169,7 +169,7 @@ pub async fn execute_on(ws: &mut KernelSocket, code: &str) -> String {
         "cell-{}",
         CELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let request = binderd::kernel::execute_request(&msg_id, "reader", code);
+    let request = binderd::parts::execute_request(&msg_id, "reader", code);
     ws.send(Message::text(request.to_string())).await.unwrap();
     let (mut output, mut idle) = (String::new(), false);
     while !idle {
