@@ -149,29 +149,27 @@ struct Exchange<'a> {
     tunnel_idle: std::time::Duration,
 }
 
+/// What the answer's head in `upbuf` says, once parsed.
+enum AnswerHead {
+    /// Not all of it yet.
+    Partial,
+    /// An interim 1xx answer, this long: relayed, and the real one awaited.
+    Interim(usize),
+    /// The answer's head (or an asked-for 101), this long.
+    Final(usize),
+}
+
 impl Exchange<'_> {
     /// Sends the request (on a kept connection, or a new one when there is
     /// none or a kept one was closed under it) and reads until an answer's
     /// head (not 1xx) is in `upbuf`; interim 1xx answers are relayed.
     async fn send(&mut self) -> Result<(TcpStream, usize), ProxyError> {
-        let Exchange {
-            client,
-            inbuf,
-            upbuf,
-            out: head,
-            req,
-            binder,
-            addr,
-            now,
-            ..
-        } = self;
-        let (req, binder, addr, now) = (*req, *binder, *addr, *now);
-        let unreachable = |e: std::io::Error| ProxyError::Unreachable(e.to_string());
+        let (req, binder, addr, now) = (self.req, self.binder, self.addr, self.now);
         // The body's start goes with the head, in one write.
-        let first = (req.body_len as usize).min(inbuf.len());
-        head.extend_from_slice(&inbuf[..first]);
-        inbuf.advance(first);
-        let mut rest = req.body_len - first as u64;
+        let first = (req.body_len as usize).min(self.inbuf.len());
+        self.out.extend_from_slice(&self.inbuf[..first]);
+        self.inbuf.advance(first);
+        let rest = req.body_len - first as u64;
         let mut kept = binder.conns.take(addr, now);
         loop {
             let reused = kept.is_some();
@@ -185,180 +183,250 @@ impl Exchange<'_> {
             // read from the client yet). Cut off before any answer byte, only
             // an idempotent request whole in hand goes again (the container may
             // have acted on it).
-            if let Err(e) = upstream.write_all(head).await {
+            if let Err(e) = upstream.write_all(self.out).await {
                 if reused {
                     continue;
                 }
                 return Err(unreachable(e));
             }
             let again = reused && rest == 0 && req.idempotent;
-            while rest > 0 {
-                inbuf.reserve(READ_CHUNK);
-                let n = client.read_buf(inbuf).await.map_err(unreachable)?;
-                if n == 0 {
-                    return Err(ProxyError::BadRequest(
-                        "the client closed before sending its whole body".into(),
-                    ));
-                }
-                let take = (rest as usize).min(inbuf.len());
-                upstream
-                    .write_all(&inbuf[..take])
-                    .await
-                    .map_err(unreachable)?;
-                inbuf.advance(take);
-                rest -= take as u64;
+            self.send_body(&mut upstream, rest).await?;
+            if let Some(len) = self.read_answer_head(&mut upstream, again).await? {
+                return Ok((upstream, len));
             }
-            upbuf.clear();
-            loop {
-                upbuf.reserve(READ_CHUNK);
-                if !upbuf.is_empty() {
-                    // More of the head is awaited: ACK what came at once
-                    // ([`crate::tcp`]); an answer read whole in one go
-                    // costs no system call for it.
-                    crate::tcp::quick_ack(&upstream);
+            // Closed before answering: sent again, on a new connection.
+        }
+    }
+
+    /// Relays the rest of the request's body (`rest` bytes) from the
+    /// client to the container, as it comes.
+    async fn send_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        mut rest: u64,
+    ) -> Result<(), ProxyError> {
+        while rest > 0 {
+            self.inbuf.reserve(READ_CHUNK);
+            let n = self
+                .client
+                .read_buf(self.inbuf)
+                .await
+                .map_err(unreachable)?;
+            if n == 0 {
+                return Err(ProxyError::BadRequest(
+                    "the client closed before sending its whole body".into(),
+                ));
+            }
+            let take = (rest as usize).min(self.inbuf.len());
+            upstream
+                .write_all(&self.inbuf[..take])
+                .await
+                .map_err(unreachable)?;
+            self.inbuf.advance(take);
+            rest -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads the answer's head into `upbuf`, relaying interim 1xx answers:
+    /// its length, or `None` when the connection closed before any answer
+    /// byte and the request may go again (`again`).
+    async fn read_answer_head(
+        &mut self,
+        upstream: &mut TcpStream,
+        again: bool,
+    ) -> Result<Option<usize>, ProxyError> {
+        self.upbuf.clear();
+        loop {
+            self.upbuf.reserve(READ_CHUNK);
+            if !self.upbuf.is_empty() {
+                // More of the head is awaited: ACK what came at once
+                // ([`crate::tcp`]); an answer read whole in one go
+                // costs no system call for it.
+                crate::tcp::quick_ack(upstream);
+            }
+            let n = match upstream.read_buf(self.upbuf).await {
+                Ok(n) => n,
+                Err(_) if again && self.upbuf.is_empty() => 0,
+                Err(e) => return Err(unreachable(e)),
+            };
+            if n == 0 {
+                if again && self.upbuf.is_empty() {
+                    return Ok(None);
                 }
-                let n = match upstream.read_buf(upbuf).await {
-                    Ok(n) => n,
-                    Err(_) if again && upbuf.is_empty() => 0,
-                    Err(e) => return Err(unreachable(e)),
-                };
-                if n == 0 {
-                    if again && upbuf.is_empty() {
-                        break; // sent again below, on a new connection
-                    }
-                    return Err(ProxyError::Unreachable(
-                        "the container closed the connection without answering".into(),
-                    ));
+                return Err(ProxyError::Unreachable(
+                    "the container closed the connection without answering".into(),
+                ));
+            }
+            match parse_answer_head(self.upbuf, self.req)? {
+                AnswerHead::Partial => {}
+                AnswerHead::Interim(len) => {
+                    // Interim (103 Early Hints and the like): relay it
+                    // as it came and read on.
+                    let interim = &self.upbuf[..len];
+                    self.client.write_all(interim).await.map_err(unreachable)?;
+                    self.upbuf.advance(len);
                 }
-                let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
-                let mut answer = httparse::Response::new(&mut headers);
-                match answer.parse(upbuf) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        let code = answer.code.unwrap_or(0);
-                        if code == 101 && req.upgrade {
-                            return Ok((upstream, len));
-                        }
-                        if code == 101 {
-                            return Err(ProxyError::Unreachable(
-                                "the container switched protocols unasked".into(),
-                            ));
-                        }
-                        if (100..200).contains(&code) {
-                            // Interim (103 Early Hints and the like): relay it
-                            // as it came and read on.
-                            client.write_all(&upbuf[..len]).await.map_err(unreachable)?;
-                            upbuf.advance(len);
-                            continue;
-                        }
-                        return Ok((upstream, len));
-                    }
-                    Ok(httparse::Status::Partial) if upbuf.len() < MAX_ANSWER_HEAD => {}
-                    Ok(httparse::Status::Partial) => {
-                        return Err(ProxyError::Unreachable(
-                            "the answer's head is too large".into(),
-                        ))
-                    }
-                    Err(e) => {
-                        return Err(ProxyError::Unreachable(format!(
-                            "the container's answer is not HTTP: {e}"
-                        )))
-                    }
-                }
+                AnswerHead::Final(len) => return Ok(Some(len)),
             }
         }
     }
 
     /// Writes the answer's rewritten head and relays its body; gives the
     /// upstream connection back when it ended cleanly at the answer's end.
-    async fn relay(self, mut upstream: TcpStream, head_len: usize) -> Result<After, ProxyError> {
-        let Exchange {
-            client,
-            inbuf,
-            upbuf,
-            out,
-            req,
-            binder,
-            addr,
-            now,
-            write_timeout,
-            tunnel_idle,
-        } = self;
+    async fn relay(
+        mut self,
+        mut upstream: TcpStream,
+        head_len: usize,
+    ) -> Result<After, ProxyError> {
         // httparse checked the status line: "HTTP/1.x NNN".
-        if req.upgrade && upbuf.get(9..12) == Some(b"101".as_slice()) {
-            // Switched: the answer's head as it came (its cookies
-            // confined), then whatever either side sent early, then the
-            // tunnel, until one side closes.
-            let early = std::mem::take(inbuf);
-            if let Some(head) = confine_switch(&upbuf[..head_len], binder) {
-                upbuf.advance(head_len);
-                if client.write_all(&head).await.is_err() {
-                    return Ok(After::Close);
-                }
-            }
-            if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
-                return Ok(After::Close);
-            }
-            let (from_container, to_container) = upstream.split();
-            let container = (crate::tcp::QuickAck(from_container), to_container);
-            super::join(client.split(), container, binder, tunnel_idle).await;
-            return Ok(After::Close);
+        if self.req.upgrade && self.upbuf.get(9..12) == Some(b"101".as_slice()) {
+            return Ok(self.tunnel(upstream, head_len).await);
         }
-        let (mut framing, upstream_keeps) = rewrite_answer(&upbuf[..head_len], req, binder, out)?;
-        upbuf.advance(head_len);
+        let (req, binder) = (self.req, self.binder);
+        let (mut framing, upstream_keeps) =
+            rewrite_answer(&self.upbuf[..head_len], req, binder, self.out)?;
+        self.upbuf.advance(head_len);
         let client_keeps = !req.client_close && !matches!(framing, Framing::UntilClose);
-
-        // The body: what came with the head goes in the same write.
-        let mut done = false;
-        let mut clean = true;
-        loop {
-            let (take, ended) = match &mut framing {
-                Framing::None => (0, true),
-                Framing::Length(left) => {
-                    let take = (*left as usize).min(upbuf.len());
-                    *left -= take as u64;
-                    (take, *left == 0)
-                }
-                Framing::Chunked(scan) => match scan.feed(upbuf) {
-                    Ok(Some(end)) => (end, true),
-                    Ok(None) => (upbuf.len(), false),
-                    Err(NotChunked) => {
-                        clean = false;
-                        (upbuf.len(), true)
-                    }
-                },
-                Framing::UntilClose => (upbuf.len(), done),
-            };
-            out.extend_from_slice(&upbuf[..take]);
-            upbuf.advance(take);
-            if !out.is_empty() {
-                let wrote = tokio::time::timeout(write_timeout, client.write_all(out)).await;
-                if !matches!(wrote, Ok(Ok(()))) {
-                    return Ok(After::Close);
-                }
-                out.clear();
-            }
-            if ended {
-                break;
-            }
-            upbuf.clear();
-            upbuf.reserve(READ_CHUNK);
-            // More of the body is awaited: ACK what came at once.
-            crate::tcp::quick_ack(&upstream);
-            match upstream.read_buf(upbuf).await {
-                Ok(0) if matches!(framing, Framing::UntilClose) => done = true,
-                Ok(0) | Err(_) => return Ok(After::Close), // cut short: so is the client's answer
-                Ok(_) => {}
-            }
-        }
+        let Some(clean) = self.relay_body(&mut upstream, &mut framing).await else {
+            return Ok(After::Close);
+        };
         // Bytes past the answer's end were never asked for: not reusable.
-        if clean && upstream_keeps && upbuf.is_empty() {
-            binder.conns.give_back(addr, upstream, now);
+        if clean && upstream_keeps && self.upbuf.is_empty() {
+            binder.conns.give_back(self.addr, upstream, self.now);
         }
         Ok(if client_keeps && clean {
             After::KeepAlive
         } else {
             After::Close
         })
+    }
+
+    /// Switched: the answer's head as it came (its cookies confined), then
+    /// whatever either side sent early, then the tunnel, until one side
+    /// closes.
+    async fn tunnel(self, mut upstream: TcpStream, head_len: usize) -> After {
+        let Exchange {
+            client,
+            inbuf,
+            upbuf,
+            binder,
+            tunnel_idle,
+            ..
+        } = self;
+        let early = std::mem::take(inbuf);
+        if let Some(head) = confine_switch(&upbuf[..head_len], binder) {
+            upbuf.advance(head_len);
+            if client.write_all(&head).await.is_err() {
+                return After::Close;
+            }
+        }
+        if client.write_all(upbuf).await.is_err() || upstream.write_all(&early).await.is_err() {
+            return After::Close;
+        }
+        let (from_container, to_container) = upstream.split();
+        let container = (crate::tcp::QuickAck(from_container), to_container);
+        super::join(client.split(), container, binder, tunnel_idle).await;
+        After::Close
+    }
+
+    /// Relays the answer's body after its head (already in `out`; what came
+    /// with the head goes in the same write). `Some(clean)` once it ended,
+    /// `clean` false when a chunked body turned out not to be; `None` when
+    /// either side broke off (the client's connection must close).
+    async fn relay_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        framing: &mut Framing,
+    ) -> Option<bool> {
+        let mut done = false;
+        let mut clean = true;
+        loop {
+            let (take, ended) = body_step(framing, self.upbuf, done, &mut clean);
+            self.out.extend_from_slice(&self.upbuf[..take]);
+            self.upbuf.advance(take);
+            if !self.out.is_empty() {
+                let wrote =
+                    tokio::time::timeout(self.write_timeout, self.client.write_all(self.out)).await;
+                if !matches!(wrote, Ok(Ok(()))) {
+                    return None;
+                }
+                self.out.clear();
+            }
+            if ended {
+                return Some(clean);
+            }
+            self.upbuf.clear();
+            self.upbuf.reserve(READ_CHUNK);
+            // More of the body is awaited: ACK what came at once.
+            crate::tcp::quick_ack(upstream);
+            match upstream.read_buf(self.upbuf).await {
+                Ok(0) if matches!(framing, Framing::UntilClose) => done = true,
+                Ok(0) | Err(_) => return None, // cut short: so is the client's answer
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The container could not be reached, or broke off.
+#[inline]
+fn unreachable(e: std::io::Error) -> ProxyError {
+    ProxyError::Unreachable(e.to_string())
+}
+
+/// Parses what of the answer's head is in `upbuf`.
+#[inline]
+fn parse_answer_head(upbuf: &[u8], req: &Outgoing) -> Result<AnswerHead, ProxyError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+    let mut answer = httparse::Response::new(&mut headers);
+    match answer.parse(upbuf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let code = answer.code.unwrap_or(0);
+            if code == 101 && req.upgrade {
+                return Ok(AnswerHead::Final(len));
+            }
+            if code == 101 {
+                return Err(ProxyError::Unreachable(
+                    "the container switched protocols unasked".into(),
+                ));
+            }
+            if (100..200).contains(&code) {
+                return Ok(AnswerHead::Interim(len));
+            }
+            Ok(AnswerHead::Final(len))
+        }
+        Ok(httparse::Status::Partial) if upbuf.len() < MAX_ANSWER_HEAD => Ok(AnswerHead::Partial),
+        Ok(httparse::Status::Partial) => Err(ProxyError::Unreachable(
+            "the answer's head is too large".into(),
+        )),
+        Err(e) => Err(ProxyError::Unreachable(format!(
+            "the container's answer is not HTTP: {e}"
+        ))),
+    }
+}
+
+/// How much of `upbuf` belongs to the body, and whether the body ends
+/// there (`done`: a close-delimited body's connection closed). A chunked
+/// body that turns out not to be ends at once, not `clean`.
+#[inline]
+fn body_step(framing: &mut Framing, upbuf: &[u8], done: bool, clean: &mut bool) -> (usize, bool) {
+    match framing {
+        Framing::None => (0, true),
+        Framing::Length(left) => {
+            let take = (*left as usize).min(upbuf.len());
+            *left -= take as u64;
+            (take, *left == 0)
+        }
+        Framing::Chunked(scan) => match scan.feed(upbuf) {
+            Ok(Some(end)) => (end, true),
+            Ok(None) => (upbuf.len(), false),
+            Err(NotChunked) => {
+                *clean = false;
+                (upbuf.len(), true)
+            }
+        },
+        Framing::UntilClose => (upbuf.len(), done),
     }
 }
 
@@ -411,9 +479,32 @@ fn rewrite_answer(
     }
     let code = answer.code.unwrap_or(502);
     let named = connection_tokens(answer.headers);
+    let framing = answer_framing(answer.headers, req, code)?;
+    let until_close = matches!(framing, Framing::UntilClose);
+    write_status_line(out, code, answer.reason.unwrap_or(""));
+    copy_answer_headers(answer.headers, &named, binder, out);
+    if req.client_close || until_close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let keeps = answer.version == Some(1)
+        && !named.iter().any(|t| t.eq_ignore_ascii_case("close"))
+        && !until_close;
+    Ok((framing, keeps))
+}
+
+/// How the answer's body ends, from its `Transfer-Encoding` and
+/// `Content-Length` (none after `HEAD`, a 204 or a 304); an error for
+/// disagreeing or bad lengths.
+#[inline]
+fn answer_framing(
+    headers: &[httparse::Header<'_>],
+    req: &Outgoing,
+    code: u16,
+) -> Result<Framing, ProxyError> {
     let mut te_chunked = None;
     let mut length = None;
-    for h in answer.headers.iter() {
+    for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te_chunked = Some(last_coding_is_chunked(h.value));
         } else if h.name.eq_ignore_ascii_case("content-length") {
@@ -431,17 +522,20 @@ fn rewrite_answer(
             }
         }
     }
-    let framing = if req.head_method || code == 204 || code == 304 {
-        Framing::None
-    } else {
-        match (te_chunked, length) {
-            (Some(true), _) => Framing::Chunked(Chunked::default()),
-            (Some(false), _) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
-        }
-    };
-    let until_close = matches!(framing, Framing::UntilClose);
+    if req.head_method || code == 204 || code == 304 {
+        return Ok(Framing::None);
+    }
+    Ok(match (te_chunked, length) {
+        (Some(true), _) => Framing::Chunked(Chunked::default()),
+        (Some(false), _) => Framing::UntilClose,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::UntilClose,
+    })
+}
+
+/// Writes the status line, `HTTP/1.1` with the answer's code and reason.
+#[inline]
+fn write_status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse takes exactly three digits.
     out.extend_from_slice(&[
@@ -450,9 +544,21 @@ fn rewrite_answer(
         b'0' + (code % 10) as u8,
         b' ',
     ]);
-    out.extend_from_slice(answer.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in answer.headers.iter() {
+}
+
+/// Copies the answer's headers the client may see: hop-by-hop headers,
+/// those `Connection` names and the ones [`confine`] drops left out, and
+/// cookies confined to the binder.
+#[inline]
+fn copy_answer_headers(
+    headers: &[httparse::Header<'_>],
+    named: &[&str],
+    binder: &Binder,
+    out: &mut Vec<u8>,
+) {
+    for h in headers {
         // A passed-through body keeps the Transfer-Encoding it came with.
         let keep = h.name.eq_ignore_ascii_case("transfer-encoding")
             || !(is_hop_by_hop(h.name)
@@ -469,14 +575,6 @@ fn rewrite_answer(
             out.extend_from_slice(b"\r\n");
         }
     }
-    if req.client_close || until_close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    let keeps = answer.version == Some(1)
-        && !named.iter().any(|t| t.eq_ignore_ascii_case("close"))
-        && !until_close;
-    Ok((framing, keeps))
 }
 
 /// The tokens of every `Connection` header (the headers it names are this

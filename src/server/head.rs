@@ -46,87 +46,165 @@ pub(super) fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -
     let (Some(method), Some(target), Some(1)) = (r.method, r.path, r.version) else {
         return Plan::HandOver;
     };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    // Doubled slashes are folded by the routes first.
-    if !path.starts_with("/user/") || path.contains("//") {
+    let headers: &[httparse::Header<'_>] = r.headers;
+    let Some((path, query)) = user_target(target) else {
         return Plan::HandOver;
-    }
+    };
     // Anything but an assigned binder's plain request is the routes' to
     // answer, with the same decision.
-    // The host matters only when every binder has one of its own.
-    let host = match app.config.binder_host {
-        Some(_) => r
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("host"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()),
-        None => None,
-    };
     let Ok(Reach {
         entry,
         rest,
         kernel: None,
         channels: false,
-    }) = reach(app, method, host, path)
+    }) = reach(app, method, binder_host(app, headers), path)
     else {
         return Plan::HandOver;
     };
-    let named = connection_tokens(r.headers);
-    // An upgrade (a WebSocket) keeps its `Connection: upgrade` and
-    // `Upgrade` for the container; the connection becomes a tunnel if the
-    // container agrees.
-    let upgrade = if named.iter().any(|t| t.eq_ignore_ascii_case("upgrade")) {
-        match r
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
-        {
-            Some(h) => Some(h.value),
-            None => return Plan::HandOver,
-        }
-    } else {
-        None
+    let named = connection_tokens(headers);
+    let Some(upgrade) = upgrade_protocol(headers, &named) else {
+        return Plan::HandOver;
     };
     let client_close = named.iter().any(|t| t.eq_ignore_ascii_case("close"));
 
     let strip = entry.pool.current().binding.strip_prefix;
+    write_request_line(out, method, if strip { rest } else { path }, query);
+    let Some(copied) = copy_headers(app, headers, &named, out) else {
+        return Plan::HandOver;
+    };
+    if !copied.host {
+        return Plan::HandOver; // HTTP/1.1 needs one: hyper answers
+    }
+    if let Some(protocol) = upgrade {
+        if copied.body_len.is_some_and(|n| n > 0) {
+            return Plan::HandOver;
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(protocol);
+        out.extend_from_slice(b"\r\n");
+    }
+    write_forwarded_for(out, copied.forwarded_for, forwarded);
+    Plan::Go(Go {
+        req: Outgoing {
+            body_len: copied.body_len.unwrap_or(0),
+            head_method: method == "HEAD",
+            idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS"),
+            client_close,
+            upgrade: upgrade.is_some(),
+        },
+        entry,
+        head_len,
+        html: copied.html,
+    })
+}
+
+/// The path and query of a target under `/user/`, or `None` for one the
+/// routes take (any other path, or one with doubled slashes, which the
+/// routes fold first).
+#[inline]
+fn user_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    (path.starts_with("/user/") && !path.contains("//")).then_some((path, query))
+}
+
+/// The `Host` header, read only when every binder has a host of its own
+/// (otherwise the host does not choose the binder).
+#[inline]
+fn binder_host<'h>(app: &App, headers: &[httparse::Header<'h>]) -> Option<&'h str> {
+    app.config.binder_host.as_ref()?;
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+}
+
+/// An upgrade (a WebSocket) keeps its `Connection: upgrade` and `Upgrade`
+/// for the container; the connection becomes a tunnel if the container
+/// agrees. `Some(None)`: no upgrade asked; `Some(Some(protocol))`: the
+/// `Upgrade` value; `None`: `Connection` names an upgrade but there is no
+/// `Upgrade` header (hyper's to answer).
+#[inline]
+fn upgrade_protocol<'h>(
+    headers: &[httparse::Header<'h>],
+    named: &[&str],
+) -> Option<Option<&'h [u8]>> {
+    if !named.iter().any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return Some(None);
+    }
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| Some(h.value))
+}
+
+/// Starts `out` afresh with the request line for the container.
+#[inline]
+fn write_request_line(out: &mut Vec<u8>, method: &str, path: &str, query: Option<&str>) {
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(if strip { rest } else { path }.as_bytes());
+    out.extend_from_slice(path.as_bytes());
     if let Some(q) = query {
         out.push(b'?');
         out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut body_len: Option<u64> = None;
-    let mut host = false;
-    let mut html = false;
-    let mut forwarded_for: Option<&[u8]> = None;
-    for h in r.headers.iter() {
+}
+
+/// What [`copy_headers`] learnt from the client's headers on the way.
+struct Copied<'h> {
+    /// The `Content-Length`, when there is one (all copies agreeing).
+    body_len: Option<u64>,
+    /// Whether there is a `Host` header.
+    host: bool,
+    /// Whether an `Accept` header names `text/html`.
+    html: bool,
+    /// The first `X-Forwarded-For` value, which is not copied as it is.
+    forwarded_for: Option<&'h [u8]>,
+}
+
+/// Copies the client's headers the container may see into `out`:
+/// hop-by-hop headers, those `Connection` names, `X-Forwarded-For` and
+/// binderd's own key left out. `None` when the request is hyper's to
+/// answer: a chunked upload, `Expect`, or a bad or disagreeing
+/// `Content-Length`.
+#[inline]
+fn copy_headers<'h>(
+    app: &App,
+    headers: &[httparse::Header<'h>],
+    named: &[&str],
+    out: &mut Vec<u8>,
+) -> Option<Copied<'h>> {
+    let mut seen = Copied {
+        body_len: None,
+        host: false,
+        html: false,
+        forwarded_for: None,
+    };
+    for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("expect") {
-            return Plan::HandOver; // chunked uploads, 100-continue: hyper's
+            return None; // chunked uploads, 100-continue: hyper's
         }
         if name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|v| v.parse::<u64>().ok());
-            match (n, body_len) {
-                (Some(n), None) => body_len = Some(n),
+            match (n, seen.body_len) {
+                (Some(n), None) => seen.body_len = Some(n),
                 (Some(n), Some(m)) if n == m => continue,
-                _ => return Plan::HandOver, // hyper answers 400
+                _ => return None, // hyper answers 400
             }
         } else if name.eq_ignore_ascii_case("host") {
-            host = true;
+            seen.host = true;
         } else if name.eq_ignore_ascii_case("accept") {
-            html |= h.value.windows(9).any(|w| w == b"text/html");
+            seen.html |= h.value.windows(9).any(|w| w == b"text/html");
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for.get_or_insert(h.value);
+            seen.forwarded_for.get_or_insert(h.value);
             continue;
         } else if name.eq_ignore_ascii_case("authorization") && app.keys.is_own_key(h.value) {
             continue; // binderd's own key is not the container's business
@@ -139,34 +217,17 @@ pub(super) fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if !host {
-        return Plan::HandOver; // HTTP/1.1 needs one: hyper answers
-    }
-    if let Some(protocol) = upgrade {
-        if body_len.is_some_and(|n| n > 0) {
-            return Plan::HandOver;
-        }
-        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-        out.extend_from_slice(protocol);
-        out.extend_from_slice(b"\r\n");
-    }
+    Some(seen)
+}
+
+/// Ends the head with `X-Forwarded-For`: the client's earlier value, if
+/// any, then `forwarded` (the client's address and the head's end).
+#[inline]
+fn write_forwarded_for(out: &mut Vec<u8>, prev: Option<&[u8]>, forwarded: &[u8]) {
     out.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(prev) = forwarded_for {
+    if let Some(prev) = prev {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(forwarded);
-    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS");
-    Plan::Go(Go {
-        req: Outgoing {
-            body_len: body_len.unwrap_or(0),
-            head_method: method == "HEAD",
-            idempotent,
-            client_close,
-            upgrade: upgrade.is_some(),
-        },
-        entry,
-        head_len,
-        html,
-    })
 }

@@ -140,81 +140,17 @@ pub(super) enum Op {
 /// each, so an entry is always its binder's current row.
 pub(super) type Rows = std::collections::HashMap<String, i64>;
 
+/// Applies one write inside the writer's transaction, keeping `rows` in
+/// step with the binder rows it inserts and deletes.
 pub(super) fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Result<()> {
     match op {
-        Op::PutBinding(b) => {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO bindings (name, spec, owner, created_at, source)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                b.name,
-                b.spec,
-                b.owner,
-                b.created_at as i64,
-                if b.source == Source::File {
-                    "file"
-                } else {
-                    "api"
-                }
-            ])?;
-        }
-        Op::DeleteBinding(name) => {
-            conn.prepare_cached("DELETE FROM bindings WHERE name = ?1")?
-                .execute([name])?;
-            // Its profiles' pools are filed as `name/profile`.
-            conn.prepare_cached(
-                "DELETE FROM pool_sizes WHERE binding = ?1 OR substr(binding, 1, length(?1) + 1) = ?1 || '/'",
-            )?
-            .execute([name])?;
-        }
+        Op::PutBinding(b) => put_binding(conn, b)?,
+        Op::DeleteBinding(name) => delete_binding(conn, name)?,
         Op::PutBinder(b) => {
-            let owner = b.owner.as_ref().and_then(|o| serde_json::to_string(o).ok());
-            let instance = b
-                .instance
-                .as_ref()
-                .and_then(|i| serde_json::to_string(i).ok());
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO binders
-                 (id, binding, token, state, owner, instance, created_at, assigned_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                b.id,
-                b.binding,
-                b.token,
-                state_name(b.state),
-                owner,
-                instance,
-                b.created_at as i64,
-                b.assigned_at as i64
-            ])?;
+            put_binder(conn, b)?;
             rows.insert(b.id.clone(), conn.last_insert_rowid());
         }
-        Op::Assign(Assigned {
-            id,
-            owner,
-            assigned_at,
-        }) => {
-            let state = state_name(State::Assigned);
-            // The map follows every insert and delete (this thread makes
-            // them all), so its rowid is this binder's row.
-            let by_rowid = match rows.get(id) {
-                Some(row) => conn
-                    .prepare_cached(
-                        "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4
-                         WHERE rowid = ?1",
-                    )?
-                    .execute(params![row, state, owner, *assigned_at as i64])?,
-                None => 0,
-            };
-            if by_rowid == 0 {
-                conn.prepare_cached(
-                    "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4 WHERE id = ?1",
-                )?
-                .execute(params![id, state, owner, *assigned_at as i64])?;
-            }
-        }
+        Op::Assign(assigned) => assign(conn, assigned, rows)?,
         Op::Claim { id, owner } => {
             let owner = serde_json::to_string(owner).ok();
             conn.prepare_cached("UPDATE binders SET state = ?2, owner = ?3 WHERE id = ?1")?
@@ -236,6 +172,92 @@ pub(super) fn apply(conn: &Connection, op: &Op, rows: &mut Rows) -> rusqlite::Re
             .execute(params![binding, min, max])?;
         }
         Op::Barrier => {}
+    }
+    Ok(())
+}
+
+/// Writes a binding's row, replacing the one of that name.
+fn put_binding(conn: &Connection, b: &StoredBinding) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO bindings (name, spec, owner, created_at, source)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        b.name,
+        b.spec,
+        b.owner,
+        b.created_at as i64,
+        if b.source == Source::File {
+            "file"
+        } else {
+            "api"
+        }
+    ])?;
+    Ok(())
+}
+
+/// Deletes a binding's row and the pool sizes of its pools.
+fn delete_binding(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM bindings WHERE name = ?1")?
+        .execute([name])?;
+    // Its profiles' pools are filed as `name/profile`.
+    conn.prepare_cached(
+        "DELETE FROM pool_sizes WHERE binding = ?1 OR substr(binding, 1, length(?1) + 1) = ?1 || '/'",
+    )?
+    .execute([name])?;
+    Ok(())
+}
+
+/// Writes a binder's row, replacing the one with that id (the new row's
+/// rowid is the connection's last insert).
+fn put_binder(conn: &Connection, b: &StoredBinder) -> rusqlite::Result<()> {
+    let owner = b.owner.as_ref().and_then(|o| serde_json::to_string(o).ok());
+    let instance = b
+        .instance
+        .as_ref()
+        .and_then(|i| serde_json::to_string(i).ok());
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO binders
+         (id, binding, token, state, owner, instance, created_at, assigned_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        b.id,
+        b.binding,
+        b.token,
+        state_name(b.state),
+        owner,
+        instance,
+        b.created_at as i64,
+        b.assigned_at as i64
+    ])?;
+    Ok(())
+}
+
+/// Records a handout: by rowid when the map has the binder, else by id.
+fn assign(conn: &Connection, a: &Assigned, rows: &Rows) -> rusqlite::Result<()> {
+    let Assigned {
+        id,
+        owner,
+        assigned_at,
+    } = a;
+    let state = state_name(State::Assigned);
+    // The map follows every insert and delete (this thread makes
+    // them all), so its rowid is this binder's row.
+    let by_rowid = match rows.get(id) {
+        Some(row) => conn
+            .prepare_cached(
+                "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4
+                 WHERE rowid = ?1",
+            )?
+            .execute(params![row, state, owner, *assigned_at as i64])?,
+        None => 0,
+    };
+    if by_rowid == 0 {
+        conn.prepare_cached(
+            "UPDATE binders SET state = ?2, owner = ?3, assigned_at = ?4 WHERE id = ?1",
+        )?
+        .execute(params![id, state, owner, *assigned_at as i64])?;
     }
     Ok(())
 }

@@ -154,37 +154,93 @@ pub(super) fn start(
 /// also keeps the journal short: rotated past its size limit, and the old
 /// one removed once every line in it is committed.
 fn writer(
-    mut conn: Connection,
+    conn: Connection,
     rx: &mpsc::Receiver<Job>,
     journaled: &SegQueue<Job>,
     commits: &Commits,
     journal: &Journal,
 ) {
-    // The last journal line committed; the last line of the rotated-out
-    // journal, while it exists; whether a journaled write failed (its line
-    // must then stay until the next start replays it).
-    let mut committed_line = 0;
-    let mut old_journal_ends: Option<u64> = None;
-    // Journaled handouts whose commit failed (a full disk, an I/O error):
-    // tried again each round, first, until they are in; meanwhile the
-    // journal keeps every line (the next start would replay them).
-    let mut retry: Vec<Job> = Vec::new();
-    let mut rows = Rows::new();
-    read_rows(&conn, &mut rows);
-    let mut batch: Vec<Job> = Vec::new();
-    let mut waited: Vec<Job> = Vec::new();
-    let mut quiet = true;
+    let mut w = Writer::new(conn);
     loop {
-        // Woken by a write someone waits for, else by the clock: journaled
-        // handouts (already durable and answered) gather meanwhile, so one
-        // commit takes many and no handout pays for a wake-up.
-        let wait = if quiet { JOURNAL_QUIET } else { JOURNAL_GATHER };
-        let closed = match rx.recv_timeout(wait) {
+        let closed = w.receive(rx);
+        let retried = w.gather(journaled);
+        let retrying = retried > 0;
+        if w.batch.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
+        }
+        if retrying && w.batch.len() == retried && !closed {
+            // Only failed handouts to try again: not in a tight loop.
+            std::thread::sleep(JOURNAL_QUIET);
+        }
+        let (committed, results) = w.commit(commits);
+        w.acknowledge(&committed, results, retrying);
+        if !w.retry.is_empty() {
+            continue;
+        }
+        if retrying {
+            tracing::info!("the handouts that could not be recorded are in SQLite now");
+        }
+        w.tend_journal(journal);
+    }
+}
+
+/// The writer thread's state between rounds.
+struct Writer {
+    conn: Connection,
+    /// Binder id → SQLite rowid (see [`Rows`]).
+    rows: Rows,
+    /// The last journal line committed.
+    committed_line: u64,
+    /// The last line of the rotated-out journal, while it exists.
+    old_journal_ends: Option<u64>,
+    /// Journaled handouts whose commit failed (a full disk, an I/O error):
+    /// tried again each round, first, until they are in; meanwhile the
+    /// journal keeps every line (the next start would replay them).
+    retry: Vec<Job>,
+    /// This round's writes, in commit order.
+    batch: Vec<Job>,
+    /// Writes someone waits for, received this round.
+    waited: Vec<Job>,
+    /// No journaled handout came in the last round.
+    quiet: bool,
+}
+
+impl Writer {
+    fn new(conn: Connection) -> Writer {
+        let mut rows = Rows::new();
+        read_rows(&conn, &mut rows);
+        Writer {
+            conn,
+            rows,
+            committed_line: 0,
+            old_journal_ends: None,
+            retry: Vec::new(),
+            batch: Vec::new(),
+            waited: Vec::new(),
+            quiet: true,
+        }
+    }
+
+    /// Waits for a write someone waits for, else for the clock: journaled
+    /// handouts (already durable and answered) gather meanwhile, so one
+    /// commit takes many and no handout pays for a wake-up. Takes every
+    /// such write already waiting too (up to [`MAX_BATCH`]). Whether every
+    /// sender is gone.
+    fn receive(&mut self, rx: &mpsc::Receiver<Job>) -> bool {
+        let wait = if self.quiet {
+            JOURNAL_QUIET
+        } else {
+            JOURNAL_GATHER
+        };
+        match rx.recv_timeout(wait) {
             Ok(job) => {
-                waited.push(job);
-                while waited.len() < MAX_BATCH {
+                self.waited.push(job);
+                while self.waited.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(job) => waited.push(job),
+                        Ok(job) => self.waited.push(job),
                         Err(_) => break,
                     }
                 }
@@ -192,60 +248,74 @@ fn writer(
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
-        };
-        // Journaled handouts first: a write someone waits for may follow a
-        // handout (a pause, a delete), never the reverse — the writes a
-        // binder's start awaits are all done before it can be handed out.
-        // Failed ones go again, before the newer ones.
-        let retried = retry.len();
-        let retrying = retried > 0;
-        batch.append(&mut retry);
-        while batch.len() < MAX_BATCH {
+        }
+    }
+
+    /// Fills the batch: journaled handouts first — a write someone waits
+    /// for may follow a handout (a pause, a delete), never the reverse; the
+    /// writes a binder's start awaits are all done before it can be handed
+    /// out — with failed ones again before the newer ones; then the writes
+    /// received. How many of the batch are tried again.
+    fn gather(&mut self, journaled: &SegQueue<Job>) -> usize {
+        let retried = self.retry.len();
+        self.batch.append(&mut self.retry);
+        while self.batch.len() < MAX_BATCH {
             match journaled.pop() {
-                Some(job) => batch.push(job),
+                Some(job) => self.batch.push(job),
                 None => break,
             }
         }
-        quiet = batch.is_empty();
-        batch.append(&mut waited);
-        if batch.is_empty() {
-            if closed {
-                return;
-            }
-            continue;
-        }
-        if retrying && batch.len() == retried && !closed {
-            // Only failed handouts to try again: not in a tight loop.
-            std::thread::sleep(JOURNAL_QUIET);
-        }
-        let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
-        let committed = conn.transaction().and_then(|tx| {
-            for job in &batch {
-                results.push(apply(&tx, &job.op, &mut rows).map_err(|e| e.to_string()));
+        self.quiet = self.batch.is_empty();
+        self.batch.append(&mut self.waited);
+        retried
+    }
+
+    /// Applies the batch in one transaction: the commit's outcome and each
+    /// write's own (fewer than the batch if the transaction did not start).
+    fn commit(&mut self, commits: &Commits) -> (rusqlite::Result<()>, Vec<Result<(), String>>) {
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(self.batch.len());
+        let rows = &mut self.rows;
+        let batch = &self.batch;
+        let committed = self.conn.transaction().and_then(|tx| {
+            for job in batch {
+                results.push(apply(&tx, &job.op, rows).map_err(|e| e.to_string()));
             }
             tx.commit()
         });
         match &committed {
             Ok(()) => commits.committed(),
             // Rolled back: the map may name rows that were never made.
-            Err(_) => read_rows(&conn, &mut rows),
+            Err(_) => read_rows(&self.conn, &mut self.rows),
         }
-        for (job, result) in batch
+        (committed, results)
+    }
+
+    /// Answers each write of the batch with its outcome; a journaled
+    /// handout that failed goes to [`Writer::retry`] instead (logged once
+    /// per run of failures), and one that is in moves the committed line.
+    fn acknowledge(
+        &mut self,
+        committed: &rusqlite::Result<()>,
+        results: Vec<Result<(), String>>,
+        retrying: bool,
+    ) {
+        for (job, result) in self
+            .batch
             .drain(..)
             .zip(results.into_iter().chain(std::iter::repeat(Ok(()))))
         {
-            let result = match &committed {
+            let result = match committed {
                 Ok(()) => result,
                 Err(e) => Err(format!("commit failed: {e}")),
             };
             if job.line > 0 {
                 match &result {
-                    Ok(()) => committed_line = committed_line.max(job.line),
+                    Ok(()) => self.committed_line = self.committed_line.max(job.line),
                     Err(e) => {
-                        if !retrying && retry.is_empty() {
+                        if !retrying && self.retry.is_empty() {
                             tracing::error!(error = %e, "cannot record a handout in SQLite; trying again, the journal keeps it meanwhile");
                         }
-                        retry.push(job);
+                        self.retry.push(job);
                         continue;
                     }
                 }
@@ -254,18 +324,20 @@ fn writer(
                 let _ = done.send(result);
             }
         }
-        if !retry.is_empty() {
-            continue;
-        }
-        if retrying {
-            tracing::info!("the handouts that could not be recorded are in SQLite now");
-        }
-        if old_journal_ends.is_some_and(|end| committed_line >= end) {
+    }
+
+    /// Removes the rotated-out journal once every line in it is committed,
+    /// and rotates the journal past its size limit.
+    fn tend_journal(&mut self, journal: &Journal) {
+        if self
+            .old_journal_ends
+            .is_some_and(|end| self.committed_line >= end)
+        {
             journal.remove_old();
-            old_journal_ends = None;
+            self.old_journal_ends = None;
         }
-        if old_journal_ends.is_none() && journal.bytes() >= super::journal::ROTATE_BYTES {
-            old_journal_ends = journal.rotate();
+        if self.old_journal_ends.is_none() && journal.bytes() >= super::journal::ROTATE_BYTES {
+            self.old_journal_ends = journal.rotate();
         }
     }
 }
