@@ -102,29 +102,13 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
     // keeps its own limits (binderd's connections are not the binder's open
     // files): the command starts through this same helper once more, as
     // neither, which limits itself and then execs it.
-    let me = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
-    let mut command = std::process::Command::new(me);
-    command.arg("sandbox").args(
-        SandboxArgs {
-            relay: None,
-            log_max: None,
-            ..args.clone()
-        }
-        .to_args(),
-    );
+    let mut command = myself_as_the_command(&args)?;
     // The listener is our standard input; the command gets none.
-    let listener = match args.relay {
-        Some(_) => {
-            let listener = std::io::stdin()
-                .as_fd()
-                .try_clone_to_owned()
-                .map(std::net::TcpListener::from)
-                .map_err(|e| format!("no listener on standard input: {e}"))?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|e| format!("listener: {e}"))?;
-            Some(listener)
-        }
+    let relay = match args.relay {
+        Some(port) => Some((
+            listener_on_stdin()?,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )),
         None => None,
     };
     let log = match args.log_max {
@@ -137,7 +121,7 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start the helper: {e}"))?;
     // SIGTERM is caught before the command starts (a handler, not an
     // ignored disposition, which the command would inherit).
-    let mut term = {
+    let term = {
         let _entered = runtime.enter();
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| format!("cannot catch SIGTERM: {e}"))?
@@ -146,66 +130,116 @@ fn run(args: SandboxArgs) -> Result<ExitCode, String> {
     if log.is_some() {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    let mut child = command
+    let child = command
         .spawn()
         .map_err(|e| format!("cannot start the command's sandbox: {e}"))?;
-    let outputs = (child.stdout.take(), child.stderr.take());
-    let upstream = args
-        .relay
-        .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    let status = runtime.block_on(async move {
-        let relay = async {
-            let (Some(listener), Some(upstream)) = (listener, upstream) else {
-                return std::future::pending::<std::io::Result<()>>().await;
-            };
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            loop {
-                let client = match listener.accept().await {
-                    Ok((client, _)) => client,
-                    // Out of descriptors or memory for a moment: no spinning.
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                tokio::spawn(join(client, upstream));
-            }
-        };
-        let pumps = match (log, outputs) {
-            (Some(log), (Some(out), Some(err))) => {
-                let log = std::sync::Arc::new(std::sync::Mutex::new(log));
-                vec![
-                    tokio::spawn(pump(out, log.clone())),
-                    tokio::spawn(pump(err, log)),
-                ]
-            }
-            _ => Vec::new(),
-        };
-        let terms = async { while term.recv().await.is_some() {} };
-        let wait = tokio::task::spawn_blocking(move || child.wait());
-        let status = tokio::select! {
-            status = wait => status.map_err(std::io::Error::other)?,
-            r = relay => {
-                r?;
-                unreachable!("the relay loop does not end")
-            }
-            () = terms => unreachable!("signals do not end"),
-        };
-        // What the command wrote last (why it could not start, say) reaches
-        // the log, unless what it left running keeps the pipes open.
-        for p in pumps {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), p).await;
-        }
-        status
-    });
+    let status = runtime.block_on(stay_behind(child, relay, log, term));
     let status = status.map_err(|e| format!("waiting for the command: {e}"))?;
-    Ok(match status.code() {
+    Ok(exit_code(status))
+}
+
+/// This helper once more, without `--relay` and `--log-max`: it limits
+/// itself and becomes the command.
+fn myself_as_the_command(args: &SandboxArgs) -> Result<std::process::Command, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+    let mut command = std::process::Command::new(me);
+    command.arg("sandbox").args(
+        SandboxArgs {
+            relay: None,
+            log_max: None,
+            ..args.clone()
+        }
+        .to_args(),
+    );
+    Ok(command)
+}
+
+/// The TCP listener binderd gave us as standard input, non-blocking.
+fn listener_on_stdin() -> Result<std::net::TcpListener, String> {
+    let listener = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpListener::from)
+        .map_err(|e| format!("no listener on standard input: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
+    Ok(listener)
+}
+
+/// The helper's life as the command's parent: relays connections from the
+/// listener to `upstream` (with `relay`), copies the command's outputs
+/// into `log` (with one), and waits for the command through any SIGTERM.
+async fn stay_behind(
+    mut child: std::process::Child,
+    relay: Option<(std::net::TcpListener, SocketAddr)>,
+    log: Option<Log>,
+    mut term: tokio::signal::unix::Signal,
+) -> std::io::Result<std::process::ExitStatus> {
+    let pumps = match (log, child.stdout.take(), child.stderr.take()) {
+        (Some(log), Some(out), Some(err)) => {
+            let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+            vec![
+                tokio::spawn(pump(out, log.clone())),
+                tokio::spawn(pump(err, log)),
+            ]
+        }
+        _ => Vec::new(),
+    };
+    let relay = async {
+        match relay {
+            Some((listener, upstream)) => accept_and_join(listener, upstream).await,
+            None => std::future::pending().await,
+        }
+    };
+    let terms = async { while term.recv().await.is_some() {} };
+    let wait = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::select! {
+        status = wait => status.map_err(std::io::Error::other)?,
+        r = relay => {
+            r?;
+            unreachable!("the relay loop does not end")
+        }
+        () = terms => unreachable!("signals do not end"),
+    };
+    // What the command wrote last (why it could not start, say) reaches
+    // the log, unless what it left running keeps the pipes open.
+    for p in pumps {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), p).await;
+    }
+    status
+}
+
+/// Accepts connections on `listener` and joins each to `upstream`; ends
+/// only if the listener cannot be used at all.
+async fn accept_and_join(
+    listener: std::net::TcpListener,
+    upstream: SocketAddr,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            // Out of descriptors or memory for a moment: no spinning.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(join(client, upstream));
+    }
+}
+
+/// The helper's exit code for the command's `status`: its code, or 128 +
+/// the signal that ended it.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
         Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
         None => {
             let signal = std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0);
             ExitCode::from(128 + signal.clamp(0, 127) as u8)
         }
-    })
+    }
 }
 
 /// The binder's log file (our standard output), kept under `max` bytes: a
