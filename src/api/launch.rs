@@ -18,9 +18,9 @@ use futures_util::{stream, StreamExt};
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-mod event_stream;
+mod progress;
 
-use event_stream::{events, Cold, LaunchFiles, Step};
+use progress::{events, Cold, LaunchFiles, Step};
 
 use super::admission::admit_spawn;
 use super::query::{self, decode};
