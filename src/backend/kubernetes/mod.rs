@@ -29,13 +29,13 @@
 //! Its jobs: [`apiserver`] (the client's errors and deadlines), [`pod_spec`]
 //! (a binder's pod from its plan), [`pod_status`] (what a pod's status says
 //! of its start), [`pod_watch`] (the watch on binderd's pods) and
-//! [`shared`] (shared mode: claims, Leases, the shared bindings).
+//! [`replicas`] (shared mode: claims, Leases, the shared bindings).
 
 mod apiserver;
 mod pod_spec;
 mod pod_status;
 mod pod_watch;
-pub mod shared;
+pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -69,7 +69,7 @@ pub struct KubernetesConfig {
     /// Merged over every pod's spec: `nodeSelector`, `tolerations`,
     /// `imagePullSecrets`, `runtimeClassName`, ... (Kubernetes spelling).
     pub pod_template: Option<toml::Table>,
-    /// Several replicas on one namespace (see `shared`): handouts are
+    /// Several replicas on one namespace (see `replicas`): handouts are
     /// claims on the pods, bindings' reconcilers run where their Lease is.
     /// Off by default: one replica, the local allocator.
     #[serde(default)]
@@ -98,7 +98,7 @@ pub struct KubernetesBackend {
     /// Whether the API server answers, as the watcher last saw it.
     availability: Arc<super::Availability>,
     /// Shared mode's claims, leases and views.
-    shared: Option<shared::Shared>,
+    replicas: Option<replicas::Replicas>,
 }
 
 impl KubernetesBackend {
@@ -117,7 +117,7 @@ impl KubernetesBackend {
         let client = kube::Client::try_default().await.map_err(unavailable)?;
         let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
         let backend = if config.shared {
-            let replica = shared::replica_name(config.replica.as_deref());
+            let replica = replicas::replica_name(config.replica.as_deref());
             let lease = config
                 .lease_seconds
                 .map_or(DEFAULT_LEASE, Duration::from_secs);
@@ -174,9 +174,9 @@ impl KubernetesBackend {
         let (views, taken) = tokio::sync::mpsc::unbounded_channel();
         let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
         let configmaps = Api::namespaced(client.clone(), namespace);
-        let owner = shared::shared_owner_key(namespace);
+        let owner = replicas::shared_owner_key(namespace);
         KubernetesBackend::follow_binding_docs(configmaps.clone(), &owner, changes);
-        let shared = shared::Shared {
+        let state = replicas::Replicas {
             replica,
             lease_duration,
             leases: Api::namespaced(client.clone(), namespace),
@@ -188,10 +188,10 @@ impl KubernetesBackend {
         KubernetesBackend::build(
             client,
             namespace,
-            shared::shared_owner_key(namespace),
+            replicas::shared_owner_key(namespace),
             pod_template,
             exits,
-            Some(shared),
+            Some(state),
         )
     }
 
@@ -201,7 +201,7 @@ impl KubernetesBackend {
         owner: String,
         pod_template: Option<serde_json::Value>,
         exits: ExitSink,
-        shared: Option<shared::Shared>,
+        replicas: Option<replicas::Replicas>,
     ) -> KubernetesBackend {
         let (changes, _) = broadcast::channel(1024);
         let backend = KubernetesBackend {
@@ -212,7 +212,7 @@ impl KubernetesBackend {
             seen: Arc::new(DashMap::new()),
             changes,
             availability: Arc::default(),
-            shared,
+            replicas,
         };
         backend.follow_pods(exits);
         backend
@@ -249,8 +249,8 @@ impl Backend for KubernetesBackend {
             &spec.binder_id[..spec.binder_id.len().min(12)]
         );
         let mut pod = self.pod_for(&spec, &name)?;
-        if let (Some(shared), Some(labels)) = (&self.shared, pod.metadata.labels.as_mut()) {
-            shared::starting_labels(labels, &shared.replica);
+        if let (Some(state), Some(labels)) = (&self.replicas, pod.metadata.labels.as_mut()) {
+            replicas::starting_labels(labels, &state.replica);
         }
         timed(
             "creating the pod",
@@ -320,7 +320,7 @@ impl Backend for KubernetesBackend {
     }
 
     fn cluster(&self) -> Option<&dyn Cluster> {
-        self.shared.as_ref().map(|_| self as &dyn Cluster)
+        self.replicas.as_ref().map(|_| self as &dyn Cluster)
     }
 
     async fn adopt(&self, _binder_id: &str, _instance: &Instance) -> Result<(), BackendError> {
@@ -365,17 +365,17 @@ impl Backend for KubernetesBackend {
 #[async_trait]
 impl Cluster for KubernetesBackend {
     fn replica(&self) -> &str {
-        self.shared.as_ref().map_or("", |s| s.replica.as_str())
+        self.replicas.as_ref().map_or("", |s| s.replica.as_str())
     }
 
     fn lease_duration(&self) -> Duration {
-        self.shared
+        self.replicas
             .as_ref()
             .map_or(DEFAULT_LEASE, |s| s.lease_duration)
     }
 
     fn take_views(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<PodView>> {
-        self.shared.as_ref()?.taken.lock().ok()?.take()
+        self.replicas.as_ref()?.taken.lock().ok()?.take()
     }
 
     async fn offer(
@@ -414,6 +414,6 @@ impl Cluster for KubernetesBackend {
     fn take_binding_changes(
         &self,
     ) -> Option<tokio::sync::mpsc::UnboundedReceiver<BTreeMap<String, String>>> {
-        self.shared.as_ref()?.binding_changes.lock().ok()?.take()
+        self.replicas.as_ref()?.binding_changes.lock().ok()?.take()
     }
 }

@@ -15,7 +15,7 @@ use crate::backend::{BackendError, Exit, ExitSink, LABEL_BINDER};
 
 use super::apiserver::unavailable;
 use super::pod_status::{progress, PodProgress};
-use super::{shared, KubernetesBackend};
+use super::{replicas, KubernetesBackend};
 
 impl KubernetesBackend {
     /// The watcher: keeps `seen` current, wakes `start`s, reports exits.
@@ -29,7 +29,7 @@ impl KubernetesBackend {
             self.changes.clone(),
             self.availability.clone(),
         );
-        let views = self.shared.as_ref().map(|s| s.views.clone());
+        let views = self.replicas.as_ref().map(|s| s.views.clone());
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
@@ -57,12 +57,12 @@ impl KubernetesBackend {
                     report_exit(&exits, &pod, reason);
                 }
                 if let Some(views) = &views {
-                    if let Some(view) = shared::view(&pod) {
+                    if let Some(view) = replicas::view(&pod) {
                         // Closed only when binderd stops.
                         let _ = views.send(view).is_ok();
                     }
                 }
-                shared::remember_newer(&seen, pod);
+                replicas::remember_newer(&seen, pod);
                 let _ = changes.send(name);
                 if exits.is_closed() {
                     return;

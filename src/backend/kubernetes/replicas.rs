@@ -26,7 +26,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::super::{BackendError, Claim, Discovered, Instance, PodView, SharedPhase};
-use super::{classify, is_not_found, progress, timed, PodProgress};
+use super::apiserver::{classify, is_not_found, timed, unavailable, CALL_TIMEOUT};
+use super::pod_status::{progress, PodProgress};
 
 /// Label: where a pod is in its life (`starting`, `warm`, `assigned`).
 pub const LABEL_STATE: &str = "binderd.state";
@@ -84,11 +85,13 @@ pub fn is_label_value(s: &str) -> bool {
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
 
-/// The shared-mode half of the backend.
 /// The ConfigMap the replicas share the API's bindings in.
 pub const BINDINGS_CONFIGMAP: &str = "binderd-bindings";
 
-pub(crate) struct Shared {
+/// The backend's state in shared mode: this replica's name and Lease
+/// duration, the APIs of Leases and of the shared bindings' ConfigMap,
+/// and the channels that carry the watches' views to the pool.
+pub(crate) struct Replicas {
     pub replica: String,
     pub lease_duration: Duration,
     pub leases: Api<Lease>,
@@ -208,8 +211,8 @@ fn now_rfc3339_micros() -> String {
 }
 
 impl super::KubernetesBackend {
-    fn shared(&self) -> Result<&Shared, BackendError> {
-        self.shared
+    fn replicas(&self) -> Result<&Replicas, BackendError> {
+        self.replicas
             .as_ref()
             .ok_or_else(|| BackendError::Unsupported("not in shared mode".into()))
     }
@@ -251,9 +254,9 @@ impl super::KubernetesBackend {
     /// drops packets, it answers nothing) must know before its Leases
     /// expire, and a handout must not wait out the general call timeout.
     fn quick_limit(&self) -> Duration {
-        self.shared
+        self.replicas
             .as_ref()
-            .map_or(super::CALL_TIMEOUT, |s| s.lease_duration / 3)
+            .map_or(CALL_TIMEOUT, |s| s.lease_duration / 3)
             .max(Duration::from_secs(1))
     }
 
@@ -268,7 +271,7 @@ impl super::KubernetesBackend {
         let limit = self.quick_limit();
         let result = match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
-            Err(_) => Err(super::unavailable(format!(
+            Err(_) => Err(unavailable(format!(
                 "{what}: no answer within {}s",
                 limit.as_secs()
             ))),
@@ -295,7 +298,7 @@ impl super::KubernetesBackend {
         instance: &Instance,
         claim: &Claim<'_>,
     ) -> Result<bool, BackendError> {
-        let replica = &self.shared()?.replica;
+        let replica = &self.replicas()?.replica;
         // The version this replica saw it warm at; then, once, a fresh one
         // (a status change, not a claim, may have moved it on).
         let mut seen = self.seen.get(&instance.handle).map(|p| p.value().clone());
@@ -352,7 +355,7 @@ impl super::KubernetesBackend {
     }
 
     async fn try_lease(&self, name: &str) -> Result<bool, BackendError> {
-        let shared = self.shared()?;
+        let shared = self.replicas()?;
         let seconds = i32::try_from(shared.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let now = now_rfc3339_micros();
         let current = timed("reading a lease", shared.leases.get_opt(name)).await?;
@@ -412,7 +415,7 @@ impl super::KubernetesBackend {
     }
 
     pub(crate) async fn read_binding_docs(&self) -> Result<BTreeMap<String, String>, BackendError> {
-        let shared = self.shared()?;
+        let shared = self.replicas()?;
         let map = timed(
             "reading the shared bindings",
             shared.configmaps.get_opt(BINDINGS_CONFIGMAP),
@@ -429,7 +432,7 @@ impl super::KubernetesBackend {
         doc: Option<&str>,
         create_only: bool,
     ) -> Result<bool, BackendError> {
-        let shared = self.shared()?;
+        let shared = self.replicas()?;
         for _ in 0..8 {
             let current = timed(
                 "reading the shared bindings",
@@ -474,7 +477,7 @@ impl super::KubernetesBackend {
                 Err(e) => return Err(classify(e, "writing the shared bindings")),
             }
         }
-        Err(super::unavailable(
+        Err(unavailable(
             "writing the shared bindings: too many concurrent writes",
         ))
     }
