@@ -32,7 +32,7 @@
 //! dir, log and files), [`uids`] (a uid per binder as root), [`spawn`]
 //! (starting a binder from its binding's `command`), [`exits`] (reaping and
 //! reporting), [`stop`] (signals), [`procfs`] (what `/proc` says: labels,
-//! liveness, memory, adoption), [`unpack`] (a repository's tar), [`venv`]
+//! liveness, memory, adoption), [`unpack`](mod@unpack) (a repository's tar), [`venv`]
 //! (`requirements`) and [`sandbox`] (the helper inside). Another way of
 //! starting a binder (forked from a warm template, say) is a sibling of
 //! `spawn`: it prepares its [`workdir`], labels its processes as `spawn`
