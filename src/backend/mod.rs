@@ -6,6 +6,7 @@
 //! Kubernetes, `BINDERD_*` environment variables for processes) naming the
 //! binderd data dir that owns it, its binding and its binder id, so that
 //! [`Backend::list`] finds exactly this binderd's containers after a restart.
+//! Every such key and variable is defined in [`labels`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +22,7 @@ mod connect;
 mod deadline;
 pub mod docker;
 pub mod kubernetes;
+pub mod labels;
 mod plan;
 pub mod process;
 mod tar;
@@ -31,11 +33,7 @@ pub use self::deadline::Availability;
 pub(crate) use self::deadline::{with_deadline, with_deadline_or_gone};
 pub(crate) use self::tar::{numeric_user, tar_owned_by};
 
-/// Label keys (Docker/Kubernetes spelling; the process backend uses the
-/// upper-case `BINDERD_*` environment variable of the same meaning).
-pub const LABEL_OWNER: &str = "binderd.owner";
-pub const LABEL_BINDING: &str = "binderd.binding";
-pub const LABEL_BINDER: &str = "binderd.binder";
+pub use self::labels::{LABEL_BINDER, LABEL_BINDING, LABEL_OWNER};
 
 /// What the backend needs to start one binder.
 pub struct StartSpec<'a> {

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+pub use crate::backend::labels::LABEL_EGRESS;
 use crate::backend::plan::{ContainerPlan, ServicePlan};
 use crate::backend::{BackendError, StartSpec};
 use crate::limits::Limits;
@@ -262,9 +263,6 @@ fn pod_labels(
     }
     labels
 }
-
-/// Label: `none` on the pods of a binding whose egress is closed.
-pub const LABEL_EGRESS: &str = "binderd.egress";
 
 /// A container's security context under the "restricted" Pod Security
 /// Standard: not root, no privilege escalation, the runtime's seccomp

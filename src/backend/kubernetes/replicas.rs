@@ -29,21 +29,11 @@ use super::super::{BackendError, Claim, Discovered, Instance, PodView, SharedPha
 use super::apiserver::{classify, is_not_found, timed, unavailable, CALL_TIMEOUT};
 use super::pod_status::{progress, PodProgress};
 
-/// Label: where a pod is in its life (`starting`, `warm`, `assigned`).
-pub const LABEL_STATE: &str = "binderd.state";
-/// Label: the replica that made the pod.
-pub const LABEL_REPLICA: &str = "binderd.replica";
-/// Label: the first 40 hex digits of the SHA-256 of a claimed pod's token.
-pub const LABEL_TOKEN_HASH: &str = "binderd.token-hash";
-/// Annotations of a claim and an offer.
-pub const ANNOTATION_OWNER: &str = "binderd.io/owner";
-pub const ANNOTATION_ASSIGNED_AT: &str = "binderd.io/assigned-at";
-pub const ANNOTATION_CLAIMED_BY: &str = "binderd.io/claimed-by";
-pub const ANNOTATION_WARM_KERNEL: &str = "binderd.io/warm-kernel";
-
-pub const STATE_STARTING: &str = "starting";
-pub const STATE_WARM: &str = "warm";
-pub const STATE_ASSIGNED: &str = "assigned";
+use crate::backend::labels::ENV_BASE_URL;
+pub use crate::backend::labels::{
+    ANNOTATION_ASSIGNED_AT, ANNOTATION_CLAIMED_BY, ANNOTATION_OWNER, ANNOTATION_WARM_KERNEL,
+    LABEL_REPLICA, LABEL_STATE, LABEL_TOKEN_HASH, STATE_ASSIGNED, STATE_STARTING, STATE_WARM,
+};
 
 /// The owner label every replica on `namespace` shares.
 pub fn shared_owner_key(namespace: &str) -> String {
@@ -120,7 +110,7 @@ fn pod_token(pod: &Pod) -> Option<String> {
     let env = spec.containers.first()?.env.as_ref()?;
     let base = env
         .iter()
-        .find(|e| e.name == "BINDERD_BASE_URL")?
+        .find(|e| e.name == ENV_BASE_URL)?
         .value
         .as_deref()?;
     let token = base.strip_prefix("/user/")?.trim_end_matches('/');
