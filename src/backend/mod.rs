@@ -6,6 +6,7 @@
 //! Kubernetes, `BINDERD_*` environment variables for processes) naming the
 //! binderd data dir that owns it, its binding and its binder id, so that
 //! [`Backend::list`] finds exactly this binderd's containers after a restart.
+//! Every such key and variable is defined in [`labels`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,56 +17,23 @@ use tokio::sync::mpsc;
 
 use crate::binding::Binding;
 
+mod cluster;
+mod connect;
+mod deadline;
 pub mod docker;
 pub mod kubernetes;
+pub mod labels;
 mod plan;
 pub mod process;
+mod tar;
 
-/// Builds the backend `kind` names, for binderd's data dir. Its exit
-/// reports go to `exits`.
-pub async fn connect(
-    kind: BackendKind,
-    data_dir: &Path,
-    settings: &Settings,
-    exits: ExitSink,
-) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
-    let Settings {
-        docker,
-        kubernetes,
-        process,
-        limits,
-    } = settings;
-    Ok(match kind {
-        BackendKind::Process => std::sync::Arc::new(process::ProcessBackend::with_config(
-            data_dir,
-            process.clone(),
-            *limits,
-            exits,
-        )?),
-        BackendKind::Docker => std::sync::Arc::new(
-            docker::DockerBackend::connect(data_dir, docker.clone(), *limits, exits).await?,
-        ),
-        BackendKind::Kubernetes => std::sync::Arc::new(
-            kubernetes::KubernetesBackend::connect(data_dir, kubernetes, *limits, exits).await?,
-        ),
-    })
-}
+pub use self::cluster::{Claim, Cluster, PodView, SharedPhase};
+pub use self::connect::{connect, Settings};
+pub use self::deadline::Availability;
+pub(crate) use self::deadline::{with_deadline, with_deadline_or_gone};
+pub(crate) use self::tar::{numeric_user, tar_owned_by};
 
-/// The config tables the backends read.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    pub docker: docker::DockerConfig,
-    pub kubernetes: kubernetes::KubernetesConfig,
-    pub process: process::ProcessConfig,
-    /// `[limits]`: every binder's and service's unless its binding says.
-    pub limits: crate::limits::Limits,
-}
-
-/// Label keys (Docker/Kubernetes spelling; the process backend uses the
-/// upper-case `BINDERD_*` environment variable of the same meaning).
-pub const LABEL_OWNER: &str = "binderd.owner";
-pub const LABEL_BINDING: &str = "binderd.binding";
-pub const LABEL_BINDER: &str = "binderd.binder";
+pub use self::labels::{LABEL_BINDER, LABEL_BINDING, LABEL_OWNER};
 
 /// What the backend needs to start one binder.
 pub struct StartSpec<'a> {
@@ -101,45 +69,6 @@ pub enum BuiltEnv {
     },
     /// An image the engine built (Docker), run instead of the binding's.
     Image(String),
-}
-
-/// `uid` or `uid:gid` (an image's `User`), as numbers; a name is `None`.
-pub(crate) fn numeric_user(user: &str) -> Option<(u64, u64)> {
-    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
-    Some((uid.parse().ok()?, gid.parse().ok()?))
-}
-
-/// The tar at `path` again, each entry owned by `owner` (uid, gid) when
-/// given, for an engine that unpacks it as the archive says.
-pub(crate) fn tar_owned_by(
-    path: &std::path::Path,
-    owner: Option<(u64, u64)>,
-) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Archive::new(std::fs::File::open(path)?);
-    let mut out = tar::Builder::new(Vec::new());
-    out.follow_symlinks(false);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let mut header = entry.header().clone();
-        if !header.entry_type().is_file()
-            && !header.entry_type().is_dir()
-            && !header.entry_type().is_symlink()
-        {
-            continue;
-        }
-        if let Some((uid, gid)) = owner {
-            header.set_uid(uid);
-            header.set_gid(gid);
-        }
-        let path = entry.path()?.into_owned();
-        if header.entry_type().is_symlink() {
-            let target = entry.link_name()?.unwrap_or_default().into_owned();
-            out.append_link(&mut header, &path, &target)?;
-        } else {
-            out.append_data(&mut header, &path, &mut entry)?;
-        }
-    }
-    out.into_inner()
 }
 
 /// What [`Backend::build_env`] builds from.
@@ -306,9 +235,6 @@ pub trait Backend: Send + Sync + 'static {
         tail: usize,
     ) -> Result<String, BackendError>;
 
-    /// Shared mode (several replicas on one cluster): the cluster decides
-    /// every handout. `None` (the single-process path) on every backend but
-    /// Kubernetes with `[kubernetes] shared = true`.
     /// Puts the files of the tar `files` into a running binder's working
     /// dir (content given at launch), as its own user.
     async fn put_files(
@@ -332,110 +258,12 @@ pub trait Backend: Send + Sync + 'static {
         )))
     }
 
+    /// Shared mode (several replicas on one cluster): the cluster decides
+    /// every handout. `None` (the single-process path) on every backend but
+    /// Kubernetes with `[kubernetes] shared = true`.
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }
-}
-
-/// What several replicas share through the cluster's API server: claims on
-/// warm pods (fenced by `resourceVersion`), Leases, and one view of every
-/// pod, fed by each replica's watch.
-#[async_trait]
-pub trait Cluster: Send + Sync {
-    /// This replica's name, as its claims and leases carry it.
-    fn replica(&self) -> &str;
-
-    /// How long a lease lasts unless its holder renews it.
-    fn lease_duration(&self) -> std::time::Duration;
-
-    /// The watch's views of every binderd pod of the namespace, for the
-    /// pool to mirror. Given once (the first caller takes them).
-    fn take_views(&self) -> Option<mpsc::UnboundedReceiver<PodView>>;
-
-    /// Marks a started binder's pod warm: from now on any replica may claim
-    /// it. `kernel` is its warm kernel (id, name), if it has one.
-    async fn offer(
-        &self,
-        instance: &Instance,
-        kernel: Option<(&str, &str)>,
-    ) -> Result<(), BackendError>;
-
-    /// Claims a pod for a handout, with the pod's `resourceVersion` as the
-    /// precondition: `Ok(true)` if this replica won it, `Ok(false)` if another
-    /// replica has it or it is gone. The claim is the handout's record.
-    async fn claim(&self, instance: &Instance, claim: &Claim<'_>) -> Result<bool, BackendError>;
-
-    /// Takes the Lease `name`, or renews it: `Ok(true)` while this replica
-    /// holds it.
-    async fn lease(&self, name: &str) -> Result<bool, BackendError>;
-
-    /// Pods of `binding` still `starting` after `older_than`: a start whose
-    /// replica was lost (a start that fails removes its own pod).
-    fn stale_starts(&self, binding: &str, older_than: std::time::Duration) -> Vec<Discovered>;
-
-    /// The bindings made through the API, as every replica shares them (a
-    /// ConfigMap on Kubernetes): entry key → document, as it is now.
-    async fn binding_docs(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, String>, BackendError>;
-
-    /// Sets (`Some`) or removes (`None`) one entry, fenced by the shared
-    /// document's version (another replica's write in between is read
-    /// again and kept). With `create_only`, an entry already there is left
-    /// alone and `Ok(false)` returned.
-    async fn put_binding_doc(
-        &self,
-        key: &str,
-        doc: Option<&str>,
-        create_only: bool,
-    ) -> Result<bool, BackendError>;
-
-    /// Every change of the shared bindings, as the whole map, from a watch.
-    /// Given once.
-    fn take_binding_changes(
-        &self,
-    ) -> Option<mpsc::UnboundedReceiver<std::collections::BTreeMap<String, String>>>;
-}
-
-/// A handout's claim on a pod.
-#[derive(Debug, Clone, Copy)]
-pub struct Claim<'a> {
-    /// The binder's token: only its hash goes into the pod's labels.
-    pub token: &'a str,
-    /// The key it is handed to; `None` for an anonymous reader.
-    pub owner: Option<&'a str>,
-    /// Unix seconds.
-    pub at: u64,
-    /// Claimed from `starting` (a binder started for its caller), not from
-    /// `warm`.
-    pub from_starting: bool,
-}
-
-/// A binderd pod as the watch shows it to every replica (shared mode).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodView {
-    pub binder_id: String,
-    pub binding: String,
-    /// From the pod's `BINDERD_BASE_URL` (`/user/{token}/`).
-    pub token: String,
-    pub instance: Instance,
-    pub created_at: u64,
-    pub phase: SharedPhase,
-}
-
-/// Where a pod is in its life, as the cluster records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SharedPhase {
-    /// Created, not yet offered.
-    Starting,
-    /// Offered: any replica may claim it. Its warm kernel (id, name), if any.
-    Warm { kernel: Option<(String, String)> },
-    /// Claimed for a reader.
-    Claimed {
-        owner: Option<String>,
-        at: u64,
-        replica: String,
-    },
 }
 
 /// How a backend's binders are kept apart from binderd, the host and each
@@ -454,87 +282,6 @@ impl Isolation {
     pub fn is_none(&self) -> bool {
         self.level == "none"
     }
-}
-
-/// Whether a backend's daemon or API server answers, as its watch stream
-/// last saw it: read on the handout path (one atomic load), so no I/O there.
-#[derive(Debug)]
-pub struct Availability {
-    up: std::sync::atomic::AtomicBool,
-    reason: std::sync::Mutex<Option<String>>,
-}
-
-impl Default for Availability {
-    fn default() -> Self {
-        Availability {
-            up: std::sync::atomic::AtomicBool::new(true),
-            reason: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl Availability {
-    pub fn up(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    pub fn down(&self, reason: String) {
-        if let Ok(mut r) = self.reason.lock() {
-            *r = Some(reason);
-        }
-        self.up.store(false, std::sync::atomic::Ordering::Release);
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// `Some(why)` while down.
-    pub fn reason(&self) -> Option<String> {
-        if self.is_up() {
-            return None;
-        }
-        self.reason.lock().ok().and_then(|r| r.clone())
-    }
-}
-
-/// Runs one call to a backend's daemon or API server (`service`) with a
-/// deadline: its errors go through `classify`; a missed deadline means the
-/// service is not answering.
-pub(crate) async fn with_deadline<T, E>(
-    service: &str,
-    what: &str,
-    limit: std::time::Duration,
-    call: impl std::future::Future<Output = Result<T, E>>,
-    classify: impl FnOnce(E, &str) -> BackendError,
-) -> Result<T, BackendError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(|e| classify(e, what)),
-        Err(_) => Err(BackendError::Unavailable(format!(
-            "{service} is not answering: {what}: no answer in {}s",
-            limit.as_secs()
-        ))),
-    }
-}
-
-/// As [`with_deadline`], with the answers `gone` recognises (not found,
-/// already being removed) as `Ok(None)`.
-pub(crate) async fn with_deadline_or_gone<T, E>(
-    service: &str,
-    what: &str,
-    limit: std::time::Duration,
-    call: impl std::future::Future<Output = Result<T, E>>,
-    gone: impl FnOnce(&E) -> bool,
-    classify: impl FnOnce(E, &str) -> BackendError,
-) -> Result<Option<T>, BackendError> {
-    let call = async {
-        match call.await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if gone(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    with_deadline(service, what, limit, call, classify).await
 }
 
 /// Most bytes of output the logs endpoint returns.

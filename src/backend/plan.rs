@@ -5,16 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use super::labels::{ENV_BASE_URL, ENV_BINDER_ID, ENV_BINDING, ENV_PORT};
+pub use super::labels::{LABEL_PORT, LABEL_ROLE, ROLE_NOTEBOOK, ROLE_SERVICE};
 use super::{fill_template, BackendError, StartSpec, LABEL_BINDER, LABEL_BINDING, LABEL_OWNER};
 use crate::binding::Resources;
-
-/// Label: `notebook` for the binder's own container, `service` for one of
-/// its services (and the Docker network they share).
-pub const LABEL_ROLE: &str = "binderd.role";
-/// Label: the port the notebook serves on (read back when adopting).
-pub const LABEL_PORT: &str = "binderd.port";
-pub const ROLE_NOTEBOOK: &str = "notebook";
-pub const ROLE_SERVICE: &str = "service";
 
 /// One binder's containers, as every container backend runs them.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,10 +69,10 @@ impl<'a> ContainerPlan<'a> {
             .collect::<Result<_, BackendError>>()?;
         let mut env = pairs(&binding.env);
         env.extend([
-            ("BINDERD_BINDER_ID".to_owned(), spec.binder_id.to_owned()),
-            ("BINDERD_BINDING".to_owned(), binding.name.clone()),
-            ("BINDERD_PORT".to_owned(), binding.port.to_string()),
-            ("BINDERD_BASE_URL".to_owned(), spec.base_url.to_owned()),
+            (ENV_BINDER_ID.to_owned(), spec.binder_id.to_owned()),
+            (ENV_BINDING.to_owned(), binding.name.clone()),
+            (ENV_PORT.to_owned(), binding.port.to_string()),
+            (ENV_BASE_URL.to_owned(), spec.base_url.to_owned()),
         ]);
         Ok(ContainerPlan {
             image,

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use bollard::errors::Error as DockerError;
 use bollard::models::NetworkCreateRequest;
 
-use crate::backend::plan::{ContainerPlan, LABEL_ROLE};
+use crate::backend::labels::{LABEL_ROLE, ROLE_SHARED};
+use crate::backend::plan::ContainerPlan;
 use crate::backend::{BackendError, StartSpec};
 
 use super::engine::{classify, timed, timed_or_gone};
@@ -40,7 +41,7 @@ impl DockerBackend {
                 // Nobody's in particular (no owner label): see the module doc.
                 labels: Some(HashMap::from([(
                     LABEL_ROLE.to_owned(),
-                    "shared".to_owned(),
+                    ROLE_SHARED.to_owned(),
                 )])),
                 ..Default::default()
             })

@@ -70,12 +70,9 @@ use super::{
     StartSpec,
 };
 
-const ENV_OWNER: &str = "BINDERD_OWNER";
-const ENV_BINDING: &str = "BINDERD_BINDING";
-const ENV_BINDER: &str = "BINDERD_BINDER_ID";
-const ENV_PORT: &str = "BINDERD_PORT";
-const ENV_UID: &str = "BINDERD_UID";
-const ENV_BASE_URL: &str = "BINDERD_BASE_URL";
+use super::labels::{
+    ENV_BASE_URL, ENV_BINDER_ID as ENV_BINDER, ENV_BINDING, ENV_OWNER, ENV_PORT, ENV_UID,
+};
 
 /// `PATH` for a binder (and pip) when binderd has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";

@@ -13,6 +13,8 @@ use nix::unistd::Pid;
 
 use crate::backend::{is_binder_id, Discovered, Instance};
 
+use crate::backend::labels::ENV_PREFIX;
+
 use super::{ProcessBackend, ENV_BINDER, ENV_BINDING, ENV_OWNER, ENV_PORT, ENV_UID};
 
 /// A process and its `BINDERD_*` variables.
@@ -34,7 +36,7 @@ fn binderd_env(pid: i32) -> Option<HashMap<String, String>> {
     let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
     let mut vars = HashMap::new();
     for entry in raw.split(|b| *b == 0) {
-        if !entry.starts_with(b"BINDERD_") {
+        if !entry.starts_with(ENV_PREFIX.as_bytes()) {
             continue;
         }
         let entry = String::from_utf8_lossy(entry);

@@ -26,23 +26,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::super::{BackendError, Claim, Discovered, Instance, PodView, SharedPhase};
-use super::{classify, is_not_found, progress, timed, PodProgress};
+use super::apiserver::{classify, is_not_found, timed, unavailable, CALL_TIMEOUT};
+use super::pod_status::{progress, PodProgress};
 
-/// Label: where a pod is in its life (`starting`, `warm`, `assigned`).
-pub const LABEL_STATE: &str = "binderd.state";
-/// Label: the replica that made the pod.
-pub const LABEL_REPLICA: &str = "binderd.replica";
-/// Label: the first 40 hex digits of the SHA-256 of a claimed pod's token.
-pub const LABEL_TOKEN_HASH: &str = "binderd.token-hash";
-/// Annotations of a claim and an offer.
-pub const ANNOTATION_OWNER: &str = "binderd.io/owner";
-pub const ANNOTATION_ASSIGNED_AT: &str = "binderd.io/assigned-at";
-pub const ANNOTATION_CLAIMED_BY: &str = "binderd.io/claimed-by";
-pub const ANNOTATION_WARM_KERNEL: &str = "binderd.io/warm-kernel";
-
-pub const STATE_STARTING: &str = "starting";
-pub const STATE_WARM: &str = "warm";
-pub const STATE_ASSIGNED: &str = "assigned";
+use crate::backend::labels::ENV_BASE_URL;
+pub use crate::backend::labels::{
+    ANNOTATION_ASSIGNED_AT, ANNOTATION_CLAIMED_BY, ANNOTATION_OWNER, ANNOTATION_WARM_KERNEL,
+    LABEL_REPLICA, LABEL_STATE, LABEL_TOKEN_HASH, STATE_ASSIGNED, STATE_STARTING, STATE_WARM,
+};
 
 /// The owner label every replica on `namespace` shares.
 pub fn shared_owner_key(namespace: &str) -> String {
@@ -84,11 +75,13 @@ pub fn is_label_value(s: &str) -> bool {
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
 
-/// The shared-mode half of the backend.
 /// The ConfigMap the replicas share the API's bindings in.
 pub const BINDINGS_CONFIGMAP: &str = "binderd-bindings";
 
-pub(crate) struct Shared {
+/// The backend's state in shared mode: this replica's name and Lease
+/// duration, the APIs of Leases and of the shared bindings' ConfigMap,
+/// and the channels that carry the watches' views to the pool.
+pub(crate) struct Replicas {
     pub replica: String,
     pub lease_duration: Duration,
     pub leases: Api<Lease>,
@@ -117,7 +110,7 @@ fn pod_token(pod: &Pod) -> Option<String> {
     let env = spec.containers.first()?.env.as_ref()?;
     let base = env
         .iter()
-        .find(|e| e.name == "BINDERD_BASE_URL")?
+        .find(|e| e.name == ENV_BASE_URL)?
         .value
         .as_deref()?;
     let token = base.strip_prefix("/user/")?.trim_end_matches('/');
@@ -208,8 +201,8 @@ fn now_rfc3339_micros() -> String {
 }
 
 impl super::KubernetesBackend {
-    fn shared(&self) -> Result<&Shared, BackendError> {
-        self.shared
+    fn replicas(&self) -> Result<&Replicas, BackendError> {
+        self.replicas
             .as_ref()
             .ok_or_else(|| BackendError::Unsupported("not in shared mode".into()))
     }
@@ -251,9 +244,9 @@ impl super::KubernetesBackend {
     /// drops packets, it answers nothing) must know before its Leases
     /// expire, and a handout must not wait out the general call timeout.
     fn quick_limit(&self) -> Duration {
-        self.shared
+        self.replicas
             .as_ref()
-            .map_or(super::CALL_TIMEOUT, |s| s.lease_duration / 3)
+            .map_or(CALL_TIMEOUT, |s| s.lease_duration / 3)
             .max(Duration::from_secs(1))
     }
 
@@ -268,7 +261,7 @@ impl super::KubernetesBackend {
         let limit = self.quick_limit();
         let result = match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
-            Err(_) => Err(super::unavailable(format!(
+            Err(_) => Err(unavailable(format!(
                 "{what}: no answer within {}s",
                 limit.as_secs()
             ))),
@@ -295,7 +288,7 @@ impl super::KubernetesBackend {
         instance: &Instance,
         claim: &Claim<'_>,
     ) -> Result<bool, BackendError> {
-        let replica = &self.shared()?.replica;
+        let replica = &self.replicas()?.replica;
         // The version this replica saw it warm at; then, once, a fresh one
         // (a status change, not a claim, may have moved it on).
         let mut seen = self.seen.get(&instance.handle).map(|p| p.value().clone());
@@ -352,7 +345,7 @@ impl super::KubernetesBackend {
     }
 
     async fn try_lease(&self, name: &str) -> Result<bool, BackendError> {
-        let shared = self.shared()?;
+        let shared = self.replicas()?;
         let seconds = i32::try_from(shared.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let now = now_rfc3339_micros();
         let current = timed("reading a lease", shared.leases.get_opt(name)).await?;
@@ -412,7 +405,7 @@ impl super::KubernetesBackend {
     }
 
     pub(crate) async fn read_binding_docs(&self) -> Result<BTreeMap<String, String>, BackendError> {
-        let shared = self.shared()?;
+        let shared = self.replicas()?;
         let map = timed(
             "reading the shared bindings",
             shared.configmaps.get_opt(BINDINGS_CONFIGMAP),
@@ -429,7 +422,7 @@ impl super::KubernetesBackend {
         doc: Option<&str>,
         create_only: bool,
     ) -> Result<bool, BackendError> {
-        let shared = self.shared()?;
+        let shared = self.replicas()?;
         for _ in 0..8 {
             let current = timed(
                 "reading the shared bindings",
@@ -474,7 +467,7 @@ impl super::KubernetesBackend {
                 Err(e) => return Err(classify(e, "writing the shared bindings")),
             }
         }
-        Err(super::unavailable(
+        Err(unavailable(
             "writing the shared bindings: too many concurrent writes",
         ))
     }
