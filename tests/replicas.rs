@@ -402,7 +402,7 @@ async fn of_two_racing_claims_on_one_pod_the_api_server_takes_one() {
     assert_eq!(labels["binderd.state"], "assigned");
     assert_eq!(
         labels["binderd.token-hash"],
-        binderd::backend::kubernetes::replicas::token_hash(winner)
+        binderd::backend::kubernetes::claims::token_hash(winner)
     );
     // No token in the pod's labels or annotations.
     let meta = pod["metadata"].to_string();

@@ -1,6 +1,6 @@
 //! Shared mode: what several replicas share through the cluster's API
 //! server, as the pool sees it (the [`Cluster`] trait, its claims and its
-//! views of the pods). Kubernetes implements it (`kubernetes::replicas`).
+//! views of the pods). Kubernetes implements it (`kubernetes::claims`).
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;

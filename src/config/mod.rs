@@ -278,7 +278,7 @@ impl Config {
             ));
         }
         if let Some(r) = &k.replica {
-            if !crate::backend::kubernetes::replicas::is_label_value(r) {
+            if !crate::backend::kubernetes::claims::is_label_value(r) {
                 return Err(ConfigError::Invalid(format!(
                     "[kubernetes] replica '{r}' is not a label value (up to 63 letters, digits, '-', '_', '.')"
                 )));

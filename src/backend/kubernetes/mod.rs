@@ -29,13 +29,13 @@
 //! Its jobs: [`apiserver`] (the client's errors and deadlines), [`pod_spec`]
 //! (a binder's pod from its plan), [`pod_status`] (what a pod's status says
 //! of its start), [`pod_watch`] (the watch on binderd's pods) and
-//! [`replicas`] (shared mode: claims, Leases, the shared bindings).
+//! [`claims`] (shared mode: claims, Leases, the shared bindings).
 
 mod apiserver;
+pub mod claims;
 mod pod_spec;
 mod pod_status;
 mod pod_watch;
-pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -98,7 +98,7 @@ pub struct KubernetesBackend {
     /// Whether the API server answers, as the watcher last saw it.
     availability: Arc<super::Availability>,
     /// Shared mode's claims, leases and views.
-    replicas: Option<replicas::Replicas>,
+    replicas: Option<claims::Replicas>,
 }
 
 impl KubernetesBackend {
@@ -117,7 +117,7 @@ impl KubernetesBackend {
         let client = kube::Client::try_default().await.map_err(unavailable)?;
         let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
         let backend = if config.shared {
-            let replica = replicas::replica_name(config.replica.as_deref());
+            let replica = claims::replica_name(config.replica.as_deref());
             let lease = config
                 .lease_seconds
                 .map_or(DEFAULT_LEASE, Duration::from_secs);
@@ -174,9 +174,9 @@ impl KubernetesBackend {
         let (views, taken) = tokio::sync::mpsc::unbounded_channel();
         let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
         let configmaps = Api::namespaced(client.clone(), namespace);
-        let owner = replicas::shared_owner_key(namespace);
+        let owner = claims::shared_owner_key(namespace);
         KubernetesBackend::follow_binding_docs(configmaps.clone(), &owner, changes);
-        let state = replicas::Replicas {
+        let state = claims::Replicas {
             replica,
             lease_duration,
             leases: Api::namespaced(client.clone(), namespace),
@@ -188,7 +188,7 @@ impl KubernetesBackend {
         KubernetesBackend::build(
             client,
             namespace,
-            replicas::shared_owner_key(namespace),
+            claims::shared_owner_key(namespace),
             pod_template,
             exits,
             Some(state),
@@ -201,7 +201,7 @@ impl KubernetesBackend {
         owner: String,
         pod_template: Option<serde_json::Value>,
         exits: ExitSink,
-        replicas: Option<replicas::Replicas>,
+        replicas: Option<claims::Replicas>,
     ) -> KubernetesBackend {
         let (changes, _) = broadcast::channel(1024);
         let backend = KubernetesBackend {
@@ -250,7 +250,7 @@ impl Backend for KubernetesBackend {
         );
         let mut pod = self.pod_for(&spec, &name)?;
         if let (Some(state), Some(labels)) = (&self.replicas, pod.metadata.labels.as_mut()) {
-            replicas::starting_labels(labels, &state.replica);
+            claims::starting_labels(labels, &state.replica);
         }
         timed(
             "creating the pod",

@@ -15,7 +15,7 @@ use crate::backend::{BackendError, Exit, ExitSink, LABEL_BINDER};
 
 use super::apiserver::unavailable;
 use super::pod_status::{progress, PodProgress};
-use super::{replicas, KubernetesBackend};
+use super::{claims, KubernetesBackend};
 
 impl KubernetesBackend {
     /// The watcher: keeps `seen` current, wakes `start`s, reports exits.
@@ -57,12 +57,12 @@ impl KubernetesBackend {
                     report_exit(&exits, &pod, reason);
                 }
                 if let Some(views) = &views {
-                    if let Some(view) = replicas::view(&pod) {
+                    if let Some(view) = claims::view(&pod) {
                         // Closed only when binderd stops.
                         let _ = views.send(view).is_ok();
                     }
                 }
-                replicas::remember_newer(&seen, pod);
+                claims::remember_newer(&seen, pod);
                 let _ = changes.send(name);
                 if exits.is_closed() {
                     return;
