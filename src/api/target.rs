@@ -56,15 +56,7 @@ pub(super) async fn asked_in_body_or_query(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        });
+        .map(super::request::is_json_type);
     let bytes = super::request::read_body(app, req).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(from_query);
