@@ -131,6 +131,47 @@ async fn handed_out(test: &str, binding: &str) -> (Harness, serde_json::Value) {
     (h, doc)
 }
 
+/// Attack: binderd's key as the second of two `Authorization` headers,
+/// on the fast path and on hyper's (after an API call on the same
+/// connection). The container must see neither copy of the key; the
+/// other header is the container's business and passes.
+#[tokio::test]
+async fn a_second_authorization_header_never_carries_binderds_key_to_the_container() {
+    let (
+        Harness {
+            data: _data,
+            server,
+            ..
+        },
+        made,
+    ) = handed_out("twoauth", "twoauth").await;
+    let loc = made["location"].as_str().unwrap().to_owned();
+    let two = format!("Authorization: Bearer theirs\r\nAuthorization: {ADMIN}\r\n");
+    let mut asks = Vec::new();
+    write!(asks, "GET {loc}fast HTTP/1.1\r\nHost: t\r\n{two}\r\n");
+    write!(asks, "GET /healthcheck HTTP/1.1\r\nHost: t\r\n\r\n");
+    write!(asks, "GET {loc}hyper HTTP/1.1\r\nHost: t\r\n{two}\r\n");
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(&asks).await.unwrap();
+    let mut buf = Vec::new();
+    let fast = answer(&mut conn, &mut buf, "GET").await.json();
+    let health = answer(&mut conn, &mut buf, "GET").await;
+    assert_eq!(health.status, 200);
+    let hyper = answer(&mut conn, &mut buf, "GET").await.json();
+    for (path, seen) in [("fast", &fast), ("hyper", &hyper)] {
+        assert_eq!(seen["path"], format!("{loc}{path}"));
+        assert!(
+            !seen["headers"].to_string().contains(ADMIN),
+            "binderd's key reached the container by the {path} path: {seen}"
+        );
+        assert!(
+            seen["headers"].to_string().contains("Bearer theirs"),
+            "the container's own Authorization was dropped on the {path} path: {seen}"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn pipelined_requests_bodies_and_the_hand_over_share_one_connection() {
     let (

@@ -100,10 +100,24 @@ pub(super) async fn proxy(
         kernel,
         channels,
     } = reach(app, req.method().as_str(), super::host_of(&req), &path)?;
-    // binderd's own key is not the container's business.
-    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
-        if app.keys.is_own_key(auth.as_bytes()) {
-            req.headers_mut().remove(header::AUTHORIZATION);
+    // binderd's own key is not the container's business: every copy of it
+    // goes (a client may send several `Authorization` headers, as the
+    // fast path's `copy_headers` also drops each), the others pass.
+    let headers = req.headers_mut();
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| app.keys.is_own_key(v.as_bytes()))
+    {
+        let kept: Vec<_> = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter(|v| !app.keys.is_own_key(v.as_bytes()))
+            .cloned()
+            .collect();
+        headers.remove(header::AUTHORIZATION);
+        for value in kept {
+            headers.append(header::AUTHORIZATION, value);
         }
     }
     let strip_prefix = entry.pool.current().binding.strip_prefix;
