@@ -38,7 +38,7 @@ pub(super) fn choose_profile(
     caller: &Caller,
     chosen: Option<&str>,
 ) -> Result<Arc<Pool>> {
-    Ok(app.pools.resolve(pool.name.clone(), chosen, caller)?)
+    Ok(app.pools.resolve(pool, chosen, caller)?)
 }
 
 /// The profile a handout asks for: `{"profile": ...}` in the body or

@@ -74,23 +74,16 @@ impl Pools {
         self.inner.pools.get(key).map(|p| p.value().clone())
     }
 
-    /// The pool of `binding` that serves profile `chosen` (`None`: its
-    /// default) to `caller`: 404 for a binding the caller may not see, 400
-    /// for a profile it does not offer (naming those it does), 403 for a
-    /// `keys_only` one without a key.
+    /// The pool of the binding whose default pool is `pool` (found, and
+    /// shown to `caller`, by the caller) that serves profile `chosen`
+    /// (`None`: its default): 400 for a profile it does not offer (naming
+    /// those it does), 403 for a `keys_only` one without a key.
     pub fn resolve(
         &self,
-        binding: BindingName,
+        pool: &Arc<Pool>,
         chosen: Option<&str>,
         caller: &Caller,
     ) -> Result<Arc<Pool>, PoolError> {
-        let mut key = PoolKey::default_of(binding);
-        let Some(pool) = self
-            .pool(&key)
-            .filter(|p| p.current().access().visible_to(caller))
-        else {
-            return Err(PoolError::NotFound(key.binding));
-        };
         let record = pool.current();
         let document = record.document();
         let profile = match chosen {
@@ -100,20 +93,20 @@ impl Pools {
             },
             Some(asked) if document.profiles.is_empty() => {
                 return Err(Refused::NoProfiles {
-                    binding: key.binding,
+                    binding: pool.name.clone(),
                     asked: crate::binding::printable(asked),
                 }
                 .into())
             }
             Some(asked) => document.profile(asked).ok_or_else(|| Refused::Unknown {
-                binding: key.binding.clone(),
+                binding: pool.name.clone(),
                 asked: crate::binding::printable(asked),
                 choices: document.profile_names(),
             })?,
         };
         if profile.keys_only && caller.key_name().is_none() {
             return Err(Refused::KeysOnly {
-                binding: key.binding,
+                binding: pool.name.clone(),
                 profile: profile.name.clone(),
             }
             .into());
@@ -121,10 +114,13 @@ impl Pools {
         if document.default_profile().map(|p| &p.name) == Some(&profile.name) {
             return Ok(pool.clone());
         }
-        key.profile = Some(Arc::from(profile.name.as_str()));
+        let key = PoolKey {
+            binding: pool.name.clone(),
+            profile: Some(Arc::from(profile.name.as_str())),
+        };
         self.pool(&key).ok_or_else(|| {
             Refused::Replacing {
-                binding: key.binding,
+                binding: pool.name.clone(),
                 profile: profile.name.clone(),
             }
             .into()
