@@ -376,3 +376,109 @@ fn check_span(
     }
     None
 }
+
+/// The length of the function whose signature starts at `lines[at]`, to its
+/// closing brace at the signature's indent (rustfmt's layout); `None` for a
+/// declaration without a body.
+fn function_length(lines: &[&str], at: usize) -> Option<usize> {
+    let indent = lines[at].len() - lines[at].trim_start().len();
+    let close = format!("{}}}", &lines[at][..indent]);
+    let mut open = at;
+    while open < lines.len() {
+        let l = lines[open].trim_end();
+        if l.ends_with(';') {
+            return None;
+        }
+        if l.ends_with('{') {
+            break;
+        }
+        open += 1;
+    }
+    (open..lines.len())
+        .find(|&k| lines[k] == close)
+        .map(|end| end - at + 1)
+}
+
+/// A `fn` item's line: `fn`, after any of `pub(..)`, `async`, `const`,
+/// `unsafe`, `extern "C"`.
+fn is_function(line: &str) -> bool {
+    let mut rest = line.trim_start();
+    loop {
+        let next = [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "async ",
+            "const ",
+            "unsafe ",
+        ]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p));
+        match next {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    rest.strip_prefix("fn ")
+        .is_some_and(|r| r.starts_with(|c: char| c.is_alphabetic() || c == '_'))
+}
+
+/// Rooms a newcomer can read: no production file over 700 lines before its
+/// tests, no function over 80 lines, no two source files of one name (but
+/// `mod.rs` and a module's own `tests.rs`).
+#[test]
+fn rooms_stay_small() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    files_under(&root.join("src"), &mut files);
+    let mut wrong = Vec::new();
+    let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
+    let mut functions = 0;
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "rs"))
+    {
+        let rel = file.strip_prefix(root).unwrap().display().to_string();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if !["mod.rs", "lib.rs", "main.rs", "tests.rs"].contains(&name.as_str()) {
+            by_name.entry(name).or_default().push(rel.clone());
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let production = lines
+            .iter()
+            .position(|l| l.starts_with("#[cfg(test)]"))
+            .unwrap_or(lines.len());
+        if production > 700 {
+            wrong.push(format!("{rel}: {production} lines before its tests (700)"));
+        }
+        for at in (0..production).filter(|&i| is_function(lines[i])) {
+            let Some(len) = function_length(&lines[..production], at) else {
+                continue;
+            };
+            functions += 1;
+            if len > 80 {
+                let line = lines[at].trim();
+                wrong.push(format!("{rel}:{}: {len} lines (80): {line}", at + 1));
+            }
+        }
+    }
+    for (name, places) in by_name {
+        if places.len() > 1 {
+            wrong.push(format!("{name} names {} files: {places:?}", places.len()));
+        }
+    }
+    assert!(functions > 500, "the functions were found ({functions})");
+    assert!(wrong.is_empty(), "rooms too big:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_room_measure_sees_a_long_function() {
+    let mut long = vec!["    pub async fn big(", "        x: u8,", "    ) -> u8 {"];
+    long.extend(std::iter::repeat_n("        x;", 90));
+    long.push("    }");
+    assert!(is_function(long[0]));
+    assert_eq!(function_length(&long, 0), Some(94));
+    assert!(!is_function("    let fnord = 1;"));
+    assert_eq!(function_length(&["    fn decl(&self);"], 0), None);
+}

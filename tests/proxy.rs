@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::Method;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -168,6 +169,88 @@ async fn a_second_authorization_header_never_carries_binderds_key_to_the_contain
             seen["headers"].to_string().contains("Bearer theirs"),
             "the container's own Authorization was dropped on the {path} path: {seen}"
         );
+    }
+    server.stop().await;
+}
+
+/// What the container saw of `head` (a request line's target and headers,
+/// sent with `Host`) by the fast path (first on a connection) and by
+/// hyper's (after an API call on the same connection).
+async fn seen_both_ways(addr: std::net::SocketAddr, target: &str, headers: &[u8]) -> [Value; 2] {
+    let mut asks = Vec::new();
+    for (n, path) in ["fast", "hyper"].iter().enumerate() {
+        if n == 1 {
+            write!(asks, "GET /healthcheck HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
+        write!(asks, "GET {target}{path} HTTP/1.1\r\nHost: t\r\n");
+        asks.extend_from_slice(headers);
+        asks.extend_from_slice(b"\r\n");
+    }
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(&asks).await.unwrap();
+    let mut buf = Vec::new();
+    let fast = answer(&mut conn, &mut buf, "GET").await.json();
+    assert_eq!(answer(&mut conn, &mut buf, "GET").await.status, 200);
+    let hyper = answer(&mut conn, &mut buf, "GET").await.json();
+    [fast, hyper]
+}
+
+/// The fast path and hyper's send the container the same request: the
+/// cases where they once disagreed (`proxy::onward` holds the rules), each
+/// sent both ways. Attacks among them: a client naming `X-Forwarded-For`
+/// in `Connection` to smuggle its own earlier value, a non-ASCII earlier
+/// value, and a `Connection` value that is not UTF-8 naming a header.
+#[tokio::test]
+async fn both_paths_send_the_container_the_same_request() {
+    let (
+        Harness {
+            data: _data,
+            server,
+            ..
+        },
+        made,
+    ) = handed_out("onward", "onward").await;
+    let loc = made["location"].as_str().unwrap().to_owned();
+    let bare = loc.trim_end_matches('/');
+    let cases: [(&str, &[u8], &str); 4] = [
+        // `/user/{token}` with no slash (the target gets the case's
+        // `fast`/`hyper` after a `?`, so the path itself has no slash).
+        (&format!("{bare}?"), b"", "path /user/{token}/"),
+        (
+            &loc,
+            b"Connection: X-Forwarded-For\r\nX-Forwarded-For: 10.9.9.9\r\n",
+            "a named X-Forwarded-For dropped",
+        ),
+        (
+            &loc,
+            b"X-Forwarded-For: \xe9vil, 10.9.9.9\r\n",
+            "a non-ASCII X-Forwarded-For dropped",
+        ),
+        (
+            &loc,
+            b"Connection: \xff\xfe, x-drop\r\nX-Drop: 1\r\nX-Keep: 2\r\n",
+            "a header named by a non-UTF-8 Connection dropped",
+        ),
+    ];
+    for (target, headers, what) in cases {
+        let [fast, hyper] = seen_both_ways(server.addr, target, headers).await;
+        assert_eq!(fast["headers"], hyper["headers"], "{what}: headers differ");
+        let in_query = target.ends_with('?');
+        for (seen, how) in [(&fast, "fast"), (&hyper, "hyper")] {
+            let (path, query) = if in_query {
+                (format!("{bare}/"), Some(how))
+            } else {
+                (format!("{loc}{how}"), None)
+            };
+            assert_eq!(seen["path"], path, "{what}, {how} path");
+            assert_eq!(seen["query"].as_str(), query, "{what}, {how} path");
+        }
+        let h = &fast["headers"];
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{what}: {h}");
+        assert!(h.get("x-drop").is_none(), "{what}: {h}");
+        if what.contains("non-UTF-8") {
+            assert_eq!(h["x-keep"], "2", "{what}: {h}");
+        }
     }
     server.stop().await;
 }

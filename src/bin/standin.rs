@@ -134,72 +134,90 @@ async fn handle(base: &str, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "fetch") => fetch(req.uri().query().unwrap_or("")).await,
         (&Method::GET, "alloc") => alloc(req.uri().query().unwrap_or("")),
         (&Method::GET, "file") | (&Method::PUT, "file") => file(req).await,
-        (&Method::GET, "api/status") => json(
-            StatusCode::OK,
-            serde_json::json!({
-                "status": "ok",
-                "binder": binder,
-                "pid": std::process::id(),
-                "instance": INSTANCE.get_or_init(rand::random::<u64>).to_string(),
-                "port": PORT.get(),
-                "connections": ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
-            }),
+        (&Method::GET, "api/status") => status(&binder),
+        (&Method::GET, "cookie") => cookies(),
+        (&Method::GET, "sw.js") => typed(
+            "text/javascript",
+            "self.addEventListener('fetch', () => {});\n",
+            Some(("service-worker-allowed", "/")),
         ),
-        (&Method::GET, "cookie") => {
-            let mut resp = json(StatusCode::OK, serde_json::json!({"cookies": 3}));
-            let h = resp.headers_mut();
-            for c in ["evil=1; Path=/", "scoped=1", "far=1; Domain=example.org"] {
-                h.append(http::header::SET_COOKIE, c.parse().unwrap());
-            }
-            resp
-        }
-        (&Method::GET, "sw.js") => {
-            let mut resp = Response::new(full(Bytes::from_static(
-                b"self.addEventListener('fetch', () => {});\n",
-            )));
-            let h = resp.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                "text/javascript".parse().unwrap(),
-            );
-            h.insert("service-worker-allowed", "/".parse().unwrap());
-            resp
-        }
-        (&Method::GET, "hostile") => {
-            let mut resp = Response::new(full(Bytes::from_static(HOSTILE_PAGE.as_bytes())));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                "text/html; charset=utf-8".parse().unwrap(),
-            );
-            resp
-        }
-        (&Method::POST, "echo") => {
-            let (parts, body) = req.into_parts();
-            let mut resp = Response::new(body.boxed());
-            if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
-                resp.headers_mut()
-                    .insert(http::header::CONTENT_TYPE, ct.clone());
-            }
-            resp
-        }
-        _ => {
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-                .collect();
-            json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "path": path,
-                    "method": req.method().as_str(),
-                    "query": req.uri().query(),
-                    "binder": binder,
-                    "headers": headers,
-                }),
-            )
-        }
+        (&Method::GET, "hostile") => typed("text/html; charset=utf-8", HOSTILE_PAGE, None),
+        (&Method::POST, "echo") => echo(req),
+        _ => mirror(&req, &path, &binder),
     }
+}
+
+/// `api/status`: who answered (binder, process, instance, port).
+fn status(binder: &str) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "ok",
+            "binder": binder,
+            "pid": std::process::id(),
+            "instance": INSTANCE.get_or_init(rand::random::<u64>).to_string(),
+            "port": PORT.get(),
+            "connections": ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
+        }),
+    )
+}
+
+/// Three cookies a page should not be able to set beyond its binder.
+fn cookies() -> Response<Body> {
+    let mut resp = json(StatusCode::OK, serde_json::json!({"cookies": 3}));
+    let h = resp.headers_mut();
+    for c in ["evil=1; Path=/", "scoped=1", "far=1; Domain=example.org"] {
+        h.append(http::header::SET_COOKIE, c.parse().unwrap());
+    }
+    resp
+}
+
+/// A fixed body of `content_type`, with one more header if given.
+fn typed(
+    content_type: &'static str,
+    body: &'static str,
+    extra: Option<(&'static str, &'static str)>,
+) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    if let Some((name, value)) = extra {
+        h.insert(name, http::HeaderValue::from_static(value));
+    }
+    resp
+}
+
+/// The request's body back, with its content type.
+fn echo(req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let mut resp = Response::new(body.boxed());
+    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, ct.clone());
+    }
+    resp
+}
+
+/// Any other path: what arrived (path, method, query, headers) as JSON.
+fn mirror(req: &Request<Incoming>, path: &str, binder: &str) -> Response<Body> {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "path": path,
+            "method": req.method().as_str(),
+            "query": req.uri().query(),
+            "binder": binder,
+            "headers": headers,
+        }),
+    )
 }
 
 /// A notebook page gone bad: it asks for this binder's cookies, then tries

@@ -151,18 +151,41 @@ impl Config {
     }
 
     /// The defaults with every key of `file` checked and laid over them.
-    fn check(file: FileConfig, api_keys_env: Option<String>) -> Result<Config, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid(m);
-        let data_dir = file.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    fn check(mut file: FileConfig, api_keys_env: Option<String>) -> Result<Config, ConfigError> {
+        let data_dir = file
+            .data_dir
+            .take()
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let mut cfg = Config::new(data_dir);
+        cfg.check_addresses(&mut file)?;
+        cfg.check_tuning(&mut file)?;
+        (cfg.api_keys, cfg.quotas) = keys::load(api_keys_env, std::mem::take(&mut file.api_keys))?;
+
+        let mut bindings = std::mem::take(&mut file.bindings);
+        match file.bindings_dir.take() {
+            Some(dir) => bindings.extend(file::read_bindings_dir(&dir)?),
+            None if Path::new(DEFAULT_BINDINGS_DIR).is_dir() => {
+                bindings.extend(file::read_bindings_dir(Path::new(DEFAULT_BINDINGS_DIR))?)
+            }
+            None => {}
+        }
+        cfg.bindings = cfg.check_bindings(bindings)?;
+        cfg.check_shared()?;
+        Ok(cfg)
+    }
+
+    /// Where binderd listens and answers: listen, backend, public_url,
+    /// binder_host, allow_origin, default_binding, log_format.
+    fn check_addresses(&mut self, file: &mut FileConfig) -> Result<(), ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
         let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        cfg.listen = listen.parse().map_err(|_| {
+        self.listen = listen.parse().map_err(|_| {
             invalid(format!(
                 "invalid listen address '{listen}' (expected IP:PORT, e.g. 127.0.0.1:8585)"
             ))
         })?;
-        if let Some(backend) = file.backend {
-            cfg.backend = backend.parse().map_err(invalid)?;
+        if let Some(backend) = file.backend.take() {
+            self.backend = backend.parse().map_err(invalid)?;
         }
         if let Some(url) = &file.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -176,9 +199,9 @@ impl Config {
                 Some(u) if u.starts_with("https://") => "https",
                 _ => "http",
             };
-            cfg.binder_host = Some(BinderHost::parse(pattern, scheme).map_err(invalid)?);
+            self.binder_host = Some(BinderHost::parse(pattern, scheme).map_err(invalid)?);
         }
-        cfg.public_url = file.public_url;
+        self.public_url = file.public_url.take();
         if let Some(origin) = &file.allow_origin {
             if http::HeaderValue::from_str(origin).is_err() {
                 return Err(invalid(format!(
@@ -186,13 +209,14 @@ impl Config {
                 )));
             }
         }
-        cfg.allow_origin = file.allow_origin;
-        cfg.default_binding = file
+        self.allow_origin = file.allow_origin.take();
+        self.default_binding = file
             .default_binding
+            .take()
             .map(|n| BindingName::parse(&n).map_err(|e| invalid(format!("default_binding: {e}"))))
             .transpose()?;
-        cfg.cleanup_on_exit = file.cleanup_on_exit.unwrap_or(false);
-        cfg.log_json = match file.log_format.as_deref() {
+        self.cleanup_on_exit = file.cleanup_on_exit.unwrap_or(false);
+        self.log_json = match file.log_format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
@@ -202,67 +226,61 @@ impl Config {
                 )))
             }
         };
-        cfg.docker = file.docker;
-        cfg.kubernetes = file.kubernetes;
-        cfg.process = file.process;
-        cfg.content = file.content;
-        cfg.security = file.security;
-        cfg.limits = file.limits.check().map_err(|e| invalid(e.0))?;
+        Ok(())
+    }
+
+    /// The backends' sections and every number that tunes binderd.
+    fn check_tuning(&mut self, file: &mut FileConfig) -> Result<(), ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        self.docker = std::mem::take(&mut file.docker);
+        self.kubernetes = std::mem::take(&mut file.kubernetes);
+        self.process = std::mem::take(&mut file.process);
+        self.content = std::mem::take(&mut file.content);
+        self.security = std::mem::take(&mut file.security);
+        self.limits = file.limits.check().map_err(|e| invalid(e.0))?;
         if let Some(s) = file.spawn_wait_seconds {
-            cfg.spawn_wait = Duration::from_secs(s.min(3600));
+            self.spawn_wait = Duration::from_secs(s.min(3600));
         }
         if let Some(n) = file.max_body_bytes {
-            cfg.max_body_bytes = n;
+            self.max_body_bytes = n;
         }
         if let Some(n) = file.max_pool_limit {
-            cfg.max_pool_limit = n;
+            self.max_pool_limit = n;
         }
         if let Some(n) = file.start_concurrency {
             if n == 0 {
                 return Err(invalid("start_concurrency must be at least 1".into()));
             }
-            cfg.start_concurrency = n;
+            self.start_concurrency = n;
         }
         if let Some(ms) = file.cull_interval_ms {
-            cfg.cull_interval = Duration::from_millis(ms.clamp(10, 3_600_000));
+            self.cull_interval = Duration::from_millis(ms.clamp(10, 3_600_000));
         }
         if let Some(s) = file.shutdown_grace_seconds {
-            cfg.shutdown_grace = Duration::from_secs(s);
+            self.shutdown_grace = Duration::from_secs(s);
         }
         if let Some(n) = file.max_connections {
-            cfg.max_connections = n.max(1);
+            self.max_connections = n.max(1);
         }
         if let Some(s) = file.header_read_timeout_seconds {
-            cfg.header_read_timeout = Duration::from_secs(s.max(1));
+            self.header_read_timeout = Duration::from_secs(s.max(1));
         }
         if let Some(n) = file.max_connections_per_client {
-            cfg.max_connections_per_client = n.max(1);
+            self.max_connections_per_client = n.max(1);
         }
         if let Some(s) = file.write_timeout_seconds {
-            cfg.write_timeout = Duration::from_secs(s.max(1));
+            self.write_timeout = Duration::from_secs(s.max(1));
         }
         if let Some(s) = file.tunnel_idle_timeout_seconds {
-            cfg.tunnel_idle_timeout = Duration::from_secs(s.max(1));
+            self.tunnel_idle_timeout = Duration::from_secs(s.max(1));
         }
         if let Some(on) = file.http2 {
-            cfg.http2 = on;
+            self.http2 = on;
         }
-        if let Some(r) = file.rate_limit {
-            cfg.rate_limit = r;
+        if let Some(r) = file.rate_limit.take() {
+            self.rate_limit = r;
         }
-        (cfg.api_keys, cfg.quotas) = keys::load(api_keys_env, file.api_keys)?;
-
-        let mut bindings = file.bindings;
-        match file.bindings_dir {
-            Some(dir) => bindings.extend(file::read_bindings_dir(&dir)?),
-            None if Path::new(DEFAULT_BINDINGS_DIR).is_dir() => {
-                bindings.extend(file::read_bindings_dir(Path::new(DEFAULT_BINDINGS_DIR))?)
-            }
-            None => {}
-        }
-        cfg.bindings = cfg.check_bindings(bindings)?;
-        cfg.check_shared()?;
-        Ok(cfg)
+        Ok(())
     }
 
     /// `[kubernetes] shared`: only on that backend, with a replica name

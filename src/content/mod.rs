@@ -266,6 +266,45 @@ impl Cache {
         ))
     }
 
+    /// `folder` of the repository at `commit`, checked (a folder, under
+    /// `max_repo_mb`) and written to `files` as a tar.
+    async fn archive(
+        &self,
+        repo_dir: &Path,
+        commit: &str,
+        folder: &str,
+        files: &Path,
+    ) -> Result<(), ContentError> {
+        let allowed = self.protocols();
+        match git::kind_of(repo_dir, commit, folder, allowed).await? {
+            Some(true) => {}
+            Some(false) => {
+                return Err(ContentError::Invalid(format!(
+                    "'notebooks' {folder} is a file in the repository, not a folder"
+                )))
+            }
+            None => {
+                return Err(ContentError::Invalid(format!(
+                    "the repository has no folder '{folder}' at {commit}"
+                )))
+            }
+        }
+        let size = git::tree_size(repo_dir, commit, folder, allowed).await?;
+        let cap = self.config.max_repo_mb.saturating_mul(1 << 20);
+        if size > cap {
+            return Err(ContentError::Invalid(format!(
+                "the repository's files are {} MiB, over this server's [content] max_repo_mb of {}",
+                size.div_ceil(1 << 20),
+                self.config.max_repo_mb
+            )));
+        }
+        let partial = files.with_extension(format!("tar.{}.partial", std::process::id()));
+        git::archive(repo_dir, commit, folder, &partial, allowed).await?;
+        std::fs::rename(&partial, files)
+            .map_err(|e| ContentError::Tool(format!("cannot keep the tree: {e}")))?;
+        Ok(())
+    }
+
     async fn fetch_at(
         &self,
         url: &str,
@@ -296,32 +335,7 @@ impl Cache {
         let allowed = self.protocols();
         git::fetch(&repo_dir, url, commit, git_ref, allowed, self.deadline()).await?;
         if !files.exists() {
-            match git::kind_of(&repo_dir, commit, &folder, allowed).await? {
-                Some(true) => {}
-                Some(false) => {
-                    return Err(ContentError::Invalid(format!(
-                        "'notebooks' {folder} is a file in the repository, not a folder"
-                    )))
-                }
-                None => {
-                    return Err(ContentError::Invalid(format!(
-                        "the repository has no folder '{folder}' at {commit}"
-                    )))
-                }
-            }
-            let size = git::tree_size(&repo_dir, commit, &folder, allowed).await?;
-            let cap = self.config.max_repo_mb.saturating_mul(1 << 20);
-            if size > cap {
-                return Err(ContentError::Invalid(format!(
-                    "the repository's files are {} MiB, over this server's [content] max_repo_mb of {}",
-                    size.div_ceil(1 << 20),
-                    self.config.max_repo_mb
-                )));
-            }
-            let partial = files.with_extension(format!("tar.{}.partial", std::process::id()));
-            git::archive(&repo_dir, commit, &folder, &partial, allowed).await?;
-            std::fs::rename(&partial, &files)
-                .map_err(|e| ContentError::Tool(format!("cannot keep the tree: {e}")))?;
+            self.archive(&repo_dir, commit, &folder, &files).await?;
         }
         let requirements = match requirements {
             Some(path) => {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::onward::{self, is_hop_by_hop};
 use super::{confine, Proxy, ProxyError, UPSTREAM_HEADERS_TIMEOUT};
 use crate::binder::Binder;
 
@@ -487,9 +488,7 @@ fn rewrite_answer(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let keeps = answer.version == Some(1)
-        && !named.iter().any(|t| t.eq_ignore_ascii_case("close"))
-        && !until_close;
+    let keeps = answer.version == Some(1) && !onward::names(&named, "close") && !until_close;
     Ok((framing, keeps))
 }
 
@@ -554,16 +553,14 @@ fn write_status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
 #[inline]
 fn copy_answer_headers(
     headers: &[httparse::Header<'_>],
-    named: &[&str],
+    named: &[&[u8]],
     binder: &Binder,
     out: &mut Vec<u8>,
 ) {
     for h in headers {
         // A passed-through body keeps the Transfer-Encoding it came with.
         let keep = h.name.eq_ignore_ascii_case("transfer-encoding")
-            || !(is_hop_by_hop(h.name)
-                || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
-                || confine::dropped(h.name));
+            || !(is_hop_by_hop(h.name) || onward::names(named, h.name) || confine::dropped(h.name));
         if keep {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
@@ -577,35 +574,15 @@ fn copy_answer_headers(
     }
 }
 
-/// The tokens of every `Connection` header (the headers it names are this
-/// hop's only).
-pub fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h str> {
-    let mut out = Vec::new();
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("connection") {
-            if let Ok(v) = std::str::from_utf8(h.value) {
-                out.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()));
-            }
-        }
-    }
-    out
-}
-
-/// RFC 9110 §7.6.1 connection-specific headers, and the old ones like them.
-pub const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+/// The names every `Connection` header lists (the headers it names are
+/// this hop's only), read by [`onward::connection_names`].
+pub fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    onward::connection_names(
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value),
+    )
 }
 
 fn last_coding_is_chunked(value: &[u8]) -> bool {
@@ -753,6 +730,9 @@ mod tests {
                 value: b" keep-alive",
             },
         ];
-        assert_eq!(connection_tokens(&h), vec!["close", "X-A", "keep-alive"]);
+        assert_eq!(
+            connection_tokens(&h),
+            vec![&b"close"[..], b"X-A", b"keep-alive"]
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -25,6 +25,9 @@ use crate::upstream::Upstream;
 
 pub mod confine;
 pub mod exchange;
+pub mod onward;
+
+use onward::{strip_hop_by_hop, upgrade_protocol};
 
 /// How long the container may take to start answering a proxied request.
 const UPSTREAM_HEADERS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -99,30 +102,27 @@ impl Proxy {
         let Some(instance) = binder.instance() else {
             return Err(ProxyError::Unreachable("no container".into()));
         };
-        let path = if strip_prefix {
-            rest.to_owned()
-        } else {
-            format!("/user/{}{rest}", binder.token)
-        };
-        let path_and_query = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
+        let mut target = format!("http://{}", instance.addr).into_bytes();
+        onward::write_target(
+            &mut target,
+            &binder.token,
+            rest,
+            strip_prefix,
+            req.uri().query(),
+        );
         let upgrade = upgrade_protocol(req.headers());
-        let uri: Uri = format!("http://{}{}", instance.addr, path_and_query)
-            .parse()
+        let uri = Uri::try_from(target)
             .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
 
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        onward::request_headers(&mut parts.headers, client_addr.ip());
         if let Some(proto) = &upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
-        append_forwarded_for(&mut parts.headers, client_addr);
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
@@ -303,48 +303,6 @@ where
         writer.write_all(&buf[..n]).await?;
         writer.flush().await?;
         mark();
-    }
-}
-
-/// The protocol of an upgrade request (`Connection: upgrade` + `Upgrade: x`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    wants
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Removes RFC 9110 §7.6.1 connection-specific headers, including any that
-/// `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in exchange::HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
     }
 }
 

@@ -8,7 +8,8 @@
 use crate::api::user::{reach, Reach};
 use crate::api::App;
 use crate::pool::Entry;
-use crate::proxy::exchange::{connection_tokens, is_hop_by_hop, Outgoing};
+use crate::proxy::exchange::{connection_tokens, Outgoing};
+use crate::proxy::onward;
 
 /// Longest request head taken on the fast path (hyper takes longer ones).
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -65,10 +66,10 @@ pub(super) fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -
     let Some(upgrade) = upgrade_protocol(headers, &named) else {
         return Plan::HandOver;
     };
-    let client_close = named.iter().any(|t| t.eq_ignore_ascii_case("close"));
+    let client_close = onward::names(&named, "close");
 
     let strip = entry.pool.current().binding.strip_prefix;
-    write_request_line(out, method, if strip { rest } else { path }, query);
+    write_request_line(out, method, &entry.binder.token, rest, strip, query);
     let Some(copied) = copy_headers(app, headers, &named, out) else {
         return Plan::HandOver;
     };
@@ -83,7 +84,8 @@ pub(super) fn plan(app: &App, buf: &[u8], out: &mut Vec<u8>, forwarded: &[u8]) -
         out.extend_from_slice(protocol);
         out.extend_from_slice(b"\r\n");
     }
-    write_forwarded_for(out, copied.forwarded_for, forwarded);
+    let earlier = onward::earlier_forwarded_for(copied.forwarded_for, &named);
+    write_forwarded_for(out, earlier, forwarded);
     Plan::Go(Go {
         req: Outgoing {
             body_len: copied.body_len.unwrap_or(0),
@@ -129,9 +131,9 @@ fn binder_host<'h>(app: &App, headers: &[httparse::Header<'h>]) -> Option<&'h st
 #[inline]
 fn upgrade_protocol<'h>(
     headers: &[httparse::Header<'h>],
-    named: &[&str],
+    named: &[&[u8]],
 ) -> Option<Option<&'h [u8]>> {
-    if !named.iter().any(|t| t.eq_ignore_ascii_case("upgrade")) {
+    if !onward::names(named, "upgrade") {
         return Some(None);
     }
     headers
@@ -142,15 +144,18 @@ fn upgrade_protocol<'h>(
 
 /// Starts `out` afresh with the request line for the container.
 #[inline]
-fn write_request_line(out: &mut Vec<u8>, method: &str, path: &str, query: Option<&str>) {
+fn write_request_line(
+    out: &mut Vec<u8>,
+    method: &str,
+    token: &str,
+    rest: &str,
+    strip: bool,
+    query: Option<&str>,
+) {
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    if let Some(q) = query {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
-    }
+    onward::write_target(out, token, rest, strip, query);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
@@ -175,7 +180,7 @@ struct Copied<'h> {
 fn copy_headers<'h>(
     app: &App,
     headers: &[httparse::Header<'h>],
-    named: &[&str],
+    named: &[&[u8]],
     out: &mut Vec<u8>,
 ) -> Option<Copied<'h>> {
     let mut seen = Copied {
@@ -209,7 +214,7 @@ fn copy_headers<'h>(
         } else if name.eq_ignore_ascii_case("authorization") && app.keys.is_own_key(h.value) {
             continue; // binderd's own key is not the container's business
         }
-        if is_hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+        if !onward::passes(name, named) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
