@@ -327,6 +327,45 @@ async fn a_cold_v2_launch_shows_a_page_until_the_server_answers() {
     server.stop().await;
 }
 
+/// A cold `/build` quiet longer than `event_keepalive_seconds` gets
+/// `:keepalive` comments (as BinderHub sends), so a proxy with a short read
+/// timeout does not cut it; the events around them are whole.
+#[tokio::test]
+async fn a_long_cold_build_stream_sends_keepalive_comments() {
+    let Harness {
+        data: _data,
+        server,
+        http,
+    } = Harness::with_config("build-keepalive", |c| {
+        c.event_keepalive = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut slow = launchable("slowbuild", 0, 2);
+    // Answers 3 s after it starts: three quiet seconds on the stream.
+    slow["command"] = json!([
+        "sh",
+        "-c",
+        format!(
+            "sleep 3; exec {} --port {{port}} --base-url {{base_url}}",
+            standin()
+        )
+    ]);
+    create_binding(&http, &server.url(""), &slow).await;
+    let a = build(&http, &server.url(BUILD), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let comments = a.body.matches(":keepalive\n\n").count();
+    assert!(comments >= 2, "{comments} keepalive comments: {}", a.body);
+    let ev = events(&a.body);
+    assert_eq!(ev.last().unwrap()["phase"], "ready", "{}", a.body);
+    let ready_at = a.body.find("\"phase\":\"ready\"").unwrap();
+    assert!(
+        a.body[..ready_at].contains(":keepalive"),
+        "the comments came while it started: {}",
+        a.body
+    );
+    server.stop().await;
+}
+
 /// Behind a reverse proxy binderd trusts, the URL in `ready` is the one the
 /// reader's browser used.
 #[tokio::test]
@@ -413,18 +452,19 @@ async fn only_event_stream_clients_launch_build_only_launches_nothing_and_legacy
     let pool = http.get(&server.url("/pools/hub")).await.json();
     assert!(untouched(&pool), "build_only handed out a binder: {pool}");
 
-    // Legacy links.
+    // Legacy links, spelled as BinderHub's own suite expects
+    // (binderhub/tests/test_legacy.py).
     for (path, to) in [
         ("/repo/org/proj", "/v2/gh/org/proj/master"),
         ("/repo/org/proj/", "/v2/gh/org/proj/master"),
         (
             "/repo/org/proj/notebooks/a.ipynb",
-            "/v2/gh/org/proj/master?urlpath=notebooks/a.ipynb",
+            "/v2/gh/org/proj/master?urlpath=%2Fnotebooks%2Fa.ipynb",
         ),
         // A name with `&` and an escaped space stays one path.
         (
             "/repo/org/proj/a&b%20c.ipynb",
-            "/v2/gh/org/proj/master?urlpath=a%26b%2520c.ipynb",
+            "/v2/gh/org/proj/master?urlpath=%2Fa%26b%2520c.ipynb",
         ),
     ] {
         let a = http.get(&server.url(path)).await;

@@ -407,7 +407,8 @@ impl Build {
             }
         })
         .flat_map(stream::iter);
-        events(self.said, Some(Box::pin(tail)))
+        let keepalive = app.config.event_keepalive;
+        events(self.said, Some((Box::pin(tail), keepalive)))
     }
 }
 
@@ -559,11 +560,13 @@ pub(super) fn legacy(rest: &str) -> Result<Response<Body>> {
     let path = parts.next().unwrap_or("").trim_start_matches('/');
     let mut target = format!("/v2/gh/{org}/{repo}/master");
     if !path.is_empty() {
-        // Encoded whole (its own escapes too): `landing` decodes it once,
-        // and an `&` or `+` in a file name stays part of the path.
-        target.push_str("?urlpath=");
+        // As BinderHub spells it (`quote("/" + path, safe="")`): a leading
+        // slash, and everything but letters, digits and `_.-~` escaped, its
+        // own escapes too: `landing` decodes it once, and an `&` or `+` in a
+        // file name stays part of the path.
+        target.push_str("?urlpath=%2F");
         for b in path.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_' | b'~') {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
                 target.push(char::from(b));
             } else {
                 target.push_str(&format!("%{b:02X}"));

@@ -32,6 +32,7 @@ pub(super) struct FileConfig {
     /// The first spelling of `[docker] network`, still read.
     docker_network: Option<String>,
     pub spawn_wait_seconds: Option<u64>,
+    pub event_keepalive_seconds: Option<u64>,
     pub max_body_bytes: Option<usize>,
     pub max_pool_limit: Option<u32>,
     pub start_concurrency: Option<usize>,

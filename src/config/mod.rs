@@ -60,6 +60,9 @@ pub struct Config {
     pub default_binding: Option<BindingName>,
     /// How long `POST /api/spawn/` waits for a container when none is warm.
     pub spawn_wait: Duration,
+    /// A launch's event stream sends a comment when it has been quiet
+    /// this long (proxies with short read timeouts keep it open).
+    pub event_keepalive: Duration,
     pub max_body_bytes: usize,
     pub max_pool_limit: u32,
     /// Container starts in flight at once, over all bindings.
@@ -116,6 +119,7 @@ impl Config {
             allow_origin: None,
             default_binding: None,
             spawn_wait: Duration::from_secs(30),
+            event_keepalive: Duration::from_secs(8),
             max_body_bytes: 1 << 20,
             max_pool_limit: DEFAULT_MAX_POOL_LIMIT,
             start_concurrency: 8,
@@ -240,6 +244,9 @@ impl Config {
         self.limits = file.limits.check().map_err(|e| invalid(e.0))?;
         if let Some(s) = file.spawn_wait_seconds {
             self.spawn_wait = Duration::from_secs(s.min(3600));
+        }
+        if let Some(s) = file.event_keepalive_seconds {
+            self.event_keepalive = Duration::from_secs(s.clamp(1, 300));
         }
         if let Some(n) = file.max_body_bytes {
             self.max_body_bytes = n;

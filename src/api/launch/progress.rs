@@ -156,15 +156,37 @@ impl Cold {
 pub(super) type Tail =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = LaunchEvent> + Send + Sync>>;
 
+/// What a quiet stream sends, as BinderHub and JupyterHub do: an event
+/// stream comment, which clients skip.
+const KEEPALIVE: &[u8] = b":keepalive\n\n";
+
 /// `text/event-stream` of `data: {json}` events: `head`, then `tail`'s as
-/// they come.
-pub(super) fn events(head: Vec<LaunchEvent>, tail: Option<Tail>) -> Result<Response<Body>> {
+/// they come, with a [`KEEPALIVE`] comment whenever the tail has been
+/// quiet for `keepalive` (a cold start through a proxy that cuts idle
+/// reads stays open).
+pub(super) fn events(
+    head: Vec<LaunchEvent>,
+    tail: Option<(Tail, Duration)>,
+) -> Result<Response<Body>> {
     let frame = |event: LaunchEvent| {
         let doc = serde_json::to_string(&event).unwrap_or_default();
-        Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("data: {doc}\n\n"))))
+        Bytes::from(format!("data: {doc}\n\n"))
     };
-    let tail = stream::iter(tail).flatten();
-    let body = StreamBody::new(stream::iter(head).chain(tail).map(frame));
+    let tail = stream::iter(tail).flat_map(move |(tail, keepalive)| {
+        stream::unfold(tail, move |mut tail| async move {
+            match tokio::time::timeout(keepalive, tail.next()).await {
+                Ok(Some(event)) => Some((frame(event), tail)),
+                Ok(None) => None,
+                Err(_) => Some((Bytes::from_static(KEEPALIVE), tail)),
+            }
+        })
+    });
+    let body = StreamBody::new(
+        stream::iter(head)
+            .map(frame)
+            .chain(tail)
+            .map(|b| Ok::<_, hyper::Error>(Frame::data(b))),
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
