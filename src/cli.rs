@@ -61,14 +61,27 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The settings binderd would run with.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// (internal) The process backend's helper inside a binder's sandbox.
     #[command(hide = true)]
     Sandbox(SandboxArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every setting `serve` with these flags would use (file, `BINDERD_*`
+    /// variables, flags, defaults), where each came from, secrets masked.
+    Show(ServeArgs),
+}
+
 /// What the command line asks for.
 pub enum Run {
     Serve(Box<ServeArgs>),
+    ShowConfig(Box<ServeArgs>),
     Sandbox(SandboxArgs),
     Admin(Admin, Target),
 }
@@ -78,6 +91,9 @@ impl Command {
         let (admin, target) = match self {
             Command::Serve(args) => return Run::Serve(Box::new(args)),
             Command::Sandbox(args) => return Run::Sandbox(args),
+            Command::Config {
+                command: ConfigCommand::Show(args),
+            } => return Run::ShowConfig(Box::new(args)),
             Command::Bindings { command, target } => (Admin::Bindings(command), target),
             Command::Apply { file, target } => (Admin::Apply { file }, target),
             Command::Pools { command, target } => (Admin::Pools(command), target),

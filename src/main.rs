@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Run::Admin(command, target) => return admin(command, target),
         Run::Sandbox(args) => return binderd::backend::process::sandbox::main(args),
         Run::Serve(args) => *args,
+        Run::ShowConfig(args) => return show_config(*args),
     };
     // The keys live in binderd's memory only: nothing it starts inherits
     // them (binders start from a cleared environment as well).
@@ -70,6 +71,21 @@ fn main() -> ExitCode {
         Err((code, e)) => {
             eprintln!("binderd: {e:#}");
             ExitCode::from(code)
+        }
+    }
+}
+
+/// `binderd config show`: the settings, or the one line `serve` would
+/// refuse them with (exit 64).
+fn show_config(args: binderd::config::ServeArgs) -> ExitCode {
+    match Config::show(args, std::env::var("BINDERD_API_KEYS").ok()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("binderd: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -322,3 +322,67 @@ async fn spawn_chooses_a_profile() {
     assert!(r.stderr.contains("a&minPool=9"), "{}", r.stderr);
     server.stop().await;
 }
+
+/// `binderd config show`: every setting with where it came from (a file, a
+/// variable, a flag, the default), secrets masked; an unknown key is exit
+/// 64 naming the nearest known one.
+#[test]
+fn config_show_prints_every_setting_and_where_it_came_from() {
+    let dir = std::env::temp_dir().join(format!("binderd-config-show-{}", std::process::id()));
+    let bindings = dir.join("bindings");
+    std::fs::create_dir_all(&bindings).unwrap();
+    let file = dir.join("binderd.toml");
+    std::fs::write(
+        &file,
+        "spawn_wait_seconds = 7\n[[api_keys]]\nname = \"admin\"\nkey = \"a-very-secret-admin-key\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(binderd_bin())
+            .args(["config", "show", "--config"])
+            .arg(&file)
+            .args(["--bindings-dir", bindings.to_str().unwrap()])
+            .args(args)
+            .env("BINDERD_RATE_LIMIT_GLOBAL_BURST", "9")
+            .env_remove("BINDERD_API_KEYS")
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let shown = run(&["--set", "rate_limit.anonymous_per_minute=0"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let line = |key: &str| {
+        shown
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key}: {}", shown.stdout))
+            .to_owned()
+    };
+    assert!(line("spawn_wait_seconds").ends_with("= 7  # file"));
+    assert!(line("rate_limit.global_burst").ends_with("= 9  # env"));
+    assert!(line("rate_limit.anonymous_per_minute").ends_with("= 0  # flag"));
+    assert!(line("bindings_dir").ends_with("# flag"));
+    assert!(line("listen").ends_with("= \"127.0.0.1:8585\"  # default"));
+    assert!(line("api_keys").contains("1 keys") && line("api_keys").ends_with("# file"));
+    assert!(
+        !shown.stdout.contains("a-very-secret-admin-key"),
+        "{}",
+        shown.stdout
+    );
+
+    let unknown = run(&["--set", "rate_limit.anonymus_per_minute=0"]);
+    assert_eq!(unknown.code, 64, "{}", unknown.stdout);
+    assert!(
+        unknown
+            .stderr
+            .contains("did you mean `rate_limit.anonymous_per_minute`"),
+        "{}",
+        unknown.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -197,7 +197,7 @@ async fn binderhub_clients_get_what_binderhub_gives_them_token_on_and_off() {
             points["legacy"],
             json!([
                 302,
-                format!("/v2/gh/binder-examples/{name}/master?urlpath=notebooks/x.ipynb")
+                format!("/v2/gh/binder-examples/{name}/master?urlpath=%2Fnotebooks%2Fx.ipynb")
             ]),
             "{name}"
         );

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::settings::{Layered, Origin};
 use super::{ConfigError, RateLimitConfig, DEFAULT_CONFIG_FILE};
 use crate::auth::Role;
 use crate::backend::docker::DockerConfig;
@@ -61,6 +62,9 @@ pub(super) struct FileConfig {
     pub api_keys: Vec<FileKey>,
     #[serde(default)]
     pub bindings: Vec<Binding>,
+    /// Every setting laid over the others, with where each came from.
+    #[serde(skip)]
+    pub layered: Layered,
 }
 
 /// `[[api_keys]]` in the file.
@@ -76,23 +80,50 @@ pub(super) struct FileKey {
 
 impl FileConfig {
     /// Reads `path`, or `config/binderd.toml` when none is given and it
-    /// exists, or nothing (all defaults).
-    pub fn read(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    /// exists, or nothing (all defaults); then lays the documented keys'
+    /// variables (`var` looks one up) and the `--set` flags over it.
+    pub fn read(
+        path: Option<&Path>,
+        var: impl Fn(&str) -> Option<String>,
+        sets: &[String],
+    ) -> Result<FileConfig, ConfigError> {
         let path = match path {
-            Some(path) => path,
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Path::new(DEFAULT_CONFIG_FILE),
-            None => return Ok(FileConfig::default()),
+            Some(path) => Some(path),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Some(Path::new(DEFAULT_CONFIG_FILE)),
+            None => None,
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.map_or_else(|| PathBuf::from("(settings)"), Path::to_path_buf),
+            message: one_line(&message),
+        };
+        let table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| parse_error(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut layered = Layered::from_file(table).map_err(|e| match (e, path) {
+            (ConfigError::Invalid(m), Some(p)) => ConfigError::Parse {
+                path: p.to_path_buf(),
+                message: m,
+            },
+            (e, _) => e,
         })?;
-        let mut file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: one_line(&e.to_string()),
-        })?;
-        let base = path.parent().unwrap_or(Path::new(""));
-        file.bindings_dir = file.bindings_dir.map(|d| base.join(d));
+        layered.env(var);
+        layered.flags(sets)?;
+        let mut file: FileConfig = toml::Value::Table(layered.table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        // Paths in the file are relative to its folder; a variable's or a
+        // flag's to the working dir.
+        let base = path.and_then(Path::parent).unwrap_or(Path::new(""));
+        if layered.origin("bindings_dir") == Origin::File {
+            file.bindings_dir = file.bindings_dir.map(|d| base.join(d));
+        }
         for key in &mut file.api_keys {
             key.key_file = key.key_file.take().map(|f| base.join(f));
         }
@@ -100,10 +131,11 @@ impl FileConfig {
             file.docker.network = file.docker_network.take();
         }
         // What binders must not read: this file and the key files.
-        file.process.hide.push(path.to_path_buf());
+        file.process.hide.extend(path.map(Path::to_path_buf));
         for key in &file.api_keys {
             file.process.hide.extend(key.key_file.clone());
         }
+        file.layered = layered;
         Ok(file)
     }
 }

@@ -1,11 +1,11 @@
-//! `binderd serve`'s flags, each with its `BINDERD_*` environment variable
-//! (clap reads both). The whole command line is `crate::cli`.
+//! `binderd serve`'s flags: `--set key=value` for any documented key, and
+//! a flag of its own for the common ones. Variables (`BINDERD_*`, one per
+//! documented key) are read with the file ([`super::settings`]), below the
+//! flags. The whole command line is `crate::cli`.
 
 use std::path::PathBuf;
 
 use clap::Args;
-
-use super::file::FileConfig;
 
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
@@ -13,60 +13,71 @@ pub struct ServeArgs {
     #[arg(long, env = "BINDERD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:8585; port 0 picks one).
-    #[arg(long, env = "BINDERD_LISTEN")]
+    #[arg(long)]
     pub listen: Option<String>,
     /// process | docker | kubernetes (default process).
-    #[arg(long, env = "BINDERD_BACKEND")]
+    #[arg(long)]
     pub backend: Option<String>,
     /// Where the database, logs and binder working dirs live.
-    #[arg(long, env = "BINDERD_DATA_DIR")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// The URL users reach binderd at, for absolute links.
-    #[arg(long, env = "BINDERD_PUBLIC_URL")]
+    #[arg(long)]
     pub public_url: Option<String>,
     /// Folder of binding files (default config/bindings when it exists).
-    #[arg(long, env = "BINDERD_BINDINGS_DIR")]
+    #[arg(long)]
     pub bindings_dir: Option<PathBuf>,
     /// Value for Access-Control-Allow-Origin (default: no CORS headers).
-    #[arg(long, env = "BINDERD_ALLOW_ORIGIN")]
+    #[arg(long)]
     pub allow_origin: Option<String>,
     /// The binding tmpnb routes use when the request names none.
-    #[arg(long, env = "BINDERD_DEFAULT_BINDING")]
+    #[arg(long)]
     pub default_binding: Option<String>,
     /// Docker backend: join this network and reach containers by their IP
     /// instead of publishing ports on 127.0.0.1.
-    #[arg(long, env = "BINDERD_DOCKER_NETWORK")]
+    #[arg(long)]
     pub docker_network: Option<String>,
     /// Kubernetes backend: the namespace for pods.
-    #[arg(long, env = "BINDERD_KUBERNETES_NAMESPACE")]
+    #[arg(long)]
     pub kubernetes_namespace: Option<String>,
     /// text | json (one JSON object a line, for log shippers).
-    #[arg(long, env = "BINDERD_LOG_FORMAT")]
+    #[arg(long)]
     pub log_format: Option<String>,
     /// Stop every container on shutdown instead of keeping them for adoption.
-    #[arg(long, env = "BINDERD_CLEANUP_ON_EXIT", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub cleanup_on_exit: Option<bool>,
+    /// Any key of config/binderd.toml: `--set rate_limit.anonymous_per_minute=0`
+    /// (repeatable; beats the file and the variables).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 impl ServeArgs {
-    /// Lays the flags (and their variables) over the file: a flag given
-    /// beats the file's key.
-    pub(super) fn overlay(self, file: &mut FileConfig) {
-        fn over<T>(flag: Option<T>, key: &mut Option<T>) {
-            if flag.is_some() {
-                *key = flag;
+    /// Every flag as a `key=value` setting, the flags of their own first,
+    /// then `--set` (so a later `--set` wins).
+    pub(super) fn sets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                out.push(format!("{key}={v}"));
             }
-        }
-        over(self.listen, &mut file.listen);
-        over(self.backend, &mut file.backend);
-        over(self.data_dir, &mut file.data_dir);
-        over(self.public_url, &mut file.public_url);
-        over(self.bindings_dir, &mut file.bindings_dir);
-        over(self.allow_origin, &mut file.allow_origin);
-        over(self.default_binding, &mut file.default_binding);
-        over(self.cleanup_on_exit, &mut file.cleanup_on_exit);
-        over(self.log_format, &mut file.log_format);
-        over(self.docker_network, &mut file.docker.network);
-        over(self.kubernetes_namespace, &mut file.kubernetes.namespace);
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        put("listen", self.listen.clone());
+        put("backend", self.backend.clone());
+        put("data_dir", path(&self.data_dir));
+        put("public_url", self.public_url.clone());
+        put("bindings_dir", path(&self.bindings_dir));
+        put("allow_origin", self.allow_origin.clone());
+        put("default_binding", self.default_binding.clone());
+        put("docker.network", self.docker_network.clone());
+        put("kubernetes.namespace", self.kubernetes_namespace.clone());
+        put("log_format", self.log_format.clone());
+        put(
+            "cleanup_on_exit",
+            self.cleanup_on_exit.map(|b| b.to_string()),
+        );
+        out.extend(self.set.iter().cloned());
+        out
     }
 }

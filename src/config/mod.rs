@@ -24,6 +24,7 @@ pub use crate::ratelimit::RateLimitConfig;
 mod file;
 mod flags;
 mod keys;
+pub mod settings;
 
 use file::FileConfig;
 pub use flags::ServeArgs;
@@ -149,9 +150,29 @@ impl Config {
     /// Reads the file, lays the flags and environment over it, checks.
     /// `api_keys_env` is `BINDERD_API_KEYS`.
     pub fn load(args: ServeArgs, api_keys_env: Option<String>) -> Result<Config, ConfigError> {
-        let mut file = FileConfig::read(args.config.as_deref())?;
-        args.overlay(&mut file);
+        let var = |name: &str| std::env::var(name).ok();
+        let file = FileConfig::read(args.config.as_deref(), var, &args.sets())?;
         Config::check(file, api_keys_env)
+    }
+
+    /// `binderd config show`: every setting `serve` with these flags (and
+    /// this environment) would use, and where each came from, after the
+    /// same checks.
+    pub fn show(args: ServeArgs, api_keys_env: Option<String>) -> Result<String, ConfigError> {
+        let keys_origin = if api_keys_env.is_some() {
+            settings::Origin::Env
+        } else {
+            settings::Origin::File
+        };
+        let var = |name: &str| std::env::var(name).ok();
+        let mut file = FileConfig::read(args.config.as_deref(), var, &args.sets())?;
+        let layered = std::mem::take(&mut file.layered);
+        let cfg = Config::check(file, api_keys_env)?;
+        let keys = match cfg.api_keys.len() {
+            0 => (0, settings::Origin::Default),
+            n => (n, keys_origin),
+        };
+        Ok(layered.show(keys, cfg.bindings.len()))
     }
 
     /// The defaults with every key of `file` checked and laid over them.
@@ -468,16 +489,15 @@ key_file = "alice.key"
         )
         .unwrap();
         for (file, want) in [("old.toml", "a"), ("both.toml", "b")] {
-            let read = FileConfig::read(Some(&dir.join(file))).unwrap();
+            let read = FileConfig::read(Some(&dir.join(file)), |_| None, &[]).unwrap();
             assert_eq!(read.docker.network.as_deref(), Some(want), "{file}");
         }
         // The flag beats both.
-        let mut read = FileConfig::read(Some(&dir.join("both.toml"))).unwrap();
         let flags = ServeArgs {
             docker_network: Some("c".into()),
             ..Default::default()
         };
-        flags.overlay(&mut read);
+        let read = FileConfig::read(Some(&dir.join("both.toml")), |_| None, &flags.sets()).unwrap();
         assert_eq!(read.docker.network.as_deref(), Some("c"));
         let _ = std::fs::remove_dir_all(&dir);
     }
