@@ -218,6 +218,8 @@ fn start_tasks(
     tokio::spawn(pools.clone().watch_exits(exits));
     // The culler: idle, too old and never-visited binders.
     pools.spawn_culler(pools.cull_every());
+    // Every pool's counts into its last hour, for the dashboard's charts.
+    pools.spawn_trend_sampler();
     // Shared mode (several replicas): the pods' mirror, one Lease keeper
     // per pool, and the shared bindings document followed.
     pools.start_shared();

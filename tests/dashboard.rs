@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's chromium and
 //! chromium-driver, which `.ci/run` installs), driven by selenium from the
 //! test venv (tests/dashboard_browser.py): it loads with no console errors,
-//! shows a pool's counts, follows a handout made by another client, refuses
+//! shows a pool's counts, follows a handout made by another client (in the
+//! table and in the pool's last-hour charts), refuses
 //! a resize without a key with a visible message, and resizes with the
 //! admin key (checked through the API). Also: the page and its files come
 //! with a strict Content-Security-Policy, and JSON clients of `/` are
@@ -37,6 +38,17 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "no screenshot"
+    );
+    // The handout another client made shows in the pool's chart.
+    assert!(report["trend_last"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["trend_bars"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["trend_lines"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["trend_caption"]
+            .as_str()
+            .unwrap()
+            .contains("handouts/min"),
+        "{report}"
     );
     let pool = http.get(&server.url("/pools/dash")).await.json();
     assert_eq!(pool["minPool"], 3, "{pool}");

@@ -95,7 +95,7 @@ def resize_row(driver, row, value, done):
 
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
     options.add_argument(arg)
 options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
@@ -114,6 +114,16 @@ try:
     api("POST", "/binders/dash")
     until("the counts to change", lambda: int(cell("running")) == running_before + 1)
     report["running"] = [running_before, running_before + 1]
+    # The trends chart shows that handout in this minute's bar, and the
+    # counts line, without a reload.
+    trend = '#trends .trend[data-name="dash"]:not([data-profile])'
+    bars = until("the handout in the chart", lambda: int(driver.find_element(
+        By.CSS_SELECTOR, trend + " svg.trend-handouts").get_attribute("data-last")) >= 1
+        and driver.find_element(By.CSS_SELECTOR, trend + " svg.trend-handouts"))
+    report["trend_last"] = int(bars.get_attribute("data-last"))
+    report["trend_bars"] = len(driver.find_elements(By.CSS_SELECTOR, trend + " svg.trend-handouts rect.bar"))
+    report["trend_lines"] = len(driver.find_elements(By.CSS_SELECTOR, trend + " svg.trend-counts polyline"))
+    report["trend_caption"] = driver.find_element(By.CSS_SELECTOR, trend + " figure:nth-of-type(2) figcaption").text
     # A resize without a key is refused, visibly.
     type_into(driver, row + " input.new-min", "3")
     click(driver, row + " button.resize")

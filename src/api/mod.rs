@@ -141,6 +141,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         Route::Events(binding, id) => binders::events(app, binding, id),
         Route::ListPools => pools::list(app, &caller),
         Route::GetPool(binding) => pools::get(app, &caller, binding),
+        Route::Trends => pools::trends(app, &caller),
         Route::ResizePool(binding) => pools::resize(app, &caller, binding, req).await,
         Route::TmpnbSpawn => tmpnb::spawn(app, &caller, req, client).await,
         Route::TmpnbStats => tmpnb::stats(app, &caller),

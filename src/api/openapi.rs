@@ -139,6 +139,9 @@ fn events() {}
 #[utoipa::path(get, path = "/pools", responses((status = 200, body = Vec<PoolView>), Errors))]
 fn list_pools() {}
 
+#[utoipa::path(get, path = "/trends", responses((status = 200, description = "Every pool the caller may see (each profile's too): its last hour, a point per minute", body = Vec<TrendsView>), Errors))]
+fn trends() {}
+
 #[utoipa::path(get, path = "/pools/{binding}", params(("binding" = String, Path)), responses((status = 200, body = PoolView), Errors))]
 fn get_pool() {}
 
@@ -192,7 +195,7 @@ fn hub_health() {}
         put_binding, delete_binding, get_two_part_binding, create_two_part_binding,
         head_two_part_binding, put_two_part_binding, delete_two_part_binding,
         spawn, list_binders, get_binder, delete_binder, pause, logs, build_logs, events,
-        list_pools, get_pool, resize_pool, put_pool,
+        list_pools, get_pool, resize_pool, put_pool, trends,
         tmpnb_spawn, tmpnb_stats, tmpnb_spawn_redirect, proxy,
         build, launch, legacy_repo, versions, hub_health,
     ),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::binders::visible_pool;
 use super::reply::json;
 use super::request::read_json;
-use super::views::{PoolView, QuotaView};
+use super::views::{PoolView, QuotaView, TrendsView};
 use super::{ApiError, App, Result};
 use crate::auth::{AuthError, Caller};
 use crate::body::Body;
@@ -20,6 +20,20 @@ pub(super) fn list(app: &App, caller: &Caller) -> Result<Response<Body>> {
         .iter()
         .filter(|p| p.current().access().visible_to(caller))
         .map(|p| PoolView::of(p, &app.pools.pools_of(&p.name), true))
+        .collect();
+    json(StatusCode::OK, &docs)
+}
+
+/// `GET /trends`: the last hour of every pool the caller may see (each
+/// profile's pool too), for the dashboard's charts.
+pub(super) fn trends(app: &App, caller: &Caller) -> Result<Response<Body>> {
+    let docs: Vec<TrendsView> = app
+        .pools
+        .bindings()
+        .iter()
+        .filter(|p| p.current().access().visible_to(caller))
+        .flat_map(|p| app.pools.pools_of(&p.name))
+        .map(|pool| TrendsView::of(&pool, app.pools.trends(&pool)))
         .collect();
     json(StatusCode::OK, &docs)
 }

@@ -51,6 +51,8 @@ pub(super) enum Route<'a> {
     ListPools,
     /// `GET /pools/{binding}`
     GetPool(&'a str),
+    /// `GET /trends`: every visible pool's last hour.
+    Trends,
     /// `POST|PUT /pools/{binding}`
     ResizePool(&'a str),
     /// tmpnb: `POST /api/spawn/`
@@ -216,6 +218,7 @@ fn table(path: &str, verb: Verb) -> Option<Route<'_>> {
         (["binders", b, id, "events"], Get) => Events(b, id),
         (["pools"], Get | Head) => ListPools,
         (["pools", b], Get | Head) => GetPool(b),
+        (["trends"], Get | Head) => Trends,
         (["pools", b], Post | Put) => ResizePool(b),
         (["api", "spawn"], Post) => TmpnbSpawn,
         (["api", "stats"], Get | Head) => TmpnbStats,

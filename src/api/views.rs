@@ -166,6 +166,64 @@ impl PoolView {
     }
 }
 
+/// `GET /trends`: one pool's last hour, a point per minute.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrendsView {
+    pub name: String,
+    /// The profile whose pool this is (absent: the binding's own pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Oldest first, 60 of them, empty minutes too.
+    pub minutes: Vec<MinuteView>,
+}
+
+/// One minute of a pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MinuteView {
+    /// The minute's start, unix seconds.
+    pub minute: u64,
+    /// Handouts answered in the minute, warm and cold.
+    pub handouts: u32,
+    /// The warm ones' share (absent without handouts).
+    #[serde(rename = "warmShare", skip_serializing_if = "Option::is_none")]
+    pub warm_share: Option<f64>,
+    /// Handout answers' p50 and p99 (µs, an upper bound: a power of two).
+    #[serde(rename = "p50Micros", skip_serializing_if = "Option::is_none")]
+    pub p50_micros: Option<u64>,
+    #[serde(rename = "p99Micros", skip_serializing_if = "Option::is_none")]
+    pub p99_micros: Option<u64>,
+    /// The pool's counts as last sampled in the minute (every 5 s; absent:
+    /// not sampled, binderd was not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<u32>,
+    #[serde(rename = "targetPool", skip_serializing_if = "Option::is_none")]
+    pub target: Option<u32>,
+}
+
+impl TrendsView {
+    pub fn of(pool: &Pool, points: Vec<crate::pool::trends::Point>) -> TrendsView {
+        TrendsView {
+            name: pool.name.to_string(),
+            profile: pool.profile.as_deref().map(str::to_owned),
+            minutes: points
+                .into_iter()
+                .map(|p| MinuteView {
+                    minute: p.minute,
+                    handouts: p.handouts,
+                    warm_share: p.warm_share,
+                    p50_micros: p.p50_micros,
+                    p99_micros: p.p99_micros,
+                    available: p.available,
+                    running: p.running,
+                    target: p.target,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// `GET /`: what this is and where to go.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Root {

@@ -59,11 +59,15 @@ impl Pools {
                 let took = began.elapsed();
                 pool.metrics.warm_handout_seconds.record(took.as_secs_f64());
                 pool.note_handout(took);
+                pool.trends
+                    .handout(std::time::SystemTime::now(), true, took);
             }
-            Ok(Handout::Starting(_)) => pool
-                .metrics
-                .cold_handout_seconds
-                .record(began.elapsed().as_secs_f64()),
+            Ok(Handout::Starting(_)) => {
+                let took = began.elapsed();
+                pool.metrics.cold_handout_seconds.record(took.as_secs_f64());
+                pool.trends
+                    .handout(std::time::SystemTime::now(), false, took);
+            }
             Err(_) => {
                 if let Some(c) = charge {
                     c.release();

@@ -55,6 +55,7 @@ mod start;
 #[allow(clippy::module_inception)]
 mod state;
 pub mod sweep;
+pub mod trends;
 
 pub use content::{Phase as BuildPhase, BUILD_POLL};
 pub use handout::Handout;

@@ -153,6 +153,8 @@ pub struct Pool {
     /// Its content from a repository: phase, output, what was made.
     pub(super) build: super::content::BuildLog,
     pub(crate) metrics: crate::metrics::PoolCounters,
+    /// The last hour, minute by minute, for the dashboard.
+    pub trends: super::trends::Trends,
 }
 
 impl Pool {
@@ -178,6 +180,7 @@ impl Pool {
             rolling: AtomicBool::new(false),
             stale: AtomicU32::new(0),
             full_logged: AtomicBool::new(false),
+            trends: Default::default(),
             warm_memory: AtomicU64::new(0),
             memory_sampled_at: AtomicU64::new(0),
             handout_us: AtomicU64::new(0),

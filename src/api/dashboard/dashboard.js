@@ -117,6 +117,116 @@ async function refreshPools() {
   $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
+// Charts of the last hour (GET /trends), drawn as plain SVG: a point per
+// minute, oldest on the left.
+const SVG = "http://www.w3.org/2000/svg";
+const W = 180, H = 48;
+
+function svg(cls, label) {
+  const el = document.createElementNS(SVG, "svg");
+  el.setAttribute("width", W);
+  el.setAttribute("height", H);
+  el.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  el.setAttribute("class", cls);
+  el.setAttribute("role", "img");
+  el.setAttribute("aria-label", label);
+  return el;
+}
+
+// A line through the minutes' values (null: a gap), scaled to `top`.
+function line(el, values, top, cls) {
+  const step = W / Math.max(1, values.length - 1);
+  let points = [];
+  const flush = () => {
+    if (points.length) {
+      const pl = document.createElementNS(SVG, "polyline");
+      pl.setAttribute("points", points.join(" "));
+      pl.setAttribute("class", cls);
+      el.append(pl);
+    }
+    points = [];
+  };
+  values.forEach((v, i) => {
+    if (v === null || v === undefined) return flush();
+    const y = H - 2 - (H - 4) * (top > 0 ? v / top : 0);
+    points.push((i * step).toFixed(1) + "," + y.toFixed(1));
+  });
+  flush();
+}
+
+function figure(chart, caption) {
+  const fig = document.createElement("figure");
+  const cap = document.createElement("figcaption");
+  cap.textContent = caption;
+  fig.append(chart, cap);
+  return fig;
+}
+
+const last = (values) => [...values].reverse().find((v) => v !== null && v !== undefined);
+const ms = (us) => (us === undefined ? "-" : us >= 1000 ? (us / 1000).toFixed(1) + " ms" : us + " µs");
+
+function drawTrend(t) {
+  const m = t.minutes;
+  const card = document.createElement("div");
+  card.className = "trend";
+  card.dataset.name = t.name;
+  if (t.profile) card.dataset.profile = t.profile;
+  const h = document.createElement("h3");
+  h.textContent = t.profile ? t.name + " · " + t.profile : t.name;
+  card.append(h);
+
+  const pick = (k) => m.map((p) => (p[k] === undefined ? null : p[k]));
+  const avail = pick("available"), running = pick("running"), target = pick("targetPool");
+  const top = Math.max(1, ...[...avail, ...running, ...target].filter((v) => v !== null));
+  const counts = svg("trend-counts", "available, running and target per minute");
+  line(counts, target, top, "target");
+  line(counts, running, top, "running");
+  line(counts, avail, top, "available");
+  card.append(figure(counts, `available ${last(avail) ?? "-"} · running ${last(running) ?? "-"} · target ${last(target) ?? "-"}`));
+
+  const handouts = m.map((p) => p.handouts);
+  const most = Math.max(1, ...handouts);
+  const bars = svg("trend-handouts", "handouts per minute");
+  const step = W / m.length;
+  handouts.forEach((n, i) => {
+    if (!n) return;
+    const r = document.createElementNS(SVG, "rect");
+    const height = Math.max(2, (H - 4) * (n / most));
+    r.setAttribute("x", (i * step).toFixed(1));
+    r.setAttribute("y", (H - height).toFixed(1));
+    r.setAttribute("width", Math.max(1, step - 1).toFixed(1));
+    r.setAttribute("height", height.toFixed(1));
+    r.setAttribute("class", "bar");
+    bars.append(r);
+  });
+  bars.dataset.last = handouts[handouts.length - 1];
+  bars.dataset.total = handouts.reduce((a, b) => a + b, 0);
+  card.append(figure(bars, `handouts/min: ${handouts[handouts.length - 1]} now, ${bars.dataset.total} this hour`));
+
+  const warm = pick("warmShare");
+  const share = svg("trend-warm", "warm share per minute");
+  line(share, warm, 1, "warm");
+  const w = last(warm);
+  card.append(figure(share, "warm share " + (w === undefined ? "-" : Math.round(100 * w) + " %")));
+
+  const p50 = pick("p50Micros"), p99 = pick("p99Micros");
+  const slowest = Math.max(1, ...p99.filter((v) => v !== null));
+  const lat = svg("trend-latency", "handout p50 and p99 per minute");
+  line(lat, p99, slowest, "p99");
+  line(lat, p50, slowest, "p50");
+  card.append(figure(lat, `handout p50 ${ms(last(p50))} · p99 ${ms(last(p99))}`));
+  return card;
+}
+
+async function refreshTrends() {
+  try {
+    const trends = await api("GET", "/trends");
+    $("#trends").replaceChildren(...trends.map(drawTrend));
+  } catch (e) {
+    say("cannot read the trends: " + e.message, "error");
+  }
+}
+
 async function act(binding, id, what) {
   try {
     if (what === "stop") {
@@ -183,6 +293,7 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.setItem("binderd-key", $("#key").value.trim());
     say(key() ? "key in use (this tab only)" : "no key", "ok");
     refresh();
+    refreshTrends();
   });
   $("#forget").addEventListener("click", () => {
     sessionStorage.removeItem("binderd-key");
@@ -192,4 +303,6 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   refresh();
   setInterval(refresh, 1000);
+  refreshTrends();
+  setInterval(refreshTrends, 2000);
 });
