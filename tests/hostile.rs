@@ -581,3 +581,37 @@ async fn a_notebook_cannot_make_the_orphan_sweep_remove_a_path() {
         "the relabelled process was taken for a binder"
     );
 }
+
+/// Attack: a binding's `env` names a `PATH` whose first folder holds a
+/// program called `bwrap` (a binder could write one into its working dir, a
+/// package could install a script of that name). binderd starts every
+/// binder through bubblewrap with the binder's environment; were bubblewrap
+/// looked up on that `PATH`, binderd would run the attacker's program, as
+/// root and outside any sandbox. It must run its own, found at start.
+#[tokio::test]
+async fn a_binding_s_path_cannot_choose_the_bubblewrap_binderd_runs() {
+    let h = Harness::start("hostile-path").await;
+    if !isolated(&h).await {
+        return;
+    }
+    let evil =
+        std::path::PathBuf::from(format!("/var/tmp/binderd-test-path-{}", std::process::id()));
+    std::fs::create_dir_all(&evil).unwrap();
+    let marker = evil.join("ran-as-binderd");
+    let fake = evil.join("bwrap");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nid > {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut binding = standin_binding("pathy", 1, 2);
+    binding["env"] = json!({"PATH": format!("{}:/usr/bin:/bin", evil.display())});
+    h.create_and_fill(&binding).await;
+    let ran = std::fs::read_to_string(&marker).ok();
+    let _ = std::fs::remove_dir_all(&evil);
+    assert_eq!(ran, None, "binderd ran the binding's own bwrap");
+    h.server.stop().await;
+}

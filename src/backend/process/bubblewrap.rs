@@ -33,10 +33,18 @@ pub(super) fn choose(
 /// Whether bubblewrap can make a binder's namespaces here: runs `true` in
 /// one, as a binder would be run. The reason when it cannot.
 fn probe(config: &ProcessConfig, root: bool) -> Result<PathBuf, String> {
-    let bwrap = config
+    let named = config
         .bwrap
         .clone()
         .unwrap_or_else(|| PathBuf::from("bwrap"));
+    // Absolute from here on: every binder's start runs it with the binder's
+    // environment, whose PATH must not choose it.
+    let bwrap = super::program::on_path(&named).ok_or_else(|| {
+        format!(
+            "bubblewrap ('{}') is not on PATH; install it (Debian: apt install bubblewrap)",
+            named.display()
+        )
+    })?;
     let mut probe = std::process::Command::new(&bwrap);
     probe.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
     if config.network == NetworkMode::Isolated {
@@ -236,7 +244,14 @@ impl ProcessBackend {
         hidden
             .into_iter()
             .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
-            .filter(|p| p.is_absolute() && p != Path::new("/"))
+            // Devices and /proc are the sandbox's own (`--dev`, `--proc`):
+            // hiding one (a config file given as /dev/null) would break it.
+            .filter(|p| {
+                p.is_absolute()
+                    && p != Path::new("/")
+                    && !p.starts_with("/dev")
+                    && !p.starts_with("/proc")
+            })
             .collect()
     }
 }

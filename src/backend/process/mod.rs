@@ -43,6 +43,7 @@ mod config;
 mod exits;
 mod ports;
 mod procfs;
+mod program;
 pub mod sandbox;
 mod spawn;
 mod stop;
