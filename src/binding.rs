@@ -9,7 +9,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod fields;
 mod profile;
+
+use fields::{check_capabilities, check_env, check_packages, check_text};
 pub use profile::{Profile, MAX_PROFILES};
 
 /// Largest `maxPool` accepted unless the config raises it.
@@ -141,6 +144,12 @@ pub struct Binding {
     pub content: Option<Content>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requirements: Option<String>,
+    /// Packages from the package index (pip requirement specifiers, e.g.
+    /// `jupyterlab>=4`), built into the binders' environment once, as a
+    /// repository's `requirements` are (with them when both are given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["jupyterlab", "ipykernel"]))]
+    pub packages: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notebooks: Option<String>,
     #[serde(default)]
@@ -380,20 +389,6 @@ pub const GRANTABLE_CAPABILITIES: &[&str] = &[
     "NET_BIND_SERVICE",
 ];
 
-fn check_capabilities(field: &str, caps: &[String]) -> Result<(), InvalidBinding> {
-    for cap in caps {
-        let name = cap.strip_prefix("CAP_").unwrap_or(cap);
-        if !GRANTABLE_CAPABILITIES.contains(&name) {
-            return Err(InvalidBinding(format!(
-                "{field}: '{}' cannot be given back; allowed: {}",
-                printable(cap),
-                GRANTABLE_CAPABILITIES.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSize {
@@ -542,6 +537,7 @@ impl Binding {
         for admin in &self.administrators {
             check_text("administrators", admin)?;
         }
+        check_packages(&self.packages)?;
         for (field, value) in [
             ("repo", &self.repo),
             ("requirements", &self.requirements),
@@ -559,6 +555,12 @@ impl Binding {
             self.check_profiles(|t| t.validate(needs_command, max_pool_limit).map(|_| ()))?;
         }
         Ok(name)
+    }
+
+    /// Whether binders need an environment or files made before they start:
+    /// a repository's content, or `packages`.
+    pub fn makes_content(&self) -> bool {
+        self.content_from() == ContentFrom::Repo || !self.packages.is_empty()
     }
 
     /// The image or command, the port, the environment.
@@ -659,41 +661,6 @@ impl Kernel {
         }
         Ok(())
     }
-}
-
-fn check_text(field: &str, value: &str) -> Result<(), InvalidBinding> {
-    if value.contains('\0') || value.len() > 4096 {
-        Err(InvalidBinding(format!(
-            "'{field}' holds a NUL byte or is longer than 4096 bytes"
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), InvalidBinding> {
-    if env.len() > 256 {
-        return Err(InvalidBinding("'env' has more than 256 entries".into()));
-    }
-    for (key, value) in env {
-        let key_ok = !key.is_empty()
-            && key.len() <= 256
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !key_ok {
-            return Err(InvalidBinding(format!(
-                "invalid environment variable name '{}'",
-                printable(key)
-            )));
-        }
-        if key.starts_with("BINDERD_") {
-            return Err(InvalidBinding(format!(
-                "'{key}': names starting with BINDERD_ are reserved"
-            )));
-        }
-        check_text("env", value)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

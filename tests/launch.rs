@@ -328,7 +328,7 @@ async fn a_cold_v2_launch_shows_a_page_until_the_server_answers() {
 }
 
 /// A cold `/build` quiet longer than `event_keepalive_seconds` gets
-/// `:keepalive` comments (as BinderHub sends), so a proxy with a short read
+/// `:heartbeat` comments (as BinderHub sends), so a proxy with a short read
 /// timeout does not cut it; the events around them are whole.
 #[tokio::test]
 async fn a_long_cold_build_stream_sends_keepalive_comments() {
@@ -353,13 +353,13 @@ async fn a_long_cold_build_stream_sends_keepalive_comments() {
     create_binding(&http, &server.url(""), &slow).await;
     let a = build(&http, &server.url(BUILD), &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let comments = a.body.matches(":keepalive\n\n").count();
+    let comments = a.body.matches(":heartbeat\n\n").count();
     assert!(comments >= 2, "{comments} keepalive comments: {}", a.body);
     let ev = events(&a.body);
     assert_eq!(ev.last().unwrap()["phase"], "ready", "{}", a.body);
     let ready_at = a.body.find("\"phase\":\"ready\"").unwrap();
     assert!(
-        a.body[..ready_at].contains(":keepalive"),
+        a.body[..ready_at].contains(":heartbeat"),
         "the comments came while it started: {}",
         a.body
     );

@@ -115,6 +115,11 @@ pub struct PoolView {
         skip_serializing_if = "Option::is_none"
     )]
     pub warm_binder_memory_bytes: Option<u64>,
+    /// While the binding's content (a repository's files, an environment
+    /// from `requirements` or `packages`) is being made, or after it
+    /// failed: where it is, and the build's last line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildView>,
     /// With profiles: the profile these counts are of (for the binding's
     /// own pool, its default profile).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,7 +167,38 @@ impl PoolView {
             warm_share: pool.warm_share(),
             handout_micros: pool.handout_micros(),
             warm_binder_memory_bytes: pool.warm_binder_memory(),
+            build: BuildView::of(pool),
         }
+    }
+}
+
+/// A content build under way (or failed), as `GET /pools` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildView {
+    /// `fetching`, `building` or `failed`.
+    pub phase: &'static str,
+    /// The build's last line of output (the failure's reason once failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+}
+
+impl BuildView {
+    fn of(pool: &Pool) -> Option<BuildView> {
+        use crate::pool::BuildPhase;
+        if pool.content_ready() {
+            return None;
+        }
+        let build = pool.build();
+        let (phase, line) = match build.phase()? {
+            BuildPhase::Ready => return None,
+            BuildPhase::Fetching => ("fetching", build.last_line()),
+            BuildPhase::Building => ("building", build.last_line()),
+            BuildPhase::Failed(why) => ("failed", Some(why)),
+        };
+        Some(BuildView {
+            phase,
+            line: line.map(|l| l.chars().take(300).collect()),
+        })
     }
 }
 

@@ -34,6 +34,7 @@ pub(super) struct FileConfig {
     docker_network: Option<String>,
     pub spawn_wait_seconds: Option<u64>,
     pub event_keepalive_seconds: Option<u64>,
+    pub default_notebook: Option<bool>,
     pub max_body_bytes: Option<usize>,
     pub max_pool_limit: Option<u32>,
     pub start_concurrency: Option<usize>,

@@ -31,6 +31,18 @@ pub use flags::ServeArgs;
 
 pub const DEFAULT_CONFIG_FILE: &str = "config/binderd.toml";
 pub const DEFAULT_BINDINGS_DIR: &str = "config/bindings";
+
+/// The built-in notebook binding's name and document (the checkout's
+/// `config/bindings/notebook.toml`, compiled in).
+const NOTEBOOK: &str = "notebook";
+const NOTEBOOK_TOML: &str = include_str!("../../config/bindings/notebook.toml");
+
+/// The built-in notebook binding, served when no binding is configured.
+fn builtin_notebook() -> Binding {
+    let mut b: Binding = toml::from_str(NOTEBOOK_TOML).expect("the built-in binding parses");
+    b.name = NOTEBOOK.into();
+    b
+}
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8585";
 pub const DEFAULT_DATA_DIR: &str = "binderd-data";
 
@@ -64,6 +76,9 @@ pub struct Config {
     /// A launch's event stream sends a comment when it has been quiet
     /// this long (proxies with short read timeouts keep it open).
     pub event_keepalive: Duration,
+    /// With no bindings configured (process backend): serve the built-in
+    /// notebook binding (`config/bindings/notebook.toml`).
+    pub default_notebook: bool,
     pub max_body_bytes: usize,
     pub max_pool_limit: u32,
     /// Container starts in flight at once, over all bindings.
@@ -121,6 +136,7 @@ impl Config {
             default_binding: None,
             spawn_wait: Duration::from_secs(30),
             event_keepalive: Duration::from_secs(8),
+            default_notebook: true,
             max_body_bytes: 1 << 20,
             max_pool_limit: DEFAULT_MAX_POOL_LIMIT,
             start_concurrency: 8,
@@ -194,6 +210,16 @@ impl Config {
             }
             None => {}
         }
+        if bindings.is_empty()
+            && cfg.default_notebook
+            && cfg.backend == crate::backend::BackendKind::Process
+        {
+            bindings.push(builtin_notebook());
+        }
+        // tmpnb's routes (and old thebe) spawn the notebook unless told.
+        if cfg.default_binding.is_none() && bindings.iter().any(|b| b.name == NOTEBOOK) {
+            cfg.default_binding = BindingName::parse(NOTEBOOK).ok();
+        }
         cfg.bindings = cfg.check_bindings(bindings)?;
         cfg.check_shared()?;
         Ok(cfg)
@@ -265,6 +291,9 @@ impl Config {
         self.limits = file.limits.check().map_err(|e| invalid(e.0))?;
         if let Some(s) = file.spawn_wait_seconds {
             self.spawn_wait = Duration::from_secs(s.min(3600));
+        }
+        if let Some(on) = file.default_notebook {
+            self.default_notebook = on;
         }
         if let Some(s) = file.event_keepalive_seconds {
             self.event_keepalive = Duration::from_secs(s.clamp(1, 300));
@@ -500,6 +529,42 @@ key_file = "alice.key"
         let read = FileConfig::read(Some(&dir.join("both.toml")), |_| None, &flags.sets()).unwrap();
         assert_eq!(read.docker.network.as_deref(), Some("c"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// No bindings configured: the built-in notebook binding (and it is the
+    /// tmpnb routes' default); any binding of the operator's replaces it,
+    /// as does `default_notebook = false` or another backend.
+    #[test]
+    fn with_no_bindings_the_notebook_is_served() {
+        let empty = tmp("no-bindings");
+        let with = |f: &dyn Fn(&mut FileConfig)| {
+            let mut file = FileConfig::default();
+            file.bindings_dir = Some(empty.clone());
+            f(&mut file);
+            Config::check(file, None).unwrap()
+        };
+        let cfg = with(&|_| {});
+        let names: Vec<&str> = cfg.bindings.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["notebook"]);
+        assert_eq!(
+            cfg.default_binding.as_ref().map(|n| n.as_str()),
+            Some("notebook")
+        );
+        assert_eq!(cfg.bindings[0].packages, ["jupyterlab", "ipykernel"]);
+        assert!(with(&|f| f.default_notebook = Some(false))
+            .bindings
+            .is_empty());
+        assert!(with(&|f| f.backend = Some("docker".into()))
+            .bindings
+            .is_empty());
+        std::fs::write(empty.join("mine.toml"), "command = [\"true\"]\n").unwrap();
+        let names: Vec<String> = with(&|_| {})
+            .bindings
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        assert_eq!(names, ["mine"], "an operator's binding replaces it");
+        let _ = std::fs::remove_dir_all(&empty);
     }
 
     #[test]

@@ -104,7 +104,9 @@ impl Pools {
             self.backend_kind().runs_on_host(),
             self.inner.max_pool_limit,
         )?;
-        if super::content::needs_content(&binding) {
+        // A repository's ref is resolved now (what can be known is a 400);
+        // `packages` alone are built by the reconciler, before the pool fills.
+        if binding.content_from() == crate::binding::ContentFrom::Repo {
             self.resolve_content(&mut binding).await?;
         }
         let now = now_unix();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Pool, PoolError, Pools};
-use crate::backend::{Content, EnvRequest};
+use crate::backend::{BackendError, Content, EnvRequest};
 use crate::binding::{Binding, ContentFrom};
 use crate::content::ContentError;
 
@@ -107,6 +107,11 @@ impl BuildLog {
         })
     }
 
+    /// The last line written, if any.
+    pub fn last_line(&self) -> Option<String> {
+        self.with(|s| s.lines.back().cloned())
+    }
+
     /// Lines ever written.
     pub fn cursor(&self) -> u64 {
         self.with(|s| s.written)
@@ -120,7 +125,7 @@ impl BuildLog {
 
 /// Whether a binder of `binding` needs content made before it starts.
 pub(super) fn needs_content(binding: &Binding) -> bool {
-    binding.content_from() == ContentFrom::Repo
+    binding.makes_content()
 }
 
 impl Pool {
@@ -254,69 +259,85 @@ impl Pools {
         }
     }
 
-    /// Resolves (when not yet), fetches, builds. The error, and whether
-    /// trying again later could help (a repository that did not answer).
+    /// Resolves (when not yet), fetches, builds: a repository's files and
+    /// requirements, and `packages`. The error, and whether trying again
+    /// later could help (a repository or package index that did not answer).
     async fn make_content(
         &self,
         pool: &Arc<Pool>,
         binding: &Binding,
     ) -> Result<Content, (String, bool)> {
         let cache = &self.inner.content;
+        let from_repo = binding.content_from() == ContentFrom::Repo;
         let failed = |e: ContentError| {
             let retry = matches!(e, ContentError::Repo(_));
             (e.to_string(), retry)
         };
-        let commit = match &binding.resolved_ref {
-            Some(commit) => commit.clone(),
-            None => {
-                let commit = cache.resolve(binding).await.map_err(failed)?;
-                // A binding of the config file is resolved at each start.
-                let record = pool.record();
-                let mut updated = (*record).clone();
-                updated.binding.resolved_ref = Some(commit.clone());
-                if let Some(doc) = &updated.document {
-                    let mut doc = (**doc).clone();
-                    doc.resolved_ref = Some(commit.clone());
-                    updated.document = Some(Arc::new(doc));
+        let (files, from_file) = if from_repo {
+            let commit = match &binding.resolved_ref {
+                Some(commit) => commit.clone(),
+                None => {
+                    let commit = cache.resolve(binding).await.map_err(failed)?;
+                    // A binding of the config file is resolved at each start.
+                    let record = pool.record();
+                    let mut updated = (*record).clone();
+                    updated.binding.resolved_ref = Some(commit.clone());
+                    if let Some(doc) = &updated.document {
+                        let mut doc = (**doc).clone();
+                        doc.resolved_ref = Some(commit.clone());
+                        updated.document = Some(Arc::new(doc));
+                    }
+                    pool.record.store(Arc::new(updated));
+                    commit
                 }
-                pool.record.store(Arc::new(updated));
-                commit
-            }
+            };
+            pool.build.line(&format!(
+                "fetching {} at {commit}",
+                binding.repo.as_deref().unwrap_or("")
+            ));
+            let fetched = cache.fetch(binding, &commit).await.map_err(failed)?;
+            (Some(fetched.files), fetched.requirements)
+        } else {
+            (None, None)
         };
-        pool.build.line(&format!(
-            "fetching {} at {commit}",
-            binding.repo.as_deref().unwrap_or("")
-        ));
-        let fetched = cache.fetch(binding, &commit).await.map_err(failed)?;
-        let env = match &fetched.requirements {
-            None => None,
-            Some(requirements) => {
-                pool.build.set_phase(Phase::Building);
-                let config = cache.config();
-                let log = |line: &str| pool.build.line(line);
-                let built = self
-                    .inner
-                    .backend
-                    .build_env(EnvRequest {
-                        binding,
-                        requirements,
-                        python: &config.python,
-                        pip_args: &config.pip_args,
-                        image_pip: &config.image_pip,
-                        build_network: &config.build_network,
-                        allow_sdists: config.allow_sdists,
-                        timeout: Duration::from_secs(config.build_timeout_seconds.max(1)),
-                        log: &log,
-                    })
-                    .await
-                    .map_err(|e| (e.to_string(), false))?;
-                Some(built)
-            }
+        // The packages, then the repository's own requirements.
+        let mut requirements: Vec<u8> = Vec::new();
+        for p in &binding.packages {
+            requirements.extend_from_slice(p.as_bytes());
+            requirements.push(b'\n');
+        }
+        if let Some(file) = &from_file {
+            requirements.extend_from_slice(file);
+        }
+        let env = if requirements.is_empty() && from_file.is_none() {
+            None
+        } else {
+            pool.build.set_phase(Phase::Building);
+            let config = cache.config();
+            let log = |line: &str| pool.build.line(line);
+            let built = self
+                .inner
+                .backend
+                .build_env(EnvRequest {
+                    binding,
+                    requirements: &requirements,
+                    python: &config.python,
+                    pip_args: &config.pip_args,
+                    image_pip: &config.image_pip,
+                    build_network: &config.build_network,
+                    allow_sdists: config.allow_sdists,
+                    timeout: Duration::from_secs(config.build_timeout_seconds.max(1)),
+                    log: &log,
+                })
+                .await
+                // The index did not answer: worth trying again later.
+                .map_err(|e| match e {
+                    BackendError::Unavailable(why) => (why, true),
+                    e => (e.to_string(), false),
+                })?;
+            Some(built)
         };
-        Ok(Content {
-            files: Some(fetched.files),
-            env,
-        })
+        Ok(Content { files, env })
     }
 }
 

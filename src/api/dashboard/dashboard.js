@@ -63,7 +63,85 @@ async function resize(name, profile, minInput, maxInput) {
   }
 }
 
+// What a binding opens at in a browser: JupyterLab's `lab` for a binding
+// whose command runs it, the server's root otherwise. The bindings' own
+// documents, read once each (the same API every client uses).
+const bindingDocs = new Map();
+let configuration = null;
+
+async function bindingDoc(name) {
+  if (!bindingDocs.has(name)) {
+    bindingDocs.set(name, api("GET", "/bindings/" + encodeURIComponent(name)).catch(() => null));
+  }
+  return bindingDocs.get(name);
+}
+
+function opensAt(doc) {
+  const cmd = (doc && doc.command) || [];
+  const lab = cmd.some((a, i) => a.endsWith("jupyter-lab") || (a.endsWith("jupyter") && cmd[i + 1] === "lab"));
+  return lab ? "lab" : "";
+}
+
+// Hands out a binder and opens it in a new tab, with no way back to this
+// page (`noopener`: the binder's page, someone else's code, cannot reach
+// this tab or its key). A binder that is still starting gets a link to
+// follow once it answers.
+async function openBinder(name, profile, doc) {
+  const query = profile ? "?profile=" + encodeURIComponent(profile) : "";
+  try {
+    const b = await api("POST", "/binders/" + encodeURIComponent(name) + query, {});
+    const url = b.location + opensAt(doc);
+    if (b.state === "ready") {
+      window.open(url, "_blank", "noopener,noreferrer");
+      say("opened a binder of " + name + " in a new tab", "ok");
+    } else {
+      say("a binder of " + name + " is starting: ", "ok");
+      const a = Object.assign(document.createElement("a"), { href: url, target: "_blank", rel: "noopener noreferrer", className: "opened", textContent: "open it" });
+      $("#message").append(a);
+    }
+  } catch (e) {
+    say("cannot open a binder of " + name + ": " + e.message, "error");
+  }
+}
+
+function snippet(title, text) {
+  const h = document.createElement("h3");
+  h.textContent = title;
+  const pre = document.createElement("pre");
+  pre.textContent = text;
+  return [h, pre];
+}
+
+// How to put this binding on another page: links and a script, filled in
+// with this server's address.
+async function embed(name) {
+  const doc = await bindingDoc(name);
+  const origin = location.origin;
+  const path = opensAt(doc);
+  const parts = [];
+  if (configuration && configuration.default_binding === name) {
+    parts.push(...snippet("A link that opens a fresh binder (tmpnb's /spawn/, this server's default binding)",
+      `${origin}/spawn/${path}`));
+  }
+  if (doc && doc.repo) {
+    const gh = doc.repo.match(/github\.com\/([^/]+\/[^/.]+)/);
+    if (gh) {
+      parts.push(...snippet("A Binder link and badge (BinderHub's launch API)",
+        `${origin}/v2/gh/${gh[1]}/HEAD\n[![Binder](https://mybinder.org/badge_logo.svg)](${origin}/v2/gh/${gh[1]}/HEAD)`));
+      parts.push(...snippet("thebe (modern: Jupyter Book, MyST, sphinx-thebe)",
+        `<script type="text/x-thebe-config">\n{"requestKernel": true, "binderOptions": {"repo": "${gh[1]}", "binderUrl": "${origin}"}}\n</script>`));
+    }
+  }
+  parts.push(...snippet("Any page's script (set allow_origin for pages on other origins)",
+    `const r = await fetch("${origin}/binders/${name}", {method: "POST"});\nconst binder = await r.json();\n// binder.location is its own Jupyter server: open ${origin}\${binder.location}${path}\n// or point thebe's / @jupyterlab/services' serverSettings.baseUrl at it`));
+  parts.push(...snippet("The command line", `curl -X POST ${origin}/binders/${name}\nbinderd spawn ${name} --url ${origin}`));
+  $("#embed-name").textContent = name;
+  $("#embed").replaceChildren(...parts);
+  $("#embed-section").hidden = false;
+}
+
 async function refreshPools() {
+  if (!configuration) configuration = await api("GET", "/configuration").catch(() => ({}));
   const pools = await api("GET", "/pools");
   const body = $("#pools tbody");
   // What the operator is typing survives the refresh (the rows are rebuilt
@@ -77,7 +155,6 @@ async function refreshPools() {
     const focus = document.activeElement === min ? "min" : document.activeElement === max ? "max" : null;
     if (min.value || max.value || focus) typed.set(rowKey(tr.dataset.name, tr.dataset.profile), { min: min.value, max: max.value, focus });
   }
-  body.replaceChildren();
   // A binding with profiles: one row per profile's pool.
   const rows = [];
   for (const p of pools) {
@@ -87,11 +164,21 @@ async function refreshPools() {
       rows.push(p);
     }
   }
+  // Every binding's document first: the rows are then rebuilt at once.
+  const docs = new Map();
+  for (const p of pools) docs.set(p.name, await bindingDoc(p.name));
+  body.replaceChildren();
   for (const p of rows) {
     const row = body.insertRow();
     row.dataset.name = p.name;
     if (p.profile) row.dataset.profile = p.profile;
-    cell(row, p.profile ? p.name + " · " + p.profile : p.name, "name");
+    const nameCell = cell(row, p.profile ? p.name + " · " + p.profile : p.name, "name");
+    if (p.build) {
+      // Its environment or files are being made: the build's last line.
+      const b = Object.assign(document.createElement("div"), { className: "build " + p.build.phase });
+      b.textContent = p.build.phase + (p.build.line ? ": " + p.build.line : "");
+      nameCell.append(b);
+    }
     cell(row, p.available, "available");
     cell(row, p.starting, "starting");
     cell(row, p.running, "running");
@@ -100,6 +187,17 @@ async function refreshPools() {
     cell(row, p.targetPool, "target");
     cell(row, Math.round(100 * p.warmShare) + " %", "warm");
     cell(row, p.handoutMicros ? (p.handoutMicros / 1000).toFixed(2) + " ms" : "-", "latency");
+    const opener = row.insertCell();
+    opener.className = "open";
+    const doc = docs.get(p.name);
+    const openBtn = Object.assign(document.createElement("button"), {
+      textContent: opensAt(doc) === "lab" ? "Open JupyterLab" : "Open",
+      className: "open-binder",
+    });
+    openBtn.addEventListener("click", () => openBinder(p.name, p.profile, doc));
+    const embedBtn = Object.assign(document.createElement("button"), { textContent: "Embed", className: "embed" });
+    embedBtn.addEventListener("click", () => embed(p.name));
+    opener.append(openBtn, " ", embedBtn);
     const td = row.insertCell();
     const min = Object.assign(document.createElement("input"), { type: "number", min: 0, placeholder: "min", className: "new-min" });
     const max = Object.assign(document.createElement("input"), { type: "number", min: 1, placeholder: "max", className: "new-max" });
@@ -120,7 +218,7 @@ async function refreshPools() {
 // Charts of the last hour (GET /trends), drawn as plain SVG: a point per
 // minute, oldest on the left.
 const SVG = "http://www.w3.org/2000/svg";
-const W = 180, H = 48;
+const W = 240, H = 56;
 
 function svg(cls, label) {
   const el = document.createElementNS(SVG, "svg");
@@ -148,8 +246,16 @@ function line(el, values, top, cls) {
   };
   values.forEach((v, i) => {
     if (v === null || v === undefined) return flush();
-    const y = H - 2 - (H - 4) * (top > 0 ? v / top : 0);
-    points.push((i * step).toFixed(1) + "," + y.toFixed(1));
+    const x = (i * step).toFixed(1);
+    const y = (H - 2 - (H - 4) * (top > 0 ? v / top : 0)).toFixed(1);
+    points.push(x + "," + y);
+    // A dot per minute, so a minute between gaps shows too.
+    const dot = document.createElementNS(SVG, "circle");
+    dot.setAttribute("cx", x);
+    dot.setAttribute("cy", y);
+    dot.setAttribute("r", "1.6");
+    dot.setAttribute("class", cls);
+    el.append(dot);
   });
   flush();
 }

@@ -156,9 +156,9 @@ impl Cold {
 pub(super) type Tail =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = LaunchEvent> + Send + Sync>>;
 
-/// What a quiet stream sends, as BinderHub and JupyterHub do: an event
+/// What a quiet stream sends, as BinderHub does (JupyterHub likewise): an event
 /// stream comment, which clients skip.
-const KEEPALIVE: &[u8] = b":keepalive\n\n";
+const KEEPALIVE: &[u8] = b":heartbeat\n\n";
 
 /// `text/event-stream` of `data: {json}` events: `head`, then `tail`'s as
 /// they come, with a [`KEEPALIVE`] comment whenever the tail has been

@@ -17,6 +17,17 @@ use tokio::process::Command;
 
 use crate::backend::{BackendError, BuiltEnv, EnvRequest};
 
+/// What pip prints when it cannot reach the index: the build is tried
+/// again later rather than failed for good.
+const UNREACHABLE: [&str; 6] = [
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "No route to host",
+    "Read timed out",
+];
+
 /// Marks a finished environment (written last).
 const READY: &str = ".binderd-ready";
 
@@ -62,7 +73,8 @@ pub(super) async fn build(root: &Path, request: EnvRequest<'_>) -> Result<BuiltE
 async fn make(dir: &Path, request: &EnvRequest<'_>) -> Result<(), BackendError> {
     let file = dir.join("requirements.txt");
     tokio::fs::write(&file, request.requirements).await?;
-    let mut venv = command(request.python, dir);
+    let python = runnable_python(request.python, request.log);
+    let mut venv = command(&python, dir);
     venv.args(["-m", "venv"]).arg(dir);
     run(venv, "python -m venv", request.log).await?;
     let mut pip = command(&dir.join("bin/pip").to_string_lossy(), dir);
@@ -79,6 +91,48 @@ async fn make(dir: &Path, request: &EnvRequest<'_>) -> Result<(), BackendError> 
     }
     pip.args(request.pip_args).arg("-r").arg(&file);
     run(pip, "pip install", request.log).await
+}
+
+/// Where binderd runs as root, binders run as uids of their own: a
+/// virtual environment's `python` links to the interpreter that made it, so
+/// that one must be one every uid may run. A `python` found on `PATH`
+/// under a private folder (a pyenv in `/root`) is passed over for the
+/// system's, and the log says so.
+fn runnable_python(python: &str, log: &(dyn Fn(&str) + Send + Sync)) -> String {
+    if !rustix::process::geteuid().is_root() {
+        return python.to_owned();
+    }
+    let Some(found) = super::program::on_path(Path::new(python)) else {
+        return python.to_owned();
+    };
+    if everyone_may_run(&found) {
+        return python.to_owned();
+    }
+    for system in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(system).exists() && everyone_may_run(Path::new(system)) {
+            log(&format!(
+                "{} is not one every binder's uid may run: the environment is made with {system}",
+                found.display()
+            ));
+            return system.to_owned();
+        }
+    }
+    python.to_owned()
+}
+
+/// Whether every uid may run `file`: it and every folder on the way to it
+/// (its links followed) open to others.
+fn everyone_may_run(file: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(real) = std::fs::canonicalize(file) else {
+        return false;
+    };
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0)
+    };
+    mode(&real) & 0o005 == 0o005 && real.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
 }
 
 fn command(program: &str, dir: &Path) -> Command {
@@ -147,6 +201,15 @@ async fn run(
     if status.success() {
         return Ok(());
     }
+    if let Some(line) = tail
+        .iter()
+        .find(|l| UNREACHABLE.iter().any(|u| l.contains(u)))
+    {
+        let line: String = line.trim().chars().take(160).collect();
+        return Err(BackendError::Unavailable(format!(
+            "{what}: the package index did not answer (no network to PyPI, or to the index [content] pip_args names); trying again later. pip said: {line}"
+        )));
+    }
     let errors: Vec<&String> = tail
         .iter()
         .filter(|l| l.contains("ERROR") || l.contains("rror:"))
@@ -201,4 +264,58 @@ pub(super) fn variables(env: Option<&BuiltEnv>, path: &std::ffi::OsStr) -> Vec<(
         ("VIRTUAL_ENV".into(), dir.clone()),
         ("PYTHONPATH".into(), site_packages.clone()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = command("sh", Path::new("/"));
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn a_python_in_a_private_folder_is_not_one_every_uid_may_run() {
+        let dir = std::env::temp_dir().join(format!("binderd-venv-{}", std::process::id()));
+        let private = dir.join("private");
+        std::fs::create_dir_all(&private).unwrap();
+        let python = private.join("python3");
+        std::fs::write(&python, "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(everyone_may_run(&python));
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!everyone_may_run(&python));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_index_is_one_line_and_tried_again() {
+        let out = "echo \"WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError(\\\"Failed to establish a new connection: [Errno -3] Temporary failure in name resolution\\\")'\"; echo 'ERROR: No matching distribution found for jupyterlab' >&2; exit 1";
+        let e = run(sh(out), "pip install", &|_| {}).await.unwrap_err();
+        let BackendError::Unavailable(why) = e else {
+            panic!("not Unavailable: {e}");
+        };
+        assert!(
+            why.starts_with("pip install: the package index did not answer"),
+            "{why}"
+        );
+        assert!(!why.contains('\n'), "{why}");
+        // Any other failure is the build's own, with pip's errors.
+        let e = run(
+            sh("echo 'ERROR: bad requirement' >&2; exit 1"),
+            "pip install",
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Start(m) if m.contains("ERROR: bad requirement")),
+            "{e}"
+        );
+    }
 }
