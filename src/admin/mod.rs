@@ -407,13 +407,29 @@ async fn spawn(
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_message(format!("starting a binder of '{binding}'"));
         bar.enable_steady_tick(Duration::from_millis(100));
-        let (status, bytes) = api
-            .raw(
-                Method::GET,
-                &format!("/binders/{binding}/{id}/events"),
-                None,
-            )
-            .await?;
+        let events_path = format!("/binders/{binding}/{id}/events");
+        let events = api.raw(Method::GET, &events_path, None);
+        // While it waits, the pool's build (its environment or files being
+        // made) shows on the bar, line by line.
+        tokio::pin!(events);
+        let (status, bytes) = loop {
+            tokio::select! {
+                answer = &mut events => break answer?,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let Ok(pool) = api.call(Method::GET, &format!("/pools/{binding}"), None).await else {
+                        continue;
+                    };
+                    bar.set_message(match pool.get("build") {
+                        Some(b) => format!(
+                            "'{binding}' is {}: {}",
+                            b["phase"].as_str().unwrap_or("building"),
+                            b["line"].as_str().unwrap_or("").trim()
+                        ),
+                        None => format!("starting a binder of '{binding}'"),
+                    });
+                }
+            }
+        };
         bar.finish_and_clear();
         if status >= 400 {
             let err: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
