@@ -162,6 +162,21 @@ impl From<PoolError> for ApiError {
                 tmpnb: false,
             },
             PoolError::Quota(q) => ApiError::Forbidden(q.to_string()),
+            // What could not be recorded was not done (a handout is not
+            // given unrecorded): a full disk, or a writer gone, is a
+            // refusal to try again, not binderd's fault.
+            PoolError::Store(
+                e @ (crate::store::StoreError::Write(_)
+                | crate::store::StoreError::Io(_)
+                | crate::store::StoreError::Closed),
+            ) => {
+                // The cause stays in the log (it may name binderd's paths).
+                tracing::warn!(cause = %e, "refused: cannot record");
+                ApiError::Unavailable {
+                    message: "binderd cannot record this now (its data dir's disk is full or failing), so it did nothing: try again".into(),
+                    retry_after: 5,
+                }
+            }
             PoolError::Store(e) => ApiError::Internal(e.to_string()),
             PoolError::Backend(BackendError::Unsupported(m)) => ApiError::Conflict(m),
             PoolError::Backend(e) => ApiError::Unavailable {
@@ -240,6 +255,29 @@ mod tests {
         }
         .into_response(false);
         assert_eq!(resp.headers()[header::ALLOW], "GET, POST");
+    }
+
+    /// A full disk refuses what it cannot record with a 503 to retry (the
+    /// fault run found them as 500s), its cause kept from the answer.
+    #[tokio::test]
+    async fn what_cannot_be_recorded_is_a_503_to_retry() {
+        use crate::store::StoreError;
+        for e in [
+            StoreError::Write("commit failed: database or disk is full at /data/x".into()),
+            StoreError::Io(std::io::Error::other("No space left on device")),
+            StoreError::Closed,
+        ] {
+            let resp = ApiError::from(PoolError::Store(e)).into_response(false);
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+            let body = body_of(resp).await;
+            assert!(
+                body.contains("cannot record") && !body.contains("/data"),
+                "{body}"
+            );
+        }
+        let corrupt = ApiError::from(PoolError::Store(StoreError::Corrupt("x".into())));
+        assert_eq!(corrupt.into_response(false).status(), 500);
     }
 
     #[tokio::test]

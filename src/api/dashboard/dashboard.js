@@ -249,7 +249,9 @@ function line(el, values, top, cls) {
     const x = (i * step).toFixed(1);
     const y = (H - 2 - (H - 4) * (top > 0 ? v / top : 0)).toFixed(1);
     points.push(x + "," + y);
-    // A dot per minute, so a minute between gaps shows too.
+    // A minute between gaps is a dot (a line needs two).
+    const gap = (j) => values[j] === null || values[j] === undefined;
+    if (!(gap(i - 1) && gap(i + 1))) return;
     const dot = document.createElementNS(SVG, "circle");
     dot.setAttribute("cx", x);
     dot.setAttribute("cy", y);
