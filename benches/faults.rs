@@ -330,6 +330,19 @@ impl Shared {
         a
     }
 
+    /// Gives binder `id` back (by key); whether binderd took it.
+    fn give_back(&self, addr: SocketAddr, id: &str) -> bool {
+        let path = format!("/binders/{BINDING}/{id}");
+        let back = self.run_on("give-back", Some(id), || {
+            call(addr, "DELETE", &path, true, None)
+        });
+        let taken = (200..300).contains(&back.status);
+        if taken {
+            self.given_back.lock().unwrap().insert(id.to_owned());
+        }
+        taken
+    }
+
     fn fault(&self, kind: &'static str) {
         *self.faults.lock().unwrap().entry(kind).or_default() += 1;
     }
@@ -371,18 +384,7 @@ fn handouts(addr: SocketAddr, s: Arc<Shared>, seed: u64) {
                 });
             }
             if rng.gen_bool(0.4) {
-                let back = s.run("give-back", || {
-                    call(
-                        addr,
-                        "DELETE",
-                        &format!("/binders/{BINDING}/{id}"),
-                        true,
-                        None,
-                    )
-                });
-                if (200..300).contains(&back.status) {
-                    s.given_back.lock().unwrap().insert(id);
-                }
+                s.give_back(addr, &id);
             } else {
                 // Readers leave too: past a handful kept, the oldest goes back.
                 let oldest = {
@@ -391,18 +393,7 @@ fn handouts(addr: SocketAddr, s: Arc<Shared>, seed: u64) {
                     (handed.len() > 6).then(|| handed.remove(0))
                 };
                 if let Some((old, _)) = oldest {
-                    let back = s.run("give-back", || {
-                        call(
-                            addr,
-                            "DELETE",
-                            &format!("/binders/{BINDING}/{old}"),
-                            true,
-                            None,
-                        )
-                    });
-                    if (200..300).contains(&back.status) {
-                        s.given_back.lock().unwrap().insert(old);
-                    } else {
+                    if !s.give_back(addr, &old) {
                         // Not given back: still the reader's, checked at the end.
                         s.kept.lock().unwrap().push(old);
                     }
@@ -435,18 +426,7 @@ fn tmpnb(addr: SocketAddr, s: Arc<Shared>, seed: u64) {
                 .and_then(|b| b["id"].as_str().map(str::to_owned))
         });
         if let Some(id) = id {
-            let back = s.run("give-back", || {
-                call(
-                    addr,
-                    "DELETE",
-                    &format!("/binders/{BINDING}/{id}"),
-                    true,
-                    None,
-                )
-            });
-            if (200..300).contains(&back.status) {
-                s.given_back.lock().unwrap().insert(id);
-            }
+            s.give_back(addr, &id);
         }
     }
 }

@@ -12,9 +12,9 @@ import sys
 import time
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+from browser import chromium, until
 
 base, admin_key = sys.argv[1], sys.argv[2]
 shot = sys.argv[3] if len(sys.argv) > 3 else None
@@ -31,17 +31,6 @@ def api(method, path, key=None, body=None):
         return json.loads(resp.read())
 
 
-def until(what, check, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception:  # the page is still rendering
-            pass
-        time.sleep(0.1)
-    raise SystemExit("timed out waiting: " + what)
 
 
 def click(driver, selector):
@@ -93,12 +82,7 @@ def resize_row(driver, row, value, done):
     until("a resize of " + row, attempt, timeout=30)
 
 
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
-    options.add_argument(arg)
-options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+driver = chromium(window="1280,1000", console=True)
 report = {}
 try:
     driver.get(base + "/")

@@ -12,35 +12,21 @@ Prints a JSON report; exits non-zero on the first check that fails.
 
 import json
 import sys
-import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+
+from browser import chromium, until as wait
 
 base = sys.argv[1].rstrip("/")
 
 
 def until(what, check, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception:  # the page is still rendering
-            pass
-        time.sleep(0.2)
-    raise SystemExit("timed out waiting: " + what)
+    return wait(what, check, timeout=timeout, every=0.2)
 
 
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-    options.add_argument(arg)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+driver = chromium(window="1280,900")
 report = {}
 try:
     driver.get(base + "/")
