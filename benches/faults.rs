@@ -388,7 +388,9 @@ fn handouts(addr: SocketAddr, s: Arc<Shared>, seed: u64) {
         // waits for it (or is told it failed).
         if a.status == 202 {
             if let Some(id) = doc["id"].as_str().map(str::to_owned) {
-                doc = s.run_on("cold-start", Some(&id), || ready(addr, &id)).json();
+                doc = s
+                    .run_on("cold-start", Some(&id), || ready(addr, &id))
+                    .json();
                 if doc["location"].is_null() && doc["state"] == "starting" {
                     // Not ready in time: the reader gives up on it.
                     s.give_back(addr, &id);
@@ -1069,10 +1071,21 @@ fn main() {
             if held.contains(id) {
                 continue;
             }
-            let token = b["location"].as_str().unwrap_or_default().trim_start_matches("/user/").trim_end_matches('/');
-            let seen = history.iter().find(|o| o.binder.as_deref() == Some(id) || o.token.as_deref() == Some(token));
+            let token = b["location"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("/user/")
+                .trim_end_matches('/');
+            let seen = history
+                .iter()
+                .find(|o| o.binder.as_deref() == Some(id) || o.token.as_deref() == Some(token));
             let what = match seen {
-                Some(o) => format!("{} {} (given back: {})", o.kind, o.status, shared.given_back.lock().unwrap().contains(id)),
+                Some(o) => format!(
+                    "{} {} (given back: {})",
+                    o.kind,
+                    o.status,
+                    shared.given_back.lock().unwrap().contains(id)
+                ),
                 None => "no answer a client saw".to_owned(),
             };
             *from.entry(what).or_default() += 1;
